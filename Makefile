@@ -1,0 +1,145 @@
+# sidelb — build, test, demo, bench, install.
+#
+#   make            build build/sidelb and build/libsidelb.a
+#   make deps       install missing Debian packages (root; idempotent)
+#   make check      deps + build + every test (unit + integration)
+#   make demo       deps + build + a live demo balancing real gRPC traffic
+#   make bench      deps + build + side-by-side benchmark (tests/bench)
+#   make asan       the tests under AddressSanitizer + UBSan
+#   make install    PREFIX=/usr/local DESTDIR=
+#
+# BUILD=dir puts every output in another directory (parallel builds, asan).
+
+BUILD   ?= build
+PREFIX  ?= /usr/local
+DESTDIR ?=
+CC      ?= cc
+PYTHON  ?= /usr/bin/python3
+
+PKGS := libuv libnghttp2 libprotobuf-c libcurl jansson
+CFLAGS ?= -O2 -g
+CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -fno-strict-aliasing
+CPPFLAGS += -D_GNU_SOURCE -Ilib -I$(BUILD)/gen $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
+
+# Debian packages: build, run, and test/bench/demo needs.
+DEB_BUILD := build-essential pkg-config libuv1-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler \
+             libcurl4-openssl-dev libjansson-dev check
+DEB_TEST  := etcd-server etcd-client nghttp2-client python3 python3-grpcio python3-grpc-tools python3-protobuf \
+             python3-pytest curl procps
+DEB_BENCH := haproxy nginx
+DEB_ALL   := $(DEB_BUILD) $(DEB_TEST) $(DEB_BENCH)
+
+LIB_PROTOS  := proto/health.proto
+TEST_PROTOS := proto/echo.proto
+
+LIB_SRC  ?= $(sort $(wildcard lib/*.c))
+LIB_OBJ  := $(patsubst lib/%.c,$(BUILD)/lib/%.o,$(LIB_SRC)) \
+            $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.o,$(LIB_PROTOS))
+GEN_H    := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.h,$(LIB_PROTOS) $(TEST_PROTOS))
+UNIT_SRC ?= $(sort $(wildcard tests/check_*.c))
+UNIT_OBJ := $(patsubst tests/%.c,$(BUILD)/tests/%.o,$(UNIT_SRC))
+BACKEND_SRC := $(sort $(wildcard tests/backend/*.c))
+BACKEND_OBJ := $(patsubst tests/%.c,$(BUILD)/tests/%.o,$(BACKEND_SRC)) \
+               $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.o,$(TEST_PROTOS))
+BENCH_SRC := $(sort $(wildcard tests/bench/*.c))
+BENCH_BIN := $(patsubst tests/bench/%.c,$(BUILD)/%,$(BENCH_SRC))
+
+.PHONY: all deps check test unit integration demo bench asan install clean format
+all: $(BUILD)/sidelb $(BUILD)/libsidelb.a
+
+$(BUILD)/libsidelb.a: $(LIB_OBJ)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/sidelb: $(BUILD)/daemon/main.o $(BUILD)/libsidelb.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
+	@mkdir -p $(@D)
+	protoc-c --proto_path=proto --c_out=$(BUILD)/gen $<
+
+$(BUILD)/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c
+	$(CC) $(CPPFLAGS) $(CFLAGS) -Wno-error -c -o $@ $<
+
+$(BUILD)/lib/%.o: lib/%.c | $(GEN_H)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/daemon/%.o: daemon/%.c | $(GEN_H)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/%.o: tests/%.c | $(GEN_H)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) -MMD -MP -c -o $@ $<
+
+# Unit tests: every tests/check_<module>.c exports <module>_suite(); the list
+# is generated so check_main.c runs them all without being edited.
+SUITES := $(filter-out main,$(patsubst tests/check_%.c,%,$(UNIT_SRC)))
+$(BUILD)/gen/suites.h: $(UNIT_SRC)
+	@mkdir -p $(@D)
+	@printf '%s\n' $(foreach s,$(SUITES),'SLB_SUITE($(s))') > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/tests/check_main.o: $(BUILD)/gen/suites.h
+
+$(BUILD)/check_sidelb: $(UNIT_OBJ) $(BUILD)/libsidelb.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS)
+
+# Our C gRPC test backend (nghttp2 + libuv + protobuf-c).
+$(BUILD)/test_backend: $(BACKEND_OBJ) $(BUILD)/libsidelb.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%: $(BUILD)/tests/bench/%.o $(BUILD)/libsidelb.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+TEST_BINS := $(BUILD)/sidelb $(BUILD)/check_sidelb $(BUILD)/test_backend
+
+# Installs only what is missing; a no-op (and no root needed) when all is there.
+deps:
+	@missing=$$(for p in $(DEB_ALL); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing:" $$missing; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root (or install: $$missing)" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "make deps: all Debian packages present"; fi
+
+check: deps
+	$(MAKE) test
+
+test: $(TEST_BINS)
+	$(MAKE) unit
+	$(MAKE) integration
+
+unit: $(BUILD)/check_sidelb
+	CK_DEFAULT_TIMEOUT=60 $(BUILD)/check_sidelb
+
+integration: $(TEST_BINS)
+	SIDELB_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+demo: deps
+	$(MAKE) $(BUILD)/sidelb $(BUILD)/test_backend
+	SIDELB_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/demo.py
+
+bench: deps
+	$(MAKE) $(BUILD)/sidelb $(BUILD)/test_backend $(BENCH_BIN)
+	SIDELB_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/bench/bench.py
+
+asan:
+	$(MAKE) BUILD=build-asan CC=clang CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	  LDFLAGS="-fsanitize=address,undefined" test
+
+install: $(BUILD)/sidelb
+	install -D -m 0755 $(BUILD)/sidelb $(DESTDIR)$(PREFIX)/bin/sidelb
+	install -D -m 0644 $(BUILD)/libsidelb.a $(DESTDIR)$(PREFIX)/lib/libsidelb.a
+	install -D -m 0644 conf/sidelb.json $(DESTDIR)/etc/sidelb/sidelb.json.example
+	install -D -m 0644 systemd/sidelb.service $(DESTDIR)$(PREFIX)/lib/systemd/system/sidelb.service
+
+format:
+	clang-format -i lib/*.[ch] daemon/*.c tests/*.c tests/*/*.c
+
+clean:
+	rm -rf $(BUILD) build-asan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,108 @@
+#include "backend.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "log.h"
+
+struct slb_backend *slb_backend_new(const char *hostport, uint32_t weight)
+{
+    struct slb_backend *be;
+
+    if (strlen(hostport) >= SLB_BACKEND_NAME_MAX)
+        return NULL;
+    if ((be = calloc(1, sizeof(*be))) == NULL)
+        return NULL;
+    if (slb_parse_addr(hostport, &be->addr, &be->addrlen) != 0) {
+        free(be);
+        return NULL;
+    }
+    strcpy(be->name, hostport);
+    be->weight = weight ? weight : 1;
+    be->index = UINT32_MAX;
+    be->refs = 1;
+    return be;
+}
+
+void slb_backend_ref(struct slb_backend *be)
+{
+    be->refs++;
+}
+
+void slb_backend_unref(struct slb_backend *be)
+{
+    if (--be->refs > 0)
+        return;
+    if (be->on_free != NULL)
+        be->on_free(be);
+    free(be);
+}
+
+const char *slb_backend_state_name(int state)
+{
+    static const char *const names[] = {"IDLE", "CONNECTING", "READY", "TRANSIENT_FAILURE", "SHUTDOWN"};
+    return state >= 0 && state < (int)SLB_ARRAY_SIZE(names) ? names[state] : "?";
+}
+
+void slb_backend_set_state(struct slb_backend *be, int state)
+{
+    if (be->state == state)
+        return;
+    /* READY <-> CONNECTING flips happen per connection; keep them at INFO. */
+    slb_log(state == SLB_BACKEND_TRANSIENT_FAILURE || be->state == SLB_BACKEND_TRANSIENT_FAILURE ? SLB_LOG_NOTICE
+                                                                                                  : SLB_LOG_INFO,
+            "backend %s: %s -> %s", be->name, slb_backend_state_name(be->state), slb_backend_state_name(state));
+    be->state = (uint8_t)state;
+}
+
+void slb_backend_set_init(struct slb_backend_set *set)
+{
+    memset(set, 0, sizeof(*set));
+}
+
+void slb_backend_set_dispose(struct slb_backend_set *set)
+{
+    while (set->n > 0)
+        slb_backend_set_remove(set, set->items[set->n - 1]);
+    free(set->items);
+    memset(set, 0, sizeof(*set));
+}
+
+int slb_backend_set_add(struct slb_backend_set *set, struct slb_backend *be)
+{
+    if (set->n == set->cap) {
+        uint32_t cap = set->cap ? set->cap * 2 : 8;
+        struct slb_backend **items = realloc(set->items, cap * sizeof(*items));
+        if (items == NULL)
+            return SLB_ENOMEM;
+        set->items = items;
+        set->cap = cap;
+    }
+    be->index = set->n;
+    set->items[set->n++] = be;
+    slb_backend_ref(be);
+    set->version++;
+    return 0;
+}
+
+void slb_backend_set_remove(struct slb_backend_set *set, struct slb_backend *be)
+{
+    uint32_t i = be->index;
+
+    if (i >= set->n || set->items[i] != be)
+        return;
+    set->items[i] = set->items[--set->n];
+    set->items[i]->index = i;
+    be->index = UINT32_MAX;
+    set->version++;
+    slb_backend_unref(be);
+}
+
+struct slb_backend *slb_backend_set_find(const struct slb_backend_set *set, const char *name)
+{
+    for (uint32_t i = 0; i < set->n; i++)
+        if (strcmp(set->items[i]->name, name) == 0)
+            return set->items[i];
+    return NULL;
+}

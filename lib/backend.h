@@ -1,0 +1,100 @@
+/*
+ * One backend (a gRPC server address) and the set of backends of a cluster.
+ *
+ * Ownership: a backend is reference counted. The cluster's backend set holds
+ * one reference while the backend is listed; every call bound to it and its
+ * upstream pool hold one more. When discovery removes a backend it is taken
+ * out of the set and marked draining: it gets no new calls, its in-flight
+ * calls finish, and the last unref frees it (nginx refs/zombie).
+ */
+#ifndef SLB_BACKEND_H
+#define SLB_BACKEND_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* Connectivity states, with gRPC's names and meanings. */
+enum slb_backend_state {
+    SLB_BACKEND_IDLE = 0,
+    SLB_BACKEND_CONNECTING,
+    SLB_BACKEND_READY,
+    SLB_BACKEND_TRANSIENT_FAILURE,
+    SLB_BACKEND_SHUTDOWN,
+};
+
+/* Active health (grpc.health.v1); UNKNOWN = no check configured or no answer yet. */
+enum slb_backend_health {
+    SLB_HEALTH_UNKNOWN = 0,
+    SLB_HEALTH_SERVING,
+    SLB_HEALTH_NOT_SERVING,
+    SLB_HEALTH_SERVICE_UNKNOWN,
+};
+
+#define SLB_BACKEND_NAME_MAX 96
+
+struct slb_backend;
+/* Called once when the last reference goes, before the memory is freed. */
+typedef void (*slb_backend_free_cb)(struct slb_backend *be);
+
+struct slb_backend {
+    char name[SLB_BACKEND_NAME_MAX]; /* "host:port" as configured or read from etcd */
+    struct sockaddr_storage addr;
+    unsigned addrlen;
+    char zone[32];
+    uint32_t weight; /* >= 1; from config or the etcd value */
+    uint32_t index;  /* slot in its set (policies index their own arrays by it); UINT32_MAX when not listed */
+
+    uint8_t state;    /* enum slb_backend_state */
+    uint8_t health;   /* enum slb_backend_health */
+    uint8_t draining; /* removed from discovery: no new calls */
+    uint64_t ejected_until_ms; /* outlier ejection: no new calls before this time */
+    uint32_t times_ejected;
+    uint64_t usable_since_ms; /* slow start: when it (re)joined the usable set */
+
+    uint32_t outstanding; /* calls in flight (least_request) */
+    /* passive outlier detection counters */
+    uint32_t consecutive_failures;
+    uint32_t interval_success, interval_failure;
+
+    uint32_t refs;
+    void *pool;           /* struct slb_upstream_pool *, owned by this backend */
+    void *cluster;        /* struct slb_cluster * it belongs to (not owned) */
+    slb_backend_free_cb on_free;
+};
+
+/* Allocates a backend with one reference; NULL on bad address or no memory. */
+struct slb_backend *slb_backend_new(const char *hostport, uint32_t weight);
+void slb_backend_ref(struct slb_backend *be);
+void slb_backend_unref(struct slb_backend *be);
+const char *slb_backend_state_name(int state);
+/* The one setter for the connectivity state: logs old -> new. */
+void slb_backend_set_state(struct slb_backend *be, int state);
+
+/* Whether a new call may be sent to this backend at now_ms. */
+static inline int slb_backend_usable(const struct slb_backend *be, uint64_t now_ms)
+{
+    return !be->draining && be->state != SLB_BACKEND_TRANSIENT_FAILURE && be->state != SLB_BACKEND_SHUTDOWN &&
+           (be->health == SLB_HEALTH_UNKNOWN || be->health == SLB_HEALTH_SERVING) && be->ejected_until_ms <= now_ms;
+}
+
+/*
+ * The listed backends of one cluster, in no particular order. Removal swaps
+ * the last element in (O(1)) and keeps each backend's index current. The set
+ * holds one reference on each listed backend.
+ */
+struct slb_backend_set {
+    struct slb_backend **items;
+    uint32_t n, cap;
+    uint64_t version; /* bumped on every change, so policies can tell */
+};
+
+void slb_backend_set_init(struct slb_backend_set *set);
+/* Releases the set's references. */
+void slb_backend_set_dispose(struct slb_backend_set *set);
+/* Takes a new reference on be. 0 or SLB_ENOMEM. */
+int slb_backend_set_add(struct slb_backend_set *set, struct slb_backend *be);
+/* Drops the set's reference (be may be freed unless the caller holds one). */
+void slb_backend_set_remove(struct slb_backend_set *set, struct slb_backend *be);
+struct slb_backend *slb_backend_set_find(const struct slb_backend_set *set, const char *name);
+
+#endif

@@ -1,0 +1,133 @@
+/*
+ * The configuration: one JSON file parsed with jansson into an immutable
+ * struct slb_config. Every error names the file, line:column and JSON path
+ * (e.g. "sidelb.json:12:9: clusters[0].policy: unknown policy \"foo\"");
+ * unknown keys are errors.
+ *
+ * Ownership: slb_config_load*() returns a heap struct owned by the caller and
+ * released with slb_config_free(); every string and array in it belongs to it.
+ */
+#ifndef SLB_CONFIG_H
+#define SLB_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lb.h"
+
+struct slb_config_route {
+    char *service; /* gRPC service ("pkg.Service") taken from :path; "pkg.Service/Method" for one method */
+    char *cluster;
+    int cluster_index; /* resolved index into config->clusters */
+};
+
+struct slb_config_listener {
+    char *name;
+    char *address; /* "127.0.0.1:15001" */
+    struct slb_config_route *routes;
+    size_t n_routes;
+    char *default_cluster; /* NULL: unknown service -> UNIMPLEMENTED */
+    int default_cluster_index; /* -1 when none */
+    uint32_t max_concurrent_streams; /* advertised to apps, default 1000 */
+};
+
+struct slb_config_health_check {
+    int enabled;
+    char *service;        /* grpc.health.v1 service name ("" = whole server) */
+    uint32_t interval_ms; /* Check polling interval, default 1000 */
+    uint32_t timeout_ms;  /* per Check, default 1000 */
+};
+
+struct slb_config_outlier {
+    int enabled;
+    uint32_t consecutive_failures;      /* default 5 */
+    uint32_t base_ejection_ms;          /* default 30000 */
+    uint32_t max_ejection_ms;           /* default 300000 */
+    uint32_t max_ejection_percent;      /* default 10 */
+    uint32_t interval_ms;               /* success-rate interval, default 10000 */
+    uint32_t success_rate_minimum_hosts; /* default 5 */
+    uint32_t success_rate_request_volume; /* default 100 */
+    double success_rate_stdev_factor;   /* default 1.9 */
+};
+
+struct slb_config_backoff {
+    uint32_t initial_ms;    /* 1000 */
+    double multiplier;      /* 1.6 */
+    double jitter;          /* 0.2 */
+    uint32_t max_ms;        /* 120000 */
+    uint32_t min_connect_timeout_ms; /* 20000 */
+};
+
+struct slb_config_static_backend {
+    char *address;
+    uint32_t weight;
+    char *zone;
+};
+
+struct slb_config_cluster {
+    char *name;
+    /* discovery: exactly one of these */
+    struct slb_config_static_backend *static_backends;
+    size_t n_static;
+    char *etcd_prefix;
+
+    char *policy; /* policy name, default "round_robin" */
+    struct slb_lb_options lb;
+
+    uint32_t max_connections_per_backend; /* default 8 */
+    uint32_t max_streams_per_connection;  /* cap below the backend's own limit, default 1000 */
+    uint32_t stream_window;               /* per-stream flow-control window, default 256 KiB */
+    uint32_t connect_timeout_ms;          /* default 5000 */
+    struct slb_config_backoff backoff;
+    struct slb_config_health_check health_check;
+    struct slb_config_outlier outlier;
+    char *service_config_json; /* gRPC service config (retryPolicy...), kept as compact JSON; NULL if none */
+};
+
+struct slb_config_etcd {
+    char **endpoints; /* "http://127.0.0.1:2379" */
+    size_t n_endpoints;
+    uint32_t dial_timeout_ms;    /* default 2000 */
+    uint32_t request_timeout_ms; /* default 5000 */
+    char *username, *password;   /* optional auth */
+    char *ca_file, *cert_file, *key_file; /* optional TLS */
+};
+
+enum slb_register_format { SLB_REGISTER_PLAIN = 0, SLB_REGISTER_ETCD_NAMING, SLB_REGISTER_JSON };
+
+struct slb_config_register {
+    char *prefix;  /* etcd key prefix; the key is prefix + address */
+    char *address; /* what remote clients dial */
+    uint32_t ttl_s; /* default 10 */
+    uint32_t weight;
+    char *zone;
+    char *metadata_json; /* compact JSON object or NULL */
+    int format;          /* enum slb_register_format */
+    struct slb_config_health_check health_check;
+    char *health_address; /* where the local service listens for the check; default = address */
+};
+
+struct slb_config {
+    char *path; /* file it came from */
+    int log_level;
+    struct slb_config_listener *listeners;
+    size_t n_listeners;
+    struct slb_config_cluster *clusters;
+    size_t n_clusters;
+    int has_etcd;
+    struct slb_config_etcd etcd;
+    struct slb_config_register *registers;
+    size_t n_registers;
+    char *admin_address; /* NULL = no admin listener */
+};
+
+/*
+ * Loads and validates. On error returns NULL and writes one line
+ * "FILE:LINE:COL: JSON.PATH: message" into err.
+ */
+struct slb_config *slb_config_load_file(const char *path, char *err, size_t errlen);
+/* Same from a string; `name` stands in for the file name in messages. */
+struct slb_config *slb_config_load_string(const char *json, const char *name, char *err, size_t errlen);
+void slb_config_free(struct slb_config *cfg);
+
+#endif

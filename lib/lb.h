@@ -1,0 +1,109 @@
+/*
+ * Load-balancing policies behind one small table (h2o balancer.h, HAProxy
+ * struct lb_ops). Each policy lives in lib/lb_<name>.c and exports only its
+ * `const struct slb_lb_ops`. pick() is pure: no I/O and no clock reads; the
+ * caller passes time, randomness, the hash key and the call's tried set in
+ * struct slb_pick_ctx, so policies are unit-testable without a loop.
+ *
+ * Ownership: struct slb_lb is embedded in its cluster; lb->data belongs to
+ * the policy (allocated in init/update, freed in destroy). The backend set
+ * is the cluster's; the policy only reads it.
+ */
+#ifndef SLB_LB_H
+#define SLB_LB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+
+#define SLB_MAX_ATTEMPTS 5
+
+/* Backends a call has already tried, so a retry goes elsewhere when it can. */
+struct slb_tried {
+    uint8_t n;
+    struct slb_backend *v[SLB_MAX_ATTEMPTS];
+};
+
+static inline int slb_tried_has(const struct slb_tried *t, const struct slb_backend *be)
+{
+    if (t == NULL)
+        return 0;
+    for (uint8_t i = 0; i < t->n; i++)
+        if (t->v[i] == be)
+            return 1;
+    return 0;
+}
+
+static inline void slb_tried_add(struct slb_tried *t, struct slb_backend *be)
+{
+    if (t->n < SLB_MAX_ATTEMPTS && !slb_tried_has(t, be))
+        t->v[t->n++] = be;
+}
+
+struct slb_pick_ctx {
+    uint64_t now_ms;
+    uint64_t random;  /* a fresh random value per pick */
+    uint64_t hash;    /* request hash key (ring_hash, maglev, source_ip_hash) */
+    uint8_t has_hash; /* 0: no key for this call -> random pick */
+    const struct slb_tried *tried; /* may be NULL */
+};
+
+/* Policy options, parsed by config.c from "policy": {"<name>": {...}}. */
+struct slb_lb_options {
+    uint32_t choice_count;       /* least_request: 2 by default; 0 = full scan */
+    char hash_header[64];        /* ring_hash / maglev: request header holding the key */
+    uint32_t min_ring_size;      /* ring_hash, default 1024 */
+    uint32_t max_ring_size;      /* ring_hash, default 8388608 (gRFC A42 cap 8M) */
+    uint32_t maglev_table_size;  /* maglev: prime, default 65537 */
+    uint64_t slow_start_ms;      /* 0 = off */
+    double slow_start_aggression; /* 1.0 = linear ramp */
+    double slow_start_min_weight_percent; /* floor during the ramp, default 10 */
+    double panic_threshold_percent;       /* 0 = off */
+};
+
+void slb_lb_options_default(struct slb_lb_options *o);
+
+struct slb_lb;
+
+struct slb_lb_ops {
+    const char *name;
+    /* Allocate lb->data. 0 or SLB_ENOMEM. */
+    int (*init)(struct slb_lb *lb);
+    /* The set changed (backend added/removed, weight changed): rebuild. */
+    int (*update)(struct slb_lb *lb);
+    /* A usable backend not in ctx->tried; else a usable tried one; else NULL. */
+    struct slb_backend *(*pick)(struct slb_lb *lb, const struct slb_pick_ctx *ctx);
+    void (*destroy)(struct slb_lb *lb);
+    /* Whether the policy reads ctx->hash (so the router computes it). */
+    uint8_t uses_hash;
+};
+
+struct slb_lb {
+    const struct slb_lb_ops *ops;
+    const struct slb_lb_options *opts;
+    struct slb_backend_set *set;
+    void *data;
+    uint64_t set_version; /* version of set the policy last saw */
+};
+
+/* Policy table lookup by name; NULL if unknown. */
+const struct slb_lb_ops *slb_lb_find(const char *name);
+/* Comma-separated names of all policies (for error messages). */
+const char *slb_lb_names(void);
+
+int slb_lb_init(struct slb_lb *lb, const char *policy, const struct slb_lb_options *opts,
+                struct slb_backend_set *set);
+/* Tell the policy the set changed. 0 or SLB_ENOMEM. */
+int slb_lb_update(struct slb_lb *lb);
+/* Picks a backend; applies panic mode; NULL when none can take the call. */
+struct slb_backend *slb_lb_pick(struct slb_lb *lb, const struct slb_pick_ctx *ctx);
+void slb_lb_dispose(struct slb_lb *lb);
+
+/* Effective weight with slow start applied (>= 1). */
+uint32_t slb_lb_effective_weight(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms);
+
+/* 64-bit hash of a key (xxhash-like quality; stable across runs). */
+uint64_t slb_hash64(const void *data, size_t len);
+
+#endif

@@ -1,0 +1,28 @@
+/*
+ * Leveled logging to stderr (journald adds time and unit). The level is
+ * checked before any formatting, so a DEBUG line on the call path costs one
+ * compare when debug is off (redis serverLog).
+ */
+#ifndef SLB_LOG_H
+#define SLB_LOG_H
+
+enum slb_log_level { SLB_LOG_DEBUG = 0, SLB_LOG_INFO, SLB_LOG_NOTICE, SLB_LOG_WARN, SLB_LOG_ERROR };
+
+extern int slb_log_level;
+
+void slb_log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "debug", "info", "notice", "warn", "error" -> level, or -1. */
+int slb_log_parse_level(const char *name);
+
+#define slb_log(level, ...)                                                                                            \
+    do {                                                                                                               \
+        if ((level) >= slb_log_level)                                                                                  \
+            slb_log_write((level), __VA_ARGS__);                                                                       \
+    } while (0)
+#define slb_debug(...) slb_log(SLB_LOG_DEBUG, __VA_ARGS__)
+#define slb_info(...) slb_log(SLB_LOG_INFO, __VA_ARGS__)
+#define slb_notice(...) slb_log(SLB_LOG_NOTICE, __VA_ARGS__)
+#define slb_warn(...) slb_log(SLB_LOG_WARN, __VA_ARGS__)
+#define slb_error(...) slb_log(SLB_LOG_ERROR, __VA_ARGS__)
+
+#endif
