@@ -130,4 +130,15 @@ struct slb_config *slb_config_load_file(const char *path, char *err, size_t errl
 struct slb_config *slb_config_load_string(const char *json, const char *name, char *err, size_t errlen);
 void slb_config_free(struct slb_config *cfg);
 
+/* A buffer this size holds any message the loaders write. */
+#define SLB_CONFIG_ERRLEN 1024
+
+/* Index of the cluster called `name` in cfg->clusters, or -1. */
+int slb_config_cluster_index(const struct slb_config *cfg, const char *name);
+/* gRPC status code for a name like "UNAVAILABLE" (0..16), or -1 if unknown. */
+int slb_config_grpc_code(const char *name);
+/* Parses a protobuf JSON duration ("0.1s", "2s"; up to 9 fraction digits) into
+ * milliseconds, rounded up. 0 or SLB_ECONFIG. */
+int slb_config_parse_duration(const char *s, uint64_t *ms);
+
 #endif

@@ -1,0 +1,167 @@
+/*
+ * sidelb daemon: argv, config load, signals, sd_notify. Wiring only; the
+ * work is in libsidelb (lib/).
+ */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "config.h"
+#include "log.h"
+#include "server.h"
+
+#define SIDELB_VERSION "0.1.0"
+#define DEFAULT_GRACE_MS 5000
+
+static struct slb_server server;
+static uv_signal_t sig_term, sig_int, sig_hup;
+static uint64_t grace_ms = DEFAULT_GRACE_MS;
+
+/* systemd's notify protocol (sd_notify(3)) without linking libsystemd. */
+static void sd_notify_msg(const char *msg)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    socklen_t len;
+    int fd;
+
+    if (path == NULL || (path[0] != '/' && path[0] != '@') || strlen(path) >= sizeof(sa.sun_path))
+        return;
+    strcpy(sa.sun_path, path);
+    if (path[0] == '@')
+        sa.sun_path[0] = '\0';
+    len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
+    if ((fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) < 0)
+        return;
+    (void)sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa, len);
+    close(fd);
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: sidelb -c FILE [-l LEVEL] [--grace-ms N]\n"
+                 "       sidelb --check-config FILE\n"
+                 "\n"
+                 "  -c, --config FILE        run with this JSON config\n"
+                 "      --check-config FILE  validate FILE, print the first error, exit 0 or 1\n"
+                 "  -l, --log-level LEVEL    debug, info, notice, warn, error (overrides the config)\n"
+                 "      --grace-ms N         on SIGTERM, let calls in flight finish for up to N ms (default %d)\n"
+                 "  -V, --version            print the version\n"
+                 "  -h, --help               this help\n",
+            DEFAULT_GRACE_MS);
+}
+
+static void on_stopped(struct slb_server *srv)
+{
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
+    uv_close((uv_handle_t *)&sig_hup, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    if (signum == SIGHUP) {
+        slb_warn("SIGHUP: live reload is not supported yet; restart sidelb to apply config changes");
+        return;
+    }
+    if (server.stopping) {
+        slb_notice("second %s: exiting now", strsignal(signum));
+        exit(0);
+    }
+    slb_notice("%s: draining (up to %llu ms)", strsignal(signum), (unsigned long long)grace_ms);
+    sd_notify_msg("STOPPING=1");
+    slb_server_stop(&server, grace_ms, on_stopped);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},  {"check-config", required_argument, NULL, 'C'},
+        {"log-level", required_argument, NULL, 'l'}, {"grace-ms", required_argument, NULL, 'g'},
+        {"version", no_argument, NULL, 'V'},         {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config_path = NULL, *check_path = NULL, *level = NULL;
+    char err[SLB_CONFIG_ERRLEN];
+    struct slb_config *cfg;
+    uv_loop_t *loop;
+    int c, rv;
+
+    while ((c = getopt_long(argc, argv, "c:l:Vh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 'C':
+            check_path = optarg;
+            break;
+        case 'l':
+            level = optarg;
+            break;
+        case 'g':
+            grace_ms = strtoull(optarg, NULL, 10);
+            break;
+        case 'V':
+            printf("sidelb %s (nghttp2 %s, libuv %s)\n", SIDELB_VERSION, nghttp2_version(0)->version_str,
+                   uv_version_string());
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (check_path != NULL) {
+        if ((cfg = slb_config_load_file(check_path, err, sizeof(err))) == NULL) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        printf("%s: OK (%zu listeners, %zu clusters, %zu registrations)\n", check_path, cfg->n_listeners,
+               cfg->n_clusters, cfg->n_registers);
+        slb_config_free(cfg);
+        return 0;
+    }
+    if (config_path == NULL || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    if ((cfg = slb_config_load_file(config_path, err, sizeof(err))) == NULL) {
+        fprintf(stderr, "sidelb: %s\n", err);
+        return 1;
+    }
+    slb_log_level = cfg->log_level;
+    if (level != NULL && (slb_log_level = slb_log_parse_level(level)) < 0) {
+        fprintf(stderr, "sidelb: unknown log level \"%s\"\n", level);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    loop = uv_default_loop();
+    if ((rv = slb_server_start(&server, loop, cfg, err, sizeof(err))) != 0) {
+        slb_error("%s", err);
+        return 1;
+    }
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_init(loop, &sig_hup);
+    uv_signal_start(&sig_term, on_signal, SIGTERM);
+    uv_signal_start(&sig_int, on_signal, SIGINT);
+    uv_signal_start(&sig_hup, on_signal, SIGHUP);
+    slb_notice("sidelb %s ready (%zu listeners, %zu clusters)", SIDELB_VERSION, cfg->n_listeners, cfg->n_clusters);
+    sd_notify_msg("READY=1");
+    uv_run(loop, UV_RUN_DEFAULT);
+    rv = uv_loop_close(loop);
+    slb_server_dispose(&server);
+    slb_config_free(cfg);
+    if (rv != 0)
+        slb_debug("loop closed with handles open: %s", uv_strerror(rv));
+    slb_notice("stopped");
+    return 0;
+}

@@ -1,0 +1,203 @@
+#include "buf.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+/* The loop is single-threaded, so the pool needs no lock. Keeping up to
+ * POOL_MAX idle chunks (16 MiB) bounds what an idle daemon holds. */
+#define POOL_MAX 1024
+static struct slb_chunk *pool_head;
+static unsigned pool_len;
+
+struct slb_chunk *slb_chunk_get(void)
+{
+    struct slb_chunk *c = pool_head;
+
+    if (c != NULL) {
+        pool_head = c->next;
+        pool_len--;
+    } else if ((c = malloc(sizeof(*c))) == NULL) {
+        return NULL;
+    }
+    c->next = NULL;
+    c->start = c->end = 0;
+    return c;
+}
+
+void slb_chunk_put(struct slb_chunk *c)
+{
+    if (pool_len >= POOL_MAX) {
+        free(c);
+        return;
+    }
+    c->next = pool_head;
+    pool_head = c;
+    pool_len++;
+}
+
+void slb_chunk_pool_drain(void)
+{
+    while (pool_head != NULL) {
+        struct slb_chunk *c = pool_head;
+        pool_head = c->next;
+        free(c);
+    }
+    pool_len = 0;
+}
+
+void slb_chunkq_init(struct slb_chunkq *q, int retain)
+{
+    memset(q, 0, sizeof(*q));
+    q->retain = (uint8_t)retain;
+}
+
+int slb_chunkq_append(struct slb_chunkq *q, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        struct slb_chunk *t = q->tail;
+        size_t room;
+
+        if (t == NULL || t->end == SLB_CHUNK_SIZE) {
+            struct slb_chunk *c = slb_chunk_get();
+            if (c == NULL)
+                return SLB_ENOMEM;
+            if (t == NULL) {
+                q->head = q->tail = c;
+            } else {
+                t->next = c;
+                q->tail = c;
+            }
+            if (q->send == NULL) {
+                q->send = c;
+                q->send_off = 0;
+            }
+            t = c;
+        }
+        room = SLB_CHUNK_SIZE - t->end;
+        if (room > n)
+            room = n;
+        memcpy(t->data + t->end, p, room);
+        t->end += (uint32_t)room;
+        q->unsent += room;
+        p += room;
+        n -= room;
+    }
+    return 0;
+}
+
+/* Frees the chunks before the cursor (non-retaining mode). */
+static void release_sent(struct slb_chunkq *q)
+{
+    while (q->head != NULL && q->head != q->send) {
+        struct slb_chunk *c = q->head;
+        q->head = c->next;
+        slb_chunk_put(c);
+    }
+    if (q->head != NULL)
+        q->head->start = q->send_off;
+    if (q->head == NULL)
+        q->tail = NULL;
+}
+
+size_t slb_chunkq_peek(struct slb_chunkq *q, const uint8_t **p)
+{
+    struct slb_chunk *c = q->send;
+
+    if (q->unsent == 0 || c == NULL)
+        return 0;
+    while (q->send_off == c->end) {
+        c = c->next;
+        q->send = c;
+        q->send_off = c->start;
+    }
+    if (!q->retain)
+        release_sent(q);
+    *p = c->data + q->send_off;
+    return c->end - q->send_off;
+}
+
+void slb_chunkq_advance(struct slb_chunkq *q, size_t n)
+{
+    q->send_off += (uint32_t)n;
+    q->unsent -= n;
+    if (q->retain) {
+        q->retained += n;
+        return;
+    }
+    /* Release a fully sent chunk at once, unless it is the tail (more may be appended there). */
+    if (q->send_off == q->send->end && q->send != q->tail) {
+        q->send = q->send->next;
+        q->send_off = q->send->start;
+    }
+    release_sent(q);
+    if (q->unsent == 0 && q->head != NULL && q->head == q->tail) {
+        /* Empty: rewind the tail chunk so it is reused from its start. */
+        q->head->start = q->head->end = 0;
+        q->send_off = 0;
+    }
+}
+
+void slb_chunkq_commit(struct slb_chunkq *q)
+{
+    if (!q->retain)
+        return;
+    q->retain = 0;
+    q->retained = 0;
+    release_sent(q);
+}
+
+void slb_chunkq_rewind(struct slb_chunkq *q)
+{
+    if (!q->retain || q->head == NULL)
+        return;
+    q->send = q->head;
+    q->send_off = q->head->start;
+    q->unsent += q->retained;
+    q->retained = 0;
+}
+
+size_t slb_chunkq_clear(struct slb_chunkq *q)
+{
+    size_t dropped = q->unsent;
+
+    while (q->head != NULL) {
+        struct slb_chunk *c = q->head;
+        q->head = c->next;
+        slb_chunk_put(c);
+    }
+    q->tail = q->send = NULL;
+    q->send_off = 0;
+    q->unsent = q->retained = 0;
+    return dropped;
+}
+
+int slb_outbuf_append(struct slb_outbuf *b, const void *p, size_t n, size_t limit)
+{
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 16384;
+        uint8_t *nb;
+        while (cap < b->len + n)
+            cap *= 2;
+        if (cap > limit) {
+            if (b->len + n > limit)
+                return SLB_ELIMIT;
+            cap = limit;
+        }
+        if ((nb = realloc(b->base, cap)) == NULL)
+            return SLB_ENOMEM;
+        b->base = nb;
+        b->cap = cap;
+    }
+    memcpy(b->base + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+void slb_outbuf_dispose(struct slb_outbuf *b)
+{
+    free(b->base);
+    b->base = NULL;
+    b->len = b->cap = 0;
+}

@@ -1,0 +1,100 @@
+#include "grpc.h"
+
+#include <string.h>
+
+#include "common.h"
+
+static const char *const status_names[] = {
+    "OK",        "CANCELLED",         "UNKNOWN",           "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED",  "INTERNAL",          "UNAVAILABLE",       "DATA_LOSS",        "UNAUTHENTICATED",
+};
+
+const char *slb_grpc_status_name(int code)
+{
+    return code >= 0 && code < (int)SLB_ARRAY_SIZE(status_names) ? status_names[code] : NULL;
+}
+
+int slb_grpc_status_from_name(const char *name)
+{
+    for (int i = 0; i < (int)SLB_ARRAY_SIZE(status_names); i++)
+        if (strcmp(name, status_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+size_t slb_grpc_percent_encode(const char *msg, char *out, size_t outlen)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+
+    if (outlen == 0)
+        return 0;
+    for (const unsigned char *p = (const unsigned char *)msg; *p != '\0'; p++) {
+        if (*p >= 0x20 && *p <= 0x7e && *p != '%') {
+            if (o + 1 >= outlen)
+                break;
+            out[o++] = (char)*p;
+        } else {
+            if (o + 3 >= outlen)
+                break;
+            out[o++] = '%';
+            out[o++] = hex[*p >> 4];
+            out[o++] = hex[*p & 15];
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+int slb_grpc_timeout_parse(const char *v, size_t len, uint64_t *ms)
+{
+    uint64_t n = 0;
+
+    if (len < 2 || len > 9)
+        return SLB_EPROTO;
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return SLB_EPROTO;
+        n = n * 10 + (uint64_t)(v[i] - '0');
+    }
+    switch (v[len - 1]) {
+    case 'H':
+        *ms = n * 3600000;
+        break;
+    case 'M':
+        *ms = n * 60000;
+        break;
+    case 'S':
+        *ms = n * 1000;
+        break;
+    case 'm':
+        *ms = n;
+        break;
+    case 'u':
+        *ms = (n + 999) / 1000;
+        break;
+    case 'n':
+        *ms = (n + 999999) / 1000000;
+        break;
+    default:
+        return SLB_EPROTO;
+    }
+    return 0;
+}
+
+int slb_grpc_status_from_h2(uint32_t h2_error)
+{
+    switch (h2_error) {
+    case 0x7: /* REFUSED_STREAM */
+        return SLB_GRPC_UNAVAILABLE;
+    case 0x8: /* CANCEL */
+        return SLB_GRPC_CANCELLED;
+    case 0xb: /* ENHANCE_YOUR_CALM */
+        return SLB_GRPC_RESOURCE_EXHAUSTED;
+    case 0xc: /* INADEQUATE_SECURITY */
+        return SLB_GRPC_PERMISSION_DENIED;
+    default: /* NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, ... */
+        return SLB_GRPC_INTERNAL;
+    }
+}

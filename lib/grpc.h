@@ -1,0 +1,54 @@
+/*
+ * gRPC protocol details that sidelb needs: status codes and names,
+ * percent-encoding of grpc-message, grpc-timeout parsing, and the mapping of
+ * HTTP/2 reset codes to statuses (gRPC's PROTOCOL-HTTP2.md).
+ */
+#ifndef SLB_GRPC_H
+#define SLB_GRPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum slb_grpc_status {
+    SLB_GRPC_OK = 0,
+    SLB_GRPC_CANCELLED = 1,
+    SLB_GRPC_UNKNOWN = 2,
+    SLB_GRPC_INVALID_ARGUMENT = 3,
+    SLB_GRPC_DEADLINE_EXCEEDED = 4,
+    SLB_GRPC_NOT_FOUND = 5,
+    SLB_GRPC_ALREADY_EXISTS = 6,
+    SLB_GRPC_PERMISSION_DENIED = 7,
+    SLB_GRPC_RESOURCE_EXHAUSTED = 8,
+    SLB_GRPC_FAILED_PRECONDITION = 9,
+    SLB_GRPC_ABORTED = 10,
+    SLB_GRPC_OUT_OF_RANGE = 11,
+    SLB_GRPC_UNIMPLEMENTED = 12,
+    SLB_GRPC_INTERNAL = 13,
+    SLB_GRPC_UNAVAILABLE = 14,
+    SLB_GRPC_DATA_LOSS = 15,
+    SLB_GRPC_UNAUTHENTICATED = 16,
+};
+
+/* "UNAVAILABLE" etc.; NULL for codes outside 0..16. */
+const char *slb_grpc_status_name(int code);
+/* Code for a name like "UNAVAILABLE" (case-sensitive), or -1. */
+int slb_grpc_status_from_name(const char *name);
+
+/*
+ * Percent-encodes a grpc-message (bytes outside 0x20..0x7E and '%').
+ * Writes at most outlen-1 bytes plus NUL, never splitting an escape.
+ * Returns the encoded length.
+ */
+size_t slb_grpc_percent_encode(const char *msg, char *out, size_t outlen);
+
+/*
+ * Parses a grpc-timeout value ("100m", "5S", "1H": 1-8 digits and a unit
+ * H M S m u n) into milliseconds, rounding sub-millisecond values up.
+ * 0 or SLB_EPROTO.
+ */
+int slb_grpc_timeout_parse(const char *v, size_t len, uint64_t *ms);
+
+/* Status a client sees for a stream reset with this HTTP/2 error code. */
+int slb_grpc_status_from_h2(uint32_t h2_error);
+
+#endif

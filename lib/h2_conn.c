@@ -1,0 +1,234 @@
+#include "h2_conn.h"
+
+#include <string.h>
+
+#include "common.h"
+#include "log.h"
+
+static void conn_flush(struct slb_conn *c);
+
+static void on_flush_handle(uv_handle_t *h)
+{
+    slb_conn_ctx_flush(h->data);
+}
+
+static void on_prepare(uv_prepare_t *h)
+{
+    on_flush_handle((uv_handle_t *)h);
+}
+
+static void on_check(uv_check_t *h)
+{
+    on_flush_handle((uv_handle_t *)h);
+}
+
+int slb_conn_ctx_init(struct slb_conn_ctx *ctx, uv_loop_t *loop)
+{
+    ctx->loop = loop;
+    ctx->dirty = NULL;
+    uv_prepare_init(loop, &ctx->prepare);
+    uv_check_init(loop, &ctx->check);
+    ctx->prepare.data = ctx->check.data = ctx;
+    uv_prepare_start(&ctx->prepare, on_prepare);
+    uv_check_start(&ctx->check, on_check);
+    /* They must not keep the loop alive by themselves. */
+    uv_unref((uv_handle_t *)&ctx->prepare);
+    uv_unref((uv_handle_t *)&ctx->check);
+    return 0;
+}
+
+void slb_conn_ctx_flush(struct slb_conn_ctx *ctx)
+{
+    /* Flushing one connection may dirty another (a consumed window on the
+     * other side of a call); keep going until nothing is left. */
+    while (ctx->dirty != NULL) {
+        struct slb_conn *c = ctx->dirty;
+        ctx->dirty = c->next_dirty;
+        c->next_dirty = NULL;
+        c->dirty = 0;
+        conn_flush(c);
+    }
+}
+
+void slb_conn_ctx_close(struct slb_conn_ctx *ctx)
+{
+    uv_close((uv_handle_t *)&ctx->prepare, NULL);
+    uv_close((uv_handle_t *)&ctx->check, NULL);
+}
+
+int slb_conn_init(struct slb_conn *c, struct slb_conn_ctx *ctx, const struct slb_conn_ops *ops)
+{
+    memset(c, 0, sizeof(*c));
+    c->ctx = ctx;
+    c->ops = ops;
+    return uv_tcp_init(ctx->loop, &c->tcp);
+}
+
+void slb_conn_mark_dirty(struct slb_conn *c)
+{
+    if (c->dirty || c->closing)
+        return;
+    c->dirty = 1;
+    c->next_dirty = c->ctx->dirty;
+    c->ctx->dirty = c;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct slb_conn *c = slb_container_of(h, struct slb_conn, tcp);
+    buf->base = (char *)c->ctx->rbuf;
+    buf->len = sizeof(c->ctx->rbuf);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct slb_conn *c = slb_container_of(s, struct slb_conn, tcp);
+
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        slb_conn_close(c, (int)nread);
+        return;
+    }
+    if (c->ops->on_read != NULL) {
+        if (c->ops->on_read(c, (const uint8_t *)buf->base, (size_t)nread) < 0)
+            return; /* the hook closed or will close the connection */
+    } else {
+        ssize_t rv = nghttp2_session_mem_recv(c->session, (const uint8_t *)buf->base, (size_t)nread);
+        if (rv < 0) {
+            slb_debug("h2 receive error: %s", nghttp2_strerror((int)rv));
+            slb_conn_close(c, SLB_EPROTO);
+            return;
+        }
+    }
+    if (!c->closing)
+        slb_conn_mark_dirty(c);
+}
+
+int slb_conn_start(struct slb_conn *c)
+{
+    uv_tcp_nodelay(&c->tcp, 1);
+    return uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct slb_conn *c = slb_container_of(req, struct slb_conn, wreq);
+
+    c->writing = 0;
+    c->out[c->fill ^ 1].len = 0;
+    if (c->closing)
+        return;
+    if (status < 0) {
+        slb_conn_close(c, status);
+        return;
+    }
+    conn_flush(c);
+}
+
+static void conn_flush(struct slb_conn *c)
+{
+    while (!c->closing) {
+        struct slb_outbuf *ob = &c->out[c->fill];
+        uv_buf_t b;
+        int w;
+
+        while (c->session != NULL && ob->len < SLB_CONN_HIGH_WATER) {
+            const uint8_t *data;
+            ssize_t n = nghttp2_session_mem_send(c->session, &data);
+            if (n < 0) {
+                slb_warn("h2 send error: %s", nghttp2_strerror((int)n));
+                slb_conn_close(c, SLB_EPROTO);
+                return;
+            }
+            if (n == 0)
+                break;
+            if (slb_outbuf_append(ob, data, (size_t)n, SLB_CONN_OUT_LIMIT) != 0) {
+                slb_conn_close(c, SLB_ENOMEM);
+                return;
+            }
+        }
+        if (c->closing)
+            return; /* a send callback closed us */
+        if (ob->len == 0 || c->writing)
+            break;
+        b = uv_buf_init((char *)ob->base, (unsigned)ob->len);
+        w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (w == (int)ob->len) {
+            ob->len = 0;
+            continue; /* there may be more frames to produce */
+        }
+        if (w < 0 && w != UV_EAGAIN) {
+            slb_conn_close(c, w);
+            return;
+        }
+        if (w < 0)
+            w = 0;
+        b = uv_buf_init((char *)ob->base + w, (unsigned)(ob->len - (size_t)w));
+        if ((w = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write)) != 0) {
+            slb_conn_close(c, w);
+            return;
+        }
+        c->writing = 1;
+        c->fill ^= 1;
+        /* fill the other buffer up to the high-water mark while this one is written */
+    }
+    if (c->closing)
+        return;
+    if (c->close_after_write && !c->writing && c->out[c->fill].len == 0) {
+        slb_conn_close(c, 0);
+        return;
+    }
+    if (c->session != NULL && !c->writing && !nghttp2_session_want_read(c->session) &&
+        !nghttp2_session_want_write(c->session))
+        slb_conn_close(c, 0);
+}
+
+int slb_conn_write_raw(struct slb_conn *c, const void *p, size_t n, int close_after)
+{
+    int rv = slb_outbuf_append(&c->out[c->fill], p, n, SLB_CONN_OUT_LIMIT);
+    if (rv != 0)
+        return rv;
+    if (close_after) {
+        c->close_after_write = 1;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    }
+    slb_conn_mark_dirty(c);
+    return 0;
+}
+
+int slb_conn_append_data_frame(struct slb_conn *c, const uint8_t *framehd, const uint8_t *p, size_t n)
+{
+    struct slb_outbuf *ob = &c->out[c->fill];
+    int rv = slb_outbuf_append(ob, framehd, 9, SLB_CONN_OUT_LIMIT);
+    if (rv == 0)
+        rv = slb_outbuf_append(ob, p, n, SLB_CONN_OUT_LIMIT);
+    return rv;
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    struct slb_conn *c = slb_container_of(h, struct slb_conn, tcp);
+
+    slb_outbuf_dispose(&c->out[0]);
+    slb_outbuf_dispose(&c->out[1]);
+    c->ops->on_free(c);
+}
+
+void slb_conn_close(struct slb_conn *c, int err)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    /* unlink from the dirty list */
+    if (c->dirty) {
+        struct slb_conn **pp = &c->ctx->dirty;
+        while (*pp != NULL && *pp != c)
+            pp = &(*pp)->next_dirty;
+        if (*pp == c)
+            *pp = c->next_dirty;
+        c->dirty = 0;
+    }
+    c->ops->on_close(c, err);
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+}

@@ -1,0 +1,192 @@
+#include "server.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "buf.h"
+#include "cluster.h"
+#include "common.h"
+#include "config.h"
+#include "h2_downstream.h"
+#include "h2_upstream.h"
+#include "log.h"
+#include "proxy.h"
+
+static void on_connection(uv_stream_t *s, int status)
+{
+    struct slb_listener *l = slb_container_of(s, struct slb_listener, tcp);
+    int rv;
+
+    if (status < 0) {
+        slb_warn("listener %s: accept error: %s", l->cfg->address, uv_strerror(status));
+        return;
+    }
+    if ((rv = slb_downstream_accept(l)) != 0)
+        slb_warn("listener %s: cannot accept: %s", l->cfg->address, slb_strerror(rv));
+}
+
+struct slb_cluster *slb_listener_route(const struct slb_listener *l, const uint8_t *path, size_t len)
+{
+    const uint8_t *svc, *slash;
+    size_t svclen;
+
+    if (len < 2 || path[0] != '/')
+        return l->default_cluster;
+    svc = path + 1;
+    slash = memchr(svc, '/', len - 1);
+    svclen = slash != NULL ? (size_t)(slash - svc) : len - 1;
+    /* a "pkg.Service/Method" route wins over a "pkg.Service" one */
+    for (size_t i = 0; i < l->n_routes; i++) {
+        const struct slb_route *r = &l->routes[i];
+        if (r->len == len - 1 && memcmp(r->service, svc, r->len) == 0)
+            return r->cluster;
+    }
+    for (size_t i = 0; i < l->n_routes; i++) {
+        const struct slb_route *r = &l->routes[i];
+        if (r->len == svclen && memcmp(r->service, svc, svclen) == 0)
+            return r->cluster;
+    }
+    return l->default_cluster;
+}
+
+static int listener_start(struct slb_server *srv, struct slb_listener *l, const struct slb_config_listener *cfg,
+                          char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    unsigned sslen;
+    int rv;
+
+    l->srv = srv;
+    l->cfg = cfg;
+    if ((l->routes = calloc(cfg->n_routes + 1, sizeof(*l->routes))) == NULL)
+        return SLB_ENOMEM;
+    l->n_routes = cfg->n_routes;
+    for (size_t i = 0; i < cfg->n_routes; i++) {
+        l->routes[i].service = cfg->routes[i].service;
+        l->routes[i].len = strlen(cfg->routes[i].service);
+        l->routes[i].cluster = &srv->clusters[cfg->routes[i].cluster_index];
+    }
+    l->default_cluster = cfg->default_cluster_index >= 0 ? &srv->clusters[cfg->default_cluster_index] : NULL;
+    if (slb_parse_addr(cfg->address, &ss, &sslen) != 0) {
+        snprintf(err, errlen, "listener %s: invalid address", cfg->address);
+        return SLB_EADDR;
+    }
+    uv_tcp_init(srv->loop, &l->tcp);
+    if ((rv = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0)) != 0 ||
+        (rv = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection)) != 0) {
+        snprintf(err, errlen, "listener %s: cannot listen: %s", cfg->address, uv_strerror(rv));
+        return rv;
+    }
+    slb_notice("listening on %s (%s)", cfg->address, cfg->name ? cfg->name : "unnamed");
+    return 0;
+}
+
+int slb_server_start(struct slb_server *srv, uv_loop_t *loop, const struct slb_config *cfg, char *err, size_t errlen)
+{
+    int rv;
+
+    memset(srv, 0, sizeof(*srv));
+    srv->loop = loop;
+    srv->cfg = cfg;
+    srv->rng = (uint64_t)time(NULL) ^ ((uint64_t)(uintptr_t)srv << 16);
+    slb_conn_ctx_init(&srv->io, loop);
+    if ((srv->down_cbs = slb_downstream_callbacks_new()) == NULL || (srv->up_cbs = slb_upstream_callbacks_new()) == NULL ||
+        nghttp2_option_new(&srv->down_opt) != 0 || nghttp2_option_new(&srv->up_opt) != 0) {
+        snprintf(err, errlen, "out of memory");
+        return SLB_ENOMEM;
+    }
+    /* End-to-end flow control: windows reopen only as the other side takes the bytes. */
+    nghttp2_option_set_no_auto_window_update(srv->down_opt, 1);
+    nghttp2_option_set_no_auto_window_update(srv->up_opt, 1);
+    nghttp2_option_set_peer_max_concurrent_streams(srv->up_opt, 100);
+
+    if ((srv->clusters = calloc(cfg->n_clusters, sizeof(*srv->clusters))) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return SLB_ENOMEM;
+    }
+    for (size_t i = 0; i < cfg->n_clusters; i++) {
+        if ((rv = slb_cluster_init(&srv->clusters[i], srv, &cfg->clusters[i])) != 0) {
+            snprintf(err, errlen, "cluster %s: %s", cfg->clusters[i].name, slb_strerror(rv));
+            return rv;
+        }
+        srv->n_clusters++;
+    }
+    if ((srv->listeners = calloc(cfg->n_listeners, sizeof(*srv->listeners))) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return SLB_ENOMEM;
+    }
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        if ((rv = listener_start(srv, &srv->listeners[i], &cfg->listeners[i], err, errlen)) != 0)
+            return rv;
+        srv->n_listeners++;
+    }
+    return 0;
+}
+
+static void server_finish(struct slb_server *srv)
+{
+    void (*cb)(struct slb_server *) = srv->on_stopped;
+
+    if (cb == NULL)
+        return;
+    srv->on_stopped = NULL;
+    uv_timer_stop(&srv->stop_timer);
+    uv_close((uv_handle_t *)&srv->stop_timer, NULL);
+    /* force-close what is left */
+    while (srv->downstreams != NULL)
+        slb_conn_close(&srv->downstreams->conn, 0);
+    for (size_t i = 0; i < srv->n_clusters; i++)
+        slb_cluster_dispose(&srv->clusters[i]);
+    slb_conn_ctx_close(&srv->io);
+    cb(srv);
+}
+
+static void on_stop_timer(uv_timer_t *t)
+{
+    struct slb_server *srv = t->data;
+    slb_warn("stop: grace period over with %u calls in flight; closing them", srv->n_calls);
+    server_finish(srv);
+}
+
+void slb_server_downstream_gone(struct slb_server *srv)
+{
+    if (srv->stopping && srv->downstreams == NULL)
+        server_finish(srv);
+}
+
+void slb_server_stop(struct slb_server *srv, uint64_t grace_ms, void (*on_stopped)(struct slb_server *))
+{
+    if (srv->stopping)
+        return;
+    srv->stopping = 1;
+    srv->on_stopped = on_stopped;
+    for (size_t i = 0; i < srv->n_listeners; i++)
+        uv_close((uv_handle_t *)&srv->listeners[i].tcp, NULL);
+    uv_timer_init(srv->loop, &srv->stop_timer);
+    srv->stop_timer.data = srv;
+    uv_timer_start(&srv->stop_timer, on_stop_timer, grace_ms, 0);
+    for (struct slb_downstream *dc = srv->downstreams; dc != NULL; dc = dc->next)
+        slb_downstream_shutdown(dc);
+    if (srv->downstreams == NULL)
+        server_finish(srv);
+}
+
+void slb_server_dispose(struct slb_server *srv)
+{
+    while (srv->free_calls != NULL) {
+        struct slb_call *c = srv->free_calls;
+        srv->free_calls = c->d_next;
+        free(c);
+    }
+    free(srv->clusters);
+    for (size_t i = 0; i < srv->n_listeners; i++)
+        free(srv->listeners[i].routes);
+    free(srv->listeners);
+    nghttp2_session_callbacks_del(srv->down_cbs);
+    nghttp2_session_callbacks_del(srv->up_cbs);
+    nghttp2_option_del(srv->down_opt);
+    nghttp2_option_del(srv->up_opt);
+    slb_chunk_pool_drain();
+}
