@@ -133,7 +133,8 @@ static void conn_flush(struct slb_conn *c)
         uv_buf_t b;
         int w;
 
-        while (c->session != NULL && ob->len < SLB_CONN_HIGH_WATER) {
+        /* after a raw refusal nothing else goes out */
+        while (c->session != NULL && !c->close_after_write && ob->len < SLB_CONN_HIGH_WATER) {
             const uint8_t *data;
             ssize_t n = nghttp2_session_mem_send(c->session, &data);
             if (n < 0) {

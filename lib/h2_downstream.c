@@ -67,11 +67,12 @@ int slb_downstream_accept(struct slb_listener *l)
     }
     nghttp2_submit_settings(dc->conn.session, NGHTTP2_FLAG_NONE, iv, SLB_ARRAY_SIZE(iv));
     nghttp2_session_set_local_window_size(dc->conn.session, NGHTTP2_FLAG_NONE, 0, DOWNSTREAM_CONN_WINDOW);
+    /* Our SETTINGS go out after the client's first bytes proved to be the
+     * HTTP/2 preface, so an HTTP/1 client gets a clean plain-text refusal. */
     if ((rv = slb_conn_start(&dc->conn)) != 0) {
         slb_conn_close(&dc->conn, rv);
         return rv;
     }
-    slb_conn_mark_dirty(&dc->conn);
     return 0;
 }
 

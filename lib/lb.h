@@ -43,21 +43,21 @@ static inline void slb_tried_add(struct slb_tried *t, struct slb_backend *be)
 
 struct slb_pick_ctx {
     uint64_t now_ms;
-    uint64_t random;  /* a fresh random value per pick */
-    uint64_t hash;    /* request hash key (ring_hash, maglev, source_ip_hash) */
-    uint8_t has_hash; /* 0: no key for this call -> random pick */
+    uint64_t random;               /* a fresh random value per pick */
+    uint64_t hash;                 /* request hash key (ring_hash, maglev, source_ip_hash) */
+    uint8_t has_hash;              /* 0: no key for this call -> random pick */
     const struct slb_tried *tried; /* may be NULL */
 };
 
 /* Policy options, parsed by config.c from "policy": {"<name>": {...}}. */
 struct slb_lb_options {
-    uint32_t choice_count;       /* least_request: 2 by default; 0 = full scan */
-    char hash_header[64];        /* ring_hash / maglev: request header holding the key */
-    uint32_t min_ring_size;      /* ring_hash, default 1024 */
-    uint32_t max_ring_size;      /* ring_hash, default 8388608 (gRFC A42 cap 8M) */
-    uint32_t maglev_table_size;  /* maglev: prime, default 65537 */
-    uint64_t slow_start_ms;      /* 0 = off */
-    double slow_start_aggression; /* 1.0 = linear ramp */
+    uint32_t choice_count;                /* least_request: 2 by default; 0 = full scan */
+    char hash_header[64];                 /* ring_hash / maglev: request header holding the key */
+    uint32_t min_ring_size;               /* ring_hash, default 1024 */
+    uint32_t max_ring_size;               /* ring_hash, default 8388608 (gRFC A42 cap 8M) */
+    uint32_t maglev_table_size;           /* maglev: prime, default 65537 */
+    uint64_t slow_start_ms;               /* 0 = off */
+    double slow_start_aggression;         /* 1.0 = linear ramp */
     double slow_start_min_weight_percent; /* floor during the ramp, default 10 */
     double panic_threshold_percent;       /* 0 = off */
 };
@@ -85,6 +85,9 @@ struct slb_lb {
     struct slb_backend_set *set;
     void *data;
     uint64_t set_version; /* version of set the policy last saw */
+    /* panic mode (slb_lb_pick): re-evaluated once per ms of ctx->now_ms or per set version */
+    uint8_t _panic;
+    uint64_t _panic_at_ms, _panic_version;
 };
 
 /* Policy table lookup by name; NULL if unknown. */
@@ -92,8 +95,7 @@ const struct slb_lb_ops *slb_lb_find(const char *name);
 /* Comma-separated names of all policies (for error messages). */
 const char *slb_lb_names(void);
 
-int slb_lb_init(struct slb_lb *lb, const char *policy, const struct slb_lb_options *opts,
-                struct slb_backend_set *set);
+int slb_lb_init(struct slb_lb *lb, const char *policy, const struct slb_lb_options *opts, struct slb_backend_set *set);
 /* Tell the policy the set changed. 0 or SLB_ENOMEM. */
 int slb_lb_update(struct slb_lb *lb);
 /* Picks a backend; applies panic mode; NULL when none can take the call. */
@@ -105,5 +107,46 @@ uint32_t slb_lb_effective_weight(const struct slb_lb *lb, const struct slb_backe
 
 /* 64-bit hash of a key (xxhash-like quality; stable across runs). */
 uint64_t slb_hash64(const void *data, size_t len);
+
+/*
+ * For the policy files (lib/lb_*.c) only.
+ */
+
+/* Whether a pick may choose be: usable, or merely not draining in panic mode. */
+static inline int slb__lb_usable(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms)
+{
+    return lb->_panic ? !be->draining : slb_backend_usable(be, now_ms);
+}
+
+/* splitmix64 step: more random values from ctx->random without a clock or global state. */
+static inline uint64_t slb__lb_next_random(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [0, n) from 32 random bits, without a division (Lemire). */
+static inline uint32_t slb__lb_bounded(uint64_t r, uint32_t n)
+{
+    return (uint32_t)(((r >> 32) * (uint64_t)n) >> 32);
+}
+
+/*
+ * Slow-start weight in 1/1024 units (>= 1), so a weight-1 backend can still
+ * ramp. slb_lb_effective_weight() is this rounded to whole units.
+ */
+uint64_t slb__lb_weight_fp(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms);
+
+/*
+ * The O(n) fallback every policy ends with: from set index `start`, the first
+ * usable backend not tried, else the first usable tried one, else NULL.
+ */
+struct slb_backend *slb__lb_scan(const struct slb_lb *lb, const struct slb_pick_ctx *ctx, uint32_t start);
+
+/* qsort comparator over struct slb_backend * by name: hash tables are built in
+ * an order independent of discovery order, so every sidecar builds the same. */
+int slb__lb_cmp_name(const void *a, const void *b);
 
 #endif

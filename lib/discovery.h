@@ -1,0 +1,48 @@
+/*
+ * Discovery of one cluster: turns an etcd prefix into backend-table changes.
+ * Keeps a map key -> endpoint (hash table; an event costs O(1)), follows the
+ * prefix with an etcd watch, and reports only differences through a sink: a
+ * re-list (startup, compaction) is reconciled against the map, so a backend
+ * present before and after is neither removed nor re-added. Malformed values
+ * are skipped with a warning naming the key (an existing entry for that key
+ * is kept); while etcd is unreachable the table stays as it was.
+ *
+ * Ownership: struct slb_discovery belongs to its cluster; the etcd client is
+ * shared and must outlive it. Sink callbacks may not free the discovery.
+ */
+#ifndef SLB_DISCOVERY_H
+#define SLB_DISCOVERY_H
+
+#include <stddef.h>
+
+#include "etcd.h"
+#include "etcd_value.h"
+
+struct slb_discovery;
+
+struct slb_discovery_sink {
+    void (*upsert)(void *user, const char *key, const struct slb_etcd_endpoint *ep); /* added or changed */
+    void (*remove)(void *user, const char *key);
+    void (*state)(void *user, int connected); /* optional: etcd reachable or not */
+};
+
+/* Starts watching prefix; sink calls begin on a later loop turn. 0, SLB_ENOMEM or UV_E*. */
+int slb_discovery_new(struct slb_etcd *etcd, const char *prefix, const struct slb_discovery_sink *sink, void *user,
+                      struct slb_discovery **out);
+/* Stops the watch (no sink call afterwards) and frees the map. */
+void slb_discovery_free(struct slb_discovery *d);
+/* Entries in the map. */
+size_t slb_discovery_size(const struct slb_discovery *d);
+/* The endpoint of key, or NULL. */
+const struct slb_etcd_endpoint *slb_discovery_get(const struct slb_discovery *d, const char *key);
+/* Whether the first listing has been applied. */
+int slb_discovery_synced(const struct slb_discovery *d);
+
+/* For tests and the benchmark: apply a snapshot / events as the watch would. */
+void slb_discovery_apply_reset(struct slb_discovery *d, const struct slb_etcd_range_result *snap);
+void slb_discovery_apply_events(struct slb_discovery *d, const struct slb_etcd_event *ev, size_t n);
+/* A discovery with no watch (for the above). */
+int slb_discovery_new_detached(const char *prefix, const struct slb_discovery_sink *sink, void *user,
+                               struct slb_discovery **out);
+
+#endif

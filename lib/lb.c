@@ -1,0 +1,266 @@
+/*
+ * The policy registry and what every policy shares: option defaults, the
+ * generic pick wrapper (stale-table refresh, Envoy-style panic mode), slow
+ * start weights, the O(n) fallback scan and the key hash.
+ */
+#include "lb.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+extern const struct slb_lb_ops slb_lb_pick_first;
+extern const struct slb_lb_ops slb_lb_round_robin;
+extern const struct slb_lb_ops slb_lb_random;
+extern const struct slb_lb_ops slb_lb_weighted_round_robin;
+extern const struct slb_lb_ops slb_lb_weighted_random;
+extern const struct slb_lb_ops slb_lb_least_request;
+extern const struct slb_lb_ops slb_lb_source_ip_hash;
+extern const struct slb_lb_ops slb_lb_ring_hash;
+extern const struct slb_lb_ops slb_lb_maglev;
+
+static const struct slb_lb_ops *const policies[] = {
+    &slb_lb_pick_first,           &slb_lb_round_robin,     &slb_lb_random,
+    &slb_lb_weighted_round_robin, &slb_lb_weighted_random, &slb_lb_least_request,
+    &slb_lb_source_ip_hash,       &slb_lb_ring_hash,       &slb_lb_maglev,
+};
+
+void slb_lb_options_default(struct slb_lb_options *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->choice_count = 2;
+    o->min_ring_size = 1024;
+    o->max_ring_size = 8388608;
+    o->maglev_table_size = 65537;
+    o->slow_start_ms = 0;
+    o->slow_start_aggression = 1.0;
+    o->slow_start_min_weight_percent = 10;
+    o->panic_threshold_percent = 0;
+}
+
+const struct slb_lb_ops *slb_lb_find(const char *name)
+{
+    if (name == NULL)
+        return NULL;
+    for (size_t i = 0; i < SLB_ARRAY_SIZE(policies); i++)
+        if (strcmp(policies[i]->name, name) == 0)
+            return policies[i];
+    return NULL;
+}
+
+const char *slb_lb_names(void)
+{
+    return "pick_first, round_robin, random, weighted_round_robin, weighted_random, least_request, "
+           "source_ip_hash, ring_hash, maglev";
+}
+
+int slb_lb_init(struct slb_lb *lb, const char *policy, const struct slb_lb_options *opts, struct slb_backend_set *set)
+{
+    static struct slb_lb_options defaults;
+    int err;
+
+    memset(lb, 0, sizeof(*lb));
+    if ((lb->ops = slb_lb_find(policy)) == NULL)
+        return SLB_ECONFIG;
+    if (opts == NULL) {
+        /* The defaults are constant, so initialising them twice is harmless. */
+        slb_lb_options_default(&defaults);
+        opts = &defaults;
+    }
+    lb->opts = opts;
+    lb->set = set;
+    lb->_panic_at_ms = UINT64_MAX;
+    if ((err = lb->ops->init(lb)) != 0) {
+        lb->ops = NULL;
+        return err;
+    }
+    if ((err = slb_lb_update(lb)) != 0) {
+        slb_lb_dispose(lb);
+        return err;
+    }
+    return 0;
+}
+
+int slb_lb_update(struct slb_lb *lb)
+{
+    int err;
+
+    if (lb->ops->update != NULL && (err = lb->ops->update(lb)) != 0)
+        return err;
+    lb->set_version = lb->set->version;
+    lb->_panic_at_ms = UINT64_MAX;
+    return 0;
+}
+
+/* Envoy's panic mode: too few usable backends -> spread over all of them. */
+static void update_panic(struct slb_lb *lb, uint64_t now_ms)
+{
+    const struct slb_backend_set *set = lb->set;
+    uint32_t usable = 0;
+
+    if (lb->_panic_at_ms == now_ms && lb->_panic_version == set->version)
+        return;
+    for (uint32_t i = 0; i < set->n; i++)
+        usable += slb_backend_usable(set->items[i], now_ms);
+    lb->_panic = set->n > 0 && (double)usable * 100.0 < lb->opts->panic_threshold_percent * (double)set->n;
+    lb->_panic_at_ms = now_ms;
+    lb->_panic_version = set->version;
+}
+
+struct slb_backend *slb_lb_pick(struct slb_lb *lb, const struct slb_pick_ctx *ctx)
+{
+    if (SLB_UNLIKELY(lb->set_version != lb->set->version) && slb_lb_update(lb) != 0)
+        return NULL; /* no memory for the new table: fail this call, never use a stale one */
+    if (lb->set->n == 0)
+        return NULL;
+    if (lb->opts->panic_threshold_percent > 0)
+        update_panic(lb, ctx->now_ms);
+    return lb->ops->pick(lb, ctx);
+}
+
+void slb_lb_dispose(struct slb_lb *lb)
+{
+    if (lb->ops != NULL && lb->ops->destroy != NULL)
+        lb->ops->destroy(lb);
+    lb->data = NULL;
+    lb->ops = NULL;
+}
+
+uint64_t slb__lb_weight_fp(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms)
+{
+    const struct slb_lb_options *o = lb->opts;
+    uint64_t full = (uint64_t)be->weight << 10, t, fp;
+    double f, floor_f, aggression;
+
+    /* usable_since_ms == 0: there from the start, no ramp (Envoy skips initial hosts). */
+    if (o->slow_start_ms == 0 || be->usable_since_ms == 0 || now_ms < be->usable_since_ms)
+        return full;
+    if ((t = now_ms - be->usable_since_ms) >= o->slow_start_ms)
+        return full;
+    aggression = o->slow_start_aggression > 0 ? o->slow_start_aggression : 1.0;
+    f = (double)t / (double)o->slow_start_ms;
+    if (aggression != 1.0)
+        f = pow(f, 1.0 / aggression);
+    floor_f = o->slow_start_min_weight_percent / 100.0;
+    if (f < floor_f)
+        f = floor_f;
+    fp = (uint64_t)((double)full * f);
+    return fp ? fp : 1;
+}
+
+uint32_t slb_lb_effective_weight(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms)
+{
+    uint64_t w = (slb__lb_weight_fp(lb, be, now_ms) + 512) >> 10;
+    return w ? (uint32_t)w : 1;
+}
+
+struct slb_backend *slb__lb_scan(const struct slb_lb *lb, const struct slb_pick_ctx *ctx, uint32_t start)
+{
+    const struct slb_backend_set *set = lb->set;
+    struct slb_backend *tried = NULL;
+    uint32_t i = start < set->n ? start : 0;
+
+    for (uint32_t k = 0; k < set->n; k++) {
+        struct slb_backend *be = set->items[i];
+        if (slb__lb_usable(lb, be, ctx->now_ms)) {
+            if (!slb_tried_has(ctx->tried, be))
+                return be;
+            if (tried == NULL)
+                tried = be;
+        }
+        if (++i == set->n)
+            i = 0;
+    }
+    return tried;
+}
+
+int slb__lb_cmp_name(const void *a, const void *b)
+{
+    const struct slb_backend *x = *(struct slb_backend *const *)a, *y = *(struct slb_backend *const *)b;
+    return strcmp(x->name, y->name);
+}
+
+/* XXH64 (Yann Collet's xxHash, seed 0): fast, well mixed, stable across runs and hosts. */
+#define P1 0x9E3779B185EBCA87ULL
+#define P2 0xC2B2AE3D27D4EB4FULL
+#define P3 0x165667B19E3779F9ULL
+#define P4 0x85EBCA77C2B2AE63ULL
+#define P5 0x27D4EB2F165667C5ULL
+
+static inline uint64_t rotl64(uint64_t x, int r)
+{
+    return (x << r) | (x >> (64 - r));
+}
+
+static inline uint64_t read64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v; /* little-endian hosts; the value only has to be stable per host */
+}
+
+static inline uint32_t read32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline uint64_t xxh_round(uint64_t acc, uint64_t in)
+{
+    acc += in * P2;
+    acc = rotl64(acc, 31);
+    return acc * P1;
+}
+
+static inline uint64_t xxh_merge(uint64_t acc, uint64_t v)
+{
+    acc ^= xxh_round(0, v);
+    return acc * P1 + P4;
+}
+
+uint64_t slb_hash64(const void *data, size_t len)
+{
+    const uint8_t *p = data, *end = p + len;
+    uint64_t h;
+
+    if (len >= 32) {
+        uint64_t v1 = P1 + P2, v2 = P2, v3 = 0, v4 = -P1;
+        do {
+            v1 = xxh_round(v1, read64(p));
+            v2 = xxh_round(v2, read64(p + 8));
+            v3 = xxh_round(v3, read64(p + 16));
+            v4 = xxh_round(v4, read64(p + 24));
+            p += 32;
+        } while (p + 32 <= end);
+        h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) + rotl64(v4, 18);
+        h = xxh_merge(h, v1);
+        h = xxh_merge(h, v2);
+        h = xxh_merge(h, v3);
+        h = xxh_merge(h, v4);
+    } else {
+        h = P5;
+    }
+    h += (uint64_t)len;
+    for (; p + 8 <= end; p += 8) {
+        h ^= xxh_round(0, read64(p));
+        h = rotl64(h, 27) * P1 + P4;
+    }
+    if (p + 4 <= end) {
+        h ^= (uint64_t)read32(p) * P1;
+        h = rotl64(h, 23) * P2 + P3;
+        p += 4;
+    }
+    for (; p < end; p++) {
+        h ^= (uint64_t)*p * P5;
+        h = rotl64(h, 11) * P1;
+    }
+    h ^= h >> 33;
+    h *= P2;
+    h ^= h >> 29;
+    h *= P3;
+    h ^= h >> 32;
+    return h;
+}

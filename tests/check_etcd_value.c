@@ -1,0 +1,130 @@
+/* lib/etcd_value.c: the three value formats, malformed values, formatting round trips. */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "config.h"
+#include "etcd_value.h"
+
+static int parse(const char *v, struct slb_etcd_endpoint *ep, char *err)
+{
+    return slb_etcd_value_parse("/grpclb/svc/k1", v, strlen(v), ep, err, 256);
+}
+
+START_TEST(test_plain)
+{
+    struct slb_etcd_endpoint ep;
+    char err[256];
+    ck_assert_int_eq(parse("127.0.0.1:8000", &ep, err), 0);
+    ck_assert_str_eq(ep.addr, "127.0.0.1:8000");
+    ck_assert_uint_eq(ep.weight, 1);
+    ck_assert_str_eq(ep.zone, "");
+    ck_assert_ptr_null(ep.metadata);
+    ck_assert_int_eq(parse(" [::1]:50051\n", &ep, err), 0);
+    ck_assert_str_eq(ep.addr, "[::1]:50051");
+    ck_assert_int_eq(parse("backend.example:443", &ep, err), 0);
+    slb_etcd_endpoint_dispose(&ep);
+}
+END_TEST
+
+START_TEST(test_naming)
+{
+    struct slb_etcd_endpoint ep;
+    char err[256];
+    ck_assert_int_eq(parse("{\"Op\":0,\"Addr\":\"10.0.0.5:8000\",\"Metadata\":{\"v\":2}}", &ep, err), 0);
+    ck_assert_str_eq(ep.addr, "10.0.0.5:8000");
+    ck_assert_str_eq(ep.metadata, "{\"v\":2}");
+    slb_etcd_endpoint_dispose(&ep);
+    ck_assert_int_eq(parse("{\"Addr\":\"10.0.0.5:8000\"}", &ep, err), 0);
+    ck_assert_ptr_null(ep.metadata);
+    ck_assert_int_eq(parse("{\"Op\":1,\"Addr\":\"10.0.0.5:8000\"}", &ep, err), 1);
+    ck_assert_str_eq(ep.addr, "10.0.0.5:8000");
+    slb_etcd_endpoint_dispose(&ep);
+}
+END_TEST
+
+START_TEST(test_json)
+{
+    struct slb_etcd_endpoint ep;
+    char err[256];
+    ck_assert_int_eq(
+        parse("{\"addr\":\"10.0.0.6:9000\",\"weight\":10,\"zone\":\"a\",\"metadata\":{\"x\":\"y\"}}", &ep, err), 0);
+    ck_assert_str_eq(ep.addr, "10.0.0.6:9000");
+    ck_assert_uint_eq(ep.weight, 10);
+    ck_assert_str_eq(ep.zone, "a");
+    ck_assert_str_eq(ep.metadata, "{\"x\":\"y\"}");
+    slb_etcd_endpoint_dispose(&ep);
+}
+END_TEST
+
+START_TEST(test_malformed)
+{
+    static const char *bad[] = {
+        "",
+        "   ",
+        "localhost",
+        "127.0.0.1:",
+        "127.0.0.1:0",
+        "127.0.0.1:70000",
+        ":80",
+        "::1:80",
+        "a b:80",
+        "http://x:80",
+        "{",
+        "{}",
+        "[1,2]",
+        "{\"addr\":5}",
+        "{\"addr\":\"x:1\",\"weight\":0}",
+        "{\"addr\":\"x:1\",\"weight\":\"3\"}",
+        "{\"addr\":\"x:1\",\"weight\":1.5}",
+        "{\"addr\":\"x:1\",\"zone\":\"0123456789012345678901234567890123\"}",
+        "{\"addr\":\"x:1\",\"extra\":1}",
+        "{\"Op\":2,\"Addr\":\"x:1\"}",
+        "{\"Op\":0,\"Addr\":\"nope\"}",
+        "{\"Op\":0,\"Addr\":\"x:1\",\"Weight\":3}",
+    };
+    for (size_t i = 0; i < SLB_ARRAY_SIZE(bad); i++) {
+        struct slb_etcd_endpoint ep;
+        char err[256] = "";
+        ck_assert_msg(parse(bad[i], &ep, err) == SLB_EPROTO, "accepted \"%s\"", bad[i]);
+        ck_assert_msg(strstr(err, "/grpclb/svc/k1") != NULL, "message without the key: %s", err);
+    }
+}
+END_TEST
+
+START_TEST(test_roundtrip)
+{
+    struct slb_etcd_endpoint ep = {.addr = "10.1.2.3:7000", .weight = 5, .zone = "eu-1"}, back;
+    char err[256];
+    ep.metadata = strdup("{\"k\":[1,2]}");
+    for (int f = SLB_REGISTER_PLAIN; f <= SLB_REGISTER_JSON; f++) {
+        char *v = slb_etcd_value_format(&ep, f);
+        ck_assert_ptr_nonnull(v);
+        ck_assert_int_eq(parse(v, &back, err), 0);
+        ck_assert_str_eq(back.addr, ep.addr);
+        if (f == SLB_REGISTER_JSON)
+            ck_assert(slb_etcd_endpoint_equal(&ep, &back));
+        if (f == SLB_REGISTER_ETCD_NAMING)
+            ck_assert_str_eq(back.metadata, ep.metadata);
+        if (f == SLB_REGISTER_PLAIN)
+            ck_assert_str_eq(v, "10.1.2.3:7000");
+        slb_etcd_endpoint_dispose(&back);
+        free(v);
+    }
+    slb_etcd_endpoint_dispose(&ep);
+}
+END_TEST
+
+Suite *etcd_value_suite(void)
+{
+    Suite *s = suite_create("etcd_value");
+    TCase *tc = tcase_create("etcd_value");
+    tcase_add_test(tc, test_plain);
+    tcase_add_test(tc, test_naming);
+    tcase_add_test(tc, test_json);
+    tcase_add_test(tc, test_malformed);
+    tcase_add_test(tc, test_roundtrip);
+    suite_add_tcase(s, tc);
+    return s;
+}

@@ -1,0 +1,79 @@
+"""pytest glue for sidelb's integration tests.
+
+- Every peers.Proc started during a test is stopped after it (SIGTERM, then
+  SIGKILL), pass or fail; the logs of the test's processes are printed when
+  the test fails.
+- Each test has a wall-clock limit (signal.alarm): @pytest.mark.timeout(S), or
+  $SIDELB_TEST_TIMEOUT (default 60 s).
+- $SIDELB_BUILD names the build dir holding sidelb and test_backend
+  (default <repo>/build); fixture `build_dir` returns it.
+- Fixtures c_backend / py_backend are factories: c_backend("b1",
+  extra_args=[...]) -> peers.Backend.
+"""
+
+import os
+import signal
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402
+
+DEFAULT_TIMEOUT = int(os.environ.get("SIDELB_TEST_TIMEOUT", "60"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "timeout(seconds): wall-clock limit of one test (signal.alarm)")
+
+
+class TestTimeout(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _limits_and_cleanup(request):
+    m = request.node.get_closest_marker("timeout")
+    limit = int(m.args[0]) if m else DEFAULT_TIMEOUT
+
+    def on_alarm(signum, frame):
+        raise TestTimeout("test exceeded %d s" % limit)
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(limit)
+    first = len(peers._procs)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        failed = getattr(request.node, "_sidelb_failed", False)
+        for p in reversed(peers.stop_all(first)):
+            if failed:
+                sys.stderr.write("\n----- log of %s (pid %s, %s) -----\n%s" % (p.name, p.pid, p.log_path,
+                                                                             p.log()[-4000:]))
+            else:
+                p.remove_files()
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        item._sidelb_failed = True
+
+
+@pytest.fixture
+def build_dir():
+    return peers.BUILD
+
+
+@pytest.fixture
+def c_backend():
+    return peers.start_c_backend
+
+
+@pytest.fixture
+def py_backend():
+    return peers.start_py_backend
