@@ -56,6 +56,9 @@ struct slb_backend {
     uint32_t consecutive_failures;
     uint32_t interval_success, interval_failure;
 
+    uint32_t discovery_keys;           /* etcd keys naming this address (two keys may) */
+    struct slb_backend *_hash_next;    /* in the cluster's name index */
+
     uint32_t refs;
     void *pool;           /* struct slb_upstream_pool *, owned by this backend */
     void *cluster;        /* struct slb_cluster * it belongs to (not owned) */

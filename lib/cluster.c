@@ -1,14 +1,124 @@
 #include "cluster.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
 #include "config.h"
+#include "discovery.h"
 #include "h2_upstream.h"
 #include "log.h"
 #include "proxy.h"
 #include "server.h"
+
+/* ---- name index: address -> backend, so a discovery event costs O(1) ---- */
+
+static struct slb_backend **index_slot(struct slb_cluster *cl, const char *name)
+{
+    uint64_t h = slb_hash64(name, strlen(name));
+    struct slb_backend **pp = &cl->_index[h & (cl->_index_size - 1)];
+
+    while (*pp != NULL && strcmp((*pp)->name, name) != 0)
+        pp = &(*pp)->_hash_next;
+    return pp;
+}
+
+static int index_grow(struct slb_cluster *cl)
+{
+    uint32_t size = cl->_index_size ? cl->_index_size * 2 : 16;
+    struct slb_backend **old = cl->_index, **nb = calloc(size, sizeof(*nb));
+    uint32_t old_size = cl->_index_size;
+
+    if (nb == NULL)
+        return SLB_ENOMEM;
+    cl->_index = nb;
+    cl->_index_size = size;
+    for (uint32_t i = 0; i < old_size; i++) {
+        struct slb_backend *be = old[i], *next;
+        for (; be != NULL; be = next) {
+            next = be->_hash_next;
+            struct slb_backend **pp = index_slot(cl, be->name);
+            be->_hash_next = *pp;
+            *pp = be;
+        }
+    }
+    free(old);
+    return 0;
+}
+
+struct slb_backend *slb_cluster_find(struct slb_cluster *cl, const char *addr)
+{
+    return cl->_index_size ? *index_slot(cl, addr) : NULL;
+}
+
+/* ---- outlier detection ---- */
+
+static void on_outlier_timer(uv_timer_t *t)
+{
+    struct slb_cluster *cl = t->data;
+    uint32_t unejected = 0;
+
+    slb_outlier_tick(&cl->outlier, &cl->set, uv_now(cl->srv->loop), &unejected);
+    if (unejected > 0)
+        cl->set.version++; /* slow start and hash tables see the returning backends */
+}
+
+void slb_cluster_report(struct slb_cluster *cl, struct slb_backend *be, int success)
+{
+    if (!cl->cfg->outlier.enabled || be->draining)
+        return;
+    if (slb_outlier_on_result(&cl->outlier, &cl->set, be, success, uv_now(cl->srv->loop)))
+        cl->set.version++;
+}
+
+/* ---- etcd discovery sink ---- */
+
+static void drop_key(struct slb_cluster *cl, const char *addr)
+{
+    struct slb_backend *be = slb_cluster_find(cl, addr);
+
+    if (be != NULL && be->discovery_keys > 0 && --be->discovery_keys == 0)
+        slb_cluster_remove(cl, addr);
+}
+
+static void sink_upsert(void *user, const char *key, const struct slb_etcd_endpoint *ep,
+                        const struct slb_etcd_endpoint *old)
+{
+    struct slb_cluster *cl = user;
+    struct slb_backend *be;
+
+    if (old != NULL && strcmp(old->addr, ep->addr) == 0) {
+        slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone); /* weight or zone changed */
+        return;
+    }
+    if (slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone) != 0) {
+        slb_warn("cluster %s: etcd key %s: unusable address \"%s\"; skipped", cl->cfg->name, key, ep->addr);
+    } else if ((be = slb_cluster_find(cl, ep->addr)) != NULL) {
+        be->discovery_keys++;
+    }
+    if (old != NULL)
+        drop_key(cl, old->addr); /* the key now names another address */
+}
+
+static void sink_remove(void *user, const char *key, const struct slb_etcd_endpoint *ep)
+{
+    drop_key(user, ep->addr);
+}
+
+static void sink_state(void *user, int connected)
+{
+    struct slb_cluster *cl = user;
+    if (!connected)
+        slb_warn("cluster %s: etcd unreachable; serving from the last known table (%u backends)", cl->cfg->name,
+                 cl->set.n);
+    else
+        slb_notice("cluster %s: following etcd prefix %s", cl->cfg->name, cl->cfg->etcd_prefix);
+}
+
+static const struct slb_discovery_sink discovery_sink = {sink_upsert, sink_remove, sink_state};
+
+/* ---- cluster ---- */
 
 int slb_cluster_init(struct slb_cluster *cl, struct slb_server *srv, const struct slb_config_cluster *cfg)
 {
@@ -18,8 +128,27 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_server *srv, const struc
     cl->srv = srv;
     cl->cfg = cfg;
     slb_backend_set_init(&cl->set);
+    if ((rv = index_grow(cl)) != 0)
+        return rv;
     if ((rv = slb_lb_init(&cl->lb, cfg->policy, &cfg->lb, &cl->set)) != 0)
         return rv;
+    slb_outlier_options_default(&cl->outlier);
+    if (cfg->outlier.enabled) {
+        cl->outlier.consecutive_failures = cfg->outlier.consecutive_failures;
+        cl->outlier.base_ejection_ms = cfg->outlier.base_ejection_ms;
+        cl->outlier.max_ejection_ms = cfg->outlier.max_ejection_ms;
+        cl->outlier.max_ejection_percent = cfg->outlier.max_ejection_percent;
+        cl->outlier.interval_ms = cfg->outlier.interval_ms;
+        cl->outlier.success_rate_minimum_hosts = cfg->outlier.success_rate_minimum_hosts;
+        cl->outlier.success_rate_request_volume = cfg->outlier.success_rate_request_volume;
+        cl->outlier.success_rate_stdev_factor = cfg->outlier.success_rate_stdev_factor;
+        uv_timer_init(srv->loop, &cl->outlier_timer);
+        cl->outlier_timer.data = cl;
+        /* a short period so an ejection ends on time; success rate uses interval_ms inside */
+        uv_timer_start(&cl->outlier_timer, on_outlier_timer, 100, 100);
+        uv_unref((uv_handle_t *)&cl->outlier_timer);
+        cl->has_outlier_timer = 1;
+    }
     for (size_t i = 0; i < cfg->n_static; i++) {
         const struct slb_config_static_backend *sb = &cfg->static_backends[i];
         if ((rv = slb_cluster_upsert(cl, sb->address, sb->weight, sb->zone)) != 0)
@@ -28,23 +157,43 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_server *srv, const struc
     return 0;
 }
 
+int slb_cluster_start_discovery(struct slb_cluster *cl, struct slb_etcd *etcd)
+{
+    if (cl->cfg->etcd_prefix == NULL)
+        return 0;
+    return slb_discovery_new(etcd, cl->cfg->etcd_prefix, &discovery_sink, cl, &cl->discovery);
+}
+
 void slb_cluster_dispose(struct slb_cluster *cl)
 {
+    if (cl->discovery != NULL) {
+        slb_discovery_free(cl->discovery);
+        cl->discovery = NULL;
+    }
+    if (cl->has_outlier_timer) {
+        uv_close((uv_handle_t *)&cl->outlier_timer, NULL);
+        cl->has_outlier_timer = 0;
+    }
     while (cl->set.n > 0)
         slb_cluster_remove(cl, cl->set.items[cl->set.n - 1]->name);
     slb_lb_dispose(&cl->lb);
     slb_backend_set_dispose(&cl->set);
+    free(cl->_index);
+    cl->_index = NULL;
+    cl->_index_size = 0;
 }
 
 int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight, const char *zone)
 {
-    struct slb_backend *be = slb_backend_set_find(&cl->set, addr);
+    struct slb_backend *be = slb_cluster_find(cl, addr);
+    struct slb_backend **slot;
     int rv;
 
     if (weight == 0)
         weight = 1;
     if (be != NULL) {
         if (be->weight != weight) {
+            slb_info("cluster %s: backend %s weight %u -> %u", cl->cfg->name, addr, be->weight, weight);
             be->weight = weight;
             cl->set.version++; /* weighted policies rebuild */
         }
@@ -52,10 +201,8 @@ int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight
             snprintf(be->zone, sizeof(be->zone), "%s", zone);
         return 0;
     }
-    if ((be = slb_backend_new(addr, weight)) == NULL) {
-        slb_warn("cluster %s: invalid backend address \"%s\"", cl->cfg->name, addr);
+    if ((be = slb_backend_new(addr, weight)) == NULL)
         return SLB_EADDR;
-    }
     if (zone != NULL)
         snprintf(be->zone, sizeof(be->zone), "%s", zone);
     be->cluster = cl;
@@ -64,16 +211,24 @@ int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight
     slb_backend_unref(be); /* the set holds it now */
     if (rv != 0)
         return rv;
+    if (cl->set.n > cl->_index_size && index_grow(cl) != 0)
+        slb_warn("cluster %s: index not grown (out of memory)", cl->cfg->name);
+    slot = index_slot(cl, addr);
+    be->_hash_next = *slot;
+    *slot = be;
     slb_notice("cluster %s: backend %s added (weight %u)", cl->cfg->name, addr, weight);
     return 0;
 }
 
 void slb_cluster_remove(struct slb_cluster *cl, const char *addr)
 {
-    struct slb_backend *be = slb_backend_set_find(&cl->set, addr);
+    struct slb_backend **slot = index_slot(cl, addr);
+    struct slb_backend *be = *slot;
 
     if (be == NULL)
         return;
+    *slot = be->_hash_next;
+    be->_hash_next = NULL;
     slb_notice("cluster %s: backend %s removed (%u calls in flight finish there)", cl->cfg->name, addr,
                be->outstanding);
     slb_backend_ref(be);
@@ -90,7 +245,7 @@ struct slb_backend *slb_cluster_pick(struct slb_cluster *cl, const struct slb_ca
         .now_ms = uv_now(cl->srv->loop),
         .random = slb_server_random(cl->srv),
         .hash = call->hash,
-        .has_hash = call->hash != 0,
+        .has_hash = call->has_hash,
         .tried = &call->tried,
     };
     return slb_lb_pick(&cl->lb, &ctx);

@@ -11,25 +11,41 @@
 
 #include <stdint.h>
 
+#include <uv.h>
+
 #include "backend.h"
 #include "lb.h"
+#include "outlier.h"
 
 struct slb_server;
 struct slb_config_cluster;
 struct slb_call;
+struct slb_etcd;
+struct slb_discovery;
 
 struct slb_cluster {
     struct slb_server *srv;
     const struct slb_config_cluster *cfg;
     struct slb_backend_set set;
     struct slb_lb lb;
-    void *discovery; /* struct slb_discovery * when fed by etcd */
+    struct slb_discovery *discovery; /* when fed by etcd */
+    struct slb_outlier_options outlier;
+    uv_timer_t outlier_timer;
+    uint8_t has_outlier_timer;
+    struct slb_backend **_index; /* address -> backend (chained through be->_hash_next) */
+    uint32_t _index_size;
 };
 
 int slb_cluster_init(struct slb_cluster *cl, struct slb_server *srv, const struct slb_config_cluster *cfg);
 void slb_cluster_dispose(struct slb_cluster *cl);
 /* Adds a backend or updates its weight/zone. 0 or SLB_EADDR/SLB_ENOMEM. */
 int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight, const char *zone);
+/* The backend listed under addr, or NULL. O(1). */
+struct slb_backend *slb_cluster_find(struct slb_cluster *cl, const char *addr);
+/* Starts following cfg->etcd_prefix (no-op for static clusters). 0 or < 0. */
+int slb_cluster_start_discovery(struct slb_cluster *cl, struct slb_etcd *etcd);
+/* The outcome of one call attempt on be, for passive outlier detection. */
+void slb_cluster_report(struct slb_cluster *cl, struct slb_backend *be, int success);
 /* Removes a backend: no new calls, in-flight calls finish (draining). */
 void slb_cluster_remove(struct slb_cluster *cl, const char *addr);
 /* Picks a backend for the call's next attempt, honouring its tried set. */

@@ -75,7 +75,7 @@ static void remove_key(struct slb_discovery *d, const char *key, size_t len)
         return;
     *pp = e->next;
     d->n--;
-    d->sink.remove(d->user, e->key);
+    d->sink.remove(d->user, e->key, &e->ep);
     slb_etcd_endpoint_dispose(&e->ep);
     free(e);
 }
@@ -114,9 +114,10 @@ static void apply_put(struct slb_discovery *d, const struct slb_etcd_kv *kv)
             slb_etcd_endpoint_dispose(&ep);
             return;
         }
-        slb_etcd_endpoint_dispose(&e->ep);
+        struct slb_etcd_endpoint old = e->ep;
         e->ep = ep;
-        d->sink.upsert(d->user, e->key, &e->ep);
+        d->sink.upsert(d->user, e->key, &e->ep, &old);
+        slb_etcd_endpoint_dispose(&old);
         return;
     }
     if ((e = malloc(sizeof(*e) + kv->key_len + 1)) == NULL) {
@@ -131,7 +132,7 @@ static void apply_put(struct slb_discovery *d, const struct slb_etcd_kv *kv)
     e->next = NULL;
     *pp = e;
     d->n++;
-    d->sink.upsert(d->user, e->key, &e->ep);
+    d->sink.upsert(d->user, e->key, &e->ep, NULL);
     if (d->n > d->nbuckets)
         grow(d);
 }
@@ -154,7 +155,7 @@ void slb_discovery_apply_reset(struct slb_discovery *d, const struct slb_etcd_ra
             }
             *pp = e->next;
             d->n--;
-            d->sink.remove(d->user, e->key);
+            d->sink.remove(d->user, e->key, &e->ep);
             slb_etcd_endpoint_dispose(&e->ep);
             free(e);
         }

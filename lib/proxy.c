@@ -46,6 +46,7 @@ struct slb_call *slb_call_new(struct slb_server *srv, struct slb_downstream *dc,
     call->dc = dc;
     call->d_sid = sid;
     call->synth_status = -1;
+    call->upstream_status = -1;
     slb_hdrs_init(&call->req_hdrs);
     slb_hdrs_init(&call->resp_hdrs);
     slb_hdrs_init(&call->trailers);
@@ -59,6 +60,25 @@ struct slb_call *slb_call_new(struct slb_server *srv, struct slb_downstream *dc,
     srv->n_calls++;
     srv->stats.calls_total++;
     return call;
+}
+
+/* Passive outlier detection hears how each attempt went. */
+static void call_report(struct slb_call *call, int success)
+{
+    if (call->be != NULL && call->cluster != NULL)
+        slb_cluster_report(call->cluster, call->be, success);
+}
+
+static void note_upstream_status(struct slb_call *call, const struct slb_hdrs *h)
+{
+    size_t len;
+    const uint8_t *v = slb_hdrs_get(h, "grpc-status", &len);
+    if (v != NULL && len > 0 && len < 4) {
+        int code = 0;
+        for (size_t i = 0; i < len; i++)
+            code = code * 10 + (v[i] - '0');
+        call->upstream_status = (int16_t)code;
+    }
 }
 
 static void call_unbind_backend(struct slb_call *call)
@@ -176,9 +196,13 @@ void slb_call_on_request_headers_done(struct slb_call *call, int end_stream)
         const char *hname = cl->cfg->lb.hash_header;
         if (hname[0] != '\0') {
             const uint8_t *v = slb_hdrs_get(&call->req_hdrs, hname, &len);
-            call->hash = v != NULL ? slb_hash64(v, len) : 0;
+            if (v != NULL) {
+                call->hash = slb_hash64(v, len);
+                call->has_hash = 1;
+            }
         } else {
             call->hash = call->dc->peer_hash;
+            call->has_hash = 1;
         }
     }
     call_dispatch(call);
@@ -308,8 +332,10 @@ void slb_call_on_response_headers_done(struct slb_call *call, int cat, int end_s
 
         call->resp_started = 1;
         slb_chunkq_commit(&call->req); /* the backend has the call: no replay from here */
-        if (end_stream)
+        if (end_stream) {
             call->resp_end = 1;
+            note_upstream_status(call, &call->resp_hdrs);
+        }
         if (call->dc != NULL && !call->resp_headers_sent) {
             n = slb_hdrs_to_nv(&call->resp_hdrs, nv);
             nghttp2_submit_response(dsession(call), call->d_sid, nv, n, end_stream ? NULL : &prd);
@@ -322,6 +348,7 @@ void slb_call_on_response_headers_done(struct slb_call *call, int cat, int end_s
     /* trailers */
     slb_hdrs_clear(&call->trailers);
     slb_hdrs_move(&call->trailers, &call->resp_hdrs);
+    note_upstream_status(call, &call->trailers);
     if (end_stream)
         slb_call_on_response_end(call);
 }
@@ -363,6 +390,8 @@ void slb_call_on_upstream_close(struct slb_call *call, uint32_t error_code)
         call->be->outstanding--;
         call->counted = 0;
     }
+    if (error_code != NGHTTP2_REFUSED_STREAM)
+        call_report(call, call->resp_end && call->upstream_status != SLB_GRPC_UNAVAILABLE);
     if (!call->resp_end) {
         char msg[160];
         if (error_code == NGHTTP2_REFUSED_STREAM && !call->resp_started && call->req.retain && call->dc != NULL &&
@@ -395,6 +424,8 @@ void slb_call_on_upstream_lost(struct slb_call *call, int err, int connect_faile
 {
     /* h2_upstream has already unlinked the call from the connection or queue. */
     call->u_open = 0;
+    if (!call->resp_end)
+        call_report(call, 0);
     if (connect_failed && call->dc != NULL && !call->resp_started) {
         /* Nothing reached the backend: try another one. */
         call_unbind_backend(call);

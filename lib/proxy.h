@@ -52,6 +52,8 @@ struct slb_call {
     uint64_t req_received, req_consumed, req_pos;
     uint64_t resp_received, resp_consumed;
     uint64_t hash;
+    uint8_t has_hash;
+    int16_t upstream_status; /* grpc-status the backend sent, -1 until then */
     uint64_t deadline_ms; /* 0 = none (from grpc-timeout) */
 
     int16_t synth_status; /* >= 0: sidelb ends the response with this grpc-status */

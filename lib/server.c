@@ -9,6 +9,7 @@
 #include "cluster.h"
 #include "common.h"
 #include "config.h"
+#include "etcd.h"
 #include "h2_downstream.h"
 #include "h2_upstream.h"
 #include "log.h"
@@ -113,6 +114,18 @@ int slb_server_start(struct slb_server *srv, uv_loop_t *loop, const struct slb_c
         }
         srv->n_clusters++;
     }
+    if (cfg->has_etcd) {
+        if ((rv = slb_etcd_new(loop, &cfg->etcd, &srv->etcd)) != 0) {
+            snprintf(err, errlen, "etcd client: %s", slb_strerror(rv));
+            return rv;
+        }
+        for (size_t i = 0; i < srv->n_clusters; i++) {
+            if ((rv = slb_cluster_start_discovery(&srv->clusters[i], srv->etcd)) != 0) {
+                snprintf(err, errlen, "cluster %s: cannot follow etcd: %s", cfg->clusters[i].name, slb_strerror(rv));
+                return rv;
+            }
+        }
+    }
     if ((srv->listeners = calloc(cfg->n_listeners, sizeof(*srv->listeners))) == NULL) {
         snprintf(err, errlen, "out of memory");
         return SLB_ENOMEM;
@@ -139,6 +152,10 @@ static void server_finish(struct slb_server *srv)
         slb_conn_close(&srv->downstreams->conn, 0);
     for (size_t i = 0; i < srv->n_clusters; i++)
         slb_cluster_dispose(&srv->clusters[i]);
+    if (srv->etcd != NULL) {
+        slb_etcd_free(srv->etcd);
+        srv->etcd = NULL;
+    }
     slb_conn_ctx_close(&srv->io);
     cb(srv);
 }

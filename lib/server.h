@@ -19,6 +19,7 @@ struct slb_config_listener;
 struct slb_cluster;
 struct slb_call;
 struct slb_downstream;
+struct slb_etcd;
 
 struct slb_route {
     const char *service; /* "pkg.Service" or "pkg.Service/Method" */
@@ -50,6 +51,7 @@ struct slb_server {
     nghttp2_session_callbacks *down_cbs, *up_cbs;
     nghttp2_option *down_opt, *up_opt;
     struct slb_downstream *downstreams;
+    struct slb_etcd *etcd; /* shared by discovery and registration; NULL without "etcd" */
     struct slb_call *free_calls;
     uint32_t n_free_calls, n_calls;
     uint64_t rng;

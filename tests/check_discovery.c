@@ -13,14 +13,14 @@ struct seen {
     char last_upsert[128], last_remove[128];
 };
 
-static void s_upsert(void *u, const char *key, const struct slb_etcd_endpoint *ep)
+static void s_upsert(void *u, const char *key, const struct slb_etcd_endpoint *ep, const struct slb_etcd_endpoint *old)
 {
     struct seen *s = u;
     s->upserts++;
     s->flag = 1;
     snprintf(s->last_upsert, sizeof(s->last_upsert), "%s", key);
 }
-static void s_remove(void *u, const char *key)
+static void s_remove(void *u, const char *key, const struct slb_etcd_endpoint *ep)
 {
     struct seen *s = u;
     s->removes++;

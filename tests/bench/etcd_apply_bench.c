@@ -13,11 +13,11 @@
 #define N 10000
 
 static unsigned long sink_calls;
-static void up(void *u, const char *k, const struct slb_etcd_endpoint *ep)
+static void up(void *u, const char *k, const struct slb_etcd_endpoint *ep, const struct slb_etcd_endpoint *old)
 {
     sink_calls++;
 }
-static void rm(void *u, const char *k)
+static void rm(void *u, const char *k, const struct slb_etcd_endpoint *ep)
 {
     sink_calls++;
 }
