@@ -60,6 +60,7 @@ struct slb_backend {
     struct slb_backend *_hash_next;    /* in the cluster's name index */
 
     uint32_t refs;
+    void *health_check;   /* struct slb_health_check * while active health checking runs */
     void *pool;           /* struct slb_upstream_pool *, owned by this backend */
     void *cluster;        /* struct slb_cluster * it belongs to (not owned) */
     slb_backend_free_cb on_free;

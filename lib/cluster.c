@@ -8,6 +8,7 @@
 #include "config.h"
 #include "discovery.h"
 #include "h2_upstream.h"
+#include "health.h"
 #include "log.h"
 #include "proxy.h"
 #include "server.h"
@@ -70,6 +71,43 @@ void slb_cluster_report(struct slb_cluster *cl, struct slb_backend *be, int succ
         return;
     if (slb_outlier_on_result(&cl->outlier, &cl->set, be, success, uv_now(cl->srv->loop)))
         cl->set.version++;
+}
+
+/* ---- active health (grpc.health.v1) ---- */
+
+static void on_health(struct slb_health_check *hc, int status, void *user)
+{
+    struct slb_backend *be = user;
+    struct slb_cluster *cl = be->cluster;
+
+    if (be->health == status)
+        return;
+    slb_notice("cluster %s: backend %s is %s%s", cl->cfg->name, be->name, slb_health_status_name(status),
+               status == SLB_HEALTH_SERVING ? "" : ": no new calls");
+    if (status == SLB_HEALTH_SERVING)
+        be->usable_since_ms = uv_now(cl->srv->loop); /* slow start ramps from here */
+    be->health = (uint8_t)status;
+    cl->set.version++;
+}
+
+static void health_start(struct slb_cluster *cl, struct slb_backend *be)
+{
+    const struct slb_config_health_check *hc = &cl->cfg->health_check;
+
+    if (!hc->enabled)
+        return;
+    be->health_check = slb_health_start(cl->srv->loop, &cl->srv->io, be->name, hc->service ? hc->service : "",
+                                        hc->interval_ms, hc->timeout_ms, on_health, be);
+    if (be->health_check == NULL)
+        slb_warn("cluster %s: cannot health-check %s", cl->cfg->name, be->name);
+}
+
+static void health_stop(struct slb_backend *be)
+{
+    if (be->health_check != NULL) {
+        slb_health_stop(be->health_check);
+        be->health_check = NULL;
+    }
 }
 
 /* ---- etcd discovery sink ---- */
@@ -217,6 +255,7 @@ int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight
     be->_hash_next = *slot;
     *slot = be;
     slb_notice("cluster %s: backend %s added (weight %u)", cl->cfg->name, addr, weight);
+    health_start(cl, be);
     return 0;
 }
 
@@ -233,6 +272,7 @@ void slb_cluster_remove(struct slb_cluster *cl, const char *addr)
                be->outstanding);
     slb_backend_ref(be);
     be->draining = 1;
+    health_stop(be);
     slb_backend_set_remove(&cl->set, be);
     if (be->pool != NULL)
         slb_upstream_pool_drain(be->pool);

@@ -499,6 +499,7 @@ static void on_delay(uv_timer_t *t)
 /* Answers req after its delay_ms (now if 0); takes ownership. */
 static void answer_later(struct tb_stream *s, Sidelb__Test__EchoRequest *req)
 {
+    req->delay_ms += tb_srv.opt.extra_delay_ms;
     if (req->delay_ms == 0) {
         answer(s, req);
         return;
