@@ -156,6 +156,61 @@ static void sink_state(void *user, int connected)
 
 static const struct slb_discovery_sink discovery_sink = {sink_upsert, sink_remove, sink_state};
 
+/* ---- wait-for-ready ---- */
+
+#define WAIT_RETRY_MS 20
+
+static void on_wait_timer(uv_timer_t *t)
+{
+    struct slb_cluster *cl = t->data;
+    struct slb_call *list = cl->wait_head;
+
+    /* take the queue: calls that still find nothing queue themselves again */
+    cl->wait_head = cl->wait_tail = NULL;
+    cl->n_waiting = 0;
+    while (list != NULL) {
+        struct slb_call *call = list;
+        list = call->u_next;
+        call->u_next = call->u_prev = NULL;
+        call->waiting = 0;
+        slb_call_dispatch(call);
+    }
+    if (cl->n_waiting == 0)
+        uv_timer_stop(&cl->wait_timer);
+}
+
+void slb_cluster_wait(struct slb_cluster *cl, struct slb_call *call)
+{
+    call->u_next = NULL;
+    call->u_prev = cl->wait_tail;
+    if (cl->wait_tail != NULL)
+        cl->wait_tail->u_next = call;
+    else
+        cl->wait_head = call;
+    cl->wait_tail = call;
+    cl->n_waiting++;
+    call->waiting = 1;
+    if (!uv_is_active((uv_handle_t *)&cl->wait_timer))
+        uv_timer_start(&cl->wait_timer, on_wait_timer, WAIT_RETRY_MS, WAIT_RETRY_MS);
+}
+
+void slb_cluster_unwait(struct slb_cluster *cl, struct slb_call *call)
+{
+    if (!call->waiting)
+        return;
+    if (call->u_prev != NULL)
+        call->u_prev->u_next = call->u_next;
+    else
+        cl->wait_head = call->u_next;
+    if (call->u_next != NULL)
+        call->u_next->u_prev = call->u_prev;
+    else
+        cl->wait_tail = call->u_prev;
+    call->u_next = call->u_prev = NULL;
+    call->waiting = 0;
+    cl->n_waiting--;
+}
+
 /* ---- cluster ---- */
 
 int slb_cluster_init(struct slb_cluster *cl, struct slb_server *srv, const struct slb_config_cluster *cfg)
@@ -168,6 +223,8 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_server *srv, const struc
     slb_backend_set_init(&cl->set);
     if ((rv = index_grow(cl)) != 0)
         return rv;
+    uv_timer_init(srv->loop, &cl->wait_timer);
+    cl->wait_timer.data = cl;
     if ((rv = slb_lb_init(&cl->lb, cfg->policy, &cfg->lb, &cl->set)) != 0)
         return rv;
     slb_outlier_options_default(&cl->outlier);
@@ -208,6 +265,7 @@ void slb_cluster_dispose(struct slb_cluster *cl)
         slb_discovery_free(cl->discovery);
         cl->discovery = NULL;
     }
+    uv_close((uv_handle_t *)&cl->wait_timer, NULL);
     if (cl->has_outlier_timer) {
         uv_close((uv_handle_t *)&cl->outlier_timer, NULL);
         cl->has_outlier_timer = 0;

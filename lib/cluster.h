@@ -32,6 +32,9 @@ struct slb_cluster {
     struct slb_outlier_options outlier;
     uv_timer_t outlier_timer;
     uint8_t has_outlier_timer;
+    struct slb_call *wait_head, *wait_tail; /* calls waiting for a usable backend */
+    uint32_t n_waiting;
+    uv_timer_t wait_timer;
     struct slb_backend **_index; /* address -> backend (chained through be->_hash_next) */
     uint32_t _index_size;
 };
@@ -46,6 +49,10 @@ struct slb_backend *slb_cluster_find(struct slb_cluster *cl, const char *addr);
 int slb_cluster_start_discovery(struct slb_cluster *cl, struct slb_etcd *etcd);
 /* The outcome of one call attempt on be, for passive outlier detection. */
 void slb_cluster_report(struct slb_cluster *cl, struct slb_backend *be, int success);
+/* wait-for-ready: the call waits (linked through u_next/u_prev) until a
+ * backend is usable or its wait_until_ms passes; retried every few ms. */
+void slb_cluster_wait(struct slb_cluster *cl, struct slb_call *call);
+void slb_cluster_unwait(struct slb_cluster *cl, struct slb_call *call);
 /* Removes a backend: no new calls, in-flight calls finish (draining). */
 void slb_cluster_remove(struct slb_cluster *cl, const char *addr);
 /* Picks a backend for the call's next attempt, honouring its tried set. */

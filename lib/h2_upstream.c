@@ -197,6 +197,9 @@ static void on_connect(uv_connect_t *req, int status)
     pool->n_connecting--;
     uc->connected = 1;
     pool->backoff_ms = pool->cfg->backoff.initial_ms;
+    if (pool->failures > 0)
+        slb_notice("backend %s: connected after %u failed attempts", pool->be->name, pool->failures);
+    pool->failures = 0;
     slb_backend_set_state(pool->be, SLB_BACKEND_READY);
     if (slb_conn_start(&uc->conn) != 0) {
         slb_conn_close(&uc->conn, UV_EIO);
@@ -273,8 +276,8 @@ static void pool_connect_failed(struct slb_upstream_pool *pool, int err)
     pool->backoff_ms = (uint32_t)((double)pool->backoff_ms * bo->multiplier);
     if (pool->backoff_ms > bo->max_ms)
         pool->backoff_ms = bo->max_ms;
-    slb_warn("backend %s: connect failed: %s (retry in %llu ms)", pool->be->name, slb_strerror(err),
-             (unsigned long long)wait);
+    slb_log(pool->failures++ == 0 ? SLB_LOG_WARN : SLB_LOG_DEBUG, "backend %s: connect failed: %s (retry in %llu ms)",
+            pool->be->name, slb_strerror(err), (unsigned long long)wait);
     slb_backend_set_state(pool->be, SLB_BACKEND_TRANSIENT_FAILURE);
     pool_arm_timer(pool);
     pool_redispatch_waiting(pool, err);

@@ -46,6 +46,7 @@ struct slb_upstream_pool {
     struct slb_call *wait_head, *wait_tail; /* calls waiting for a stream slot */
     uint32_t n_waiting;
     uint32_t backoff_ms;        /* next backoff (gRPC connection backoff) */
+    uint32_t failures;          /* consecutive connect failures (logged loudly once) */
     uint64_t backoff_until_ms;  /* TRANSIENT_FAILURE until then */
     uv_timer_t timer;           /* connect timeouts and backoff end */
     uint8_t closing;

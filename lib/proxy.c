@@ -18,7 +18,6 @@
 #define SLB_REPLAY_MAX (256 * 1024)
 #define SLB_FREE_CALLS_MAX 4096
 
-static void call_dispatch(struct slb_call *call);
 static void call_maybe_free(struct slb_call *call);
 
 static nghttp2_session *dsession(const struct slb_call *call)
@@ -97,7 +96,7 @@ static void call_maybe_free(struct slb_call *call)
 {
     struct slb_server *srv = call->srv;
 
-    if (call->dc != NULL || call->uc != NULL || call->queued)
+    if (call->dc != NULL || call->uc != NULL || call->queued || call->waiting)
         return;
     call_unbind_backend(call);
     slb_hdrs_clear(&call->req_hdrs);
@@ -205,20 +204,41 @@ void slb_call_on_request_headers_done(struct slb_call *call, int end_stream)
             call->has_hash = 1;
         }
     }
-    call_dispatch(call);
+    slb_call_dispatch(call);
 }
 
-static void call_dispatch(struct slb_call *call)
+void slb_call_dispatch(struct slb_call *call)
 {
     struct slb_cluster *cl = call->cluster;
-    struct slb_backend *be;
+    struct slb_backend *be = NULL;
     struct slb_upstream_pool *pool;
 
+    if (call->dc == NULL)
+        return;
     if (call->attempts >= SLB_MAX_ATTEMPTS || (be = slb_cluster_pick(cl, call)) == NULL) {
+        uint64_t now = uv_now(call->srv->loop);
         char msg[200];
-        snprintf(msg, sizeof(msg), "sidelb: no reachable backend in cluster %s", cl->cfg->name);
+        int status = SLB_GRPC_UNAVAILABLE;
+
+        if (call->wait_until_ms == 0) {
+            /* wait-for-ready, bounded by the config and by the call's own deadline */
+            call->wait_until_ms = now + cl->cfg->wait_for_ready_ms;
+            if (call->deadline_ms != 0 && call->deadline_ms < call->wait_until_ms)
+                call->wait_until_ms = call->deadline_ms;
+        }
+        if (call->attempts < SLB_MAX_ATTEMPTS && now < call->wait_until_ms) {
+            slb_cluster_wait(cl, call);
+            return;
+        }
+        if (call->deadline_ms != 0 && now >= call->deadline_ms) {
+            status = SLB_GRPC_DEADLINE_EXCEEDED;
+            snprintf(msg, sizeof(msg), "sidelb: deadline exceeded waiting for a backend in cluster %s",
+                     cl->cfg->name);
+        } else {
+            snprintf(msg, sizeof(msg), "sidelb: no reachable backend in cluster %s", cl->cfg->name);
+        }
         call->srv->stats.calls_failed_local++;
-        slb_call_fail(call, SLB_GRPC_UNAVAILABLE, msg);
+        slb_call_fail(call, status, msg);
         return;
     }
     slb_tried_add(&call->tried, be);
@@ -278,6 +298,8 @@ void slb_call_on_downstream_close(struct slb_call *call, uint32_t error_code)
     call->dc = NULL;
     if (call->queued)
         slb_upstream_pool_unqueue(call->pool, call);
+    if (call->waiting)
+        slb_cluster_unwait(call->cluster, call);
     /* A client cancel (or sidelb's own error reply) reaches the backend. */
     call_detach_upstream(call, error_code != NGHTTP2_NO_ERROR ? error_code : NGHTTP2_CANCEL);
     slb_chunkq_clear(&call->req);
@@ -427,11 +449,13 @@ void slb_call_on_upstream_lost(struct slb_call *call, int err, int connect_faile
     if (!call->resp_end)
         call_report(call, 0);
     if (connect_failed && call->dc != NULL && !call->resp_started) {
-        /* Nothing reached the backend: try another one. */
+        /* Nothing reached the backend: try again (another one if any is
+         * usable), without spending one of the call's attempts. */
         call_unbind_backend(call);
+        call->attempts--;
         slb_chunkq_rewind(&call->req);
         call->req_pos = 0;
-        call_dispatch(call);
+        slb_call_dispatch(call);
         return;
     }
     if (!call->resp_end) {
@@ -477,6 +501,8 @@ void slb_call_fail(struct slb_call *call, int grpc_status, const char *message)
         call_detach_upstream(call, NGHTTP2_CANCEL);
     if (call->queued)
         slb_upstream_pool_unqueue(call->pool, call);
+    if (call->waiting)
+        slb_cluster_unwait(call->cluster, call);
 }
 
 ssize_t slb_call_request_read_cb(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t len, uint32_t *flags,

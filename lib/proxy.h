@@ -61,6 +61,8 @@ struct slb_call {
     uint32_t rst_after_response; /* +1: reset downstream with (code-1) after the response */
 
     uint8_t queued;          /* in a pool's wait queue */
+    uint8_t waiting;         /* in its cluster's wait-for-ready queue */
+    uint64_t wait_until_ms;  /* how long it may wait for a usable backend */
     uint8_t req_headers_done;
     uint8_t req_end;         /* downstream sent END_STREAM */
     uint8_t resp_started;    /* upstream response headers received */
@@ -101,6 +103,9 @@ ssize_t slb_call_response_read_cb(nghttp2_session *s, int32_t sid, uint8_t *buf,
                                   nghttp2_data_source *src, void *user);
 int slb_call_response_send_cb(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *framehd, size_t len,
                               nghttp2_data_source *src, void *user);
+
+/* Picks a backend for the next attempt and sends the call there (or waits, or fails). */
+void slb_call_dispatch(struct slb_call *call);
 
 /* Ends the call with a trailers-only gRPC error (or error trailers if headers went out). */
 void slb_call_fail(struct slb_call *call, int grpc_status, const char *message);

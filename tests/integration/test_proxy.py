@@ -179,12 +179,40 @@ def test_no_route_is_unimplemented(proxy3):
 
 def test_no_reachable_backend_is_unavailable():
     dead = [("127.0.0.1:%d" % peers.free_port()) for _ in range(2)]
-    slb = start_sidelb(simple_config(dead, connect_timeout_ms=1000))
+    slb = start_sidelb(simple_config(dead, connect_timeout_ms=1000, wait_for_ready_ms=0))
     stub = peers.echo_stub(slb.addr)
+    t0 = time.monotonic()
     with pytest.raises(grpc.RpcError) as e:
         stub.Unary(req(payload=b"x"), timeout=5)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "sidelb" in e.value.details()
+    assert time.monotonic() - t0 < 1
+
+
+def test_all_backends_down_calls_wait_and_succeed_when_one_returns():
+    be = peers.start_c_backend("phoenix")
+    slb = start_sidelb(simple_config([be.addr], wait_for_ready_ms=5000,
+                                     backoff={"initial_ms": 100, "max_ms": 200}))
+    stub = peers.echo_stub(slb.addr)
+    assert stub.Unary(req(payload=b"1"), timeout=5).payload == b"1"
+    be.kill9()
+    fut = stub.Unary.future(req(payload=b"2"), timeout=8)
+    time.sleep(1.0)
+    assert not fut.done()
+    be.restart()
+    assert fut.result().payload == b"2"
+
+
+def test_waiting_call_is_bounded_by_its_deadline():
+    dead = "127.0.0.1:%d" % peers.free_port()
+    slb = start_sidelb(simple_config([dead], wait_for_ready_ms=10000))
+    stub = peers.echo_stub(slb.addr)
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Unary(req(payload=b"x"), timeout=0.5)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - t0 < 2
+    assert slb.alive()
 
 
 def test_dead_backend_is_skipped():
