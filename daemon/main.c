@@ -154,7 +154,9 @@ int main(int argc, char **argv)
     uv_signal_start(&sig_term, on_signal, SIGTERM);
     uv_signal_start(&sig_int, on_signal, SIGINT);
     uv_signal_start(&sig_hup, on_signal, SIGHUP);
-    slb_notice("sidelb %s ready (%zu listeners, %zu clusters)", SIDELB_VERSION, cfg->n_listeners, cfg->n_clusters);
+    /* always printed, whatever the level: supervisors and tests wait for it */
+    slb_log_write(SLB_LOG_NOTICE, "sidelb %s ready (%zu listeners, %zu clusters)", SIDELB_VERSION, cfg->n_listeners,
+                  cfg->n_clusters);
     sd_notify_msg("READY=1");
     uv_run(loop, UV_RUN_DEFAULT);
     rv = uv_loop_close(loop);
