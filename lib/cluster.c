@@ -164,6 +164,7 @@ static void on_wait_timer(uv_timer_t *t)
 {
     struct slb_cluster *cl = t->data;
     struct slb_call *list = cl->wait_head;
+    uint64_t now = uv_now(cl->srv->loop);
 
     /* take the queue: calls that still find nothing queue themselves again */
     cl->wait_head = cl->wait_tail = NULL;
@@ -173,7 +174,10 @@ static void on_wait_timer(uv_timer_t *t)
         list = call->u_next;
         call->u_next = call->u_prev = NULL;
         call->waiting = 0;
-        slb_call_dispatch(call);
+        if (call->retry_at_ms > now)
+            slb_cluster_wait(cl, call); /* still in its retry backoff */
+        else
+            slb_call_dispatch(call);
     }
     if (cl->n_waiting == 0)
         uv_timer_stop(&cl->wait_timer);
@@ -227,6 +231,8 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_server *srv, const struc
     cl->wait_timer.data = cl;
     if ((rv = slb_lb_init(&cl->lb, cfg->policy, &cfg->lb, &cl->set)) != 0)
         return rv;
+    if ((rv = slb_retry_table_init(&cl->retry, cfg->service_config_json)) != 0)
+        return rv;
     slb_outlier_options_default(&cl->outlier);
     if (cfg->outlier.enabled) {
         cl->outlier.consecutive_failures = cfg->outlier.consecutive_failures;
@@ -273,6 +279,7 @@ void slb_cluster_dispose(struct slb_cluster *cl)
     while (cl->set.n > 0)
         slb_cluster_remove(cl, cl->set.items[cl->set.n - 1]->name);
     slb_lb_dispose(&cl->lb);
+    slb_retry_table_dispose(&cl->retry);
     slb_backend_set_dispose(&cl->set);
     free(cl->_index);
     cl->_index = NULL;

@@ -16,6 +16,7 @@
 #include "backend.h"
 #include "lb.h"
 #include "outlier.h"
+#include "retry.h"
 
 struct slb_server;
 struct slb_config_cluster;
@@ -30,6 +31,7 @@ struct slb_cluster {
     struct slb_lb lb;
     struct slb_discovery *discovery; /* when fed by etcd */
     struct slb_outlier_options outlier;
+    struct slb_retry_table retry; /* from cfg->service_config_json */
     uv_timer_t outlier_timer;
     uint8_t has_outlier_timer;
     struct slb_call *wait_head, *wait_tail; /* calls waiting for a usable backend */

@@ -191,6 +191,7 @@ void slb_call_on_request_headers_done(struct slb_call *call, int end_stream)
         return;
     }
     call->cluster = cl;
+    call->retry = slb_retry_lookup(&cl->retry, path, len);
     if (cl->lb.ops->uses_hash) {
         const char *hname = cl->cfg->lb.hash_header;
         if (hname[0] != '\0') {
@@ -253,6 +254,45 @@ void slb_call_dispatch(struct slb_call *call)
         return;
     }
     slb_upstream_pool_submit(pool, call);
+}
+
+/*
+ * gRFC A6: retry an attempt that ended with a retryable status before any
+ * response reached the app, if the policy allows another attempt, the whole
+ * request is still retained and the backoff ends before the deadline.
+ * Returns 1 when a retry was scheduled (the attempt is detached).
+ */
+static int call_try_retry(struct slb_call *call, int status, int report)
+{
+    const struct slb_retry_policy *p = call->retry;
+    uint64_t now, wait;
+
+    if (p == NULL || call->dc == NULL || call->resp_headers_sent || !call->req.retain || status < 0 ||
+        status > 31 || !(p->codes & (1u << status)) || call->retries + 1 >= p->max_attempts ||
+        call->attempts >= SLB_MAX_ATTEMPTS)
+        return 0;
+    now = uv_now(call->srv->loop);
+    wait = slb_retry_backoff_ms(p, call->retries + 2u, slb_server_random(call->srv));
+    if (call->deadline_ms != 0 && now + wait >= call->deadline_ms)
+        return 0;
+    if (report) /* the attempt's outcome, for outlier detection, before the backend is let go */
+        call_report(call, status != SLB_GRPC_UNAVAILABLE);
+    slb_debug("call %d: attempt %u on %s ended with %s; retrying in %llu ms", call->d_sid, call->attempts,
+              call->be ? call->be->name : "?", slb_grpc_status_name(status), (unsigned long long)wait);
+    call->retries++;
+    call_detach_upstream(call, NGHTTP2_CANCEL);
+    call_unbind_backend(call);
+    slb_chunkq_rewind(&call->req);
+    call->req_pos = 0;
+    call->upstream_done = 0;
+    call->resp_started = call->resp_end = 0;
+    call->upstream_status = -1;
+    slb_hdrs_clear(&call->resp_hdrs);
+    slb_hdrs_clear(&call->trailers);
+    slb_chunkq_clear(&call->resp);
+    call->retry_at_ms = now + wait;
+    slb_cluster_wait(call->cluster, call);
+    return 1;
 }
 
 int slb_call_on_request_data(struct slb_call *call, const uint8_t *p, size_t n)
@@ -352,12 +392,15 @@ void slb_call_on_response_headers_done(struct slb_call *call, int cat, int end_s
         nghttp2_data_provider prd = {.source.ptr = call, .read_callback = slb_call_response_read_cb};
         size_t n;
 
+        if (end_stream) {
+            note_upstream_status(call, &call->resp_hdrs);
+            if (call->upstream_status != SLB_GRPC_OK && call_try_retry(call, call->upstream_status, 1))
+                return;
+        }
         call->resp_started = 1;
         slb_chunkq_commit(&call->req); /* the backend has the call: no replay from here */
-        if (end_stream) {
+        if (end_stream)
             call->resp_end = 1;
-            note_upstream_status(call, &call->resp_hdrs);
-        }
         if (call->dc != NULL && !call->resp_headers_sent) {
             n = slb_hdrs_to_nv(&call->resp_hdrs, nv);
             nghttp2_submit_response(dsession(call), call->d_sid, nv, n, end_stream ? NULL : &prd);
@@ -430,6 +473,8 @@ void slb_call_on_upstream_close(struct slb_call *call, uint32_t error_code)
             slb_upstream_pool_submit(pool, call);
             return;
         }
+        if (!call->resp_started && call_try_retry(call, slb_grpc_status_from_h2(error_code), 0))
+            return;
         snprintf(msg, sizeof(msg), "sidelb: backend %s reset the stream (HTTP/2 error %u)", call->be->name,
                  error_code);
         slb_call_fail(call, slb_grpc_status_from_h2(error_code), msg);
@@ -460,6 +505,8 @@ void slb_call_on_upstream_lost(struct slb_call *call, int err, int connect_faile
     }
     if (!call->resp_end) {
         char msg[160];
+        if (!call->resp_started && call_try_retry(call, SLB_GRPC_UNAVAILABLE, 0))
+            return;
         snprintf(msg, sizeof(msg), "sidelb: connection to backend %s lost (%s)", call->be ? call->be->name : "?",
                  slb_strerror(err));
         slb_call_fail(call, SLB_GRPC_UNAVAILABLE, msg);

@@ -20,6 +20,7 @@
 #include "buf.h"
 #include "h2_headers.h"
 #include "lb.h"
+#include "retry.h"
 
 struct slb_server;
 struct slb_downstream;
@@ -63,6 +64,9 @@ struct slb_call {
     uint8_t queued;          /* in a pool's wait queue */
     uint8_t waiting;         /* in its cluster's wait-for-ready queue */
     uint64_t wait_until_ms;  /* how long it may wait for a usable backend */
+    uint64_t retry_at_ms;    /* next attempt not before this (retry backoff) */
+    const struct slb_retry_policy *retry; /* from the cluster's service config, or NULL */
+    uint8_t retries;         /* retries made (gRFC A6) */
     uint8_t req_headers_done;
     uint8_t req_end;         /* downstream sent END_STREAM */
     uint8_t resp_started;    /* upstream response headers received */

@@ -5,11 +5,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "admin.h"
 #include "buf.h"
 #include "cluster.h"
 #include "common.h"
 #include "config.h"
 #include "etcd.h"
+#include "register.h"
 #include "h2_downstream.h"
 #include "h2_upstream.h"
 #include "log.h"
@@ -126,6 +128,11 @@ int slb_server_start(struct slb_server *srv, uv_loop_t *loop, const struct slb_c
             }
         }
     }
+    if (cfg->n_registers > 0 && srv->etcd != NULL &&
+        (srv->registrar = slb_registrar_new(loop, srv->etcd, &srv->io, cfg->registers, cfg->n_registers)) == NULL) {
+        snprintf(err, errlen, "registration failed to start");
+        return SLB_ENOMEM;
+    }
     if ((srv->listeners = calloc(cfg->n_listeners, sizeof(*srv->listeners))) == NULL) {
         snprintf(err, errlen, "out of memory");
         return SLB_ENOMEM;
@@ -135,6 +142,8 @@ int slb_server_start(struct slb_server *srv, uv_loop_t *loop, const struct slb_c
             return rv;
         srv->n_listeners++;
     }
+    if (cfg->admin_address != NULL && (rv = slb_admin_start(&srv->admin, srv, cfg->admin_address, err, errlen)) != 0)
+        return rv;
     return 0;
 }
 
@@ -142,9 +151,21 @@ static void server_finish(struct slb_server *srv)
 {
     void (*cb)(struct slb_server *) = srv->on_stopped;
 
+    if (srv->reg_pending) {
+        srv->finish_wanted = 1;
+        return;
+    }
     if (cb == NULL)
         return;
+    if (srv->registrar != NULL) {
+        slb_registrar_free(srv->registrar);
+        srv->registrar = NULL;
+    }
     srv->on_stopped = NULL;
+    if (srv->admin != NULL) {
+        slb_admin_stop(srv->admin);
+        srv->admin = NULL;
+    }
     uv_timer_stop(&srv->stop_timer);
     uv_close((uv_handle_t *)&srv->stop_timer, NULL);
     /* force-close what is left */
@@ -173,11 +194,23 @@ void slb_server_downstream_gone(struct slb_server *srv)
         server_finish(srv);
 }
 
+static void on_registrar_down(void *user)
+{
+    struct slb_server *srv = user;
+    srv->reg_pending = 0;
+    if (srv->finish_wanted)
+        server_finish(srv);
+}
+
 void slb_server_stop(struct slb_server *srv, uint64_t grace_ms, void (*on_stopped)(struct slb_server *))
 {
     if (srv->stopping)
         return;
     srv->stopping = 1;
+    if (srv->registrar != NULL) {
+        srv->reg_pending = 1;
+        slb_registrar_shutdown(srv->registrar, on_registrar_down, srv);
+    }
     srv->on_stopped = on_stopped;
     for (size_t i = 0; i < srv->n_listeners; i++)
         uv_close((uv_handle_t *)&srv->listeners[i].tcp, NULL);

@@ -20,6 +20,8 @@ struct slb_cluster;
 struct slb_call;
 struct slb_downstream;
 struct slb_etcd;
+struct slb_registrar;
+struct slb_admin;
 
 struct slb_route {
     const char *service; /* "pkg.Service" or "pkg.Service/Method" */
@@ -52,6 +54,10 @@ struct slb_server {
     nghttp2_option *down_opt, *up_opt;
     struct slb_downstream *downstreams;
     struct slb_etcd *etcd; /* shared by discovery and registration; NULL without "etcd" */
+    struct slb_admin *admin;         /* HTTP admin listener; NULL without "admin" */
+    struct slb_registrar *registrar; /* lease registration of this host's services; NULL without register[] */
+    /* stop: wait for the leases to be revoked before closing the etcd client */
+    int reg_pending, finish_wanted;
     struct slb_call *free_calls;
     uint32_t n_free_calls, n_calls;
     uint64_t rng;

@@ -372,6 +372,22 @@ static ssize_t read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t len
     return (ssize_t)n;
 }
 
+static void submit_headers(struct tb_stream *s)
+{
+    nghttp2_nv stack[16], *nva = stack;
+    nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_cb};
+
+    if (s->resp_submitted)
+        return;
+    if (s->n_md + 2 > SLB_ARRAY_SIZE(stack) && !(nva = malloc((s->n_md + 2) * sizeof(*nva))))
+        return;
+    size_t n = response_nva(s, nva);
+    nghttp2_submit_response(s->conn->h2, s->id, nva, n, &prd);
+    s->resp_submitted = 1;
+    if (nva != stack)
+        free(nva);
+}
+
 static void kick(struct tb_stream *s)
 {
     if (s->deferred && !s->conn->closing) {
@@ -389,6 +405,13 @@ static void finish(struct tb_stream *s, int code, const char *msg)
     s->remaining = 0;
     free(s->status_msg);
     s->status_msg = msg && *msg ? strdup(msg) : NULL;
+    if (!s->resp_submitted) {
+        if (tb_buf_size(&s->out) == 0) {
+            submit_trailers_only(s);
+            return;
+        }
+        submit_headers(s);
+    }
     kick(s);
 }
 
@@ -408,6 +431,7 @@ static int emit(struct tb_stream *s, const ProtobufCMessage *m)
     p[4] = (uint8_t)sz;
     protobuf_c_message_pack(m, p + 5);
     s->out.len += 5 + sz;
+    submit_headers(s);
     kick(s);
     return 0;
 }
@@ -500,6 +524,15 @@ static void on_delay(uv_timer_t *t)
 static void answer_later(struct tb_stream *s, Sidelb__Test__EchoRequest *req)
 {
     req->delay_ms += tb_srv.opt.extra_delay_ms;
+    if (tb_srv.opt.fail_status > 0 && req->status_code == 0) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "backend %s broken", tb_srv.opt.id ? tb_srv.opt.id : "?");
+        req->status_code = tb_srv.opt.fail_status;
+        /* the message is freed with the request (protobuf-c's default allocator is malloc) */
+        if (req->status_message != NULL && req->status_message != protobuf_c_empty_string)
+            free(req->status_message);
+        req->status_message = strdup(msg);
+    }
     if (req->delay_ms == 0) {
         answer(s, req);
         return;
@@ -535,15 +568,10 @@ void tb_call_start(struct tb_stream *s, int end_stream)
         return;
     }
 
-    nghttp2_nv stack[16], *nva = stack;
-    if (s->n_md + 2 > SLB_ARRAY_SIZE(stack) && !(nva = malloc((s->n_md + 2) * sizeof(*nva))))
-        return;
-    nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_cb};
-    size_t n = response_nva(s, nva);
-    nghttp2_submit_response(s->conn->h2, s->id, nva, n, &prd);
-    s->resp_submitted = 1;
-    if (nva != stack)
-        free(nva);
+    /* Like gRPC servers, response headers go out with the first message; a
+     * call that ends without one gets a trailers-only response. */
+    if (s->method == TB_M_HEALTH_WATCH)
+        submit_headers(s);
     if (s->method == TB_M_HEALTH_WATCH) {
         s->watching = 1;
         s->wnext = tb_srv.watchers;

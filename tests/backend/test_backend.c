@@ -22,6 +22,7 @@
  * Health: one status for every service name, --health at start, SIGUSR1 ->
  * NOT_SERVING, SIGUSR2 -> SERVING; Watch streams get an update on each change.
  *
+ * --fail-status CODE: every Echo call ends with this grpc-status ("backend %s broken").
  * --extra-delay-ms N: every reply waits N ms more (a uniformly slow backend).
  * --goaway-after N: per connection, after N calls a graceful GOAWAY (last
  * stream id = the Nth call); the connection closes when its streams finish.
@@ -53,6 +54,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: test_backend --port N [--id NAME] [--health SERVING|NOT_SERVING] "
                "[--health-unimplemented-watch]\n"
                "       [--max-concurrent-streams N] [--window N] [--conn-window N] [--goaway-after N] [--extra-delay-ms N]\n"
+               "       [--fail-status CODE]\n"
                "       [--stats-file PATH] [--drain-ms N] [--verbose]\n");
 }
 
@@ -206,6 +208,10 @@ static int parse_args(int argc, char **argv, struct tb_opts *o)
             if (parse_uint(a, val, UINT32_MAX, &v) < 0)
                 return -1;
             o->goaway_after = (unsigned)v;
+        } else if (strcmp(a, "--fail-status") == 0) {
+            if (parse_uint(a, val, 16, &v) < 0)
+                return -1;
+            o->fail_status = (int)v;
         } else if (strcmp(a, "--extra-delay-ms") == 0) {
             if (parse_uint(a, val, 3600000, &v) < 0)
                 return -1;

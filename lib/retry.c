@@ -1,0 +1,132 @@
+#include "retry.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "config.h"
+
+static int parse_policy(json_t *rp, struct slb_retry_policy *p)
+{
+    uint64_t ms;
+    json_t *codes = json_object_get(rp, "retryableStatusCodes");
+    size_t i;
+    json_t *c;
+
+    p->max_attempts = (uint8_t)json_integer_value(json_object_get(rp, "maxAttempts"));
+    if (p->max_attempts > 5)
+        p->max_attempts = 5; /* A6: larger values are treated as 5 */
+    if (slb_config_parse_duration(json_string_value(json_object_get(rp, "initialBackoff")), &ms) != 0)
+        return SLB_ECONFIG;
+    p->initial_backoff_ms = (uint32_t)ms;
+    if (slb_config_parse_duration(json_string_value(json_object_get(rp, "maxBackoff")), &ms) != 0)
+        return SLB_ECONFIG;
+    p->max_backoff_ms = (uint32_t)ms;
+    p->multiplier = json_number_value(json_object_get(rp, "backoffMultiplier"));
+    p->codes = 0;
+    json_array_foreach(codes, i, c)
+    {
+        int code = json_is_string(c) ? slb_config_grpc_code(json_string_value(c)) : (int)json_integer_value(c);
+        if (code >= 0 && code < 32)
+            p->codes |= 1u << code;
+    }
+    return 0;
+}
+
+int slb_retry_table_init(struct slb_retry_table *t, const char *json)
+{
+    json_t *root, *mcs, *mc, *names, *name;
+    size_t i, j;
+    int rv = 0;
+
+    memset(t, 0, sizeof(*t));
+    if (json == NULL)
+        return 0;
+    if ((root = json_loads(json, 0, NULL)) == NULL)
+        return SLB_ECONFIG;
+    mcs = json_object_get(root, "methodConfig");
+    json_array_foreach(mcs, i, mc)
+    {
+        struct slb_retry_policy p;
+        json_t *rp = json_object_get(mc, "retryPolicy");
+        if (rp == NULL)
+            continue;
+        if ((rv = parse_policy(rp, &p)) != 0)
+            break;
+        names = json_object_get(mc, "name");
+        json_array_foreach(names, j, name)
+        {
+            struct slb_retry_rule *r, *v = realloc(t->rules, (t->n + 1) * sizeof(*v));
+            const char *svc = json_string_value(json_object_get(name, "service"));
+            const char *meth = json_string_value(json_object_get(name, "method"));
+            if (v == NULL) {
+                rv = SLB_ENOMEM;
+                break;
+            }
+            t->rules = v;
+            r = &t->rules[t->n++];
+            r->service = svc != NULL && *svc != '\0' ? strdup(svc) : NULL;
+            r->method = meth != NULL && *meth != '\0' ? strdup(meth) : NULL;
+            r->policy = p;
+        }
+    }
+    json_decref(root);
+    if (rv != 0)
+        slb_retry_table_dispose(t);
+    return rv;
+}
+
+void slb_retry_table_dispose(struct slb_retry_table *t)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        free(t->rules[i].service);
+        free(t->rules[i].method);
+    }
+    free(t->rules);
+    memset(t, 0, sizeof(*t));
+}
+
+static int eq(const char *s, const uint8_t *p, size_t len)
+{
+    return strlen(s) == len && memcmp(s, p, len) == 0;
+}
+
+const struct slb_retry_policy *slb_retry_lookup(const struct slb_retry_table *t, const uint8_t *path, size_t len)
+{
+    const struct slb_retry_policy *by_service = NULL, *by_default = NULL;
+    const uint8_t *svc, *slash, *meth;
+    size_t svclen, methlen;
+
+    if (t->n == 0 || len < 2 || path[0] != '/')
+        return NULL;
+    svc = path + 1;
+    slash = memchr(svc, '/', len - 1);
+    svclen = slash != NULL ? (size_t)(slash - svc) : len - 1;
+    meth = slash != NULL ? slash + 1 : path + len;
+    methlen = (size_t)(path + len - meth);
+    for (size_t i = 0; i < t->n; i++) {
+        const struct slb_retry_rule *r = &t->rules[i];
+        if (r->service == NULL) {
+            by_default = &r->policy;
+        } else if (eq(r->service, svc, svclen)) {
+            if (r->method == NULL)
+                by_service = &r->policy;
+            else if (eq(r->method, meth, methlen))
+                return &r->policy;
+        }
+    }
+    return by_service != NULL ? by_service : by_default;
+}
+
+uint64_t slb_retry_backoff_ms(const struct slb_retry_policy *p, unsigned attempt, uint64_t random)
+{
+    double b = p->initial_backoff_ms;
+
+    for (unsigned i = 2; i < attempt; i++)
+        b *= p->multiplier;
+    if (b > p->max_backoff_ms)
+        b = p->max_backoff_ms;
+    /* A6: the wait is random(0, current_backoff) */
+    return (uint64_t)(b * (double)(random % 10001) / 10000.0);
+}
