@@ -27,7 +27,7 @@ CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 DEB_BUILD := build-essential pkg-config libuv1-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler \
              libcurl4-openssl-dev libjansson-dev check
 DEB_TEST  := etcd-server etcd-client nghttp2-client python3 python3-grpcio python3-grpc-tools python3-protobuf \
-             python3-pytest curl procps
+             python3-pytest python3-h2 curl procps
 DEB_BENCH := haproxy nginx
 DEB_ALL   := $(DEB_BUILD) $(DEB_TEST) $(DEB_BENCH)
 
@@ -78,9 +78,12 @@ $(BUILD)/tests/%.o: tests/%.c | $(GEN_H)
 # Unit tests: every tests/check_<module>.c exports <module>_suite(); the list
 # is generated so check_main.c runs them all without being edited.
 SUITES := $(filter-out main,$(patsubst tests/check_%.c,%,$(UNIT_SRC)))
-$(BUILD)/gen/suites.h: $(UNIT_SRC)
+$(BUILD)/gen/suites.h: FORCE
 	@mkdir -p $(@D)
-	@printf '%s\n' $(foreach s,$(SUITES),'SLB_SUITE($(s))') > $@.tmp && mv $@.tmp $@
+	@printf '%s\n' $(foreach s,$(SUITES),'SLB_SUITE($(s))') > $@.tmp
+	@if cmp -s $@.tmp $@; then rm $@.tmp; else mv $@.tmp $@; fi
+
+FORCE:
 
 $(BUILD)/tests/check_main.o: $(BUILD)/gen/suites.h
 

@@ -773,7 +773,8 @@ static void on_backoff(uv_timer_t *t)
 {
     struct slb_etcd_watch *w = slb_container_of(t, struct slb_etcd_watch, timer);
 
-    if (w->relist || w->rev == 0)
+    /* no token while auth is on: list (unary requests authenticate) rather than watch anonymously */
+    if (w->relist || w->rev == 0 || (w->etcd->username != NULL && w->etcd->token == NULL))
         watch_list(w);
     else
         watch_connect(w);
@@ -860,6 +861,15 @@ static int watch_message(struct slb_etcd_watch *w, const char *line, size_t len)
             slb_notice("etcd watch %.*s: revision %lld compacted (at %lld): listing again", (int)w->prefix_len,
                        w->prefix, (long long)w->rev + 1, (long long)compact);
             w->relist = 1;
+        } else {
+            json_t *why = json_object_get(res, "cancel_reason");
+            slb_warn("etcd watch %.*s: %s: watch canceled: %s", (int)w->prefix_len, w->prefix,
+                     w->etcd->endpoints[w->ep], json_is_string(why) ? json_string_value(why) : "no reason given");
+            if (w->etcd->username != NULL) {
+                /* e.g. the token expired or etcd restarted: log in again (on_backoff lists first) */
+                free(w->etcd->token);
+                w->etcd->token = NULL;
+            }
         }
         json_decref(root);
         return SLB_EETCD;

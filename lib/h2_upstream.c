@@ -176,7 +176,15 @@ static int upstream_connect(struct slb_upstream_pool *pool)
     pool->n_conns++;
     pool->n_connecting++;
     srv->stats.upstream_conns_total++;
-    uc->connect_deadline_ms = uv_now(srv->loop) + pool->cfg->connect_timeout_ms;
+    {
+        /* gRPC connection backoff: an attempt may take max(MIN_CONNECT_TIMEOUT,
+         * current backoff); calls do not wait that long (connect_timeout_ms). */
+        uint64_t now = uv_now(srv->loop), limit = pool->cfg->backoff.min_connect_timeout_ms;
+        if (pool->backoff_ms > limit)
+            limit = pool->backoff_ms;
+        uc->connect_deadline_ms = now + limit;
+        uc->patience_ms = now + pool->cfg->connect_timeout_ms;
+    }
     if (be->state != SLB_BACKEND_READY)
         slb_backend_set_state(be, SLB_BACKEND_CONNECTING);
     slb_debug("backend %s: connecting (%u connections)", be->name, pool->n_conns);
@@ -291,8 +299,18 @@ static void on_pool_timer(uv_timer_t *t)
 
     for (uc = pool->conns; uc != NULL; uc = next) {
         next = uc->next;
-        if (!uc->connected && !uc->conn.closing && uc->connect_deadline_ms <= now)
+        if (uc->connected || uc->conn.closing)
+            continue;
+        if (uc->connect_deadline_ms <= now) {
             slb_conn_close(&uc->conn, UV_ETIMEDOUT);
+        } else if (uc->patience_ms <= now && pool->be->state != SLB_BACKEND_TRANSIENT_FAILURE) {
+            /* still connecting: stop sending calls here, and move the waiting ones */
+            slb_warn("backend %s: not connected after %u ms; calls go elsewhere while it keeps trying",
+                     pool->be->name, pool->cfg->connect_timeout_ms);
+            slb_backend_set_state(pool->be, SLB_BACKEND_TRANSIENT_FAILURE);
+            pool->backoff_until_ms = uc->connect_deadline_ms;
+            pool_redispatch_waiting(pool, UV_ETIMEDOUT);
+        }
     }
     if (pool->be->state == SLB_BACKEND_TRANSIENT_FAILURE && pool->backoff_until_ms <= now)
         slb_backend_set_state(pool->be, SLB_BACKEND_IDLE); /* the next pick reconnects */
@@ -305,9 +323,14 @@ static void pool_arm_timer(struct slb_upstream_pool *pool)
 
     if (pool->closing)
         return;
-    for (struct slb_upstream *uc = pool->conns; uc != NULL; uc = uc->next)
-        if (!uc->connected && !uc->conn.closing && uc->connect_deadline_ms < next)
+    for (struct slb_upstream *uc = pool->conns; uc != NULL; uc = uc->next) {
+        if (uc->connected || uc->conn.closing)
+            continue;
+        if (uc->connect_deadline_ms < next)
             next = uc->connect_deadline_ms;
+        if (pool->be->state != SLB_BACKEND_TRANSIENT_FAILURE && uc->patience_ms < next)
+            next = uc->patience_ms;
+    }
     if (pool->be->state == SLB_BACKEND_TRANSIENT_FAILURE && pool->backoff_until_ms < next)
         next = pool->backoff_until_ms;
     if (next == UINT64_MAX) {

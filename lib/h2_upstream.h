@@ -30,7 +30,8 @@ struct slb_upstream {
     struct slb_conn conn;
     struct slb_upstream_pool *pool;
     uv_connect_t creq;
-    uint64_t connect_deadline_ms;
+    uint64_t connect_deadline_ms; /* the attempt fails then: max(min_connect_timeout, backoff) (gRPC) */
+    uint64_t patience_ms;         /* calls waiting for it go elsewhere then (connect_timeout_ms) */
     struct slb_call *calls; /* calls linked to this connection */
     uint32_t active;        /* open streams */
     uint8_t connected, goaway;

@@ -227,6 +227,16 @@ static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t stream_id, 
     return 0;
 }
 
+/* Like gRPC servers: a response that ends while the client is still sending
+ * is followed by RST_STREAM(NO_ERROR), so the client stops. */
+static int on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame, void *ud)
+{
+    if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && nghttp2_session_get_stream_remote_close(h2, frame->hd.stream_id) == 0)
+        nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+    return 0;
+}
+
 static int on_stream_close(nghttp2_session *h2, int32_t stream_id, uint32_t error_code, void *ud)
 {
     struct tb_stream *s = nghttp2_session_get_stream_user_data(h2, stream_id);
@@ -249,6 +259,7 @@ int tb_h2_callbacks_init(void)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     tb_srv.callbacks = cb;
     if (nghttp2_option_new(&tb_srv.h2opt) != 0)
         return -1;

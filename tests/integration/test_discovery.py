@@ -338,6 +338,14 @@ def test_only_bad_endpoints_no_crash_and_clear_error():
         bad.close()
 
 
+def _try_put(member, key, value):
+    try:
+        member.put(key, value)
+        return True
+    except OSError:
+        return False
+
+
 class EtcdCluster:
     """Three etcd members on loopback."""
 
@@ -389,7 +397,9 @@ def test_three_member_cluster_failover():
         stub = peers.echo_stub(slb.addr)
         wait_spread(stub, lambda c: c == {"f0": 12}, 10)
         cl.procs[0].kill9()
-        cl.members[1].put(PREFIX + bes[1].addr, bes[1].addr)
+        # the survivors may need a leader election before they take writes
+        EtcdServer.wait_for(lambda: _try_put(cl.members[1], PREFIX + bes[1].addr, bes[1].addr), 15,
+                            what="a write after the member was killed")
         took = wait_spread(stub, lambda c: c == {"f0": 6, "f1": 6}, 10)
         cl.members[2].put(PREFIX + bes[2].addr, bes[2].addr)
         wait_spread(stub, lambda c: c == {"f0": 4, "f1": 4, "f2": 4}, 5)

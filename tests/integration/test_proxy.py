@@ -348,3 +348,32 @@ def test_many_parallel_calls_no_loss(proxy3):
     stub = peers.echo_stub(slb.addr)
     futs = [stub.Unary.future(req(payload=b"%d" % i), timeout=20) for i in range(500)]
     assert [f.result().payload for f in futs] == [b"%d" % i for i in range(500)]
+
+
+def test_blackholed_backend_calls_move_on_after_connect_timeout():
+    """A backend whose connect hangs: calls waiting for it go elsewhere after
+    connect_timeout_ms, later calls skip it (TRANSIENT_FAILURE)."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    port = hole.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # fill the accept queue: further SYNs are dropped
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", port))
+        fillers.append(f)
+    time.sleep(0.2)
+    try:
+        good = peers.start_c_backend("good")
+        slb = start_sidelb(simple_config(["127.0.0.1:%d" % port, good.addr], connect_timeout_ms=300))
+        stub = peers.echo_stub(slb.addr)
+        t0 = time.monotonic()
+        ids = [stub.Unary(req(payload=b"x"), timeout=5).backend_id for _ in range(10)]
+        assert ids == ["good"] * 10
+        assert time.monotonic() - t0 < 2.0
+        assert "not connected after 300 ms" in slb.log()
+    finally:
+        for f in fillers:
+            f.close()
+        hole.close()
