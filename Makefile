@@ -6,6 +6,7 @@
 #   make demo       deps + build + a live demo balancing real gRPC traffic
 #   make bench      deps + build + side-by-side benchmark (tests/bench)
 #   make asan       the tests under AddressSanitizer + UBSan
+#   make fuzz-smoke build the libFuzzer targets (clang) and run each FUZZ_SECONDS
 #   make install    PREFIX=/usr/local DESTDIR=
 #
 # BUILD=dir puts every output in another directory (parallel builds, asan).
@@ -24,7 +25,7 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 
 # Debian packages: build, run, and test/bench/demo needs.
-DEB_BUILD := build-essential pkg-config libuv1-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler \
+DEB_BUILD := build-essential pkg-config clang libclang-rt-14-dev libuv1-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler \
              libcurl4-openssl-dev libjansson-dev check
 DEB_TEST  := etcd-server etcd-client nghttp2-client python3 python3-grpcio python3-grpc-tools python3-protobuf \
              python3-pytest python3-h2 curl procps
@@ -114,6 +115,7 @@ check: deps
 test: $(TEST_BINS)
 	$(MAKE) unit
 	$(MAKE) integration
+	$(MAKE) fuzz-smoke FUZZ_SECONDS=5
 
 unit: $(BUILD)/check_sidelb
 	CK_DEFAULT_TIMEOUT=60 $(BUILD)/check_sidelb
@@ -144,5 +146,7 @@ format:
 
 clean:
 	rm -rf $(BUILD) build-asan
+
+include tests/fuzz/fuzz.mk
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -31,6 +31,7 @@ struct req {
     int attempts; /* endpoints tried */
     int authing;  /* the transfer in flight is /v3/auth/authenticate */
     int reauthed;
+    char errbuf[CURL_ERROR_SIZE]; /* curl's detail of a failure (e.g. the TLS alert) */
     union {
         slb_etcd_range_cb range;
         slb_etcd_done_cb done;
@@ -61,6 +62,7 @@ struct slb_etcd_watch {
     char *line; /* bounded line buffer of the stream */
     size_t line_len, line_cap;
     int ep;
+    char errbuf[CURL_ERROR_SIZE]; /* curl's detail of a failure */
     int in_write;  /* inside curl's write callback */
     int abort_err; /* why the write callback aborted the stream */
     int relist;    /* the resume point was compacted */
@@ -406,6 +408,8 @@ static int req_send(struct req *r)
     if (auth_body != NULL)
         curl_easy_setopt(r->easy, CURLOPT_COPYPOSTFIELDS, auth_body);
     free(auth_body);
+    r->errbuf[0] = '\0';
+    curl_easy_setopt(r->easy, CURLOPT_ERRORBUFFER, r->errbuf);
     curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, e->request_timeout_ms);
     curl_easy_setopt(r->easy, CURLOPT_WRITEFUNCTION, req_write);
     curl_easy_setopt(r->easy, CURLOPT_WRITEDATA, r);
@@ -455,7 +459,7 @@ static void req_done(CURL *easy, CURLcode result, void *ud)
             req_fail(r, SLB_ELIMIT);
             return;
         }
-        slb_warn("etcd %s%s: %s%s", e->endpoints[r->ep], r->path, curl_easy_strerror(result),
+        slb_warn("etcd %s%s: %s%s", e->endpoints[r->ep], r->path, r->errbuf[0] ? r->errbuf : curl_easy_strerror(result),
                  r->attempts + 1 < e->n_endpoints ? " (trying the next endpoint)" : "");
         endpoint_failed(e, r->ep);
         if (++r->attempts < e->n_endpoints && (err = req_send(r)) == 0)
@@ -496,8 +500,9 @@ static void req_done(CURL *easy, CURLcode result, void *ud)
         return;
     }
     if (json_is_string(msg))
-        slb_info("etcd %s%s: HTTP %ld: %s", e->endpoints[r->ep], r->authing ? "/v3/auth/authenticate" : r->path, status,
-                 json_string_value(msg));
+        /* rejected credentials or permissions are config errors: warn (other etcd errors are routine) */
+        slb_log(r->authing || code == 7 || code == 16 ? SLB_LOG_WARN : SLB_LOG_INFO, "etcd %s%s: HTTP %ld: %s",
+                e->endpoints[r->ep], r->authing ? "/v3/auth/authenticate" : r->path, status, json_string_value(msg));
     else
         slb_warn("etcd %s%s: HTTP %ld: unexpected answer (%zu bytes)", e->endpoints[r->ep], r->path, status,
                  r->resp_len);
@@ -980,7 +985,7 @@ static void watch_release(struct slb_etcd_watch *w)
 static void watch_done(CURL *easy, CURLcode result, void *ud)
 {
     struct slb_etcd_watch *w = ud;
-    char why[160];
+    char why[CURL_ERROR_SIZE + 32];
 
     curl_easy_cleanup(w->easy);
     w->easy = NULL;
@@ -998,7 +1003,7 @@ static void watch_done(CURL *easy, CURLcode result, void *ud)
     if (w->abort_err != 0)
         snprintf(why, sizeof(why), "%s", slb_strerror(w->abort_err));
     else if (result != CURLE_OK)
-        snprintf(why, sizeof(why), "%s", curl_easy_strerror(result));
+        snprintf(why, sizeof(why), "%s", w->errbuf[0] ? w->errbuf : curl_easy_strerror(result));
     else
         snprintf(why, sizeof(why), "stream ended");
     watch_retry(w, 1, why);
@@ -1035,6 +1040,8 @@ static void watch_connect(struct slb_etcd_watch *w)
     watch_set_state(w, W_STARTING);
     if (w->body == NULL || (w->easy = easy_new(e, w->ep, "/v3/watch", w->body, &w->headers, 1)) == NULL)
         goto fail;
+    w->errbuf[0] = '\0';
+    curl_easy_setopt(w->easy, CURLOPT_ERRORBUFFER, w->errbuf);
     curl_easy_setopt(w->easy, CURLOPT_WRITEFUNCTION, watch_write);
     curl_easy_setopt(w->easy, CURLOPT_WRITEDATA, w);
     if ((err = slb_curl_uv_add(e->cu, w->easy, watch_done, w)) != 0)

@@ -42,12 +42,17 @@ static int valid_hostport(const char *s, size_t len)
         colon = rb + 1;
     } else {
         colon = NULL;
-        for (size_t i = 0; i < len; i++)
-            if (s[i] == ':') {
+        for (size_t i = 0; i < len; i++) {
+            char ch = s[i];
+            if (ch == ':') {
                 if (colon != NULL)
                     return 0; /* bare IPv6 needs brackets */
                 colon = s + i;
+            } else if (colon == NULL && !((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                                          (ch >= '0' && ch <= '9') || ch == '.' || ch == '-' || ch == '_')) {
+                return 0; /* a host name or IPv4 literal: letters, digits, '.', '-', '_' (found by fuzzing) */
             }
+        }
         if (colon == NULL || colon == s)
             return 0;
     }

@@ -81,6 +81,7 @@ class Relay:
                 continue
             try:
                 u = socket.create_connection(("127.0.0.1", self.target), timeout=2)
+                u.settimeout(None)  # the timeout was for connecting only: watches idle for long
             except OSError:
                 c.close()
                 continue

@@ -19,7 +19,8 @@ import peers
 from etcd_harness import EtcdServer, _b64
 from peers import req
 from sidelb_harness import start_sidelb
-from test_discovery import Relay, spread, wait_spread
+import test_discovery
+from test_discovery import spread, wait_spread
 
 PREFIX = "/grpclb/sidelb.test.Echo/"
 ETCDCTL = "/usr/bin/etcdctl"
@@ -36,6 +37,17 @@ def slb_config(etcd_section, port=None, **cluster_extra):
             "listeners": [{"address": "127.0.0.1:%d" % port,
                            "routes": [{"service": "sidelb.test.Echo", "cluster": "echo"}]}],
             "clusters": [cluster]}
+
+
+class Relay(test_discovery.Relay):
+    """test_discovery's cuttable TCP relay, minus the 2 s socket timeout its
+    upstream socket inherits from create_connection (it broke idle watch
+    streams every 2 s, which would hide token-expiry problems)."""
+
+    @staticmethod
+    def _pipe(a, b):
+        a.settimeout(None)
+        test_discovery.Relay._pipe(a, b)
 
 
 def etcdctl(url, *args, user=None, tls=None, timeout=10):
@@ -151,14 +163,17 @@ def test_auth_discovers_balances_and_watches(auth_etcd):
 def test_auth_wrong_password_clear_error_no_crash(auth_etcd):
     b = peers.start_c_backend("w0")
     auth_etcd.ctl_put(PREFIX + b.addr, b.addr)
-    slb = start_sidelb(slb_config(auth_section(auth_etcd.url, password="Wr0ngPassw0rd"), wait_for_ready_ms=0))
+    # at the default log level (notice): the error must be visible without -l info
+    slb = start_sidelb(slb_config(auth_section(auth_etcd.url, password="Wr0ngPassw0rd"), wait_for_ready_ms=0),
+                       log_level="notice")
     stub = peers.echo_stub(slb.addr)
     wait_log(slb, "authentication failed", 5)
     assert_unavailable(stub)
     time.sleep(1.0)
     assert slb.alive()
     log = slb.log()
-    assert "/v3/auth/authenticate" in log, log
+    assert "warn: etcd http://127.0.0.1:%d/v3/auth/authenticate: HTTP 400: etcdserver: authentication failed" % (
+        auth_etcd.port) in log, log
     # no password leaks into the log
     assert "Wr0ngPassw0rd" not in log, log
 
@@ -170,7 +185,7 @@ def test_auth_user_without_permission_clear_error(auth_etcd):
     b = peers.start_c_backend("p0")
     auth_etcd.ctl_put(PREFIX + b.addr, b.addr)
     cfg = slb_config({"endpoints": [auth_etcd.url], "username": "nobody", "password": "pw"}, wait_for_ready_ms=0)
-    slb = start_sidelb(cfg)
+    slb = start_sidelb(cfg, log_level="notice")
     stub = peers.echo_stub(slb.addr)
     wait_log(slb, "permission denied", 5)
     assert_unavailable(stub)
@@ -205,6 +220,8 @@ def test_auth_token_expiry_watch_reconnect_reauthenticates():
         etcd.delete(PREFIX + bes[0].addr)
         wait_spread(stub, lambda c: c == {"t1": 6, "t2": 6}, 5)
         assert slb.alive()
+        # the path under test was taken: the stale token was refused, then sidelb logged in again
+        assert "watch canceled" in slb.log() and "invalid auth token" in slb.log(), slb.log()
     finally:
         relay.close()
         etcd.destroy()
@@ -332,9 +349,13 @@ def test_tls_client_cert_discovers_and_watches(tls_etcd, pki):
 def test_tls_without_client_cert_clear_error_no_crash(tls_etcd, pki):
     b = peers.start_c_backend("n0")
     tls_etcd.put(PREFIX + b.addr, b.addr)
-    slb = start_sidelb(slb_config(tls_section(tls_etcd, pki, client_cert=False), wait_for_ready_ms=0))
+    slb = start_sidelb(slb_config(tls_section(tls_etcd, pki, client_cert=False), wait_for_ready_ms=0),
+                       log_level="notice")
     stub = peers.echo_stub(slb.addr)
     EtcdServer.wait_for(lambda: _tls_error_line(slb.log()) is not None, 5, what="a TLS error in the log")
+    # the server's alert (TLS 1.3: after the handshake, on the first read), not just "failure receiving data"
+    line = _tls_error_line(slb.log())
+    assert "alert" in line and "certificate" in line, slb.log()
     assert_unavailable(stub)
     time.sleep(1.0)
     assert slb.alive()
@@ -345,7 +366,8 @@ def test_tls_untrusted_server_clear_error_no_crash(tls_etcd, pki):
     """The server's cert is not signed by the configured CA: verification fails, no fallback to trusting it."""
     b = peers.start_c_backend("u0")
     tls_etcd.put(PREFIX + b.addr, b.addr)
-    slb = start_sidelb(slb_config(tls_section(tls_etcd, pki, ca="otherca.pem"), wait_for_ready_ms=0))
+    slb = start_sidelb(slb_config(tls_section(tls_etcd, pki, ca="otherca.pem"), wait_for_ready_ms=0),
+                       log_level="notice")
     stub = peers.echo_stub(slb.addr)
     EtcdServer.wait_for(lambda: _tls_error_line(slb.log()) is not None, 5, what="a TLS error in the log")
     assert "certificate" in _tls_error_line(slb.log()).lower(), slb.log()
@@ -357,7 +379,7 @@ def _tls_error_line(log):
     """The first etcd log line that names an SSL/TLS failure, or None."""
     for line in log.splitlines():
         low = line.lower()
-        if "etcd" in low and ("ssl" in low or "tls" in low or "certificate" in low):
+        if "warn: etcd https://" in low and ("ssl" in low or "tls" in low or "certificate" in low):
             return line
     return None
 
