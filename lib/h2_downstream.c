@@ -14,10 +14,11 @@
 /* Downstream flow-control windows: per stream and per connection. Together
  * with end-to-end consumption they bound what one app can make sidelb hold. */
 #define DOWNSTREAM_STREAM_WINDOW (256 * 1024)
-#define DOWNSTREAM_CONN_WINDOW (16 * 1024 * 1024)
+#define DOWNSTREAM_CONN_WINDOW   (16 * 1024 * 1024)
 
 static const char h2_preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-static const char http1_body[] = "sidelb speaks HTTP/2 only (h2c with prior knowledge, as gRPC clients do), not HTTP/1.x\n";
+static const char http1_body[] =
+    "sidelb speaks HTTP/2 only (h2c with prior knowledge, as gRPC clients do), not HTTP/1.x\n";
 
 static int downstream_on_read(struct slb_conn *c, const uint8_t *p, size_t n);
 static void downstream_on_close(struct slb_conn *c, int err);
@@ -55,7 +56,7 @@ int slb_downstream_accept(struct slb_listener *l)
     srv->downstreams = dc;
     srv->stats.downstream_conns_total++;
     if ((rv = uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&dc->conn.tcp)) != 0 ||
-        (rv = nghttp2_session_server_new2(&dc->conn.session, srv->down_cbs, dc, srv->down_opt)) != 0) {
+        (rv = nghttp2_session_server_new3(&dc->conn.session, srv->down_cbs, dc, srv->down_opt, slb_h2_mem())) != 0) {
         slb_conn_close(&dc->conn, rv);
         return rv;
     }
@@ -80,8 +81,8 @@ void slb_downstream_shutdown(struct slb_downstream *dc)
 {
     if (dc->conn.closing)
         return;
-    nghttp2_submit_goaway(dc->conn.session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(dc->conn.session),
-                          NGHTTP2_NO_ERROR, NULL, 0);
+    nghttp2_submit_goaway(dc->conn.session, NGHTTP2_FLAG_NONE,
+                          nghttp2_session_get_last_proc_stream_id(dc->conn.session), NGHTTP2_NO_ERROR, NULL, 0);
     if (dc->n_calls == 0)
         slb_conn_write_raw(&dc->conn, "", 0, 1); /* close once the GOAWAY is out */
     slb_conn_mark_dirty(&dc->conn);

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "h2_conn.h"
+#include "h2_mem.h"
 
 struct slb_listener;
 struct slb_call;

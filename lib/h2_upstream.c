@@ -39,7 +39,7 @@ static void pool_on_backend_free(struct slb_backend *be)
 }
 
 struct slb_upstream_pool *slb_upstream_pool_get(struct slb_server *srv, struct slb_backend *be,
-                                                 const struct slb_config_cluster *cfg)
+                                                const struct slb_config_cluster *cfg)
 {
     struct slb_upstream_pool *pool = be->pool;
 
@@ -162,7 +162,7 @@ static int upstream_connect(struct slb_upstream_pool *pool)
     }
     uc->pool = pool;
     slb_backend_ref(be);
-    if (nghttp2_session_client_new2(&uc->conn.session, srv->up_cbs, uc, srv->up_opt) != 0) {
+    if (nghttp2_session_client_new3(&uc->conn.session, srv->up_cbs, uc, srv->up_opt, slb_h2_mem()) != 0) {
         slb_conn_close(&uc->conn, SLB_ENOMEM);
         return SLB_ENOMEM;
     }
@@ -305,8 +305,8 @@ static void on_pool_timer(uv_timer_t *t)
             slb_conn_close(&uc->conn, UV_ETIMEDOUT);
         } else if (uc->patience_ms <= now && pool->be->state != SLB_BACKEND_TRANSIENT_FAILURE) {
             /* still connecting: stop sending calls here, and move the waiting ones */
-            slb_warn("backend %s: not connected after %u ms; calls go elsewhere while it keeps trying",
-                     pool->be->name, pool->cfg->connect_timeout_ms);
+            slb_warn("backend %s: not connected after %u ms; calls go elsewhere while it keeps trying", pool->be->name,
+                     pool->cfg->connect_timeout_ms);
             slb_backend_set_state(pool->be, SLB_BACKEND_TRANSIENT_FAILURE);
             pool->backoff_until_ms = uc->connect_deadline_ms;
             pool_redispatch_waiting(pool, UV_ETIMEDOUT);

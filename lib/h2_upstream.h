@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "h2_conn.h"
+#include "h2_mem.h"
 
 struct slb_server;
 struct slb_backend;

@@ -239,4 +239,5 @@ void slb_server_dispose(struct slb_server *srv)
     nghttp2_option_del(srv->down_opt);
     nghttp2_option_del(srv->up_opt);
     slb_chunk_pool_drain();
+    slb_h2_mem_drain();
 }
