@@ -139,7 +139,8 @@ install: $(BUILD)/sidelb
 	install -D -m 0755 $(BUILD)/sidelb $(DESTDIR)$(PREFIX)/bin/sidelb
 	install -D -m 0644 $(BUILD)/libsidelb.a $(DESTDIR)$(PREFIX)/lib/libsidelb.a
 	install -D -m 0644 conf/sidelb.json $(DESTDIR)/etc/sidelb/sidelb.json.example
-	install -D -m 0644 systemd/sidelb.service $(DESTDIR)$(PREFIX)/lib/systemd/system/sidelb.service
+	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' systemd/sidelb.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/sidelb.service
 
 format:
 	clang-format -i lib/*.[ch] daemon/*.c tests/*.c tests/*/*.c
