@@ -64,6 +64,8 @@ struct slb_backend {
     void *pool;           /* struct slb_upstream_pool *, owned by this backend */
     void *cluster;        /* struct slb_cluster * it belongs to (not owned) */
     slb_backend_free_cb on_free;
+    /* Called by slb_backend_set_state() after a change (the cluster's aggregate state). */
+    void (*on_state_change)(struct slb_backend *be, int old_state);
 };
 
 /* Allocates a backend with one reference; NULL on bad address or no memory. */

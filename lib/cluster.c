@@ -73,6 +73,35 @@ void slb_cluster_report(struct slb_cluster *cl, struct slb_backend *be, int succ
         cl->set.version++;
 }
 
+/* ---- aggregate connectivity state ---- */
+
+static void update_aggregate(struct slb_cluster *cl)
+{
+    int state = SLB_BACKEND_TRANSIENT_FAILURE;
+
+    if (cl->n_by_state[SLB_BACKEND_READY] > 0)
+        state = SLB_BACKEND_READY;
+    else if (cl->n_by_state[SLB_BACKEND_CONNECTING] > 0)
+        state = SLB_BACKEND_CONNECTING;
+    else if (cl->n_by_state[SLB_BACKEND_IDLE] > 0)
+        state = SLB_BACKEND_IDLE;
+    if (cl->state == state)
+        return;
+    slb_log(state == SLB_BACKEND_TRANSIENT_FAILURE || cl->state == SLB_BACKEND_TRANSIENT_FAILURE ? SLB_LOG_NOTICE
+                                                                                                : SLB_LOG_INFO,
+            "cluster %s: %s -> %s", cl->cfg->name, slb_backend_state_name(cl->state), slb_backend_state_name(state));
+    cl->state = (uint8_t)state;
+}
+
+static void on_backend_state(struct slb_backend *be, int old)
+{
+    struct slb_cluster *cl = be->cluster;
+
+    cl->n_by_state[old]--;
+    cl->n_by_state[be->state]++;
+    update_aggregate(cl);
+}
+
 /* ---- active health (grpc.health.v1) ---- */
 
 static void on_health(struct slb_health_check *hc, int status, void *user)
@@ -224,6 +253,7 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_server *srv, const struc
     memset(cl, 0, sizeof(*cl));
     cl->srv = srv;
     cl->cfg = cfg;
+    cl->state = SLB_BACKEND_TRANSIENT_FAILURE; /* no backend yet */
     slb_backend_set_init(&cl->set);
     if ((rv = index_grow(cl)) != 0)
         return rv;
@@ -314,6 +344,9 @@ int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight
     slb_backend_unref(be); /* the set holds it now */
     if (rv != 0)
         return rv;
+    be->on_state_change = on_backend_state;
+    cl->n_by_state[be->state]++;
+    update_aggregate(cl);
     if (cl->set.n > cl->_index_size && index_grow(cl) != 0)
         slb_warn("cluster %s: index not grown (out of memory)", cl->cfg->name);
     slot = index_slot(cl, addr);
@@ -338,6 +371,9 @@ void slb_cluster_remove(struct slb_cluster *cl, const char *addr)
     slb_backend_ref(be);
     be->draining = 1;
     health_stop(be);
+    be->on_state_change = NULL; /* a draining backend no longer counts */
+    cl->n_by_state[be->state]--;
+    update_aggregate(cl);
     slb_backend_set_remove(&cl->set, be);
     if (be->pool != NULL)
         slb_upstream_pool_drain(be->pool);

@@ -34,6 +34,8 @@ struct slb_cluster {
     struct slb_retry_table retry; /* from cfg->service_config_json */
     uv_timer_t outlier_timer;
     uint8_t has_outlier_timer;
+    uint32_t n_by_state[SLB_BACKEND_SHUTDOWN + 1]; /* listed backends per connectivity state */
+    uint8_t state; /* aggregate (gRPC): READY if any is, else CONNECTING, else IDLE, else TRANSIENT_FAILURE */
     struct slb_call *wait_head, *wait_tail; /* calls waiting for a usable backend */
     uint32_t n_waiting;
     uv_timer_t wait_timer;

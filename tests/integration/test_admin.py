@@ -197,6 +197,27 @@ def test_clusters_json():
         assert b["weight"] == 1 and b["health"] == "UNKNOWN" and b["ejected"] is False and b["draining"] is False
         assert b["outstanding"] == 0
     assert sum(b["connections"] for b in c["backends"]) >= 1
+    assert c["state"] == "READY"  # aggregate: at least one backend is READY
+
+
+def test_cluster_aggregate_state_follows_backends():
+    bes = [peers.start_c_backend("a%d" % i) for i in range(2)]
+    slb = start_with_admin(bes)
+    stub = peers.echo_stub(slb.addr)
+    for _ in range(4):
+        stub.Unary(req(payload=b"x"), timeout=5)
+    state = lambda: json.loads(http(slb.admin_port, "GET", "/clusters")[2])[0]["state"]
+    assert state() == "READY"
+    for b in bes:
+        b.kill9()
+    time.sleep(0.2)
+    for _ in range(2):  # the next attempts find both down
+        try:
+            stub.Unary(req(payload=b"x"), timeout=1)
+        except Exception:
+            pass
+    assert state() in ("TRANSIENT_FAILURE", "IDLE", "CONNECTING")
+    assert "cluster echo: READY ->" in slb.log()
 
 
 def test_error_statuses():
