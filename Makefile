@@ -86,6 +86,9 @@ $(BUILD)/gen/suites.h: FORCE
 
 FORCE:
 
+# keep generated protobuf sources (make would delete them as intermediates)
+.SECONDARY:
+
 $(BUILD)/tests/check_main.o: $(BUILD)/gen/suites.h
 
 $(BUILD)/check_sidelb: $(UNIT_OBJ) $(BUILD)/libsidelb.a

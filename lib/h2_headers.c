@@ -90,9 +90,17 @@ void slb_hdrs_move(struct slb_hdrs *dst, struct slb_hdrs *src)
 
 int slb_hdrs_is_hop_by_hop(const uint8_t *name, size_t len)
 {
-    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"};
-    for (size_t i = 0; i < SLB_ARRAY_SIZE(hop); i++)
-        if (strlen(hop[i]) == len && memcmp(hop[i], name, len) == 0)
-            return 1;
-    return 0;
+    /* by length first: this runs for every header of every call */
+    switch (len) {
+    case 7:
+        return memcmp(name, "upgrade", 7) == 0;
+    case 10:
+        return memcmp(name, "connection", 10) == 0 || memcmp(name, "keep-alive", 10) == 0;
+    case 16:
+        return memcmp(name, "proxy-connection", 16) == 0;
+    case 17:
+        return memcmp(name, "transfer-encoding", 17) == 0;
+    default:
+        return 0;
+    }
 }
