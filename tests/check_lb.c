@@ -132,7 +132,7 @@ START_TEST(test_registry)
     ck_assert_int_eq(slb_lb_find("round_robin")->uses_hash, 0);
     ck_assert_uint_eq(opts.choice_count, 2);
     ck_assert_uint_eq(opts.min_ring_size, 1024);
-    ck_assert_uint_eq(opts.max_ring_size, 8388608);
+    ck_assert_uint_eq(opts.max_ring_size, 1048576);
     ck_assert_uint_eq(opts.maglev_table_size, 65537);
     slb_backend_set_init(&set);
     ck_assert_int_eq(slb_lb_init(&lb, "nope", &opts, &set), SLB_ECONFIG);
