@@ -48,12 +48,20 @@ def _limits_and_cleanup(request):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
         failed = getattr(request.node, "_sidelb_failed", False)
-        for p in reversed(peers.stop_all(first)):
+        stopped = peers.stop_all(first)
+        # Under `make asan` every sidelb and test backend is a sanitizer build:
+        # a memory error, undefined behaviour or leak report fails the test.
+        sanitizer = [p for p in stopped if any(m in p.log() for m in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                                                                      "runtime error:"))]
+        failed = failed or bool(sanitizer)
+        for p in reversed(stopped):
             if failed:
                 sys.stderr.write("\n----- log of %s (pid %s, %s) -----\n%s" % (p.name, p.pid, p.log_path,
                                                                              p.log()[-4000:]))
             else:
                 p.remove_files()
+        if sanitizer:
+            raise AssertionError("sanitizer report from %s" % ", ".join(p.name for p in sanitizer))
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
