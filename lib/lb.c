@@ -32,7 +32,8 @@ void slb_lb_options_default(struct slb_lb_options *o)
     memset(o, 0, sizeof(*o));
     o->choice_count = 2;
     o->min_ring_size = 1024;
-    o->max_ring_size = 1048576; /* 160 points per weight unit up to ~3,000 backends; a 10,000-backend rebuild stays ~60 ms */
+    o->max_ring_size =
+        1048576; /* 160 points per weight unit up to ~3,000 backends; a 10,000-backend rebuild stays ~60 ms */
     o->maglev_table_size = 65537;
     o->slow_start_ms = 0;
     o->slow_start_aggression = 1.0;
@@ -172,6 +173,26 @@ struct slb_backend *slb__lb_scan(const struct slb_lb *lb, const struct slb_pick_
         }
         if (++i == set->n)
             i = 0;
+    }
+    return tried;
+}
+
+struct slb_backend *slb__lb_walk(const struct slb_lb *lb, const uint32_t *slots, uint32_t size, uint32_t start,
+                                 const struct slb_pick_ctx *ctx)
+{
+    struct slb_backend *tried = NULL;
+    uint32_t i = start < size ? start : 0;
+
+    for (uint32_t k = 0; k < size; k++) {
+        struct slb_backend *be = lb->set->items[slots[i]];
+        if (++i == size)
+            i = 0;
+        if (!slb__lb_usable(lb, be, ctx->now_ms))
+            continue;
+        if (SLB_LIKELY(!slb_tried_has(ctx->tried, be)))
+            return be;
+        if (tried == NULL)
+            tried = be;
     }
     return tried;
 }

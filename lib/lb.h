@@ -145,6 +145,14 @@ uint64_t slb__lb_weight_fp(const struct slb_lb *lb, const struct slb_backend *be
  */
 struct slb_backend *slb__lb_scan(const struct slb_lb *lb, const struct slb_pick_ctx *ctx, uint32_t start);
 
+/*
+ * The same walk over a hash table (ring_hash, maglev): slots[] holds set
+ * indexes; from slot `start`, wrapping, the first usable backend not tried,
+ * else the first usable tried one, else NULL.
+ */
+struct slb_backend *slb__lb_walk(const struct slb_lb *lb, const uint32_t *slots, uint32_t size, uint32_t start,
+                                 const struct slb_pick_ctx *ctx);
+
 /* qsort comparator over struct slb_backend * by name: hash tables are built in
  * an order independent of discovery order, so every sidecar builds the same. */
 int slb__lb_cmp_name(const void *a, const void *b);

@@ -117,20 +117,8 @@ static struct slb_backend *maglev_pick(struct slb_lb *lb, const struct slb_pick_
     struct maglev *m = lb->data;
     uint64_t key = ctx->has_hash ? ctx->hash : ctx->random;
     uint32_t i = (uint32_t)(key % m->size);
-    struct slb_backend *tried = NULL;
 
-    for (uint32_t k = 0; k < m->size; k++) {
-        struct slb_backend *be = lb->set->items[m->table[i]];
-        if (++i == m->size)
-            i = 0;
-        if (!slb__lb_usable(lb, be, ctx->now_ms))
-            continue;
-        if (SLB_LIKELY(!slb_tried_has(ctx->tried, be)))
-            return be;
-        if (tried == NULL)
-            tried = be;
-    }
-    return tried;
+    return slb__lb_walk(lb, m->table, m->size, i, ctx);
 }
 
 static void maglev_destroy(struct slb_lb *lb)

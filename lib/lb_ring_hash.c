@@ -161,7 +161,6 @@ static struct slb_backend *ring_pick(struct slb_lb *lb, const struct slb_pick_ct
 {
     struct ring *r = lb->data;
     uint64_t key = ctx->has_hash ? ctx->hash : ctx->random;
-    struct slb_backend *tried = NULL;
     uint32_t lo = 0, hi = r->size;
 
     /* first point with hash >= key */
@@ -172,18 +171,7 @@ static struct slb_backend *ring_pick(struct slb_lb *lb, const struct slb_pick_ct
         else
             hi = mid;
     }
-    for (uint32_t k = 0; k < r->size; k++, lo++) {
-        if (lo >= r->size)
-            lo = 0;
-        struct slb_backend *be = lb->set->items[r->idx[lo]];
-        if (!slb__lb_usable(lb, be, ctx->now_ms))
-            continue;
-        if (SLB_LIKELY(!slb_tried_has(ctx->tried, be)))
-            return be;
-        if (tried == NULL)
-            tried = be;
-    }
-    return tried;
+    return slb__lb_walk(lb, r->idx, r->size, lo, ctx);
 }
 
 static void ring_destroy(struct slb_lb *lb)

@@ -22,88 +22,7 @@
 #include "h2_conn.h"
 #include "health.h"
 #include "log.h"
-
-#define MAX_PEERS 4
-
-/* Peers started by the running test; killed at exit, also when it fails. */
-static pid_t peers[MAX_PEERS];
-
-static void kill_peer(pid_t pid)
-{
-    struct timespec ts = {0, 10 * 1000 * 1000};
-
-    if (pid <= 0)
-        return;
-    kill(pid, SIGTERM);
-    for (int i = 0; i < 200; i++) { /* 2 s, then SIGKILL */
-        if (waitpid(pid, NULL, WNOHANG) == pid)
-            return;
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-}
-
-static void kill_all_peers(void)
-{
-    for (int i = 0; i < MAX_PEERS; i++) {
-        kill_peer(peers[i]);
-        peers[i] = 0;
-    }
-}
-
-static void forget_peer(pid_t pid)
-{
-    for (int i = 0; i < MAX_PEERS; i++)
-        if (peers[i] == pid)
-            peers[i] = 0;
-}
-
-/* Runs argv, waits (at most 10 s) for "ready <port>" on its stdout. */
-static pid_t spawn(char *const argv[], int *port)
-{
-    int fds[2], slot = -1;
-    char line[128];
-    size_t len = 0;
-    pid_t pid;
-
-    for (int i = 0; i < MAX_PEERS; i++)
-        if (peers[i] == 0) {
-            slot = i;
-            break;
-        }
-    ck_assert_int_ge(slot, 0);
-    ck_assert_int_eq(pipe(fds), 0);
-    pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(fds[1], 1);
-        if (getenv("HEALTH_TEST_VERBOSE") == NULL && devnull >= 0)
-            dup2(devnull, 2);
-        close(fds[0]);
-        close(fds[1]);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    peers[slot] = pid;
-    close(fds[1]);
-    while (len < sizeof(line) - 1) {
-        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
-        ssize_t n;
-        ck_assert_msg(poll(&pfd, 1, 10000) == 1, "%s did not get ready", argv[0]);
-        n = read(fds[0], line + len, 1);
-        ck_assert_msg(n == 1, "%s exited before ready", argv[0]);
-        if (line[len] == '\n')
-            break;
-        len++;
-    }
-    line[len] = '\0';
-    close(fds[0]); /* the peer writes nothing more on stdout */
-    ck_assert_msg(sscanf(line, "ready %d", port) == 1, "unexpected line: %s", line);
-    return pid;
-}
+#include "peer_harness.h"
 
 static char backend_path[PATH_MAX];
 
@@ -122,7 +41,7 @@ static pid_t start_backend(int port_in, const char *opt1, const char *opt2, int 
     if (opt2 != NULL)
         argv[n++] = (char *)opt2;
     argv[n] = NULL;
-    return spawn(argv, port);
+    return peer_spawn(argv, getenv("HEALTH_TEST_VERBOSE") != NULL, port);
 }
 
 /* A grpc.health.v1 server in python3-grpcio that knows "" and "known.Svc" only:
@@ -154,7 +73,7 @@ static const char py_server[] =
 static pid_t start_py(const char *mode, int *port)
 {
     char *argv[] = {"/usr/bin/python3", "-c", (char *)py_server, (char *)mode, NULL};
-    return spawn(argv, port);
+    return peer_spawn(argv, getenv("HEALTH_TEST_VERBOSE") != NULL, port);
 }
 
 static int free_port(void)
@@ -207,7 +126,7 @@ static void setup(void)
     ck_assert_ptr_nonnull(slash);
     strcpy(slash + 1, "test_backend");
     ck_assert_msg(access(backend_path, X_OK) == 0, "%s missing (make test_backend)", backend_path);
-    atexit(kill_all_peers);
+    atexit(peer_kill_all);
     if (getenv("HEALTH_TEST_VERBOSE") != NULL)
         slb_log_level = SLB_LOG_DEBUG;
     memset(&t, 0, sizeof(t));
@@ -260,7 +179,7 @@ static void finish(void)
     ck_assert_int_eq(uv_run(&t.loop, UV_RUN_DEFAULT), 0);
     ck_assert_int_eq(t.ncb, ncb); /* nothing after stop */
     ck_assert_int_eq(uv_loop_close(&t.loop), 0);
-    kill_all_peers();
+    peer_kill_all();
 }
 
 /* --- tests ------------------------------------------------------------------------------------------------------ */
@@ -341,7 +260,7 @@ START_TEST(test_killed_and_restarted)
 
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
-    forget_peer(pid);
+    peer_forget(pid);
     ck_assert_msg(wait_status(SLB_HEALTH_NOT_SERVING, 1000), "lost backend not seen within 1 s");
     run_for(1200); /* a few refused reconnects: still one report */
     ck_assert_int_eq(t.ncb, 2);
@@ -363,7 +282,7 @@ START_TEST(test_check_fallback_killed)
     ck_assert(wait_status(SLB_HEALTH_SERVING, 3000));
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
-    forget_peer(pid);
+    peer_forget(pid);
     ck_assert(wait_status(SLB_HEALTH_NOT_SERVING, 1000));
     start_backend(port, "--health-unimplemented-watch", NULL, &port);
     ck_assert(wait_status(SLB_HEALTH_SERVING, 300 + 1000));

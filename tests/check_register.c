@@ -22,6 +22,7 @@
 #include "h2_conn.h"
 #include "log.h"
 #include "register.h"
+#include "peer_harness.h"
 
 #define TTL     2
 #define TICK_MS (TTL * 1000 / 3)
@@ -35,74 +36,13 @@ static int shutdown_done;
 
 /* ---- local services (test_backend), killed by PID at exit even on failure ---- */
 
-#define MAX_PEERS 4
-static pid_t peers[MAX_PEERS];
 static char backend_path[PATH_MAX];
-
-static void kill_peer(pid_t pid)
-{
-    if (pid <= 0)
-        return;
-    kill(pid, SIGTERM);
-    for (int i = 0; i < 100; i++) {
-        if (waitpid(pid, NULL, WNOHANG) == pid)
-            return;
-        usleep(20 * 1000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-}
-
-static void kill_all_peers(void)
-{
-    for (int i = 0; i < MAX_PEERS; i++) {
-        kill_peer(peers[i]);
-        peers[i] = 0;
-    }
-}
 
 /* Starts test_backend --port 0 --health SERVING; returns its PID, port in *port. */
 static pid_t start_backend(int *port)
 {
-    int fds[2], slot = -1;
-    char line[64];
-    size_t len = 0;
-    pid_t pid;
-
-    for (int i = 0; i < MAX_PEERS; i++)
-        if (peers[i] == 0) {
-            slot = i;
-            break;
-        }
-    ck_assert_int_ge(slot, 0);
-    ck_assert_int_eq(pipe(fds), 0);
-    pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(fds[1], 1);
-        if (devnull >= 0)
-            dup2(devnull, 2);
-        close(fds[0]);
-        close(fds[1]);
-        execl(backend_path, backend_path, "--port", "0", "--health", "SERVING", (char *)NULL);
-        _exit(127);
-    }
-    peers[slot] = pid;
-    close(fds[1]);
-    while (len < sizeof(line) - 1) {
-        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
-        ck_assert_msg(poll(&pfd, 1, 10000) == 1, "test_backend did not get ready");
-        ck_assert_msg(read(fds[0], line + len, 1) == 1, "test_backend exited before ready");
-        if (line[len] == '\n')
-            break;
-        len++;
-    }
-    line[len] = '\0';
-    close(fds[0]);
-    ck_assert_msg(sscanf(line, "ready %d", port) == 1, "unexpected line: %s", line);
-    return pid;
+    char *argv[] = {backend_path, "--port", "0", "--health", "SERVING", NULL};
+    return peer_spawn(argv, 0, port);
 }
 
 /* ---- etcd seen from the test (blocking, through the harness) ---- */
@@ -198,7 +138,7 @@ static void setup(void)
     ck_assert_ptr_nonnull(slash);
     strcpy(slash + 1, "test_backend");
     ck_assert_msg(access(backend_path, X_OK) == 0, "%s missing (make test_backend)", backend_path);
-    atexit(kill_all_peers);
+    atexit(peer_kill_all);
     if (getenv("REGISTER_TEST_VERBOSE") != NULL)
         slb_log_level = SLB_LOG_DEBUG;
     ck_assert_int_eq(uv_loop_init(&loop), 0);
@@ -232,7 +172,7 @@ static void finish(void)
     slb_etcd_free(etcd);
     slb_conn_ctx_close(&io);
     eh_loop_finish(&loop);
-    kill_all_peers();
+    peer_kill_all();
     eh_destroy(&H);
 }
 
