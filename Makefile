@@ -84,10 +84,11 @@ $(BUILD)/gen/suites.h: FORCE
 	@printf '%s\n' $(foreach s,$(SUITES),'SLB_SUITE($(s))') > $@.tmp
 	@if cmp -s $@.tmp $@; then rm $@.tmp; else mv $@.tmp $@; fi
 
+.PHONY: FORCE
 FORCE:
 
 # keep generated protobuf sources (make would delete them as intermediates)
-.SECONDARY:
+.PRECIOUS: $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h
 
 $(BUILD)/tests/check_main.o: $(BUILD)/gen/suites.h
 
