@@ -80,6 +80,7 @@ struct slb_etcd {
     long dial_timeout_ms, request_timeout_ms;
     char *username, *password, *ca_file, *cert_file, *key_file;
     char *token; /* auth token, NULL until authenticated */
+    uint8_t *ep_down; /* per endpoint: its last request failed in transport (log once per change) */
     struct req *reqs;
     struct slb_etcd_watch *watches;
 };
@@ -443,6 +444,10 @@ static void req_done(CURL *easy, CURLcode result, void *ud)
     curl_slist_free_all(r->headers);
     r->headers = NULL;
 
+    if (result == CURLE_OK && status != 0 && e->ep_down[r->ep]) {
+        slb_notice("etcd %s: answering again", e->endpoints[r->ep]);
+        e->ep_down[r->ep] = 0;
+    }
     if (result == CURLE_OK && status != 0) {
         root = json_loadb(r->resp ? r->resp : "", r->resp_len, 0, NULL);
         if (!json_is_object(root)) {
@@ -459,8 +464,11 @@ static void req_done(CURL *easy, CURLcode result, void *ud)
             req_fail(r, SLB_ELIMIT);
             return;
         }
-        slb_warn("etcd %s%s: %s%s", e->endpoints[r->ep], r->path, r->errbuf[0] ? r->errbuf : curl_easy_strerror(result),
-                 r->attempts + 1 < e->n_endpoints ? " (trying the next endpoint)" : "");
+        /* loud on the first failure of an endpoint, quiet while it stays down */
+        slb_log(e->ep_down[r->ep] ? SLB_LOG_DEBUG : SLB_LOG_WARN, "etcd %s%s: %s%s", e->endpoints[r->ep], r->path,
+                r->errbuf[0] ? r->errbuf : curl_easy_strerror(result),
+                r->attempts + 1 < e->n_endpoints ? " (trying the next endpoint)" : "");
+        e->ep_down[r->ep] = 1;
         endpoint_failed(e, r->ep);
         if (++r->attempts < e->n_endpoints && (err = req_send(r)) == 0)
             return;
@@ -669,7 +677,8 @@ int slb_etcd_new(uv_loop_t *loop, const struct slb_config_etcd *cfg, struct slb_
     e->loop = loop;
     e->dial_timeout_ms = cfg->dial_timeout_ms ? cfg->dial_timeout_ms : 2000;
     e->request_timeout_ms = cfg->request_timeout_ms ? cfg->request_timeout_ms : 5000;
-    if ((e->endpoints = calloc(cfg->n_endpoints, sizeof(char *))) == NULL) {
+    if ((e->endpoints = calloc(cfg->n_endpoints, sizeof(char *))) == NULL ||
+        (e->ep_down = calloc(cfg->n_endpoints, 1)) == NULL) {
         err = SLB_ENOMEM;
         goto fail;
     }
@@ -715,6 +724,7 @@ void slb_etcd_free(struct slb_etcd *e)
     for (int i = 0; i < e->n_endpoints; i++)
         free(e->endpoints[i]);
     free(e->endpoints);
+    free(e->ep_down);
     free(e->username);
     free(e->password);
     free(e->ca_file);
