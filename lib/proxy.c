@@ -77,6 +77,8 @@ static void note_upstream_status(struct slb_call *call, const struct slb_hdrs *h
         for (size_t i = 0; i < len; i++)
             code = code * 10 + (v[i] - '0');
         call->upstream_status = (int16_t)code;
+        if (code == SLB_GRPC_OK && call->retry != NULL)
+            slb_retry_on_success(&call->cluster->retry);
     }
 }
 
@@ -267,9 +269,11 @@ static int call_try_retry(struct slb_call *call, int status, int report)
     const struct slb_retry_policy *p = call->retry;
     uint64_t now, wait;
 
-    if (p == NULL || call->dc == NULL || call->resp_headers_sent || !call->req.retain || status < 0 ||
-        status > 31 || !(p->codes & (1u << status)) || call->retries + 1 >= p->max_attempts ||
-        call->attempts >= SLB_MAX_ATTEMPTS)
+    if (p == NULL || status < 0 || status > 31 || !(p->codes & (1u << status)))
+        return 0;
+    slb_retry_on_failure(&call->cluster->retry); /* counts whether or not a retry follows */
+    if (call->dc == NULL || call->resp_headers_sent || !call->req.retain || call->retries + 1 >= p->max_attempts ||
+        call->attempts >= SLB_MAX_ATTEMPTS || !slb_retry_allowed(&call->cluster->retry))
         return 0;
     now = uv_now(call->srv->loop);
     wait = slb_retry_backoff_ms(p, call->retries + 2u, slb_server_random(call->srv));

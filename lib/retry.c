@@ -71,6 +71,12 @@ int slb_retry_table_init(struct slb_retry_table *t, const char *json)
             r->policy = p;
         }
     }
+    if (rv == 0 && (mcs = json_object_get(root, "retryThrottling")) != NULL) {
+        t->throttled = 1;
+        t->max_tokens = json_number_value(json_object_get(mcs, "maxTokens"));
+        t->token_ratio = json_number_value(json_object_get(mcs, "tokenRatio"));
+        t->tokens = t->max_tokens;
+    }
     json_decref(root);
     if (rv != 0)
         slb_retry_table_dispose(t);
@@ -117,6 +123,23 @@ const struct slb_retry_policy *slb_retry_lookup(const struct slb_retry_table *t,
         }
     }
     return by_service != NULL ? by_service : by_default;
+}
+
+void slb_retry_on_failure(struct slb_retry_table *t)
+{
+    if (t->throttled && (t->tokens -= 1.0) < 0)
+        t->tokens = 0;
+}
+
+void slb_retry_on_success(struct slb_retry_table *t)
+{
+    if (t->throttled && (t->tokens += t->token_ratio) > t->max_tokens)
+        t->tokens = t->max_tokens;
+}
+
+int slb_retry_allowed(const struct slb_retry_table *t)
+{
+    return !t->throttled || t->tokens > t->max_tokens / 2;
 }
 
 uint64_t slb_retry_backoff_ms(const struct slb_retry_policy *p, unsigned attempt, uint64_t random)

@@ -34,6 +34,9 @@ struct slb_retry_rule {
 struct slb_retry_table {
     struct slb_retry_rule *rules;
     size_t n;
+    /* retryThrottling (A6): retries stop while tokens <= max_tokens / 2 */
+    int throttled;
+    double max_tokens, token_ratio, tokens;
 };
 
 /* Parses a compact service-config JSON text (NULL = none). 0 or SLB_ECONFIG / SLB_ENOMEM. */
@@ -41,6 +44,11 @@ int slb_retry_table_init(struct slb_retry_table *t, const char *service_config_j
 void slb_retry_table_dispose(struct slb_retry_table *t);
 /* The policy for "/pkg.Service/Method" (most specific name wins), or NULL. */
 const struct slb_retry_policy *slb_retry_lookup(const struct slb_retry_table *t, const uint8_t *path, size_t len);
+/* A6 throttling: an attempt failed with a retryable status / succeeded. */
+void slb_retry_on_failure(struct slb_retry_table *t);
+void slb_retry_on_success(struct slb_retry_table *t);
+/* Whether throttling lets a retry happen now. */
+int slb_retry_allowed(const struct slb_retry_table *t);
 /* Backoff before attempt number `attempt` (2 = first retry), randomized with `random`. */
 uint64_t slb_retry_backoff_ms(const struct slb_retry_policy *p, unsigned attempt, uint64_t random);
 

@@ -125,3 +125,24 @@ def test_large_request_beyond_the_retry_buffer_is_not_retried():
             assert e.code() == grpc.StatusCode.UNAVAILABLE
             outcomes["failed"] += 1
     assert outcomes == {"ok": 2, "failed": 2}
+
+
+def test_retry_throttling_stops_retries_when_most_attempts_fail():
+    bad = peers.start_c_backend("bad", extra_args=["--fail-status", "14"])
+    good = peers.start_c_backend("good")
+    sc = service_config()
+    sc["retryThrottling"] = {"maxTokens": 4, "tokenRatio": 0.1}
+    slb = start_sidelb(simple_config([bad.addr, good.addr], service_config=sc))
+    stub = peers.echo_stub(slb.addr)
+    outcomes = collections.Counter()
+    for _ in range(20):
+        try:
+            stub.Unary(req(payload=b"r"), timeout=5)
+            outcomes["ok"] += 1
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNAVAILABLE
+            outcomes["failed"] += 1
+    # the first two failures are retried (tokens 4 -> 3 -> 2); then tokens stay at or below half,
+    # so the failing half of the calls reaches the app
+    assert outcomes["failed"] >= 5, outcomes
+    assert outcomes["ok"] >= 10, outcomes
