@@ -16,12 +16,17 @@
 #include "log.h"
 #include "server.h"
 
-#define SIDELB_VERSION "0.1.0"
+#define SIDELB_VERSION   "0.1.0"
 #define DEFAULT_GRACE_MS 5000
 
-static struct slb_server server;
+/* The running server and its config; a reload replaces both. */
+static struct slb_server *server;
+static struct slb_config *config;
+static const char *config_path;
+static uv_loop_t *loop;
 static uv_signal_t sig_term, sig_int, sig_hup;
 static uint64_t grace_ms = DEFAULT_GRACE_MS;
+static int cli_log_level = -1; /* -l overrides the config's log_level, also across reloads */
 
 /* systemd's notify protocol (sd_notify(3)) without linking libsystemd. */
 static void sd_notify_msg(const char *msg)
@@ -45,15 +50,16 @@ static void sd_notify_msg(const char *msg)
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: sidelb -c FILE [-l LEVEL] [--grace-ms N]\n"
-                 "       sidelb --check-config FILE\n"
-                 "\n"
-                 "  -c, --config FILE        run with this JSON config\n"
-                 "      --check-config FILE  validate FILE, print the first error, exit 0 or 1\n"
-                 "  -l, --log-level LEVEL    debug, info, notice, warn, error (overrides the config)\n"
-                 "      --grace-ms N         on SIGTERM, let calls in flight finish for up to N ms (default %d)\n"
-                 "  -V, --version            print the version\n"
-                 "  -h, --help               this help\n",
+    fprintf(out,
+            "usage: sidelb -c FILE [-l LEVEL] [--grace-ms N]\n"
+            "       sidelb --check-config FILE\n"
+            "\n"
+            "  -c, --config FILE        run with this JSON config\n"
+            "      --check-config FILE  validate FILE, print the first error, exit 0 or 1\n"
+            "  -l, --log-level LEVEL    debug, info, notice, warn, error (overrides the config)\n"
+            "      --grace-ms N         on SIGTERM, let calls in flight finish for up to N ms (default %d)\n"
+            "  -V, --version            print the version\n"
+            "  -h, --help               this help\n",
             DEFAULT_GRACE_MS);
 }
 
@@ -64,33 +70,113 @@ static void on_stopped(struct slb_server *srv)
     uv_close((uv_handle_t *)&sig_hup, NULL);
 }
 
+/* A retired server (replaced by a reload, or one whose start failed) is
+ * freed a moment after its handles were closed, with its config. */
+struct retired {
+    uv_timer_t timer;
+    struct slb_server *srv;
+    struct slb_config *cfg;
+};
+
+static void on_retired_timer_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void on_retired_timer(uv_timer_t *t)
+{
+    struct retired *r = t->data;
+
+    slb_server_dispose(r->srv);
+    free(r->srv);
+    slb_config_free(r->cfg);
+    uv_close((uv_handle_t *)t, on_retired_timer_closed);
+}
+
+static void on_retired(struct slb_server *srv)
+{
+    struct retired *r = calloc(1, sizeof(*r));
+
+    if (r == NULL)
+        return; /* leak rather than crash */
+    r->srv = srv;
+    r->cfg = (struct slb_config *)srv->cfg;
+    uv_timer_init(loop, &r->timer);
+    r->timer.data = r;
+    uv_timer_start(&r->timer, on_retired_timer, 100, 0); /* its handles close within this loop turn */
+}
+
+/*
+ * SIGHUP: load the file again; on any error keep running the old config.
+ * The new server takes over the listening sockets at unchanged addresses;
+ * the old one stops accepting, lets its calls finish (grace period) and
+ * hands over the registrations the new config keeps.
+ */
+static void reload(void)
+{
+    char err[SLB_CONFIG_ERRLEN];
+    struct slb_config *cfg = slb_config_load_file(config_path, err, sizeof(err));
+    struct slb_server *srv, *old = server;
+
+    if (cfg == NULL) {
+        slb_error("reload: %s; still running the previous config", err);
+        return;
+    }
+    sd_notify_msg("RELOADING=1");
+    if ((srv = calloc(1, sizeof(*srv))) == NULL) {
+        slb_error("reload: out of memory; still running the previous config");
+        slb_config_free(cfg);
+        sd_notify_msg("READY=1");
+        return;
+    }
+    slb_server_admin_release(old); /* its port goes to the new server */
+    if (slb_server_start_reload(srv, loop, cfg, old, err, sizeof(err)) != 0) {
+        slb_error("reload: %s; still running the previous config", err);
+        slb_server_stop(srv, 0, on_retired);
+        if (slb_server_admin_restore(old, err, sizeof(err)) != 0)
+            slb_error("reload: admin listener not restored: %s", err);
+        sd_notify_msg("READY=1");
+        return;
+    }
+    slb_log_level = cli_log_level >= 0 ? cli_log_level : cfg->log_level;
+    server = srv;
+    config = cfg;
+    slb_server_retire(old, cfg, grace_ms, on_retired);
+    slb_log_write(SLB_LOG_NOTICE, "reloaded %s (%zu listeners, %zu clusters, %zu registrations)", config_path,
+                  cfg->n_listeners, cfg->n_clusters, cfg->n_registers);
+    sd_notify_msg("READY=1");
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     if (signum == SIGHUP) {
-        slb_warn("SIGHUP: live reload is not supported yet; restart sidelb to apply config changes");
+        if (!server->stopping)
+            reload();
         return;
     }
-    if (server.stopping) {
+    if (server->stopping) {
         slb_notice("second %s: exiting now", strsignal(signum));
         exit(0);
     }
     slb_notice("%s: draining (up to %llu ms)", strsignal(signum), (unsigned long long)grace_ms);
     sd_notify_msg("STOPPING=1");
-    slb_server_stop(&server, grace_ms, on_stopped);
+    slb_server_stop(server, grace_ms, on_stopped);
 }
 
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},  {"check-config", required_argument, NULL, 'C'},
-        {"log-level", required_argument, NULL, 'l'}, {"grace-ms", required_argument, NULL, 'g'},
-        {"version", no_argument, NULL, 'V'},         {"help", no_argument, NULL, 'h'},
+        {"config", required_argument, NULL, 'c'},
+        {"check-config", required_argument, NULL, 'C'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"grace-ms", required_argument, NULL, 'g'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *config_path = NULL, *check_path = NULL, *level = NULL;
+    const char *check_path = NULL, *level = NULL;
     char err[SLB_CONFIG_ERRLEN];
     struct slb_config *cfg;
-    uv_loop_t *loop;
     int c, rv;
 
     while ((c = getopt_long(argc, argv, "c:l:Vh", opts, NULL)) != -1) {
@@ -137,15 +223,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "sidelb: %s\n", err);
         return 1;
     }
+    config = cfg;
     slb_log_level = cfg->log_level;
-    if (level != NULL && (slb_log_level = slb_log_parse_level(level)) < 0) {
+    if (level != NULL && (slb_log_level = cli_log_level = slb_log_parse_level(level)) < 0) {
         fprintf(stderr, "sidelb: unknown log level \"%s\"\n", level);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     loop = uv_default_loop();
-    if ((rv = slb_server_start(&server, loop, cfg, err, sizeof(err))) != 0) {
-        slb_error("%s", err);
+    if ((server = calloc(1, sizeof(*server))) == NULL ||
+        (rv = slb_server_start(server, loop, cfg, err, sizeof(err))) != 0) {
+        slb_error("%s", server == NULL ? "out of memory" : err);
         return 1;
     }
     uv_signal_init(loop, &sig_term);
@@ -160,8 +248,9 @@ int main(int argc, char **argv)
     sd_notify_msg("READY=1");
     uv_run(loop, UV_RUN_DEFAULT);
     rv = uv_loop_close(loop);
-    slb_server_dispose(&server);
-    slb_config_free(cfg);
+    slb_server_dispose(server);
+    free(server);
+    slb_config_free(config);
     if (rv != 0)
         slb_debug("loop closed with handles open: %s", uv_strerror(rv));
     slb_notice("stopped");

@@ -88,7 +88,7 @@ static void update_aggregate(struct slb_cluster *cl)
     if (cl->state == state)
         return;
     slb_log(state == SLB_BACKEND_TRANSIENT_FAILURE || cl->state == SLB_BACKEND_TRANSIENT_FAILURE ? SLB_LOG_NOTICE
-                                                                                                : SLB_LOG_INFO,
+                                                                                                 : SLB_LOG_INFO,
             "cluster %s: %s -> %s", cl->cfg->name, slb_backend_state_name(cl->state), slb_backend_state_name(state));
     cl->state = (uint8_t)state;
 }
@@ -255,10 +255,10 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_server *srv, const struc
     cl->cfg = cfg;
     cl->state = SLB_BACKEND_TRANSIENT_FAILURE; /* no backend yet */
     slb_backend_set_init(&cl->set);
+    uv_timer_init(srv->loop, &cl->wait_timer); /* first: slb_cluster_dispose() always closes it */
+    cl->wait_timer.data = cl;
     if ((rv = index_grow(cl)) != 0)
         return rv;
-    uv_timer_init(srv->loop, &cl->wait_timer);
-    cl->wait_timer.data = cl;
     if ((rv = slb_lb_init(&cl->lb, cfg->policy, &cfg->lb, &cl->set)) != 0)
         return rv;
     if ((rv = slb_retry_table_init(&cl->retry, cfg->service_config_json)) != 0)

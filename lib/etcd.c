@@ -63,9 +63,9 @@ struct slb_etcd_watch {
     size_t line_len, line_cap;
     int ep;
     char errbuf[CURL_ERROR_SIZE]; /* curl's detail of a failure */
-    int in_write;  /* inside curl's write callback */
-    int abort_err; /* why the write callback aborted the stream */
-    int relist;    /* the resume point was compacted */
+    int in_write;                 /* inside curl's write callback */
+    int abort_err;                /* why the write callback aborted the stream */
+    int relist;                   /* the resume point was compacted */
     uint32_t backoff_ms;
     uv_timer_t timer; /* backoff and "created" deadline */
 };
@@ -79,8 +79,9 @@ struct slb_etcd {
     int cur; /* endpoint in use */
     long dial_timeout_ms, request_timeout_ms;
     char *username, *password, *ca_file, *cert_file, *key_file;
-    char *token; /* auth token, NULL until authenticated */
-    uint8_t *ep_down; /* per endpoint: its last request failed in transport (log once per change) */
+    char *token;            /* auth token, NULL until authenticated */
+    uint8_t *ep_down;       /* per endpoint: its last request failed in transport (log once per change) */
+    uint32_t (*ep_errs)[4]; /* per endpoint: hashes of the errors logged since it went down */
     struct req *reqs;
     struct slb_etcd_watch *watches;
 };
@@ -430,6 +431,25 @@ static void req_fail(struct req *r, int err)
     req_free(r);
 }
 
+/* Whether this error text is new for the endpoint since it went down (remembers up to 4 kinds). */
+static int endpoint_error_is_new(struct slb_etcd *e, int ep, const char *why)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+
+    for (const char *p = why; *p != '\0'; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    h |= 1; /* 0 marks a free slot */
+    for (int i = 0; i < 4; i++) {
+        if (e->ep_errs[ep][i] == h)
+            return 0;
+        if (e->ep_errs[ep][i] == 0) {
+            e->ep_errs[ep][i] = h;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void req_done(CURL *easy, CURLcode result, void *ud)
 {
     struct req *r = ud;
@@ -447,6 +467,7 @@ static void req_done(CURL *easy, CURLcode result, void *ud)
     if (result == CURLE_OK && status != 0 && e->ep_down[r->ep]) {
         slb_notice("etcd %s: answering again", e->endpoints[r->ep]);
         e->ep_down[r->ep] = 0;
+        memset(e->ep_errs[r->ep], 0, sizeof(e->ep_errs[r->ep]));
     }
     if (result == CURLE_OK && status != 0) {
         root = json_loadb(r->resp ? r->resp : "", r->resp_len, 0, NULL);
@@ -464,11 +485,14 @@ static void req_done(CURL *easy, CURLcode result, void *ud)
             req_fail(r, SLB_ELIMIT);
             return;
         }
-        /* loud on the first failure of an endpoint, quiet while it stays down */
-        slb_log(e->ep_down[r->ep] ? SLB_LOG_DEBUG : SLB_LOG_WARN, "etcd %s%s: %s%s", e->endpoints[r->ep], r->path,
-                r->errbuf[0] ? r->errbuf : curl_easy_strerror(result),
-                r->attempts + 1 < e->n_endpoints ? " (trying the next endpoint)" : "");
-        e->ep_down[r->ep] = 1;
+        {
+            /* loud on each new kind of failure of an endpoint, quiet while it repeats */
+            const char *why = r->errbuf[0] ? r->errbuf : curl_easy_strerror(result);
+            int loud = endpoint_error_is_new(e, r->ep, why);
+            slb_log(loud ? SLB_LOG_WARN : SLB_LOG_DEBUG, "etcd %s%s: %s%s", e->endpoints[r->ep], r->path, why,
+                    r->attempts + 1 < e->n_endpoints ? " (trying the next endpoint)" : "");
+            e->ep_down[r->ep] = 1;
+        }
         endpoint_failed(e, r->ep);
         if (++r->attempts < e->n_endpoints && (err = req_send(r)) == 0)
             return;
@@ -678,7 +702,8 @@ int slb_etcd_new(uv_loop_t *loop, const struct slb_config_etcd *cfg, struct slb_
     e->dial_timeout_ms = cfg->dial_timeout_ms ? cfg->dial_timeout_ms : 2000;
     e->request_timeout_ms = cfg->request_timeout_ms ? cfg->request_timeout_ms : 5000;
     if ((e->endpoints = calloc(cfg->n_endpoints, sizeof(char *))) == NULL ||
-        (e->ep_down = calloc(cfg->n_endpoints, 1)) == NULL) {
+        (e->ep_down = calloc(cfg->n_endpoints, 1)) == NULL ||
+        (e->ep_errs = calloc(cfg->n_endpoints, sizeof(*e->ep_errs))) == NULL) {
         err = SLB_ENOMEM;
         goto fail;
     }
@@ -725,6 +750,7 @@ void slb_etcd_free(struct slb_etcd *e)
         free(e->endpoints[i]);
     free(e->endpoints);
     free(e->ep_down);
+    free(e->ep_errs);
     free(e->username);
     free(e->password);
     free(e->ca_file);

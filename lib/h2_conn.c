@@ -134,7 +134,7 @@ static void conn_flush(struct slb_conn *c)
         int w;
 
         /* after a raw refusal nothing else goes out */
-        while (c->session != NULL && !c->close_after_write && ob->len < SLB_CONN_HIGH_WATER) {
+        while (c->session != NULL && !c->raw_only && ob->len < SLB_CONN_HIGH_WATER) {
             const uint8_t *data;
             ssize_t n = nghttp2_session_mem_send(c->session, &data);
             if (n < 0) {
@@ -191,11 +191,17 @@ int slb_conn_write_raw(struct slb_conn *c, const void *p, size_t n, int close_af
     if (rv != 0)
         return rv;
     if (close_after) {
-        c->close_after_write = 1;
+        c->close_after_write = c->raw_only = 1;
         uv_read_stop((uv_stream_t *)&c->tcp);
     }
     slb_conn_mark_dirty(c);
     return 0;
+}
+
+void slb_conn_close_when_flushed(struct slb_conn *c)
+{
+    c->close_after_write = 1;
+    slb_conn_mark_dirty(c);
 }
 
 int slb_conn_append_data_frame(struct slb_conn *c, const uint8_t *framehd, const uint8_t *p, size_t n)

@@ -57,7 +57,7 @@ struct slb_conn {
     const struct slb_conn_ops *ops;
     struct slb_outbuf out[2];
     uint8_t fill; /* index of the buffer being filled */
-    uint8_t writing, dirty, closing, close_after_write;
+    uint8_t writing, dirty, closing, close_after_write, raw_only;
     uv_write_t wreq;
     struct slb_conn *next_dirty;
 };
@@ -75,6 +75,8 @@ int slb_conn_start(struct slb_conn *c);
 void slb_conn_mark_dirty(struct slb_conn *c);
 /* Raw bytes to send (HTTP/1 refusal); then close once written when close_after. */
 int slb_conn_write_raw(struct slb_conn *c, const void *p, size_t n, int close_after);
+/* Close once everything queued (frames included) is written. */
+void slb_conn_close_when_flushed(struct slb_conn *c);
 /* Appends a DATA frame (header + payload) for a NO_COPY data source. */
 int slb_conn_append_data_frame(struct slb_conn *c, const uint8_t *framehd, const uint8_t *p, size_t n);
 void slb_conn_close(struct slb_conn *c, int err);

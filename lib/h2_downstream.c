@@ -81,10 +81,13 @@ void slb_downstream_shutdown(struct slb_downstream *dc)
 {
     if (dc->conn.closing)
         return;
-    nghttp2_submit_goaway(dc->conn.session, NGHTTP2_FLAG_NONE,
-                          nghttp2_session_get_last_proc_stream_id(dc->conn.session), NGHTTP2_NO_ERROR, NULL, 0);
+    if (!dc->goaway_sent) {
+        dc->goaway_sent = 1;
+        nghttp2_submit_goaway(dc->conn.session, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(dc->conn.session), NGHTTP2_NO_ERROR, NULL, 0);
+    }
     if (dc->n_calls == 0)
-        slb_conn_write_raw(&dc->conn, "", 0, 1); /* close once the GOAWAY is out */
+        slb_conn_close_when_flushed(&dc->conn); /* once the GOAWAY is out */
     slb_conn_mark_dirty(&dc->conn);
 }
 
@@ -229,7 +232,7 @@ static int on_stream_close(nghttp2_session *s, int32_t sid, uint32_t error_code,
 
     if (call != NULL)
         slb_call_on_downstream_close(call, error_code);
-    if (dc->listener->srv->stopping && dc->n_calls == 0)
+    if (dc->listener->srv->goaway_final && dc->n_calls == 0)
         slb_downstream_shutdown(dc);
     return 0;
 }

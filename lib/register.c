@@ -33,6 +33,7 @@ struct reg {
     int health;                 /* enum slb_backend_health; SERVING when not gated */
     int busy;                   /* an etcd request of this registration is in flight */
     int64_t lease, stale_lease; /* stale: replaced lease, revoked once the key moved to the new one */
+    int handed_over;            /* a reloaded config registers the same key: leave the lease to expire */
     uv_timer_t timer;           /* tick (REGISTERED) or backoff (RETRYING) */
     struct slb_health_check *hc;
 };
@@ -221,6 +222,11 @@ static void step(struct reg *g)
         return;
     if (!wanted(g)) {
         uv_timer_stop(&g->timer);
+        if (g->lease != 0 && r->stopping && g->handed_over) {
+            /* the new registrar puts the key under its own lease; this one just expires */
+            slb_info("register %s: handed over to the reloaded config", g->key);
+            g->lease = 0;
+        }
         if (g->lease != 0) {
             lease_revoke(g);
             return;
@@ -427,6 +433,19 @@ static void stop_health(struct slb_registrar *r)
         if (r->regs[i].hc != NULL) {
             slb_health_stop(r->regs[i].hc);
             r->regs[i].hc = NULL;
+        }
+    }
+}
+
+void slb_registrar_hand_over(struct slb_registrar *r, const struct slb_config_register *regs, size_t n)
+{
+    for (size_t i = 0; i < r->n; i++) {
+        struct reg *g = &r->regs[i];
+        for (size_t j = 0; j < n; j++) {
+            size_t pl = strlen(regs[j].prefix);
+            if (g->key_len == pl + strlen(regs[j].address) && memcmp(g->key, regs[j].prefix, pl) == 0 &&
+                strcmp(g->key + pl, regs[j].address) == 0)
+                g->handed_over = 1;
         }
     }
 }

@@ -77,6 +77,12 @@ void slb_registrar_shutdown(struct slb_registrar *r, void (*cb)(void *user), voi
  * keys stay until their TTL runs out). No callback fires after this. Safe
  * from any callback of the loop, including shutdown's cb.
  */
+/*
+ * Before a shutdown for a config reload: registrations whose key the new
+ * config registers too are not revoked (the new registrar re-puts the key
+ * under its own lease and the old lease expires), so the key never vanishes.
+ */
+void slb_registrar_hand_over(struct slb_registrar *r, const struct slb_config_register *regs, size_t n);
 void slb_registrar_free(struct slb_registrar *r);
 
 /* Number of registrations and the state of registration i (enum slb_registrar_state). */

@@ -63,6 +63,8 @@ struct slb_server {
     uint64_t rng;
     uint8_t stopping;
     uv_timer_t stop_timer;
+    uv_timer_t goaway_timer; /* graceful stop: shutdown notice first, the final GOAWAY later */
+    uint8_t goaway_final;
     void (*on_stopped)(struct slb_server *srv);
     struct slb_server_stats stats;
 };
@@ -70,6 +72,17 @@ struct slb_server {
 /* Binds listeners and prepares clusters. On error returns < 0 with a message in err. */
 int slb_server_start(struct slb_server *srv, uv_loop_t *loop, const struct slb_config *cfg, char *err,
                      size_t errlen);
+/* The same for a config reload: listeners at an address `old` also has take
+ * over its listening socket, so no connection is refused or lost. */
+int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struct slb_config *cfg,
+                            const struct slb_server *old, char *err, size_t errlen);
+/* Reload helpers: free the admin port for the new server (and take it back if that fails). */
+void slb_server_admin_release(struct slb_server *srv);
+int slb_server_admin_restore(struct slb_server *srv, char *err, size_t errlen);
+/* Stops a server replaced by one running `next`: registrations that `next`
+ * keeps are handed over instead of revoked, then as slb_server_stop(). */
+void slb_server_retire(struct slb_server *old, const struct slb_config *next, uint64_t grace_ms,
+                       void (*on_stopped)(struct slb_server *));
 /* Stop accepting, drain calls (up to grace_ms), then close everything and call on_stopped. */
 void slb_server_stop(struct slb_server *srv, uint64_t grace_ms, void (*on_stopped)(struct slb_server *));
 /* Called by downstream connections as they go away (for graceful stop). */
