@@ -204,7 +204,7 @@ static void on_wait_timer(uv_timer_t *t)
         call->u_next = call->u_prev = NULL;
         call->waiting = 0;
         if (call->retry_at_ms > now)
-            slb_cluster_wait(cl, call); /* still in its retry backoff */
+            (void)slb_cluster_wait(cl, call); /* still in its retry backoff (never refused) */
         else
             slb_call_dispatch(call);
     }
@@ -212,8 +212,10 @@ static void on_wait_timer(uv_timer_t *t)
         uv_timer_stop(&cl->wait_timer);
 }
 
-void slb_cluster_wait(struct slb_cluster *cl, struct slb_call *call)
+int slb_cluster_wait(struct slb_cluster *cl, struct slb_call *call)
 {
+    if (cl->n_waiting >= cl->cfg->max_waiting_calls && call->retry_at_ms == 0)
+        return SLB_ELIMIT;
     call->u_next = NULL;
     call->u_prev = cl->wait_tail;
     if (cl->wait_tail != NULL)
@@ -225,6 +227,7 @@ void slb_cluster_wait(struct slb_cluster *cl, struct slb_call *call)
     call->waiting = 1;
     if (!uv_is_active((uv_handle_t *)&cl->wait_timer))
         uv_timer_start(&cl->wait_timer, on_wait_timer, WAIT_RETRY_MS, WAIT_RETRY_MS);
+    return 0;
 }
 
 void slb_cluster_unwait(struct slb_cluster *cl, struct slb_call *call)
@@ -261,7 +264,7 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_server *srv, const struc
         return rv;
     if ((rv = slb_lb_init(&cl->lb, cfg->policy, &cfg->lb, &cl->set)) != 0)
         return rv;
-    if ((rv = slb_retry_table_init(&cl->retry, cfg->service_config_json)) != 0)
+    if ((rv = slb_method_table_init(&cl->methods, cfg->service_config_json)) != 0)
         return rv;
     slb_outlier_options_default(&cl->outlier);
     if (cfg->outlier.enabled) {
@@ -309,7 +312,7 @@ void slb_cluster_dispose(struct slb_cluster *cl)
     while (cl->set.n > 0)
         slb_cluster_remove(cl, cl->set.items[cl->set.n - 1]->name);
     slb_lb_dispose(&cl->lb);
-    slb_retry_table_dispose(&cl->retry);
+    slb_method_table_dispose(&cl->methods);
     slb_backend_set_dispose(&cl->set);
     free(cl->_index);
     cl->_index = NULL;

@@ -16,7 +16,7 @@
 #include "backend.h"
 #include "lb.h"
 #include "outlier.h"
-#include "retry.h"
+#include "method_config.h"
 
 struct slb_server;
 struct slb_config_cluster;
@@ -31,7 +31,8 @@ struct slb_cluster {
     struct slb_lb lb;
     struct slb_discovery *discovery; /* when fed by etcd */
     struct slb_outlier_options outlier;
-    struct slb_retry_table retry; /* from cfg->service_config_json */
+    struct slb_method_table methods; /* from cfg->service_config_json */
+    uint32_t n_calls;                /* calls routed here and not finished (max_calls) */
     uv_timer_t outlier_timer;
     uint8_t has_outlier_timer;
     uint32_t n_by_state[SLB_BACKEND_SHUTDOWN + 1]; /* listed backends per connectivity state */
@@ -55,7 +56,8 @@ int slb_cluster_start_discovery(struct slb_cluster *cl, struct slb_etcd *etcd);
 void slb_cluster_report(struct slb_cluster *cl, struct slb_backend *be, int success);
 /* wait-for-ready: the call waits (linked through u_next/u_prev) until a
  * backend is usable or its wait_until_ms passes; retried every few ms. */
-void slb_cluster_wait(struct slb_cluster *cl, struct slb_call *call);
+/* 0, or SLB_ELIMIT when max_waiting_calls wait already (retry backoffs are never refused). */
+int slb_cluster_wait(struct slb_cluster *cl, struct slb_call *call);
 void slb_cluster_unwait(struct slb_cluster *cl, struct slb_call *call);
 /* Removes a backend: no new calls, in-flight calls finish (draining). */
 void slb_cluster_remove(struct slb_cluster *cl, const char *addr);

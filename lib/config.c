@@ -1092,6 +1092,8 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
                                        "stream_window",
                                        "connect_timeout_ms",
                                        "wait_for_ready_ms",
+                                       "max_calls",
+                                       "max_waiting_calls",
                                        "backoff",
                                        "health_check",
                                        "outlier_detection",
@@ -1120,7 +1122,9 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
         get_u32(c, o, path, "max_streams_per_connection", &cl->max_streams_per_connection, 1000, 1, 0x7fffffff) != 0 ||
         get_u32(c, o, path, "stream_window", &cl->stream_window, 262144, 65535, 0x7fffffff) != 0 ||
         get_u32(c, o, path, "connect_timeout_ms", &cl->connect_timeout_ms, 5000, 1, 600000) != 0 ||
-        get_u32(c, o, path, "wait_for_ready_ms", &cl->wait_for_ready_ms, 3000, 0, 3600000) != 0)
+        get_u32(c, o, path, "wait_for_ready_ms", &cl->wait_for_ready_ms, 3000, 0, 3600000) != 0 ||
+        get_u32(c, o, path, "max_calls", &cl->max_calls, 0, 0, 0x7fffffff) != 0 ||
+        get_u32(c, o, path, "max_waiting_calls", &cl->max_waiting_calls, 1000, 0, 0x7fffffff) != 0)
         return -1;
 
     bo->initial_ms = 1000;

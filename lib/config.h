@@ -78,6 +78,8 @@ struct slb_config_cluster {
     uint32_t max_streams_per_connection;  /* cap below the backend's own limit, default 1000 */
     uint32_t stream_window;               /* per-stream flow-control window, default 256 KiB */
     uint32_t connect_timeout_ms;          /* default 5000 */
+    uint32_t max_calls;                   /* calls in flight through the cluster; 0 = no limit (default) */
+    uint32_t max_waiting_calls;           /* calls waiting for a usable backend; default 1000 */
     uint32_t wait_for_ready_ms;           /* a call waits this long for a usable backend (and at most until its deadline); default 3000 */
     struct slb_config_backoff backoff;
     struct slb_config_health_check health_check;

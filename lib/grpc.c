@@ -5,9 +5,10 @@
 #include "common.h"
 
 static const char *const status_names[] = {
-    "OK",        "CANCELLED",         "UNKNOWN",           "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-    "UNIMPLEMENTED",  "INTERNAL",          "UNAVAILABLE",       "DATA_LOSS",        "UNAUTHENTICATED",
+    "OK",        "CANCELLED",       "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+    "NOT_FOUND", "ALREADY_EXISTS",  "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED",   "OUT_OF_RANGE",    "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+    "DATA_LOSS", "UNAUTHENTICATED",
 };
 
 const char *slb_grpc_status_name(int code)
@@ -97,4 +98,27 @@ int slb_grpc_status_from_h2(uint32_t h2_error)
     default: /* NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, ... */
         return SLB_GRPC_INTERNAL;
     }
+}
+
+uint32_t slb_grpc_scan(struct slb_grpc_scan *s, const uint8_t *p, size_t n, uint32_t max)
+{
+    while (n > 0) {
+        if (s->remaining > 0) {
+            size_t k = n < s->remaining ? n : s->remaining;
+            s->remaining -= (uint32_t)k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        s->hdr[s->have++] = *p++;
+        n--;
+        if (s->have == 5) {
+            uint32_t len = (uint32_t)s->hdr[1] << 24 | (uint32_t)s->hdr[2] << 16 | (uint32_t)s->hdr[3] << 8 | s->hdr[4];
+            s->have = 0;
+            s->remaining = len;
+            if (len > max)
+                return len;
+        }
+    }
+    return 0;
 }

@@ -48,6 +48,21 @@ size_t slb_grpc_percent_encode(const char *msg, char *out, size_t outlen);
  */
 int slb_grpc_timeout_parse(const char *v, size_t len, uint64_t *ms);
 
+/*
+ * Follows gRPC message framing (1 flag byte, 4-byte big-endian length,
+ * payload) across any split of the byte stream, to check message sizes as
+ * the bytes pass. Owner: the call direction that embeds it.
+ */
+struct slb_grpc_scan {
+    uint8_t hdr[5];
+    uint8_t have;       /* header bytes collected */
+    uint32_t remaining; /* payload bytes left in the current message */
+};
+
+/* Returns the declared length of the first message in p[0..n) larger than
+ * max (so the caller can report it), or 0 when none is. */
+uint32_t slb_grpc_scan(struct slb_grpc_scan *s, const uint8_t *p, size_t n, uint32_t max);
+
 /* Status a client sees for a stream reset with this HTTP/2 error code. */
 int slb_grpc_status_from_h2(uint32_t h2_error);
 

@@ -15,7 +15,7 @@
 
 /* Request bytes kept after they were sent, so a stream the backend refused
  * (GOAWAY, REFUSED_STREAM) can be replayed; past this the call commits. */
-#define SLB_REPLAY_MAX (256 * 1024)
+#define SLB_REPLAY_MAX     (256 * 1024)
 #define SLB_FREE_CALLS_MAX 4096
 
 static void call_maybe_free(struct slb_call *call);
@@ -78,7 +78,7 @@ static void note_upstream_status(struct slb_call *call, const struct slb_hdrs *h
             code = code * 10 + (v[i] - '0');
         call->upstream_status = (int16_t)code;
         if (code == SLB_GRPC_OK && call->retry != NULL)
-            slb_retry_on_success(&call->cluster->retry);
+            slb_retry_on_success(&call->cluster->methods);
     }
 }
 
@@ -101,6 +101,8 @@ static void call_maybe_free(struct slb_call *call)
     if (call->dc != NULL || call->uc != NULL || call->queued || call->waiting)
         return;
     call_unbind_backend(call);
+    if (call->counted_in_cluster)
+        call->cluster->n_calls--;
     slb_hdrs_clear(&call->req_hdrs);
     slb_hdrs_clear(&call->resp_hdrs);
     slb_hdrs_clear(&call->trailers);
@@ -192,8 +194,25 @@ void slb_call_on_request_headers_done(struct slb_call *call, int end_stream)
         slb_call_fail(call, SLB_GRPC_UNIMPLEMENTED, msg);
         return;
     }
+    if (cl->cfg->max_calls != 0 && cl->n_calls >= cl->cfg->max_calls) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "sidelb: cluster %s is at max_calls (%u)", cl->cfg->name, cl->cfg->max_calls);
+        call->srv->stats.calls_failed_local++;
+        slb_call_fail(call, SLB_GRPC_RESOURCE_EXHAUSTED, msg);
+        return;
+    }
     call->cluster = cl;
-    call->retry = slb_retry_lookup(&cl->retry, path, len);
+    cl->n_calls++;
+    call->counted_in_cluster = 1;
+    if ((call->mc = slb_method_lookup(&cl->methods, path, len)) != NULL) {
+        call->retry = call->mc->has_retry ? &call->mc->retry : NULL;
+        if (call->mc->timeout_ms != 0) {
+            /* the method's timeout, unless the app asked for less */
+            uint64_t d = uv_now(call->srv->loop) + call->mc->timeout_ms;
+            if (call->deadline_ms == 0 || d < call->deadline_ms)
+                call->deadline_ms = d;
+        }
+    }
     if (cl->lb.ops->uses_hash) {
         const char *hname = cl->cfg->lb.hash_header;
         if (hname[0] != '\0') {
@@ -218,25 +237,37 @@ void slb_call_dispatch(struct slb_call *call)
 
     if (call->dc == NULL)
         return;
+    if (call->deadline_ms != 0 && uv_now(call->srv->loop) >= call->deadline_ms) {
+        slb_call_fail(call, SLB_GRPC_DEADLINE_EXCEEDED, "sidelb: deadline exceeded before the call was sent");
+        return;
+    }
     if (call->attempts >= SLB_MAX_ATTEMPTS || (be = slb_cluster_pick(cl, call)) == NULL) {
         uint64_t now = uv_now(call->srv->loop);
         char msg[200];
         int status = SLB_GRPC_UNAVAILABLE;
 
         if (call->wait_until_ms == 0) {
-            /* wait-for-ready, bounded by the config and by the call's own deadline */
-            call->wait_until_ms = now + cl->cfg->wait_for_ready_ms;
+            /* wait-for-ready: the method's waitForReady, else the cluster's
+             * wait_for_ready_ms; never past the call's own deadline */
+            int wfr = call->mc != NULL ? call->mc->wait_for_ready : -1;
+            call->wait_until_ms = wfr == 0 ? now : now + cl->cfg->wait_for_ready_ms;
+            if (wfr == 1 && call->deadline_ms != 0)
+                call->wait_until_ms = call->deadline_ms;
             if (call->deadline_ms != 0 && call->deadline_ms < call->wait_until_ms)
                 call->wait_until_ms = call->deadline_ms;
         }
         if (call->attempts < SLB_MAX_ATTEMPTS && now < call->wait_until_ms) {
-            slb_cluster_wait(cl, call);
+            if (slb_cluster_wait(cl, call) == 0)
+                return;
+            snprintf(msg, sizeof(msg), "sidelb: cluster %s has no usable backend and max_waiting_calls (%u) wait",
+                     cl->cfg->name, cl->cfg->max_waiting_calls);
+            call->srv->stats.calls_failed_local++;
+            slb_call_fail(call, SLB_GRPC_RESOURCE_EXHAUSTED, msg);
             return;
         }
         if (call->deadline_ms != 0 && now >= call->deadline_ms) {
             status = SLB_GRPC_DEADLINE_EXCEEDED;
-            snprintf(msg, sizeof(msg), "sidelb: deadline exceeded waiting for a backend in cluster %s",
-                     cl->cfg->name);
+            snprintf(msg, sizeof(msg), "sidelb: deadline exceeded waiting for a backend in cluster %s", cl->cfg->name);
         } else {
             snprintf(msg, sizeof(msg), "sidelb: no reachable backend in cluster %s", cl->cfg->name);
         }
@@ -271,9 +302,9 @@ static int call_try_retry(struct slb_call *call, int status, int report)
 
     if (p == NULL || status < 0 || status > 31 || !(p->codes & (1u << status)))
         return 0;
-    slb_retry_on_failure(&call->cluster->retry); /* counts whether or not a retry follows */
+    slb_retry_on_failure(&call->cluster->methods); /* counts whether or not a retry follows */
     if (call->dc == NULL || call->resp_headers_sent || !call->req.retain || call->retries + 1 >= p->max_attempts ||
-        call->attempts >= SLB_MAX_ATTEMPTS || !slb_retry_allowed(&call->cluster->retry))
+        call->attempts >= SLB_MAX_ATTEMPTS || !slb_retry_allowed(&call->cluster->methods))
         return 0;
     now = uv_now(call->srv->loop);
     wait = slb_retry_backoff_ms(p, call->retries + 2u, slb_server_random(call->srv));
@@ -306,6 +337,17 @@ int slb_call_on_request_data(struct slb_call *call, const uint8_t *p, size_t n)
         /* nobody will read these: keep the client's window open */
         call_release_downstream_window(call);
         return 0;
+    }
+    if (call->mc != NULL && call->mc->max_request_bytes != 0) {
+        uint32_t len = slb_grpc_scan(&call->req_scan, p, n, call->mc->max_request_bytes);
+        if (len != 0) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "sidelb: request message of %u bytes exceeds maxRequestMessageBytes %u", len,
+                     call->mc->max_request_bytes);
+            slb_call_fail(call, SLB_GRPC_RESOURCE_EXHAUSTED, msg);
+            call_discard_request(call);
+            return 0;
+        }
     }
     if (slb_chunkq_append(&call->req, p, n) != 0)
         return SLB_ENOMEM;
@@ -364,11 +406,29 @@ void slb_call_on_downstream_frame_sent(struct slb_call *call, const nghttp2_fram
 
 int slb_call_submit_upstream(struct slb_call *call, struct slb_upstream *uc)
 {
-    nghttp2_nv nv[SLB_HDRS_MAX];
+    nghttp2_nv nv[SLB_HDRS_MAX + 1];
     nghttp2_data_provider prd = {.source.ptr = call, .read_callback = slb_call_request_read_cb};
     size_t n = slb_hdrs_to_nv(&call->req_hdrs, nv);
     int has_body = !(call->req_end && call->req.unsent == 0);
-    int32_t sid = nghttp2_submit_request(uc->conn.session, NULL, nv, n, has_body ? &prd : NULL, call);
+    char timeout[16];
+    int32_t sid;
+
+    if (call->deadline_ms != 0) {
+        /* The backend gets the time that is left (after waits, retries, or a
+         * shorter method timeout), not the app's original grpc-timeout. */
+        uint64_t now = uv_now(call->srv->loop), left = call->deadline_ms > now ? call->deadline_ms - now : 1;
+        /* at most 8 digits (gRPC's PROTOCOL-HTTP2): milliseconds, or seconds past ~27 hours */
+        size_t i, tl = left <= 99999999
+                           ? (size_t)snprintf(timeout, sizeof(timeout), "%llum", (unsigned long long)left)
+                           : (size_t)snprintf(timeout, sizeof(timeout), "%lluS",
+                                              (unsigned long long)(left / 1000 > 99999999 ? 99999999 : left / 1000));
+        for (i = 0; i < n && !(nv[i].namelen == 12 && memcmp(nv[i].name, "grpc-timeout", 12) == 0); i++)
+            ;
+        nv[i] = (nghttp2_nv){(uint8_t *)"grpc-timeout", (uint8_t *)timeout, 12, tl, NGHTTP2_NV_FLAG_NONE};
+        if (i == n)
+            n++;
+    }
+    sid = nghttp2_submit_request(uc->conn.session, NULL, nv, n, has_body ? &prd : NULL, call);
 
     if (sid < 0) {
         slb_warn("backend %s: cannot submit request: %s", call->be->name, nghttp2_strerror(sid));
@@ -440,6 +500,17 @@ int slb_call_on_response_data(struct slb_call *call, const uint8_t *p, size_t n)
         call_release_upstream_window(call);
         return 0;
     }
+    if (call->mc != NULL && call->mc->max_response_bytes != 0) {
+        uint32_t len = slb_grpc_scan(&call->resp_scan, p, n, call->mc->max_response_bytes);
+        if (len != 0) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "sidelb: response message of %u bytes exceeds maxResponseMessageBytes %u", len,
+                     call->mc->max_response_bytes);
+            call_release_upstream_window(call);
+            slb_call_fail(call, SLB_GRPC_RESOURCE_EXHAUSTED, msg);
+            return 0;
+        }
+    }
     if (slb_chunkq_append(&call->resp, p, n) != 0)
         return SLB_ENOMEM;
     call_resume_downstream(call);
@@ -479,8 +550,7 @@ void slb_call_on_upstream_close(struct slb_call *call, uint32_t error_code)
         }
         if (!call->resp_started && call_try_retry(call, slb_grpc_status_from_h2(error_code), 0))
             return;
-        snprintf(msg, sizeof(msg), "sidelb: backend %s reset the stream (HTTP/2 error %u)", call->be->name,
-                 error_code);
+        snprintf(msg, sizeof(msg), "sidelb: backend %s reset the stream (HTTP/2 error %u)", call->be->name, error_code);
         slb_call_fail(call, slb_grpc_status_from_h2(error_code), msg);
     } else if (!call->req_end && call->rst_after_response == 0) {
         call->rst_after_response = error_code + 1;

@@ -20,7 +20,8 @@
 #include "buf.h"
 #include "h2_headers.h"
 #include "lb.h"
-#include "retry.h"
+#include "grpc.h"
+#include "method_config.h"
 
 struct slb_server;
 struct slb_downstream;
@@ -65,7 +66,10 @@ struct slb_call {
     uint8_t waiting;         /* in its cluster's wait-for-ready queue */
     uint64_t wait_until_ms;  /* how long it may wait for a usable backend */
     uint64_t retry_at_ms;    /* next attempt not before this (retry backoff) */
-    const struct slb_retry_policy *retry; /* from the cluster's service config, or NULL */
+    const struct slb_method_config *mc;   /* from the cluster's service config, or NULL */
+    const struct slb_retry_policy *retry; /* mc's retry policy, or NULL */
+    struct slb_grpc_scan req_scan, resp_scan; /* message sizes (when mc limits them) */
+    uint8_t counted_in_cluster; /* cl->n_calls counts it */
     uint8_t retries;         /* retries made (gRFC A6) */
     uint8_t req_headers_done;
     uint8_t req_end;         /* downstream sent END_STREAM */

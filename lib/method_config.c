@@ -1,4 +1,4 @@
-#include "retry.h"
+#include "method_config.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -34,7 +34,7 @@ static int parse_policy(json_t *rp, struct slb_retry_policy *p)
     return 0;
 }
 
-int slb_retry_table_init(struct slb_retry_table *t, const char *json)
+int slb_method_table_init(struct slb_method_table *t, const char *json)
 {
     json_t *root, *mcs, *mc, *names, *name;
     size_t i, j;
@@ -48,27 +48,38 @@ int slb_retry_table_init(struct slb_retry_table *t, const char *json)
     mcs = json_object_get(root, "methodConfig");
     json_array_foreach(mcs, i, mc)
     {
-        struct slb_retry_policy p;
-        json_t *rp = json_object_get(mc, "retryPolicy");
-        if (rp == NULL)
-            continue;
-        if ((rv = parse_policy(rp, &p)) != 0)
-            break;
+        struct slb_method_config m = {.wait_for_ready = -1};
+        json_t *rp = json_object_get(mc, "retryPolicy"), *v;
+        uint64_t ms;
+
+        if (rp != NULL) {
+            if ((rv = parse_policy(rp, &m.retry)) != 0)
+                break;
+            m.has_retry = 1;
+        }
+        if ((v = json_object_get(mc, "timeout")) != NULL && slb_config_parse_duration(json_string_value(v), &ms) == 0)
+            m.timeout_ms = ms;
+        if ((v = json_object_get(mc, "waitForReady")) != NULL)
+            m.wait_for_ready = json_is_true(v) ? 1 : 0;
+        if ((v = json_object_get(mc, "maxRequestMessageBytes")) != NULL)
+            m.max_request_bytes = (uint32_t)json_integer_value(v);
+        if ((v = json_object_get(mc, "maxResponseMessageBytes")) != NULL)
+            m.max_response_bytes = (uint32_t)json_integer_value(v);
         names = json_object_get(mc, "name");
         json_array_foreach(names, j, name)
         {
-            struct slb_retry_rule *r, *v = realloc(t->rules, (t->n + 1) * sizeof(*v));
+            struct slb_method_rule *r, *nv = realloc(t->rules, (t->n + 1) * sizeof(*nv));
             const char *svc = json_string_value(json_object_get(name, "service"));
             const char *meth = json_string_value(json_object_get(name, "method"));
-            if (v == NULL) {
+            if (nv == NULL) {
                 rv = SLB_ENOMEM;
                 break;
             }
-            t->rules = v;
+            t->rules = nv;
             r = &t->rules[t->n++];
             r->service = svc != NULL && *svc != '\0' ? strdup(svc) : NULL;
             r->method = meth != NULL && *meth != '\0' ? strdup(meth) : NULL;
-            r->policy = p;
+            r->mc = m;
         }
     }
     if (rv == 0 && (mcs = json_object_get(root, "retryThrottling")) != NULL) {
@@ -79,11 +90,11 @@ int slb_retry_table_init(struct slb_retry_table *t, const char *json)
     }
     json_decref(root);
     if (rv != 0)
-        slb_retry_table_dispose(t);
+        slb_method_table_dispose(t);
     return rv;
 }
 
-void slb_retry_table_dispose(struct slb_retry_table *t)
+void slb_method_table_dispose(struct slb_method_table *t)
 {
     for (size_t i = 0; i < t->n; i++) {
         free(t->rules[i].service);
@@ -98,9 +109,9 @@ static int eq(const char *s, const uint8_t *p, size_t len)
     return strlen(s) == len && memcmp(s, p, len) == 0;
 }
 
-const struct slb_retry_policy *slb_retry_lookup(const struct slb_retry_table *t, const uint8_t *path, size_t len)
+const struct slb_method_config *slb_method_lookup(const struct slb_method_table *t, const uint8_t *path, size_t len)
 {
-    const struct slb_retry_policy *by_service = NULL, *by_default = NULL;
+    const struct slb_method_config *by_service = NULL, *by_default = NULL;
     const uint8_t *svc, *slash, *meth;
     size_t svclen, methlen;
 
@@ -112,32 +123,32 @@ const struct slb_retry_policy *slb_retry_lookup(const struct slb_retry_table *t,
     meth = slash != NULL ? slash + 1 : path + len;
     methlen = (size_t)(path + len - meth);
     for (size_t i = 0; i < t->n; i++) {
-        const struct slb_retry_rule *r = &t->rules[i];
+        const struct slb_method_rule *r = &t->rules[i];
         if (r->service == NULL) {
-            by_default = &r->policy;
+            by_default = &r->mc;
         } else if (eq(r->service, svc, svclen)) {
             if (r->method == NULL)
-                by_service = &r->policy;
+                by_service = &r->mc;
             else if (eq(r->method, meth, methlen))
-                return &r->policy;
+                return &r->mc;
         }
     }
     return by_service != NULL ? by_service : by_default;
 }
 
-void slb_retry_on_failure(struct slb_retry_table *t)
+void slb_retry_on_failure(struct slb_method_table *t)
 {
     if (t->throttled && (t->tokens -= 1.0) < 0)
         t->tokens = 0;
 }
 
-void slb_retry_on_success(struct slb_retry_table *t)
+void slb_retry_on_success(struct slb_method_table *t)
 {
     if (t->throttled && (t->tokens += t->token_ratio) > t->max_tokens)
         t->tokens = t->max_tokens;
 }
 
-int slb_retry_allowed(const struct slb_retry_table *t)
+int slb_retry_allowed(const struct slb_method_table *t)
 {
     return !t->throttled || t->tokens > t->max_tokens / 2;
 }
