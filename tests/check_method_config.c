@@ -1,0 +1,98 @@
+/* lib/method_config.c: methodConfig lookup, retry backoff and throttling. */
+#include <check.h>
+#include <string.h>
+
+#include "method_config.h"
+
+static const char sc[] = "{\"methodConfig\":["
+                         "{\"name\":[{}],\"timeout\":\"9s\"},"
+                         "{\"name\":[{\"service\":\"a.S\"}],\"waitForReady\":true,\"retryPolicy\":{\"maxAttempts\":3,"
+                         "\"initialBackoff\":\"0.1s\",\"maxBackoff\":\"0.3s\",\"backoffMultiplier\":2,"
+                         "\"retryableStatusCodes\":[\"UNAVAILABLE\",\"ABORTED\"]}},"
+                         "{\"name\":[{\"service\":\"a.S\",\"method\":\"Big\"}],\"maxRequestMessageBytes\":100,"
+                         "\"maxResponseMessageBytes\":200}],"
+                         "\"retryThrottling\":{\"maxTokens\":4,\"tokenRatio\":0.5}}";
+
+#define PATH(s) (const uint8_t *)(s), strlen(s)
+
+START_TEST(most_specific_name_wins)
+{
+    struct slb_method_table t;
+    const struct slb_method_config *m;
+
+    ck_assert_int_eq(slb_method_table_init(&t, sc), 0);
+    m = slb_method_lookup(&t, PATH("/a.S/Big"));
+    ck_assert_ptr_nonnull(m);
+    ck_assert_uint_eq(m->max_request_bytes, 100);
+    ck_assert_uint_eq(m->max_response_bytes, 200);
+    ck_assert_int_eq(m->has_retry, 0);
+    m = slb_method_lookup(&t, PATH("/a.S/Other"));
+    ck_assert_int_eq(m->has_retry, 1);
+    ck_assert_int_eq(m->wait_for_ready, 1);
+    ck_assert_uint_eq(m->retry.max_attempts, 3);
+    ck_assert_uint_eq(m->retry.codes, (1u << 14) | (1u << 10));
+    m = slb_method_lookup(&t, PATH("/b.T/X"));
+    ck_assert_uint_eq(m->timeout_ms, 9000);
+    ck_assert_int_eq(m->wait_for_ready, -1);
+    slb_method_table_dispose(&t);
+
+    ck_assert_int_eq(slb_method_table_init(&t, NULL), 0);
+    ck_assert_ptr_null(slb_method_lookup(&t, PATH("/a.S/Big")));
+    slb_method_table_dispose(&t);
+}
+END_TEST
+
+START_TEST(backoff_is_bounded_and_random)
+{
+    struct slb_method_table t;
+    const struct slb_retry_policy *p;
+    uint64_t lo = UINT64_MAX, hi = 0;
+
+    ck_assert_int_eq(slb_method_table_init(&t, sc), 0);
+    p = &slb_method_lookup(&t, PATH("/a.S/X"))->retry;
+    for (uint64_t r = 0; r < 20000; r += 7) {
+        uint64_t b2 = slb_retry_backoff_ms(p, 2, r), b5 = slb_retry_backoff_ms(p, 5, r);
+        ck_assert_uint_le(b2, 100); /* random(0, initialBackoff) */
+        ck_assert_uint_le(b5, 300); /* capped at maxBackoff */
+        lo = b2 < lo ? b2 : lo;
+        hi = b2 > hi ? b2 : hi;
+    }
+    ck_assert_uint_le(lo, 5);
+    ck_assert_uint_ge(hi, 95);
+    slb_method_table_dispose(&t);
+}
+END_TEST
+
+START_TEST(throttling)
+{
+    struct slb_method_table t;
+
+    ck_assert_int_eq(slb_method_table_init(&t, sc), 0);
+    ck_assert_int_eq(slb_retry_allowed(&t), 1);
+    slb_retry_on_failure(&t); /* 3 */
+    ck_assert_int_eq(slb_retry_allowed(&t), 1);
+    slb_retry_on_failure(&t); /* 2 = max/2: no more retries */
+    ck_assert_int_eq(slb_retry_allowed(&t), 0);
+    slb_retry_on_success(&t); /* 2.5 */
+    ck_assert_int_eq(slb_retry_allowed(&t), 1);
+    for (int i = 0; i < 20; i++)
+        slb_retry_on_success(&t);
+    ck_assert(t.tokens <= t.max_tokens);
+    for (int i = 0; i < 20; i++)
+        slb_retry_on_failure(&t);
+    ck_assert(t.tokens >= 0);
+    slb_method_table_dispose(&t);
+}
+END_TEST
+
+Suite *method_config_suite(void)
+{
+    Suite *s = suite_create("method_config");
+    TCase *tc = tcase_create("method_config");
+
+    tcase_add_test(tc, most_specific_name_wins);
+    tcase_add_test(tc, backoff_is_bounded_and_random);
+    tcase_add_test(tc, throttling);
+    suite_add_tcase(s, tc);
+    return s;
+}
