@@ -46,6 +46,7 @@ struct slb_call *slb_call_new(struct slb_server *srv, struct slb_downstream *dc,
     call->d_sid = sid;
     call->synth_status = -1;
     call->upstream_status = -1;
+    call->deadline_idx = SLB_DEADLINE_NONE;
     slb_hdrs_init(&call->req_hdrs);
     slb_hdrs_init(&call->resp_hdrs);
     slb_hdrs_init(&call->trailers);
@@ -101,6 +102,7 @@ static void call_maybe_free(struct slb_call *call)
     if (call->dc != NULL || call->uc != NULL || call->queued || call->waiting)
         return;
     call_unbind_backend(call);
+    slb_deadline_remove(&srv->deadlines, call);
     if (call->counted_in_cluster)
         call->cluster->n_calls--;
     slb_hdrs_clear(&call->req_hdrs);
@@ -212,6 +214,10 @@ void slb_call_on_request_headers_done(struct slb_call *call, int end_stream)
             if (call->deadline_ms == 0 || d < call->deadline_ms)
                 call->deadline_ms = d;
         }
+    }
+    if (call->deadline_ms != 0 && slb_deadline_add(&call->srv->deadlines, call) != 0) {
+        slb_call_fail(call, SLB_GRPC_RESOURCE_EXHAUSTED, "sidelb: out of memory");
+        return;
     }
     if (cl->lb.ops->uses_hash) {
         const char *hname = cl->cfg->lb.hash_header;
@@ -587,6 +593,17 @@ void slb_call_on_upstream_lost(struct slb_call *call, int err, int connect_faile
     }
     call_discard_request(call);
     call_unbind_backend(call);
+    call_maybe_free(call);
+}
+
+void slb_call_on_deadline(struct slb_call *call)
+{
+    slb_debug("call %d: deadline exceeded", call->d_sid);
+    if (!call->resp_end || !call->resp_headers_sent)
+        slb_call_fail(call, SLB_GRPC_DEADLINE_EXCEEDED, "sidelb: deadline exceeded");
+    if (call->uc != NULL && call->u_open)
+        call_detach_upstream(call, NGHTTP2_CANCEL);
+    call_discard_request(call);
     call_maybe_free(call);
 }
 

@@ -56,7 +56,8 @@ struct slb_call {
     uint64_t hash;
     uint8_t has_hash;
     int16_t upstream_status; /* grpc-status the backend sent, -1 until then */
-    uint64_t deadline_ms; /* 0 = none (from grpc-timeout) */
+    uint64_t deadline_ms; /* 0 = none (grpc-timeout, or a shorter methodConfig timeout) */
+    uint32_t deadline_idx; /* slot in the server's deadline heap */
 
     int16_t synth_status; /* >= 0: sidelb ends the response with this grpc-status */
     char synth_buf[160];  /* its grpc-message */
@@ -114,6 +115,9 @@ int slb_call_response_send_cb(nghttp2_session *s, nghttp2_frame *frame, const ui
 
 /* Picks a backend for the next attempt and sends the call there (or waits, or fails). */
 void slb_call_dispatch(struct slb_call *call);
+
+/* The deadline passed (the server's deadline heap calls this). */
+void slb_call_on_deadline(struct slb_call *call);
 
 /* Ends the call with a trailers-only gRPC error (or error trailers if headers went out). */
 void slb_call_fail(struct slb_call *call, int grpc_status, const char *message);

@@ -126,6 +126,7 @@ int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struc
     srv->cfg = cfg;
     srv->rng = (uint64_t)time(NULL) ^ ((uint64_t)(uintptr_t)srv << 16);
     slb_conn_ctx_init(&srv->io, loop);
+    slb_deadline_init(&srv->deadlines, loop, slb_call_on_deadline);
     if ((srv->down_cbs = slb_downstream_callbacks_new()) == NULL ||
         (srv->up_cbs = slb_upstream_callbacks_new()) == NULL || nghttp2_option_new(&srv->down_opt) != 0 ||
         nghttp2_option_new(&srv->up_opt) != 0) {
@@ -210,6 +211,7 @@ static void server_finish(struct slb_server *srv)
         srv->etcd = NULL;
     }
     slb_conn_ctx_close(&srv->io);
+    slb_deadline_close(&srv->deadlines);
     cb(srv);
 }
 
@@ -312,6 +314,7 @@ void slb_server_dispose(struct slb_server *srv)
         srv->free_calls = c->d_next;
         free(c);
     }
+    slb_deadline_dispose(&srv->deadlines);
     free(srv->clusters);
     for (size_t i = 0; i < srv->n_listeners; i++)
         free(srv->listeners[i].routes);

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "deadline.h"
 #include "h2_conn.h"
 
 struct slb_config;
@@ -58,6 +59,7 @@ struct slb_server {
     struct slb_registrar *registrar; /* lease registration of this host's services; NULL without register[] */
     /* stop: wait for the leases to be revoked before closing the etcd client */
     int reg_pending, finish_wanted;
+    struct slb_deadline_heap deadlines; /* calls with a deadline, earliest first */
     struct slb_call *free_calls;
     uint32_t n_free_calls, n_calls;
     uint64_t rng;

@@ -120,3 +120,30 @@ def test_max_waiting_calls_bounds_the_wait_queue():
     with pytest.raises(grpc.RpcError) as e:
         first.result()
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_sidelb_enforces_the_deadline_when_the_backend_ignores_it():
+    """Our C backend ignores grpc-timeout: sidelb ends the call itself at the
+    method's timeout and cancels the backend's stream."""
+    be = peers.start_c_backend("slowpoke")
+    slb = start_sidelb(simple_config([be.addr], service_config=method_config(timeout="0.3s")))
+    stub = peers.echo_stub(slb.addr)
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Unary(req(payload=b"x", delay_ms=3000))
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 0.25 < time.monotonic() - t0 < 1.5
+    assert be.wait_stats(lambda s: s.get("cancelled", 0) == 1, timeout=3)
+    # a stream whose response is under way ends with DEADLINE_EXCEEDED trailers
+    def slow_requests():
+        for i in range(30):
+            yield req(payload=b"%d" % i)
+            time.sleep(0.1)
+
+    got = []
+    with pytest.raises(grpc.RpcError) as e:
+        for r in stub.Bidi(slow_requests()):
+            got.append(r.payload)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 1 <= len(got) < 10  # replies flowed until the deadline
+    assert slb.alive()
