@@ -52,7 +52,10 @@ class StepFailed(Exception):
 
 
 def say(msg=""):
-    print(msg, flush=True)
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:  # e.g. `make demo | head`: keep going, so the cleanup still runs
+        sys.stdout = open(os.devnull, "w")
 
 
 def ts():
