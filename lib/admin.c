@@ -280,9 +280,8 @@ static json_t *render_clusters(const struct slb_server *srv, uint64_t now)
         const struct slb_cluster *cl = &srv->clusters[i];
         const char *policy = cl->lb.ops ? cl->lb.ops->name : cl->cfg->policy ? cl->cfg->policy : "";
         json_t *bes = json_array();
-        json_t *c = json_pack("{s:o, s:o, s:s, s:I, s:o}", "name", jstr(cl->cfg->name), "policy", jstr(policy),
-                              "state", slb_backend_state_name(cl->state), "waiting", (json_int_t)cl->n_waiting,
-                              "backends", bes);
+        json_t *c = json_pack("{s:o, s:o, s:s, s:I, s:o}", "name", jstr(cl->cfg->name), "policy", jstr(policy), "state",
+                              slb_backend_state_name(cl->state), "waiting", (json_int_t)cl->n_waiting, "backends", bes);
         if (c == NULL || json_array_append_new(arr, c) != 0)
             goto fail;
         for (uint32_t j = 0; j < cl->set.n; j++) {

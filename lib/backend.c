@@ -53,7 +53,7 @@ void slb_backend_set_state(struct slb_backend *be, int state)
         return;
     /* READY <-> CONNECTING flips happen per connection; keep them at INFO. */
     slb_log(state == SLB_BACKEND_TRANSIENT_FAILURE || be->state == SLB_BACKEND_TRANSIENT_FAILURE ? SLB_LOG_NOTICE
-                                                                                                  : SLB_LOG_INFO,
+                                                                                                 : SLB_LOG_INFO,
             "backend %s: %s -> %s", be->name, slb_backend_state_name(be->state), slb_backend_state_name(state));
     be->state = (uint8_t)state;
     if (be->on_state_change != NULL)

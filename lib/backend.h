@@ -44,9 +44,9 @@ struct slb_backend {
     uint32_t weight; /* >= 1; from config or the etcd value */
     uint32_t index;  /* slot in its set (policies index their own arrays by it); UINT32_MAX when not listed */
 
-    uint8_t state;    /* enum slb_backend_state */
-    uint8_t health;   /* enum slb_backend_health */
-    uint8_t draining; /* removed from discovery: no new calls */
+    uint8_t state;             /* enum slb_backend_state */
+    uint8_t health;            /* enum slb_backend_health */
+    uint8_t draining;          /* removed from discovery: no new calls */
     uint64_t ejected_until_ms; /* outlier ejection: no new calls before this time */
     uint32_t times_ejected;
     uint64_t usable_since_ms; /* slow start: when it (re)joined the usable set */
@@ -56,13 +56,13 @@ struct slb_backend {
     uint32_t consecutive_failures;
     uint32_t interval_success, interval_failure;
 
-    uint32_t discovery_keys;           /* etcd keys naming this address (two keys may) */
-    struct slb_backend *_hash_next;    /* in the cluster's name index */
+    uint32_t discovery_keys;        /* etcd keys naming this address (two keys may) */
+    struct slb_backend *_hash_next; /* in the cluster's name index */
 
     uint32_t refs;
-    void *health_check;   /* struct slb_health_check * while active health checking runs */
-    void *pool;           /* struct slb_upstream_pool *, owned by this backend */
-    void *cluster;        /* struct slb_cluster * it belongs to (not owned) */
+    void *health_check; /* struct slb_health_check * while active health checking runs */
+    void *pool;         /* struct slb_upstream_pool *, owned by this backend */
+    void *cluster;      /* struct slb_cluster * it belongs to (not owned) */
     slb_backend_free_cb on_free;
     /* Called by slb_backend_set_state() after a change (the cluster's aggregate state). */
     void (*on_state_change)(struct slb_backend *be, int old_state);

@@ -10,9 +10,9 @@
 #include <stdint.h>
 
 #define slb_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-#define SLB_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
-#define SLB_LIKELY(x) __builtin_expect(!!(x), 1)
-#define SLB_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define SLB_ARRAY_SIZE(a)                   (sizeof(a) / sizeof((a)[0]))
+#define SLB_LIKELY(x)                       __builtin_expect(!!(x), 1)
+#define SLB_UNLIKELY(x)                     __builtin_expect(!!(x), 0)
 
 #ifdef SLB_UNIT_TEST
 #define SLB_STATIC

@@ -26,8 +26,8 @@ struct slb_config_listener {
     char *address; /* "127.0.0.1:15001" */
     struct slb_config_route *routes;
     size_t n_routes;
-    char *default_cluster; /* NULL: unknown service -> UNIMPLEMENTED */
-    int default_cluster_index; /* -1 when none */
+    char *default_cluster;           /* NULL: unknown service -> UNIMPLEMENTED */
+    int default_cluster_index;       /* -1 when none */
     uint32_t max_concurrent_streams; /* advertised to apps, default 1000 */
 };
 
@@ -40,21 +40,21 @@ struct slb_config_health_check {
 
 struct slb_config_outlier {
     int enabled;
-    uint32_t consecutive_failures;      /* default 5 */
-    uint32_t base_ejection_ms;          /* default 30000 */
-    uint32_t max_ejection_ms;           /* default 300000 */
-    uint32_t max_ejection_percent;      /* default 10 */
-    uint32_t interval_ms;               /* success-rate interval, default 10000 */
-    uint32_t success_rate_minimum_hosts; /* default 5 */
+    uint32_t consecutive_failures;        /* default 5 */
+    uint32_t base_ejection_ms;            /* default 30000 */
+    uint32_t max_ejection_ms;             /* default 300000 */
+    uint32_t max_ejection_percent;        /* default 10 */
+    uint32_t interval_ms;                 /* success-rate interval, default 10000 */
+    uint32_t success_rate_minimum_hosts;  /* default 5 */
     uint32_t success_rate_request_volume; /* default 100 */
-    double success_rate_stdev_factor;   /* default 1.9 */
+    double success_rate_stdev_factor;     /* default 1.9 */
 };
 
 struct slb_config_backoff {
-    uint32_t initial_ms;    /* 1000 */
-    double multiplier;      /* 1.6 */
-    double jitter;          /* 0.2 */
-    uint32_t max_ms;        /* 120000 */
+    uint32_t initial_ms;             /* 1000 */
+    double multiplier;               /* 1.6 */
+    double jitter;                   /* 0.2 */
+    uint32_t max_ms;                 /* 120000 */
     uint32_t min_connect_timeout_ms; /* 20000 */
 };
 
@@ -80,7 +80,8 @@ struct slb_config_cluster {
     uint32_t connect_timeout_ms;          /* default 5000 */
     uint32_t max_calls;                   /* calls in flight through the cluster; 0 = no limit (default) */
     uint32_t max_waiting_calls;           /* calls waiting for a usable backend; default 1000 */
-    uint32_t wait_for_ready_ms;           /* a call waits this long for a usable backend (and at most until its deadline); default 3000 */
+    uint32_t wait_for_ready_ms; /* a call waits this long for a usable backend (and at most until its deadline); default
+                                   3000 */
     struct slb_config_backoff backoff;
     struct slb_config_health_check health_check;
     struct slb_config_outlier outlier;
@@ -90,17 +91,17 @@ struct slb_config_cluster {
 struct slb_config_etcd {
     char **endpoints; /* "http://127.0.0.1:2379" */
     size_t n_endpoints;
-    uint32_t dial_timeout_ms;    /* default 2000 */
-    uint32_t request_timeout_ms; /* default 5000 */
-    char *username, *password;   /* optional auth */
+    uint32_t dial_timeout_ms;             /* default 2000 */
+    uint32_t request_timeout_ms;          /* default 5000 */
+    char *username, *password;            /* optional auth */
     char *ca_file, *cert_file, *key_file; /* optional TLS */
 };
 
 enum slb_register_format { SLB_REGISTER_PLAIN = 0, SLB_REGISTER_ETCD_NAMING, SLB_REGISTER_JSON };
 
 struct slb_config_register {
-    char *prefix;  /* etcd key prefix; the key is prefix + address */
-    char *address; /* what remote clients dial */
+    char *prefix;   /* etcd key prefix; the key is prefix + address */
+    char *address;  /* what remote clients dial */
     uint32_t ttl_s; /* default 10 */
     uint32_t weight;
     char *zone;

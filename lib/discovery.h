@@ -22,7 +22,8 @@ struct slb_discovery;
 
 struct slb_discovery_sink {
     /* added (old NULL) or changed (old = the previous endpoint of this key) */
-    void (*upsert)(void *user, const char *key, const struct slb_etcd_endpoint *ep, const struct slb_etcd_endpoint *old);
+    void (*upsert)(void *user, const char *key, const struct slb_etcd_endpoint *ep,
+                   const struct slb_etcd_endpoint *old);
     void (*remove)(void *user, const char *key, const struct slb_etcd_endpoint *ep);
     void (*state)(void *user, int connected); /* optional: etcd reachable or not */
 };

@@ -27,8 +27,8 @@
 #include "buf.h"
 
 #define SLB_CONN_HIGH_WATER (64 * 1024)
-#define SLB_CONN_OUT_LIMIT (1024 * 1024)
-#define SLB_CONN_READ_BUF (64 * 1024)
+#define SLB_CONN_OUT_LIMIT  (1024 * 1024)
+#define SLB_CONN_READ_BUF   (64 * 1024)
 
 struct slb_conn;
 

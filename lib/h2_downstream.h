@@ -23,7 +23,7 @@ struct slb_downstream {
     uint32_t n_calls;
     uint64_t peer_hash; /* hash of the peer address (source_ip_hash) */
     uint8_t preface_checked;
-    uint8_t goaway_sent; /* the final GOAWAY of a graceful stop */
+    uint8_t goaway_sent;                /* the final GOAWAY of a graceful stop */
     struct slb_downstream *next, *prev; /* in server->downstreams */
 };
 

@@ -11,8 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SLB_HDRS_INLINE 16 /* pairs held without a heap allocation */
-#define SLB_HDRS_MAX 256   /* pairs in one block; more is a protocol error */
+#define SLB_HDRS_INLINE 16  /* pairs held without a heap allocation */
+#define SLB_HDRS_MAX    256 /* pairs in one block; more is a protocol error */
 
 struct slb_hdrs {
     uint16_t n, cap; /* pairs */

@@ -33,8 +33,8 @@ struct slb_upstream {
     uv_connect_t creq;
     uint64_t connect_deadline_ms; /* the attempt fails then: max(min_connect_timeout, backoff) (gRPC) */
     uint64_t patience_ms;         /* calls waiting for it go elsewhere then (connect_timeout_ms) */
-    struct slb_call *calls; /* calls linked to this connection */
-    uint32_t active;        /* open streams */
+    struct slb_call *calls;       /* calls linked to this connection */
+    uint32_t active;              /* open streams */
     uint8_t connected, goaway;
     struct slb_upstream *next, *prev;
 };
@@ -47,15 +47,15 @@ struct slb_upstream_pool {
     uint32_t n_conns, n_connecting;
     struct slb_call *wait_head, *wait_tail; /* calls waiting for a stream slot */
     uint32_t n_waiting;
-    uint32_t backoff_ms;        /* next backoff (gRPC connection backoff) */
-    uint32_t failures;          /* consecutive connect failures (logged loudly once) */
-    uint64_t backoff_until_ms;  /* TRANSIENT_FAILURE until then */
-    uv_timer_t timer;           /* connect timeouts and backoff end */
+    uint32_t backoff_ms;       /* next backoff (gRPC connection backoff) */
+    uint32_t failures;         /* consecutive connect failures (logged loudly once) */
+    uint64_t backoff_until_ms; /* TRANSIENT_FAILURE until then */
+    uv_timer_t timer;          /* connect timeouts and backoff end */
     uint8_t closing;
 };
 
 struct slb_upstream_pool *slb_upstream_pool_get(struct slb_server *srv, struct slb_backend *be,
-                                                 const struct slb_config_cluster *cfg);
+                                                const struct slb_config_cluster *cfg);
 /* Sends the call on a connection with room, or queues it and connects. */
 void slb_upstream_pool_submit(struct slb_upstream_pool *pool, struct slb_call *call);
 /* Removes a queued call from the wait queue. */

@@ -19,10 +19,10 @@ int slb_log_parse_level(const char *name);
         if ((level) >= slb_log_level)                                                                                  \
             slb_log_write((level), __VA_ARGS__);                                                                       \
     } while (0)
-#define slb_debug(...) slb_log(SLB_LOG_DEBUG, __VA_ARGS__)
-#define slb_info(...) slb_log(SLB_LOG_INFO, __VA_ARGS__)
+#define slb_debug(...)  slb_log(SLB_LOG_DEBUG, __VA_ARGS__)
+#define slb_info(...)   slb_log(SLB_LOG_INFO, __VA_ARGS__)
 #define slb_notice(...) slb_log(SLB_LOG_NOTICE, __VA_ARGS__)
-#define slb_warn(...) slb_log(SLB_LOG_WARN, __VA_ARGS__)
-#define slb_error(...) slb_log(SLB_LOG_ERROR, __VA_ARGS__)
+#define slb_warn(...)   slb_log(SLB_LOG_WARN, __VA_ARGS__)
+#define slb_error(...)  slb_log(SLB_LOG_ERROR, __VA_ARGS__)
 
 #endif

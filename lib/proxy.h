@@ -56,31 +56,31 @@ struct slb_call {
     uint64_t hash;
     uint8_t has_hash;
     int16_t upstream_status; /* grpc-status the backend sent, -1 until then */
-    uint64_t deadline_ms; /* 0 = none (grpc-timeout, or a shorter methodConfig timeout) */
-    uint32_t deadline_idx; /* slot in the server's deadline heap */
+    uint64_t deadline_ms;    /* 0 = none (grpc-timeout, or a shorter methodConfig timeout) */
+    uint32_t deadline_idx;   /* slot in the server's deadline heap */
 
-    int16_t synth_status; /* >= 0: sidelb ends the response with this grpc-status */
-    char synth_buf[160];  /* its grpc-message */
+    int16_t synth_status;        /* >= 0: sidelb ends the response with this grpc-status */
+    char synth_buf[160];         /* its grpc-message */
     uint32_t rst_after_response; /* +1: reset downstream with (code-1) after the response */
 
-    uint8_t queued;          /* in a pool's wait queue */
-    uint8_t waiting;         /* in its cluster's wait-for-ready queue */
-    uint64_t wait_until_ms;  /* how long it may wait for a usable backend */
-    uint64_t retry_at_ms;    /* next attempt not before this (retry backoff) */
-    const struct slb_method_config *mc;   /* from the cluster's service config, or NULL */
-    const struct slb_retry_policy *retry; /* mc's retry policy, or NULL */
+    uint8_t queued;                           /* in a pool's wait queue */
+    uint8_t waiting;                          /* in its cluster's wait-for-ready queue */
+    uint64_t wait_until_ms;                   /* how long it may wait for a usable backend */
+    uint64_t retry_at_ms;                     /* next attempt not before this (retry backoff) */
+    const struct slb_method_config *mc;       /* from the cluster's service config, or NULL */
+    const struct slb_retry_policy *retry;     /* mc's retry policy, or NULL */
     struct slb_grpc_scan req_scan, resp_scan; /* message sizes (when mc limits them) */
-    uint8_t counted_in_cluster; /* cl->n_calls counts it */
-    uint8_t retries;         /* retries made (gRFC A6) */
+    uint8_t counted_in_cluster;               /* cl->n_calls counts it */
+    uint8_t retries;                          /* retries made (gRFC A6) */
     uint8_t req_headers_done;
-    uint8_t req_end;         /* downstream sent END_STREAM */
-    uint8_t resp_started;    /* upstream response headers received */
-    uint8_t resp_headers_sent; /* response headers submitted downstream */
-    uint8_t resp_end;        /* the upstream response is complete (or sidelb ended it) */
-    uint8_t u_open;          /* the upstream stream is open */
+    uint8_t req_end;                /* downstream sent END_STREAM */
+    uint8_t resp_started;           /* upstream response headers received */
+    uint8_t resp_headers_sent;      /* response headers submitted downstream */
+    uint8_t resp_end;               /* the upstream response is complete (or sidelb ended it) */
+    uint8_t u_open;                 /* the upstream stream is open */
     uint8_t u_deferred, d_deferred; /* data providers waiting for bytes */
-    uint8_t upstream_done;   /* no upstream will read more request bytes */
-    uint8_t counted;         /* be->outstanding counts this call */
+    uint8_t upstream_done;          /* no upstream will read more request bytes */
+    uint8_t counted;                /* be->outstanding counts this call */
 };
 
 /* Downstream events (h2_downstream.c) */

@@ -54,7 +54,7 @@ struct slb_server {
     nghttp2_session_callbacks *down_cbs, *up_cbs;
     nghttp2_option *down_opt, *up_opt;
     struct slb_downstream *downstreams;
-    struct slb_etcd *etcd; /* shared by discovery and registration; NULL without "etcd" */
+    struct slb_etcd *etcd;           /* shared by discovery and registration; NULL without "etcd" */
     struct slb_admin *admin;         /* HTTP admin listener; NULL without "admin" */
     struct slb_registrar *registrar; /* lease registration of this host's services; NULL without register[] */
     /* stop: wait for the leases to be revoked before closing the etcd client */
@@ -72,8 +72,7 @@ struct slb_server {
 };
 
 /* Binds listeners and prepares clusters. On error returns < 0 with a message in err. */
-int slb_server_start(struct slb_server *srv, uv_loop_t *loop, const struct slb_config *cfg, char *err,
-                     size_t errlen);
+int slb_server_start(struct slb_server *srv, uv_loop_t *loop, const struct slb_config *cfg, char *err, size_t errlen);
 /* The same for a config reload: listeners at an address `old` also has take
  * over its listening socket, so no connection is refused or lost. */
 int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struct slb_config *cfg,

@@ -232,7 +232,8 @@ static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t stream_id, 
 static int on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame, void *ud)
 {
     if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
-        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && nghttp2_session_get_stream_remote_close(h2, frame->hd.stream_id) == 0)
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+        nghttp2_session_get_stream_remote_close(h2, frame->hd.stream_id) == 0)
         nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
     return 0;
 }

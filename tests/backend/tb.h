@@ -66,10 +66,10 @@ struct tb_opts {
     uint32_t window;      /* initial stream window (SETTINGS_INITIAL_WINDOW_SIZE) */
     uint32_t conn_window; /* connection receive window */
     const char *stats_file;
-    unsigned goaway_after; /* per connection: GOAWAY after this many calls, 0 = never */
+    unsigned goaway_after;   /* per connection: GOAWAY after this many calls, 0 = never */
     unsigned extra_delay_ms; /* added to every request's delay_ms (a slow backend) */
     int fail_status;         /* > 0: every Echo call ends with this grpc-status (a broken backend) */
-    int health;            /* GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__* */
+    int health;              /* GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__* */
     int health_unimplemented_watch;
     unsigned drain_ms; /* on SIGTERM: how long to let calls finish after GOAWAY */
     int verbose;

@@ -51,11 +51,13 @@ struct tb_server tb_srv;
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: test_backend --port N [--id NAME] [--health SERVING|NOT_SERVING] "
-               "[--health-unimplemented-watch]\n"
-               "       [--max-concurrent-streams N] [--window N] [--conn-window N] [--goaway-after N] [--extra-delay-ms N]\n"
-               "       [--fail-status CODE]\n"
-               "       [--stats-file PATH] [--drain-ms N] [--verbose]\n");
+    fprintf(
+        f,
+        "usage: test_backend --port N [--id NAME] [--health SERVING|NOT_SERVING] "
+        "[--health-unimplemented-watch]\n"
+        "       [--max-concurrent-streams N] [--window N] [--conn-window N] [--goaway-after N] [--extra-delay-ms N]\n"
+        "       [--fail-status CODE]\n"
+        "       [--stats-file PATH] [--drain-ms N] [--verbose]\n");
 }
 
 void tb_stats_write(void)
