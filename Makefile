@@ -25,7 +25,7 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 
 # Debian packages: build, run, and test/bench/demo needs.
-DEB_BUILD := build-essential pkg-config clang libclang-rt-14-dev libuv1-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler \
+DEB_BUILD := build-essential pkg-config clang clang-format libclang-rt-14-dev libuv1-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler \
              libcurl4-openssl-dev libjansson-dev check
 DEB_TEST  := etcd-server etcd-client nghttp2-client python3 python3-grpcio python3-grpc-tools python3-protobuf \
              python3-pytest python3-h2 curl procps
@@ -47,7 +47,7 @@ BACKEND_OBJ := $(patsubst tests/%.c,$(BUILD)/tests/%.o,$(BACKEND_SRC)) \
 BENCH_SRC := $(sort $(wildcard tests/bench/*.c))
 BENCH_BIN := $(patsubst tests/bench/%.c,$(BUILD)/%,$(BENCH_SRC))
 
-.PHONY: all deps check test unit integration demo bench asan install clean format
+.PHONY: all deps check test unit integration demo bench asan install clean format format-check
 all: $(BUILD)/sidelb $(BUILD)/libsidelb.a
 
 $(BUILD)/libsidelb.a: $(LIB_OBJ)
@@ -117,6 +117,7 @@ check: deps
 	$(MAKE) test
 
 test: $(TEST_BINS)
+	$(MAKE) format-check
 	$(MAKE) unit
 	$(MAKE) integration
 	$(MAKE) fuzz-smoke FUZZ_SECONDS=5
@@ -146,8 +147,16 @@ install: $(BUILD)/sidelb
 	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
 	sed 's|@BINDIR@|$(PREFIX)/bin|g' systemd/sidelb.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/sidelb.service
 
+C_SOURCES = $(wildcard lib/*.[ch] daemon/*.c tests/*.[ch] tests/*/*.[ch])
+
 format:
-	clang-format -i lib/*.[ch] daemon/*.c tests/*.c tests/*/*.c
+	clang-format -i $(C_SOURCES)
+
+# Every C file as the project's .clang-format has it.
+format-check:
+	@bad=$$(for f in $(C_SOURCES); do clang-format --dry-run -Werror $$f >/dev/null 2>&1 || echo $$f; done); \
+	if [ -n "$$bad" ]; then echo "not clang-formatted (run make format):" $$bad >&2; exit 1; fi; \
+	echo "format-check: $(words $(C_SOURCES)) files clang-formatted"
 
 clean:
 	rm -rf $(BUILD) build-asan
