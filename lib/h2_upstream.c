@@ -457,6 +457,15 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
             slb_info("backend %s: GOAWAY (last stream %d, error %u): draining connection", uc->pool->be->name,
                      frame->goaway.last_stream_id, frame->goaway.error_code);
         uc->goaway = 1;
+        if (frame->goaway.error_code != NGHTTP2_NO_ERROR) {
+            /* An error GOAWAY ends the connection: whatever it still carries
+             * fails now (and may be retried) instead of waiting for a peer
+             * that has given up on it. */
+            slb_warn("backend %s: GOAWAY with error %u: closing the connection", uc->pool->be->name,
+                     frame->goaway.error_code);
+            slb_conn_close(&uc->conn, SLB_EPROTO);
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
         slb_upstream_stream_done(uc);
         break;
     case NGHTTP2_SETTINGS:
