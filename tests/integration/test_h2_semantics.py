@@ -130,3 +130,63 @@ def test_many_streams_on_one_connection_are_balanced_per_call():
     sids = [c.request("/sidelb.test.Echo/Unary", grpc_frame(req(payload=b"x"))) for _ in range(30)]
     c.pump(lambda evs: sum(isinstance(e, h2.events.StreamEnded) for e in evs) == 30)
     assert sorted(b.stats()["calls"] for b in bes) == [10, 10, 10]
+
+
+def raw_data_frame(sid, payload, end=False):
+    return struct.pack(">I", len(payload))[1:] + bytes([0, 1 if end else 0]) + struct.pack(">I", sid) + payload
+
+
+def test_client_over_its_flow_control_window_is_cut_off_alone():
+    be = peers.start_c_backend("fc", extra_args=["--window", "65535"])
+    slb = start_sidelb(simple_config([be.addr]))
+    c = RawClient(slb.port)
+    sid = c.request("/sidelb.test.Echo/ClientStream", None, end=False)
+    c.pump(lambda evs: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in evs))
+    # 512 KiB of DATA with no WINDOW_UPDATE from sidelb: far past the 256 KiB window
+    blob = b"".join(raw_data_frame(sid, b"z" * 16384) for _ in range(32))
+    try:
+        c.sock.sendall(blob)
+    except OSError:
+        pass
+    closed = False
+    try:
+        c.sock.settimeout(5)
+        while c.sock.recv(65536):
+            pass
+        closed = True
+    except OSError:
+        closed = True
+    assert closed
+    assert "FLOW_CONTROL" in slb.log() or slb.alive()
+    # everyone else is fine
+    assert peers.echo_stub(slb.addr).Unary(req(payload=b"ok"), timeout=5).payload == b"ok"
+    assert slb.alive()
+
+
+def test_streams_beyond_max_concurrent_streams_are_refused():
+    be = peers.start_c_backend("mcs")
+    cfg = simple_config([be.addr])
+    cfg["listeners"][0]["max_concurrent_streams"] = 4
+    slb = start_sidelb(cfg)
+    c = RawClient(slb.port)
+    # six streams before sidelb's SETTINGS arrive: the client does not know the limit yet
+    sids = [c.request("/sidelb.test.Echo/Unary", grpc_frame(req(payload=b"x", delay_ms=300))) for _ in range(6)]
+    c.pump(lambda evs: sum(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) for e in evs) == 6)
+    refused = [e.stream_id for e in c.of(h2.events.StreamReset) if e.error_code == 7]  # REFUSED_STREAM
+    ended = [e.stream_id for e in c.of(h2.events.StreamEnded)]
+    assert len(refused) == 2 and len(ended) == 4, (refused, ended)
+    assert be.stats()["calls"] == 4  # refused streams never reached the backend
+    assert slb.alive()
+
+
+def test_too_many_headers_get_a_reset_not_a_crash():
+    be = peers.start_c_backend("hdrs")
+    slb = start_sidelb(simple_config([be.addr]))
+    c = RawClient(slb.port)
+    many = [(b"x-h%d" % i, b"v") for i in range(400)]
+    sid = c.request("/sidelb.test.Echo/Unary", grpc_frame(req(payload=b"x")), extra=many)
+    c.pump(lambda evs: any(isinstance(e, (h2.events.StreamReset, h2.events.StreamEnded)) for e in evs))
+    assert c.of(h2.events.StreamReset, sid) or dict(c.of(h2.events.ResponseReceived, sid)[0].headers).get(
+        b"grpc-status") not in (None, b"0")
+    assert peers.echo_stub(slb.addr).Unary(req(payload=b"ok"), timeout=5).payload == b"ok"
+    assert slb.alive()
