@@ -176,7 +176,7 @@ size_t slb_chunkq_clear(struct slb_chunkq *q)
 int slb_outbuf_append(struct slb_outbuf *b, const void *p, size_t n, size_t limit)
 {
     if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 16384;
+        size_t cap = b->cap ? b->cap : 4096; /* small for idle connections; busy ones grow once */
         uint8_t *nb;
         while (cap < b->len + n)
             cap *= 2;
