@@ -60,7 +60,7 @@ static void on_outlier_timer(uv_timer_t *t)
     struct slb_cluster *cl = t->data;
     uint32_t unejected = 0;
 
-    slb_outlier_tick(&cl->outlier, &cl->set, uv_now(cl->srv->loop), &unejected);
+    slb_outlier_tick(&cl->cfg->outlier.opts, &cl->set, uv_now(cl->srv->loop), &unejected);
     if (unejected > 0)
         cl->set.version++; /* slow start and hash tables see the returning backends */
 }
@@ -69,7 +69,7 @@ void slb_cluster_report(struct slb_cluster *cl, struct slb_backend *be, int succ
 {
     if (!cl->cfg->outlier.enabled || be->draining)
         return;
-    if (slb_outlier_on_result(&cl->outlier, &cl->set, be, success, uv_now(cl->srv->loop)))
+    if (slb_outlier_on_result(&cl->cfg->outlier.opts, &cl->set, be, success, uv_now(cl->srv->loop)))
         cl->set.version++;
 }
 
@@ -266,16 +266,7 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_server *srv, const struc
         return rv;
     if ((rv = slb_method_table_init(&cl->methods, cfg->service_config_json)) != 0)
         return rv;
-    slb_outlier_options_default(&cl->outlier);
     if (cfg->outlier.enabled) {
-        cl->outlier.consecutive_failures = cfg->outlier.consecutive_failures;
-        cl->outlier.base_ejection_ms = cfg->outlier.base_ejection_ms;
-        cl->outlier.max_ejection_ms = cfg->outlier.max_ejection_ms;
-        cl->outlier.max_ejection_percent = cfg->outlier.max_ejection_percent;
-        cl->outlier.interval_ms = cfg->outlier.interval_ms;
-        cl->outlier.success_rate_minimum_hosts = cfg->outlier.success_rate_minimum_hosts;
-        cl->outlier.success_rate_request_volume = cfg->outlier.success_rate_request_volume;
-        cl->outlier.success_rate_stdev_factor = cfg->outlier.success_rate_stdev_factor;
         uv_timer_init(srv->loop, &cl->outlier_timer);
         cl->outlier_timer.data = cl;
         /* a short period so an ejection ends on time; success rate uses interval_ms inside */

@@ -30,7 +30,6 @@ struct slb_cluster {
     struct slb_backend_set set;
     struct slb_lb lb;
     struct slb_discovery *discovery; /* when fed by etcd */
-    struct slb_outlier_options outlier;
     struct slb_method_table methods; /* from cfg->service_config_json */
     uint32_t n_calls;                /* calls routed here and not finished (max_calls) */
     uv_timer_t outlier_timer;

@@ -1151,32 +1151,27 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
     if (load_health(c, o, path, "health_check", &cl->health_check) != 0)
         return -1;
 
-    od->consecutive_failures = 5;
-    od->base_ejection_ms = 30000;
-    od->max_ejection_ms = 300000;
-    od->max_ejection_percent = 10;
-    od->interval_ms = 10000;
-    od->success_rate_minimum_hosts = 5;
-    od->success_rate_request_volume = 100;
-    od->success_rate_stdev_factor = 1.9;
+    slb_outlier_options_default(&od->opts);
     if (get_obj(c, o, path, "outlier_detection", &v) != 0)
         return -1;
     if (v != NULL) {
         join(p, path, "outlier_detection");
         od->enabled = 1;
         if (check_keys(c, v, p, od_keys) != 0 ||
-            get_u32(c, v, p, "consecutive_failures", &od->consecutive_failures, 5, 1, 1000000) != 0 ||
-            get_u32(c, v, p, "base_ejection_ms", &od->base_ejection_ms, 30000, 1, 86400000) != 0 ||
-            get_u32(c, v, p, "max_ejection_ms", &od->max_ejection_ms, 300000, 1, 86400000) != 0 ||
-            get_u32(c, v, p, "max_ejection_percent", &od->max_ejection_percent, 10, 0, 100) != 0 ||
-            get_u32(c, v, p, "interval_ms", &od->interval_ms, 10000, 10, 86400000) != 0 ||
-            get_u32(c, v, p, "success_rate_minimum_hosts", &od->success_rate_minimum_hosts, 5, 1, 1000000) != 0 ||
-            get_u32(c, v, p, "success_rate_request_volume", &od->success_rate_request_volume, 100, 1, 100000000) != 0 ||
-            get_num(c, v, p, "success_rate_stdev_factor", &od->success_rate_stdev_factor, 1.9, 0, 1, 100) != 0)
+            get_u32(c, v, p, "consecutive_failures", &od->opts.consecutive_failures, 5, 1, 1000000) != 0 ||
+            get_u32(c, v, p, "base_ejection_ms", &od->opts.base_ejection_ms, 30000, 1, 86400000) != 0 ||
+            get_u32(c, v, p, "max_ejection_ms", &od->opts.max_ejection_ms, 300000, 1, 86400000) != 0 ||
+            get_u32(c, v, p, "max_ejection_percent", &od->opts.max_ejection_percent, 10, 0, 100) != 0 ||
+            get_u32(c, v, p, "interval_ms", &od->opts.interval_ms, 10000, 10, 86400000) != 0 ||
+            get_u32(c, v, p, "success_rate_minimum_hosts", &od->opts.success_rate_minimum_hosts, 5, 1, 1000000) != 0 ||
+            get_u32(c, v, p, "success_rate_request_volume", &od->opts.success_rate_request_volume, 100, 1, 100000000) !=
+                0 ||
+            get_num(c, v, p, "success_rate_stdev_factor", &od->opts.success_rate_stdev_factor, 1.9, 0, 1, 100) != 0)
             return -1;
-        if (od->max_ejection_ms < od->base_ejection_ms) {
+        if (od->opts.max_ejection_ms < od->opts.base_ejection_ms) {
             join(q, p, "max_ejection_ms");
-            return fail(c, q, 0, "%u is less than base_ejection_ms %u", od->max_ejection_ms, od->base_ejection_ms);
+            return fail(c, q, 0, "%u is less than base_ejection_ms %u", od->opts.max_ejection_ms,
+                        od->opts.base_ejection_ms);
         }
     }
     return load_service_config(c, o, path, cl);

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "lb.h"
+#include "outlier.h"
 
 struct slb_config_route {
     char *service; /* gRPC service ("pkg.Service") taken from :path; "pkg.Service/Method" for one method */
@@ -40,14 +41,7 @@ struct slb_config_health_check {
 
 struct slb_config_outlier {
     int enabled;
-    uint32_t consecutive_failures;        /* default 5 */
-    uint32_t base_ejection_ms;            /* default 30000 */
-    uint32_t max_ejection_ms;             /* default 300000 */
-    uint32_t max_ejection_percent;        /* default 10 */
-    uint32_t interval_ms;                 /* success-rate interval, default 10000 */
-    uint32_t success_rate_minimum_hosts;  /* default 5 */
-    uint32_t success_rate_request_volume; /* default 100 */
-    double success_rate_stdev_factor;     /* default 1.9 */
+    struct slb_outlier_options opts; /* defaults from slb_outlier_options_default() */
 };
 
 struct slb_config_backoff {

@@ -158,14 +158,14 @@ START_TEST(test_full)
     ck_assert_uint_eq(c->health_check.interval_ms, 500);
     ck_assert_uint_eq(c->health_check.timeout_ms, 200);
     ck_assert_int_eq(c->outlier.enabled, 1);
-    ck_assert_uint_eq(c->outlier.consecutive_failures, 3);
-    ck_assert_uint_eq(c->outlier.base_ejection_ms, 1000);
-    ck_assert_uint_eq(c->outlier.max_ejection_ms, 9000);
-    ck_assert_uint_eq(c->outlier.max_ejection_percent, 50);
-    ck_assert_uint_eq(c->outlier.interval_ms, 2000);
-    ck_assert_uint_eq(c->outlier.success_rate_minimum_hosts, 3);
-    ck_assert_uint_eq(c->outlier.success_rate_request_volume, 20);
-    ck_assert_double_eq(c->outlier.success_rate_stdev_factor, 1.5);
+    ck_assert_uint_eq(c->outlier.opts.consecutive_failures, 3);
+    ck_assert_uint_eq(c->outlier.opts.base_ejection_ms, 1000);
+    ck_assert_uint_eq(c->outlier.opts.max_ejection_ms, 9000);
+    ck_assert_uint_eq(c->outlier.opts.max_ejection_percent, 50);
+    ck_assert_uint_eq(c->outlier.opts.interval_ms, 2000);
+    ck_assert_uint_eq(c->outlier.opts.success_rate_minimum_hosts, 3);
+    ck_assert_uint_eq(c->outlier.opts.success_rate_request_volume, 20);
+    ck_assert_double_eq(c->outlier.opts.success_rate_stdev_factor, 1.5);
     ck_assert_ptr_nonnull(c->service_config_json);
     ck_assert_ptr_nonnull(strstr(c->service_config_json, "\"retryPolicy\":{\"maxAttempts\":3,"));
     ck_assert_ptr_null(strchr(c->service_config_json, '\n')); /* compact */
@@ -239,14 +239,14 @@ START_TEST(test_defaults)
     ck_assert_uint_eq(c->backoff.min_connect_timeout_ms, 20000);
     ck_assert_int_eq(c->health_check.enabled, 0);
     ck_assert_int_eq(c->outlier.enabled, 0);
-    ck_assert_uint_eq(c->outlier.consecutive_failures, 5);
-    ck_assert_uint_eq(c->outlier.base_ejection_ms, 30000);
-    ck_assert_uint_eq(c->outlier.max_ejection_ms, 300000);
-    ck_assert_uint_eq(c->outlier.max_ejection_percent, 10);
-    ck_assert_uint_eq(c->outlier.interval_ms, 10000);
-    ck_assert_uint_eq(c->outlier.success_rate_minimum_hosts, 5);
-    ck_assert_uint_eq(c->outlier.success_rate_request_volume, 100);
-    ck_assert_double_eq(c->outlier.success_rate_stdev_factor, 1.9);
+    ck_assert_uint_eq(c->outlier.opts.consecutive_failures, 5);
+    ck_assert_uint_eq(c->outlier.opts.base_ejection_ms, 30000);
+    ck_assert_uint_eq(c->outlier.opts.max_ejection_ms, 300000);
+    ck_assert_uint_eq(c->outlier.opts.max_ejection_percent, 10);
+    ck_assert_uint_eq(c->outlier.opts.interval_ms, 10000);
+    ck_assert_uint_eq(c->outlier.opts.success_rate_minimum_hosts, 5);
+    ck_assert_uint_eq(c->outlier.opts.success_rate_request_volume, 100);
+    ck_assert_double_eq(c->outlier.opts.success_rate_stdev_factor, 1.9);
     ck_assert_ptr_null(c->service_config_json);
     ck_assert_uint_eq(c->static_backends[0].weight, 1);
     slb_config_free(cfg);
@@ -259,7 +259,7 @@ START_TEST(test_defaults)
     ck_assert_uint_eq(cfg->clusters[0].health_check.interval_ms, 1000);
     ck_assert_uint_eq(cfg->clusters[0].health_check.timeout_ms, 1000);
     ck_assert_int_eq(cfg->clusters[0].outlier.enabled, 1);
-    ck_assert_uint_eq(cfg->clusters[0].outlier.consecutive_failures, 5);
+    ck_assert_uint_eq(cfg->clusters[0].outlier.opts.consecutive_failures, 5);
     slb_config_free(cfg);
 }
 END_TEST
