@@ -102,11 +102,3 @@ void slb_backend_set_remove(struct slb_backend_set *set, struct slb_backend *be)
     set->version++;
     slb_backend_unref(be);
 }
-
-struct slb_backend *slb_backend_set_find(const struct slb_backend_set *set, const char *name)
-{
-    for (uint32_t i = 0; i < set->n; i++)
-        if (strcmp(set->items[i]->name, name) == 0)
-            return set->items[i];
-    return NULL;
-}

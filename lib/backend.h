@@ -101,6 +101,5 @@ void slb_backend_set_dispose(struct slb_backend_set *set);
 int slb_backend_set_add(struct slb_backend_set *set, struct slb_backend *be);
 /* Drops the set's reference (be may be freed unless the caller holds one). */
 void slb_backend_set_remove(struct slb_backend_set *set, struct slb_backend *be);
-struct slb_backend *slb_backend_set_find(const struct slb_backend_set *set, const char *name);
 
 #endif
