@@ -418,7 +418,7 @@ static void respond(struct admin_conn *c, int status, const char *ctype, const c
         bufs[nbufs++] = uv_buf_init((char *)c->body.base, (unsigned)c->body.len);
     c->phase = PHASE_WRITING;
     if ((rv = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, nbufs, on_write)) != 0) {
-        slb_debug("admin: write: %s", uv_strerror(rv));
+        slb_debug("admin: write: %s", slb_strerror(rv));
         conn_close(c);
     }
 }
@@ -613,7 +613,7 @@ static void on_connection(uv_stream_t *server, int status)
     int rv;
 
     if (status < 0) {
-        slb_warn("admin: accept: %s", uv_strerror(status));
+        slb_warn("admin: accept: %s", slb_strerror(status));
         return;
     }
     if ((c = calloc(1, sizeof(*c))) == NULL) {
@@ -631,7 +631,7 @@ static void on_connection(uv_stream_t *server, int status)
     a->conns = c;
     a->n_conns++;
     if ((rv = uv_accept(server, (uv_stream_t *)&c->tcp)) != 0) {
-        slb_warn("admin: accept: %s", uv_strerror(rv));
+        slb_warn("admin: accept: %s", slb_strerror(rv));
         conn_close(c);
         return;
     }
@@ -681,14 +681,14 @@ int slb_admin_start(struct slb_admin **out, struct slb_server *srv, const char *
     }
     a->srv = srv;
     if ((rv = uv_tcp_init(srv->loop, &a->tcp)) != 0) {
-        snprintf(err, errlen, "admin %s: %s", addr, uv_strerror(rv));
+        snprintf(err, errlen, "admin %s: %s", addr, slb_strerror(rv));
         free(a);
         return rv;
     }
     a->tcp.data = a;
     if ((rv = uv_tcp_bind(&a->tcp, (const struct sockaddr *)&ss, 0)) != 0 ||
         (rv = uv_listen((uv_stream_t *)&a->tcp, 64, on_connection)) != 0) {
-        snprintf(err, errlen, "admin %s: cannot listen: %s", addr, uv_strerror(rv));
+        snprintf(err, errlen, "admin %s: cannot listen: %s", addr, slb_strerror(rv));
         a->stopping = 1;
         uv_close((uv_handle_t *)&a->tcp, on_listener_closed);
         return rv;

@@ -8,6 +8,11 @@
 
 const char *slb_strerror(int err)
 {
+    /* uv_strerror() leaks a string for codes it does not know: never hand it one */
+    static char unknown[64];
+
+    if (err == 0)
+        return "connection closed";
     switch (err) {
 #define SLB_ERR_CASE(name, code, msg)                                                                                  \
     case code:                                                                                                         \
@@ -15,7 +20,7 @@ const char *slb_strerror(int err)
         SLB_ERRNO_MAP(SLB_ERR_CASE)
 #undef SLB_ERR_CASE
     }
-    return uv_strerror(err);
+    return uv_strerror_r(err, unknown, sizeof(unknown));
 }
 
 uint64_t slb_now_ms(void)

@@ -24,7 +24,7 @@ static void on_connection(uv_stream_t *s, int status)
     int rv;
 
     if (status < 0) {
-        slb_warn("listener %s: accept error: %s", l->cfg->address, uv_strerror(status));
+        slb_warn("listener %s: accept error: %s", l->cfg->address, slb_strerror(status));
         return;
     }
     if ((rv = slb_downstream_accept(l)) != 0)
@@ -104,7 +104,7 @@ static int listener_start(struct slb_server *srv, struct slb_listener *l, const 
         rv = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
     }
     if (rv != 0 || (rv = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection)) != 0) {
-        snprintf(err, errlen, "listener %s: cannot listen: %s", cfg->address, uv_strerror(rv));
+        snprintf(err, errlen, "listener %s: cannot listen: %s", cfg->address, slb_strerror(rv));
         return rv;
     }
     slb_notice("listening on %s (%s)%s", cfg->address, cfg->name ? cfg->name : "unnamed", fd >= 0 ? " (kept)" : "");
