@@ -76,20 +76,6 @@ static pid_t start_py(const char *mode, int *port)
     return peer_spawn(argv, getenv("HEALTH_TEST_VERBOSE") != NULL, port);
 }
 
-static int free_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t l = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
-    port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
 /* --- the loop side ---------------------------------------------------------------------------------------------- */
 
 /* Owned by the running test. */
@@ -117,15 +103,7 @@ static void on_health(struct slb_health_check *hc, int status, void *user)
 
 static void setup(void)
 {
-    ssize_t n = readlink("/proc/self/exe", backend_path, sizeof(backend_path) - 32);
-    char *slash;
-
-    ck_assert_int_gt(n, 0);
-    backend_path[n] = '\0';
-    slash = strrchr(backend_path, '/');
-    ck_assert_ptr_nonnull(slash);
-    strcpy(slash + 1, "test_backend");
-    ck_assert_msg(access(backend_path, X_OK) == 0, "%s missing (make test_backend)", backend_path);
+    peer_backend_path(backend_path, sizeof(backend_path));
     atexit(peer_kill_all);
     if (getenv("HEALTH_TEST_VERBOSE") != NULL)
         slb_log_level = SLB_LOG_DEBUG;
@@ -292,7 +270,7 @@ END_TEST
 
 START_TEST(test_refused)
 {
-    start_hc(free_port(), "", 300, 500);
+    start_hc(peer_free_port(), "", 300, 500);
     ck_assert(wait_status(SLB_HEALTH_NOT_SERVING, 1000));
     run_for(1000); /* retries keep failing: reported once */
     ck_assert_int_eq(t.ncb, 1);
@@ -356,7 +334,7 @@ END_TEST
 
 START_TEST(test_stop_before_loop)
 {
-    start_hc(free_port(), "", 1000, 1000);
+    start_hc(peer_free_port(), "", 1000, 1000);
     finish(); /* stop before the first attempt: no callback, nothing open */
     ck_assert_int_eq(t.ncb, 0);
 }

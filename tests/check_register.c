@@ -127,17 +127,10 @@ static void wait_state(size_t i, int s, int timeout_ms)
 
 static void setup(void)
 {
-    ssize_t n = readlink("/proc/self/exe", backend_path, sizeof(backend_path) - 32);
-    char *slash;
     const char *eps[1];
     struct slb_config_etcd cfg = {.n_endpoints = 1, .dial_timeout_ms = 500, .request_timeout_ms = 1000};
 
-    ck_assert_int_gt(n, 0);
-    backend_path[n] = '\0';
-    slash = strrchr(backend_path, '/');
-    ck_assert_ptr_nonnull(slash);
-    strcpy(slash + 1, "test_backend");
-    ck_assert_msg(access(backend_path, X_OK) == 0, "%s missing (make test_backend)", backend_path);
+    peer_backend_path(backend_path, sizeof(backend_path));
     atexit(peer_kill_all);
     if (getenv("REGISTER_TEST_VERBOSE") != NULL)
         slb_log_level = SLB_LOG_DEBUG;

@@ -26,6 +26,7 @@
 
 #include "base64.h"
 #include "common.h"
+#include "peer_harness.h"
 
 #define EH_MAX 3
 
@@ -42,16 +43,7 @@ static struct etcd_h *eh_current;
 
 static __attribute__((unused)) int eh_free_port(void)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t l = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
-    port = ntohs(a.sin_port);
-    close(fd);
-    return port;
+    return peer_free_port();
 }
 
 static __attribute__((unused)) void eh_spawn(struct etcd_h *h, int i)

@@ -8,7 +8,12 @@
 #define SLB_TEST_PEER_HARNESS_H
 
 #include <check.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -52,6 +57,35 @@ static inline void peer_forget(pid_t pid)
     for (int i = 0; i < PEER_MAX; i++)
         if (peer_pids[i] == pid)
             peer_pids[i] = 0;
+}
+
+/* A currently free 127.0.0.1 port (racy by nature; prefer --port 0 peers). */
+static inline int peer_free_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t l = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
+    port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+/* Fills path with the test_backend built next to this test binary. */
+static inline void peer_backend_path(char *path, size_t len)
+{
+    ssize_t n = readlink("/proc/self/exe", path, len - 32);
+    char *slash;
+
+    ck_assert_int_gt(n, 0);
+    path[n] = '\0';
+    slash = strrchr(path, '/');
+    ck_assert_ptr_nonnull(slash);
+    strcpy(slash + 1, "test_backend");
+    ck_assert_msg(access(path, X_OK) == 0, "%s missing (make test_backend)", path);
 }
 
 /* Runs argv (stderr to /dev/null unless show_stderr), waits at most 10 s for
