@@ -71,39 +71,15 @@ static void on_stopped(struct slb_server *srv)
 }
 
 /* A retired server (replaced by a reload, or one whose start failed) is
- * freed a moment after its handles were closed, with its config. */
-struct retired {
-    uv_timer_t timer;
-    struct slb_server *srv;
-    struct slb_config *cfg;
-};
-
-static void on_retired_timer_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
-
-static void on_retired_timer(uv_timer_t *t)
-{
-    struct retired *r = t->data;
-
-    slb_server_dispose(r->srv);
-    free(r->srv);
-    slb_config_free(r->cfg);
-    uv_close((uv_handle_t *)t, on_retired_timer_closed);
-}
-
+ * freed with its config once every handle it owns has closed: it calls
+ * on_retired only then, wherever its backends and connections went. */
 static void on_retired(struct slb_server *srv)
 {
-    struct retired *r = calloc(1, sizeof(*r));
+    struct slb_config *cfg = (struct slb_config *)srv->cfg;
 
-    if (r == NULL)
-        return; /* leak rather than crash */
-    r->srv = srv;
-    r->cfg = (struct slb_config *)srv->cfg;
-    uv_timer_init(loop, &r->timer);
-    r->timer.data = r;
-    uv_timer_start(&r->timer, on_retired_timer, 100, 0); /* its handles close within this loop turn */
+    slb_server_dispose(srv);
+    free(srv);
+    slb_config_free(cfg);
 }
 
 /*

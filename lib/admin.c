@@ -203,24 +203,23 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
         const char *name, *help;
         size_t off;
     } counters[] = {
-        {"sidelb_calls_total", "Calls accepted from local applications.",
-         offsetof(struct slb_server_stats, calls_total)},
+        {"sidelb_calls_total", "Calls accepted from local applications.", offsetof(struct slb_loop_stats, calls_total)},
         {"sidelb_calls_failed_local_total", "Calls failed by sidelb itself (no route, no backend, limits).",
-         offsetof(struct slb_server_stats, calls_failed_local)},
+         offsetof(struct slb_loop_stats, calls_failed_local)},
         {"sidelb_downstream_connections_total", "Connections accepted from local applications.",
-         offsetof(struct slb_server_stats, downstream_conns_total)},
+         offsetof(struct slb_loop_stats, downstream_conns_total)},
         {"sidelb_upstream_connections_total", "Connections opened to backends.",
-         offsetof(struct slb_server_stats, upstream_conns_total)},
+         offsetof(struct slb_loop_stats, upstream_conns_total)},
     };
 
     for (size_t i = 0; i < SLB_ARRAY_SIZE(counters); i++) {
         uint64_t v;
-        memcpy(&v, (const char *)&srv->stats + counters[i].off, sizeof(v));
+        memcpy(&v, (const char *)&srv->ctx.stats + counters[i].off, sizeof(v));
         put_family(o, counters[i].name, "counter", counters[i].help);
         putf(o, "%s %llu\n", counters[i].name, (unsigned long long)v);
     }
     put_family(o, "sidelb_calls_in_flight", "gauge", "Calls in progress.");
-    putf(o, "sidelb_calls_in_flight %u\n", srv->n_calls);
+    putf(o, "sidelb_calls_in_flight %u\n", srv->ctx.n_calls);
     put_family(o, "sidelb_draining", "gauge", "1 once the server is stopping (draining calls).");
     putf(o, "sidelb_draining %d\n", srv->stopping ? 1 : 0);
 

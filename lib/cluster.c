@@ -10,8 +10,7 @@
 #include "h2_upstream.h"
 #include "health.h"
 #include "log.h"
-#include "proxy.h"
-#include "server.h"
+#include "loop_ctx.h"
 
 /* ---- name index: address -> backend, so a discovery event costs O(1) ---- */
 
@@ -53,6 +52,52 @@ struct slb_backend *slb_cluster_find(struct slb_cluster *cl, const char *addr)
     return cl->_index_size ? *index_slot(cl, addr) : NULL;
 }
 
+/* ---- waking waiters ---- */
+
+static void on_wake_timer(uv_timer_t *t)
+{
+    struct slb_cluster *cl = slb_container_of(t, struct slb_cluster, wake_timer);
+    struct slb_list woken;
+
+    /* take the list: a waiter that still finds nothing waits again */
+    slb_list_init(&woken);
+    slb_list_splice(&woken, &cl->waiters);
+    cl->n_waiting = 0;
+    while (!slb_list_empty(&woken)) {
+        struct slb_cluster_waiter *w = slb_list_first(&woken, struct slb_cluster_waiter, link);
+        slb_list_remove(&w->link);
+        w->cluster = NULL;
+        cl->wake(w);
+    }
+}
+
+/* Something may have made a backend usable: wake the waiters on the next
+ * loop turn (never from inside the event, which may be deep in a pool). */
+static void cluster_wake(struct slb_cluster *cl)
+{
+    if (cl->n_waiting > 0 && !uv_is_active((uv_handle_t *)&cl->wake_timer))
+        uv_timer_start(&cl->wake_timer, on_wake_timer, 0, 0);
+}
+
+int slb_cluster_wait(struct slb_cluster *cl, struct slb_cluster_waiter *w)
+{
+    if (cl->n_waiting >= cl->cfg->max_waiting_calls)
+        return SLB_ELIMIT;
+    slb_list_push_back(&cl->waiters, &w->link);
+    w->cluster = cl;
+    cl->n_waiting++;
+    return 0;
+}
+
+void slb_cluster_unwait(struct slb_cluster_waiter *w)
+{
+    if (w->cluster == NULL)
+        return;
+    slb_list_remove(&w->link);
+    w->cluster->n_waiting--;
+    w->cluster = NULL;
+}
+
 /* ---- outlier detection ---- */
 
 static void on_outlier_timer(uv_timer_t *t)
@@ -60,17 +105,19 @@ static void on_outlier_timer(uv_timer_t *t)
     struct slb_cluster *cl = t->data;
     uint32_t unejected = 0;
 
-    slb_outlier_tick(&cl->cfg->outlier.opts, &cl->set, uv_now(cl->srv->loop), &unejected);
-    if (unejected > 0)
-        cl->set.version++; /* slow start and hash tables see the returning backends */
+    slb_outlier_tick(&cl->cfg->outlier.opts, &cl->set, uv_now(cl->ctx->loop), &unejected);
+    if (unejected > 0) {
+        cl->set.usable_version++; /* slow start sees the returning backends */
+        cluster_wake(cl);
+    }
 }
 
 void slb_cluster_report(struct slb_cluster *cl, struct slb_backend *be, int success)
 {
     if (!cl->cfg->outlier.enabled || be->draining)
         return;
-    if (slb_outlier_on_result(&cl->cfg->outlier.opts, &cl->set, be, success, uv_now(cl->srv->loop)))
-        cl->set.version++;
+    if (slb_outlier_on_result(&cl->cfg->outlier.opts, &cl->set, be, success, uv_now(cl->ctx->loop)))
+        cl->set.usable_version++;
 }
 
 /* ---- aggregate connectivity state ---- */
@@ -100,6 +147,8 @@ static void on_backend_state(struct slb_backend *be, int old)
     cl->n_by_state[old]--;
     cl->n_by_state[be->state]++;
     update_aggregate(cl);
+    if (old == SLB_BACKEND_TRANSIENT_FAILURE && be->state != SLB_BACKEND_SHUTDOWN)
+        cluster_wake(cl); /* out of connection backoff */
 }
 
 /* ---- active health (grpc.health.v1) ---- */
@@ -114,9 +163,11 @@ static void on_health(struct slb_health_check *hc, int status, void *user)
     slb_notice("cluster %s: backend %s is %s%s", cl->cfg->name, be->name, slb_health_status_name(status),
                status == SLB_HEALTH_SERVING ? "" : ": no new calls");
     if (status == SLB_HEALTH_SERVING)
-        be->usable_since_ms = uv_now(cl->srv->loop); /* slow start ramps from here */
+        be->usable_since_ms = uv_now(cl->ctx->loop); /* slow start ramps from here */
     be->health = (uint8_t)status;
-    cl->set.version++;
+    cl->set.usable_version++; /* the ring is not rebuilt: picks skip unusable owners */
+    if (status == SLB_HEALTH_SERVING)
+        cluster_wake(cl);
 }
 
 static void health_start(struct slb_cluster *cl, struct slb_backend *be)
@@ -125,7 +176,7 @@ static void health_start(struct slb_cluster *cl, struct slb_backend *be)
 
     if (!hc->enabled)
         return;
-    be->health_check = slb_health_start(cl->srv->loop, &cl->srv->io, be->name, hc->service ? hc->service : "",
+    be->health_check = slb_health_start(cl->ctx->loop, &cl->ctx->io, be->name, hc->service ? hc->service : "",
                                         hc->interval_ms, hc->timeout_ms, on_health, be);
     if (be->health_check == NULL)
         slb_warn("cluster %s: cannot health-check %s", cl->cfg->name, be->name);
@@ -185,81 +236,22 @@ static void sink_state(void *user, int connected)
 
 static const struct slb_discovery_sink discovery_sink = {sink_upsert, sink_remove, sink_state};
 
-/* ---- wait-for-ready ---- */
-
-#define WAIT_RETRY_MS 20
-
-static void on_wait_timer(uv_timer_t *t)
-{
-    struct slb_cluster *cl = t->data;
-    struct slb_call *list = cl->wait_head;
-    uint64_t now = uv_now(cl->srv->loop);
-
-    /* take the queue: calls that still find nothing queue themselves again */
-    cl->wait_head = cl->wait_tail = NULL;
-    cl->n_waiting = 0;
-    while (list != NULL) {
-        struct slb_call *call = list;
-        list = call->u_next;
-        call->u_next = call->u_prev = NULL;
-        call->waiting = 0;
-        if (call->retry_at_ms > now)
-            (void)slb_cluster_wait(cl, call); /* still in its retry backoff (never refused) */
-        else
-            slb_call_dispatch(call);
-    }
-    if (cl->n_waiting == 0)
-        uv_timer_stop(&cl->wait_timer);
-}
-
-int slb_cluster_wait(struct slb_cluster *cl, struct slb_call *call)
-{
-    if (cl->n_waiting >= cl->cfg->max_waiting_calls && call->retry_at_ms == 0)
-        return SLB_ELIMIT;
-    call->u_next = NULL;
-    call->u_prev = cl->wait_tail;
-    if (cl->wait_tail != NULL)
-        cl->wait_tail->u_next = call;
-    else
-        cl->wait_head = call;
-    cl->wait_tail = call;
-    cl->n_waiting++;
-    call->waiting = 1;
-    if (!uv_is_active((uv_handle_t *)&cl->wait_timer))
-        uv_timer_start(&cl->wait_timer, on_wait_timer, WAIT_RETRY_MS, WAIT_RETRY_MS);
-    return 0;
-}
-
-void slb_cluster_unwait(struct slb_cluster *cl, struct slb_call *call)
-{
-    if (!call->waiting)
-        return;
-    if (call->u_prev != NULL)
-        call->u_prev->u_next = call->u_next;
-    else
-        cl->wait_head = call->u_next;
-    if (call->u_next != NULL)
-        call->u_next->u_prev = call->u_prev;
-    else
-        cl->wait_tail = call->u_prev;
-    call->u_next = call->u_prev = NULL;
-    call->waiting = 0;
-    cl->n_waiting--;
-}
-
 /* ---- cluster ---- */
 
-int slb_cluster_init(struct slb_cluster *cl, struct slb_server *srv, const struct slb_config_cluster *cfg)
+int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const struct slb_config_cluster *cfg,
+                     void (*wake)(struct slb_cluster_waiter *w))
 {
     int rv;
 
     memset(cl, 0, sizeof(*cl));
-    cl->srv = srv;
+    cl->ctx = ctx;
     cl->cfg = cfg;
+    cl->wake = wake;
     cl->state = SLB_BACKEND_TRANSIENT_FAILURE; /* no backend yet */
     slb_backend_set_init(&cl->set);
-    uv_timer_init(srv->loop, &cl->wait_timer); /* first: slb_cluster_dispose() always closes it */
-    cl->wait_timer.data = cl;
+    slb_list_init(&cl->waiters);
+    uv_timer_init(ctx->loop, &cl->wake_timer); /* first: slb_cluster_dispose() always closes it */
+    slb_conn_ctx_handle_opened(&ctx->io);
     if ((rv = index_grow(cl)) != 0)
         return rv;
     if ((rv = slb_lb_init(&cl->lb, cfg->policy, &cfg->lb, &cl->set)) != 0)
@@ -267,7 +259,8 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_server *srv, const struc
     if ((rv = slb_method_table_init(&cl->methods, cfg->service_config_json)) != 0)
         return rv;
     if (cfg->outlier.enabled) {
-        uv_timer_init(srv->loop, &cl->outlier_timer);
+        uv_timer_init(ctx->loop, &cl->outlier_timer);
+        slb_conn_ctx_handle_opened(&ctx->io);
         cl->outlier_timer.data = cl;
         /* a short period so an ejection ends on time; success rate uses interval_ms inside */
         uv_timer_start(&cl->outlier_timer, on_outlier_timer, 100, 100);
@@ -295,9 +288,9 @@ void slb_cluster_dispose(struct slb_cluster *cl)
         slb_discovery_free(cl->discovery);
         cl->discovery = NULL;
     }
-    uv_close((uv_handle_t *)&cl->wait_timer, NULL);
+    slb_conn_ctx_close_handle(&cl->ctx->io, (uv_handle_t *)&cl->wake_timer);
     if (cl->has_outlier_timer) {
-        uv_close((uv_handle_t *)&cl->outlier_timer, NULL);
+        slb_conn_ctx_close_handle(&cl->ctx->io, (uv_handle_t *)&cl->outlier_timer);
         cl->has_outlier_timer = 0;
     }
     while (cl->set.n > 0)
@@ -333,7 +326,7 @@ int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight
     if (zone != NULL)
         snprintf(be->zone, sizeof(be->zone), "%s", zone);
     be->cluster = cl;
-    be->usable_since_ms = uv_now(cl->srv->loop);
+    be->usable_since_ms = uv_now(cl->ctx->loop);
     rv = slb_backend_set_add(&cl->set, be);
     slb_backend_unref(be); /* the set holds it now */
     if (rv != 0)
@@ -348,6 +341,7 @@ int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight
     *slot = be;
     slb_notice("cluster %s: backend %s added (weight %u)", cl->cfg->name, addr, weight);
     health_start(cl, be);
+    cluster_wake(cl);
     return 0;
 }
 
@@ -374,14 +368,14 @@ void slb_cluster_remove(struct slb_cluster *cl, const char *addr)
     slb_backend_unref(be);
 }
 
-struct slb_backend *slb_cluster_pick(struct slb_cluster *cl, const struct slb_call *call)
+struct slb_backend *slb_cluster_pick(struct slb_cluster *cl, uint64_t hash, int has_hash, const struct slb_tried *tried)
 {
     struct slb_pick_ctx ctx = {
-        .now_ms = uv_now(cl->srv->loop),
-        .random = slb_server_random(cl->srv),
-        .hash = call->hash,
-        .has_hash = call->has_hash,
-        .tried = &call->tried,
+        .now_ms = uv_now(cl->ctx->loop),
+        .random = slb_loop_random(cl->ctx),
+        .hash = hash,
+        .has_hash = has_hash,
+        .tried = tried,
     };
     return slb_lb_pick(&cl->lb, &ctx);
 }

@@ -1,7 +1,13 @@
 /*
  * A cluster: a named set of backends with its policy. Discovery (static
- * list or etcd) adds, updates and removes backends; the router picks one per
- * call attempt.
+ * list or etcd) adds, updates and removes backends; the call module picks
+ * one per attempt. Requests that find no usable backend wait on the
+ * cluster's waiter list and are woken (cl->wake, on the next loop turn) by
+ * events that may make one usable: a backend added, leaving connection
+ * backoff, turning healthy, or coming back from ejection. No polling.
+ *
+ * The cluster never sees the call: it holds only the slb_cluster_waiter its
+ * user embedded.
  *
  * Ownership: clusters are owned by the server (array, same order as the
  * config); each holds one reference on every listed backend through its set.
@@ -15,17 +21,23 @@
 
 #include "backend.h"
 #include "lb.h"
+#include "list.h"
 #include "outlier.h"
 #include "method_config.h"
 
-struct slb_server;
+struct slb_loop_ctx;
 struct slb_config_cluster;
-struct slb_call;
 struct slb_etcd;
 struct slb_discovery;
 
+/* A request waiting for a usable backend. Owner: embedded in its user; linked by the cluster. */
+struct slb_cluster_waiter {
+    struct slb_list link;
+    struct slb_cluster *cluster; /* NULL when not waiting */
+};
+
 struct slb_cluster {
-    struct slb_server *srv;
+    struct slb_loop_ctx *ctx;
     const struct slb_config_cluster *cfg;
     struct slb_backend_set set;
     struct slb_lb lb;
@@ -35,15 +47,18 @@ struct slb_cluster {
     uv_timer_t outlier_timer;
     uint8_t has_outlier_timer;
     uint32_t n_by_state[SLB_BACKEND_SHUTDOWN + 1]; /* listed backends per connectivity state */
-    uint8_t state; /* aggregate (gRPC): READY if any is, else CONNECTING, else IDLE, else TRANSIENT_FAILURE */
-    struct slb_call *wait_head, *wait_tail; /* calls waiting for a usable backend */
+    uint8_t state;           /* aggregate (gRPC): READY if any is, else CONNECTING, else IDLE, else TRANSIENT_FAILURE */
+    struct slb_list waiters; /* struct slb_cluster_waiter, oldest first */
     uint32_t n_waiting;
-    uv_timer_t wait_timer;
-    struct slb_backend **_index; /* address -> backend (chained through be->_hash_next) */
+    uv_timer_t wake_timer;                      /* wakes the waiters on the next loop turn */
+    void (*wake)(struct slb_cluster_waiter *w); /* its user's: try again (w is unlinked) */
+    struct slb_backend **_index;                /* address -> backend (chained through be->_hash_next) */
     uint32_t _index_size;
 };
 
-int slb_cluster_init(struct slb_cluster *cl, struct slb_server *srv, const struct slb_config_cluster *cfg);
+int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const struct slb_config_cluster *cfg,
+                     void (*wake)(struct slb_cluster_waiter *w));
+/* Closes the cluster's timers (counted in ctx) and releases its backends. */
 void slb_cluster_dispose(struct slb_cluster *cl);
 /* Adds a backend or updates its weight/zone. 0 or SLB_EADDR/SLB_ENOMEM. */
 int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight, const char *zone);
@@ -53,14 +68,14 @@ struct slb_backend *slb_cluster_find(struct slb_cluster *cl, const char *addr);
 int slb_cluster_start_discovery(struct slb_cluster *cl, struct slb_etcd *etcd);
 /* The outcome of one call attempt on be, for passive outlier detection. */
 void slb_cluster_report(struct slb_cluster *cl, struct slb_backend *be, int success);
-/* wait-for-ready: the call waits (linked through u_next/u_prev) until a
- * backend is usable or its wait_until_ms passes; retried every few ms. */
-/* 0, or SLB_ELIMIT when max_waiting_calls wait already (retry backoffs are never refused). */
-int slb_cluster_wait(struct slb_cluster *cl, struct slb_call *call);
-void slb_cluster_unwait(struct slb_cluster *cl, struct slb_call *call);
+/* Waits for a usable backend (until woken or taken out). 0, or SLB_ELIMIT at max_waiting_calls. */
+int slb_cluster_wait(struct slb_cluster *cl, struct slb_cluster_waiter *w);
+/* Stops waiting (no wake follows). Harmless if not waiting. */
+void slb_cluster_unwait(struct slb_cluster_waiter *w);
 /* Removes a backend: no new calls, in-flight calls finish (draining). */
 void slb_cluster_remove(struct slb_cluster *cl, const char *addr);
-/* Picks a backend for the call's next attempt, honouring its tried set. */
-struct slb_backend *slb_cluster_pick(struct slb_cluster *cl, const struct slb_call *call);
+/* Picks a backend for an attempt, honouring the tried set; NULL when none can take it. */
+struct slb_backend *slb_cluster_pick(struct slb_cluster *cl, uint64_t hash, int has_hash,
+                                     const struct slb_tried *tried);
 
 #endif

@@ -3,22 +3,21 @@
 #include <stdlib.h>
 
 #include "common.h"
-#include "proxy.h"
 
-static int earlier(const struct slb_call *a, const struct slb_call *b)
+static int earlier(const struct slb_deadline *a, const struct slb_deadline *b)
 {
-    return a->deadline_ms < b->deadline_ms;
+    return a->due_ms < b->due_ms;
 }
 
-static void place(struct slb_deadline_heap *h, uint32_t i, struct slb_call *c)
+static void place(struct slb_deadline_heap *h, uint32_t i, struct slb_deadline *c)
 {
     h->v[i] = c;
-    c->deadline_idx = i;
+    c->idx = i;
 }
 
 static void sift_up(struct slb_deadline_heap *h, uint32_t i)
 {
-    struct slb_call *c = h->v[i];
+    struct slb_deadline *c = h->v[i];
 
     while (i > 0) {
         uint32_t parent = (i - 1) / 2;
@@ -32,11 +31,11 @@ static void sift_up(struct slb_deadline_heap *h, uint32_t i)
 
 static void sift_down(struct slb_deadline_heap *h, uint32_t i)
 {
-    struct slb_call *c = h->v[i];
+    struct slb_deadline *c = h->v[i];
 
     for (;;) {
         uint32_t l = 2 * i + 1, r = l + 1, m = i;
-        struct slb_call *best = c;
+        struct slb_deadline *best = c;
         if (l < h->n && earlier(h->v[l], best)) {
             m = l;
             best = h->v[l];
@@ -64,7 +63,7 @@ static void arm(struct slb_deadline_heap *h)
         h->armed_ms = 0;
         return;
     }
-    next = h->v[0]->deadline_ms;
+    next = h->v[0]->due_ms;
     if (next == h->armed_ms)
         return;
     now = uv_now(h->timer.loop);
@@ -78,15 +77,15 @@ static void on_timer(uv_timer_t *t)
     uint64_t now = uv_now(t->loop);
 
     h->armed_ms = 0;
-    while (h->n > 0 && h->v[0]->deadline_ms <= now) {
-        struct slb_call *c = h->v[0];
+    while (h->n > 0 && h->v[0]->due_ms <= now) {
+        struct slb_deadline *c = h->v[0];
         slb_deadline_remove(h, c);
-        h->on_expired(c); /* may free c */
+        h->on_expired(c); /* may free c, or set it again */
     }
     arm(h);
 }
 
-void slb_deadline_init(struct slb_deadline_heap *h, uv_loop_t *loop, void (*on_expired)(struct slb_call *call))
+void slb_deadline_init(struct slb_deadline_heap *h, uv_loop_t *loop, void (*on_expired)(struct slb_deadline *d))
 {
     h->v = NULL;
     h->n = h->cap = 0;
@@ -96,11 +95,6 @@ void slb_deadline_init(struct slb_deadline_heap *h, uv_loop_t *loop, void (*on_e
     uv_unref((uv_handle_t *)&h->timer); /* a pending deadline alone does not keep the loop alive */
 }
 
-void slb_deadline_close(struct slb_deadline_heap *h)
-{
-    uv_close((uv_handle_t *)&h->timer, NULL);
-}
-
 void slb_deadline_dispose(struct slb_deadline_heap *h)
 {
     free(h->v);
@@ -108,30 +102,43 @@ void slb_deadline_dispose(struct slb_deadline_heap *h)
     h->n = h->cap = 0;
 }
 
-int slb_deadline_add(struct slb_deadline_heap *h, struct slb_call *call)
+int slb_deadline_set(struct slb_deadline_heap *h, struct slb_deadline *d, uint64_t due_ms)
 {
+    uint32_t i = d->idx;
+
+    if (i != SLB_DEADLINE_NONE && i < h->n && h->v[i] == d) {
+        /* already in: move it (a heap entry must never change its key in place) */
+        d->due_ms = due_ms;
+        if (i > 0 && earlier(d, h->v[(i - 1) / 2]))
+            sift_up(h, i);
+        else
+            sift_down(h, i);
+        arm(h);
+        return 0;
+    }
+    d->due_ms = due_ms;
     if (h->n == h->cap) {
         uint32_t cap = h->cap ? h->cap * 2 : 64;
-        struct slb_call **v = realloc(h->v, cap * sizeof(*v));
+        struct slb_deadline **v = realloc(h->v, cap * sizeof(*v));
         if (v == NULL)
             return SLB_ENOMEM;
         h->v = v;
         h->cap = cap;
     }
-    place(h, h->n++, call);
-    sift_up(h, call->deadline_idx);
+    place(h, h->n++, d);
+    sift_up(h, d->idx);
     arm(h);
     return 0;
 }
 
-void slb_deadline_remove(struct slb_deadline_heap *h, struct slb_call *call)
+void slb_deadline_remove(struct slb_deadline_heap *h, struct slb_deadline *d)
 {
-    uint32_t i = call->deadline_idx;
-    struct slb_call *last;
+    uint32_t i = d->idx;
+    struct slb_deadline *last;
 
-    if (i == SLB_DEADLINE_NONE || i >= h->n || h->v[i] != call)
+    if (i == SLB_DEADLINE_NONE || i >= h->n || h->v[i] != d)
         return;
-    call->deadline_idx = SLB_DEADLINE_NONE;
+    d->idx = SLB_DEADLINE_NONE;
     last = h->v[--h->n];
     if (i < h->n) {
         place(h, i, last);

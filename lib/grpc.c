@@ -1,5 +1,7 @@
 #include "grpc.h"
 
+#include <stdio.h>
+
 #include <string.h>
 
 #include "common.h"
@@ -121,4 +123,42 @@ uint32_t slb_grpc_scan(struct slb_grpc_scan *s, const uint8_t *p, size_t n, uint
         }
     }
     return 0;
+}
+
+int slb_grpc_status_parse(const uint8_t *v, size_t len)
+{
+    int code = 0;
+
+    if (len == 0 || len > 3)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        code = code * 10 + (v[i] - '0');
+    }
+    return code;
+}
+
+size_t slb_grpc_timeout_format(uint64_t ms, char out[SLB_GRPC_TIMEOUT_MAX])
+{
+    if (ms <= 99999999)
+        return (size_t)snprintf(out, SLB_GRPC_TIMEOUT_MAX, "%llum", (unsigned long long)ms);
+    return (size_t)snprintf(out, SLB_GRPC_TIMEOUT_MAX, "%lluS",
+                            (unsigned long long)(ms / 1000 > 99999999 ? 99999999 : ms / 1000));
+}
+
+size_t slb_grpc_status_fields(nghttp2_nv *nv, struct slb_grpc_status_text *t, int status, const char *message)
+{
+    nv[0] = (nghttp2_nv){(uint8_t *)"grpc-status", (uint8_t *)t->code, 11, 0, NGHTTP2_NV_FLAG_NONE};
+    nv[1] = (nghttp2_nv){(uint8_t *)"grpc-message", (uint8_t *)t->message, 12, 0, NGHTTP2_NV_FLAG_NONE};
+    nv[0].valuelen = (size_t)snprintf(t->code, sizeof(t->code), "%d", status);
+    nv[1].valuelen = slb_grpc_percent_encode(message, t->message, sizeof(t->message));
+    return 2;
+}
+
+size_t slb_grpc_trailers_only(nghttp2_nv *nv, struct slb_grpc_status_text *t, int status, const char *message)
+{
+    nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE};
+    nv[1] = (nghttp2_nv){(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE};
+    return 2 + slb_grpc_status_fields(nv + 2, t, status, message);
 }

@@ -7,6 +7,7 @@
 #define SLB_GRPC_H
 
 #include <stddef.h>
+#include <nghttp2/nghttp2.h>
 #include <stdint.h>
 
 enum slb_grpc_status {
@@ -65,5 +66,23 @@ uint32_t slb_grpc_scan(struct slb_grpc_scan *s, const uint8_t *p, size_t n, uint
 
 /* Status a client sees for a stream reset with this HTTP/2 error code. */
 int slb_grpc_status_from_h2(uint32_t h2_error);
+
+/* A grpc-status value: "0".."999" -> the code; anything else -> -1. */
+int slb_grpc_status_parse(const uint8_t *v, size_t len);
+
+#define SLB_GRPC_TIMEOUT_MAX 16
+/* gRPC's grpc-timeout value for ms milliseconds: at most 8 digits; "NNNm", or
+ * seconds "NNNS" past 99999999 ms, capped at 99999999S. Returns the length; out is NUL-terminated. */
+size_t slb_grpc_timeout_format(uint64_t ms, char out[SLB_GRPC_TIMEOUT_MAX]);
+
+/* Text a status reply points into. Owner: the caller; must live until nghttp2 copied the nv (submit). */
+struct slb_grpc_status_text {
+    char code[8];
+    char message[512];
+};
+/* grpc-status and grpc-message fields (message percent-encoded): fills nv[0..1], returns 2. */
+size_t slb_grpc_status_fields(nghttp2_nv *nv, struct slb_grpc_status_text *t, int status, const char *message);
+/* A trailers-only response: :status 200, content-type, grpc-status, grpc-message: fills nv[0..3], returns 4. */
+size_t slb_grpc_trailers_only(nghttp2_nv *nv, struct slb_grpc_status_text *t, int status, const char *message);
 
 #endif

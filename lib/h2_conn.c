@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "h2_headers.h"
 #include "log.h"
 
 static void conn_flush(struct slb_conn *c);
@@ -24,10 +25,12 @@ static void on_check(uv_check_t *h)
 
 int slb_conn_ctx_init(struct slb_conn_ctx *ctx, uv_loop_t *loop)
 {
+    memset(ctx, 0, sizeof(*ctx) - sizeof(ctx->rbuf));
     ctx->loop = loop;
     ctx->dirty = NULL;
     uv_prepare_init(loop, &ctx->prepare);
     uv_check_init(loop, &ctx->check);
+    ctx->n_handles = 2;
     ctx->prepare.data = ctx->check.data = ctx;
     uv_prepare_start(&ctx->prepare, on_prepare);
     uv_check_start(&ctx->check, on_check);
@@ -50,18 +53,43 @@ void slb_conn_ctx_flush(struct slb_conn_ctx *ctx)
     }
 }
 
-void slb_conn_ctx_close(struct slb_conn_ctx *ctx)
+static void on_counted_handle_closed(uv_handle_t *h)
 {
-    uv_close((uv_handle_t *)&ctx->prepare, NULL);
-    uv_close((uv_handle_t *)&ctx->check, NULL);
+    struct slb_conn_ctx *ctx = h->data;
+
+    if (--ctx->n_handles == 0 && ctx->closing && ctx->on_all_closed != NULL)
+        ctx->on_all_closed(ctx); /* may free the memory ctx lives in */
+}
+
+void slb_conn_ctx_handle_opened(struct slb_conn_ctx *ctx)
+{
+    ctx->n_handles++;
+}
+
+void slb_conn_ctx_close_handle(struct slb_conn_ctx *ctx, uv_handle_t *h)
+{
+    h->data = ctx;
+    uv_close(h, on_counted_handle_closed);
+}
+
+void slb_conn_ctx_close(struct slb_conn_ctx *ctx, void (*on_all_closed)(struct slb_conn_ctx *ctx))
+{
+    ctx->closing = 1;
+    ctx->on_all_closed = on_all_closed;
+    slb_conn_ctx_close_handle(ctx, (uv_handle_t *)&ctx->prepare);
+    slb_conn_ctx_close_handle(ctx, (uv_handle_t *)&ctx->check);
 }
 
 int slb_conn_init(struct slb_conn *c, struct slb_conn_ctx *ctx, const struct slb_conn_ops *ops)
 {
+    int rv;
+
     memset(c, 0, sizeof(*c));
     c->ctx = ctx;
     c->ops = ops;
-    return uv_tcp_init(ctx->loop, &c->tcp);
+    if ((rv = uv_tcp_init(ctx->loop, &c->tcp)) == 0)
+        ctx->n_handles++; /* until on_closed */
+    return rv;
 }
 
 void slb_conn_mark_dirty(struct slb_conn *c)
@@ -204,22 +232,144 @@ void slb_conn_close_when_flushed(struct slb_conn *c)
     slb_conn_mark_dirty(c);
 }
 
-int slb_conn_append_data_frame(struct slb_conn *c, const uint8_t *framehd, const uint8_t *p, size_t n)
-{
-    struct slb_outbuf *ob = &c->out[c->fill];
-    int rv = slb_outbuf_append(ob, framehd, 9, SLB_CONN_OUT_LIMIT);
-    if (rv == 0)
-        rv = slb_outbuf_append(ob, p, n, SLB_CONN_OUT_LIMIT);
-    return rv;
-}
-
 static void on_closed(uv_handle_t *h)
 {
     struct slb_conn *c = slb_container_of(h, struct slb_conn, tcp);
+    struct slb_conn_ctx *ctx = c->ctx;
 
     slb_outbuf_dispose(&c->out[0]);
     slb_outbuf_dispose(&c->out[1]);
     c->ops->on_free(c);
+    if (--ctx->n_handles == 0 && ctx->closing && ctx->on_all_closed != NULL)
+        ctx->on_all_closed(ctx);
+}
+
+/* ---- streams ---- */
+
+void slb_h2_stream_init(struct slb_h2_stream *s, const struct slb_h2_stream_ops *ops)
+{
+    s->conn = NULL;
+    s->sid = 0;
+    s->open = s->deferred = 0;
+    slb_list_init(&s->link);
+    s->ops = ops;
+}
+
+void slb_h2_stream_bind(struct slb_h2_stream *s, struct slb_conn *c, struct slb_list *list, int32_t sid)
+{
+    s->conn = c;
+    s->sid = sid;
+    s->open = 1;
+    s->deferred = 0;
+    slb_list_push_back(list, &s->link);
+    nghttp2_session_set_stream_user_data(c->session, sid, s);
+}
+
+void slb_h2_stream_unbind(struct slb_h2_stream *s, uint32_t rst_code)
+{
+    struct slb_conn *c = s->conn;
+
+    if (c == NULL)
+        return;
+    if (!c->closing && c->session != NULL && s->sid > 0) {
+        size_t unconsumed = s->ops->take_unconsumed(s);
+        if (unconsumed > 0) /* also when the stream is closed: the connection window counts */
+            nghttp2_session_consume(c->session, s->sid, unconsumed);
+        if (s->open && rst_code != 0)
+            nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, s->sid, rst_code);
+        nghttp2_session_set_stream_user_data(c->session, s->sid, NULL);
+        slb_conn_mark_dirty(c);
+    }
+    slb_list_remove(&s->link);
+    s->conn = NULL;
+    s->open = s->deferred = 0;
+}
+
+struct slb_h2_stream *slb_h2_stream_of(nghttp2_session *session, int32_t sid)
+{
+    return nghttp2_session_get_stream_user_data(session, sid);
+}
+
+void slb_h2_stream_resume(struct slb_h2_stream *s)
+{
+    if (s->conn == NULL || s->conn->closing)
+        return;
+    if (s->deferred) {
+        s->deferred = 0;
+        nghttp2_session_resume_data(s->conn->session, s->sid);
+    }
+    slb_conn_mark_dirty(s->conn);
+}
+
+void slb_h2_stream_consume(struct slb_h2_stream *s, size_t n)
+{
+    if (n == 0 || s->conn == NULL || s->conn->closing)
+        return;
+    nghttp2_session_consume(s->conn->session, s->sid, n);
+    slb_conn_mark_dirty(s->conn);
+}
+
+static ssize_t body_read_cb(nghttp2_session *session, int32_t sid, uint8_t *buf, size_t len, uint32_t *flags,
+                            nghttp2_data_source *src, void *user)
+{
+    struct slb_h2_stream *s = slb_h2_stream_of(session, sid);
+    const uint8_t *p;
+    int end = 0;
+    size_t n;
+
+    if (s == NULL)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* its user let go: reset the stream */
+    n = s->ops->peek(s, &p, &end);
+    if (n > len) {
+        n = len;
+        end = 0;
+    }
+    if (n > 0)
+        *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (!end) {
+        if (n > 0)
+            return (ssize_t)n;
+        s->deferred = 1;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (s->ops->trailers != NULL) {
+        nghttp2_nv nv[SLB_HDRS_MAX];
+        char scratch[640];
+        size_t k = s->ops->trailers(s, nv, scratch, sizeof(scratch));
+        if (k > 0 && nghttp2_submit_trailer(session, sid, nv, k) == 0)
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    }
+    return (ssize_t)n;
+}
+
+const nghttp2_data_provider slb_h2_body_provider = {.source.ptr = NULL, .read_callback = body_read_cb};
+
+int slb_h2_send_data_cb(nghttp2_session *session, nghttp2_frame *frame, const uint8_t *framehd, size_t len,
+                        nghttp2_data_source *src, void *user)
+{
+    struct slb_h2_stream *s = slb_h2_stream_of(session, frame->hd.stream_id);
+    struct slb_conn *c;
+    struct slb_outbuf *ob;
+    const uint8_t *p = NULL;
+    int end;
+
+    if (s == NULL || s->conn == NULL)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    c = s->conn;
+    ob = &c->out[c->fill];
+    /* Above the high-water mark the frame waits for the next flush: many
+     * streams with open windows must not grow the output without bound. */
+    if (ob->len >= SLB_CONN_HIGH_WATER)
+        return NGHTTP2_ERR_WOULDBLOCK;
+    if (len > 0 && (s->ops->peek(s, &p, &end) < len || p == NULL))
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (slb_outbuf_append(ob, framehd, 9, SLB_CONN_OUT_LIMIT) != 0 ||
+        (len > 0 && slb_outbuf_append(ob, p, len, SLB_CONN_OUT_LIMIT) != 0))
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (len > 0)
+        s->ops->sent(s, len);
+    return 0;
 }
 
 void slb_conn_close(struct slb_conn *c, int err)

@@ -25,6 +25,7 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "list.h"
 
 #define SLB_CONN_HIGH_WATER (64 * 1024)
 #define SLB_CONN_OUT_LIMIT  (1024 * 1024)
@@ -41,13 +42,54 @@ struct slb_conn_ops {
     void (*on_free)(struct slb_conn *c);
 };
 
-/* Per-loop state shared by all connections. Owner: the server. */
+/*
+ * Per-loop state shared by all connections. Owner: the loop context
+ * (struct slb_loop_ctx). It also counts the handles that live in memory its
+ * owner frees (every connection, pool and cluster timers): the owner may
+ * free that memory only after on_all_closed ran, never on a timer.
+ */
 struct slb_conn_ctx {
     uv_loop_t *loop;
     uv_prepare_t prepare;
     uv_check_t check;
     struct slb_conn *dirty;
+    uint32_t n_handles;                              /* open or closing counted handles */
+    uint8_t closing;                                 /* slb_conn_ctx_close() was called */
+    void (*on_all_closed)(struct slb_conn_ctx *ctx); /* once closing and n_handles is 0 */
     uint8_t rbuf[SLB_CONN_READ_BUF];
+};
+
+/*
+ * One HTTP/2 stream of a connection, embedded in whoever uses it (the call)
+ * and touched only by the transports: the user never edits it. The
+ * session's stream user data points at it while it is bound; unbinding
+ * clears that pointer, so frames or data-provider callbacks that arrive
+ * later find nothing instead of a freed call (nghttpx's per-stream link).
+ */
+struct slb_h2_stream;
+
+/* What a stream's user provides: the body it sends (request upstream,
+ * response downstream) and its receive-window bookkeeping. Owner: static
+ * tables of the user. */
+struct slb_h2_stream_ops {
+    /* Contiguous bytes ready to send (0 = none now). *end = 1: after them the body is complete. */
+    size_t (*peek)(struct slb_h2_stream *s, const uint8_t **p, int *end);
+    /* n bytes of peek() went into the connection's output. */
+    void (*sent)(struct slb_h2_stream *s, size_t n);
+    /* At the end of the body: trailer fields to send (0 = none). nv has room for SLB_HDRS_MAX. */
+    size_t (*trailers)(struct slb_h2_stream *s, nghttp2_nv *nv, char *scratch, size_t scratch_len);
+    /* On unbinding: bytes received that the user never consumed; they are given back to the
+     * connection window now (and count as consumed from here on). */
+    size_t (*take_unconsumed)(struct slb_h2_stream *s);
+};
+
+struct slb_h2_stream {
+    struct slb_conn *conn; /* NULL when not bound to a connection */
+    int32_t sid;
+    uint8_t open;         /* the HTTP/2 stream is open (counts against the connection's limit) */
+    uint8_t deferred;     /* the data provider waits for bytes */
+    struct slb_list link; /* in its connection's list */
+    const struct slb_h2_stream_ops *ops;
 };
 
 struct slb_conn {
@@ -65,7 +107,31 @@ struct slb_conn {
 int slb_conn_ctx_init(struct slb_conn_ctx *ctx, uv_loop_t *loop);
 /* Flushes the connections marked dirty (also called by the ctx's handles). */
 void slb_conn_ctx_flush(struct slb_conn_ctx *ctx);
-void slb_conn_ctx_close(struct slb_conn_ctx *ctx);
+/* Closes the ctx's own handles; on_all_closed runs once every counted handle is closed. */
+void slb_conn_ctx_close(struct slb_conn_ctx *ctx, void (*on_all_closed)(struct slb_conn_ctx *ctx));
+/* A handle embedded in memory the ctx's owner frees was initialized / is to be closed (counted). */
+void slb_conn_ctx_handle_opened(struct slb_conn_ctx *ctx);
+void slb_conn_ctx_close_handle(struct slb_conn_ctx *ctx, uv_handle_t *h);
+
+/* ---- streams (both sides) ---- */
+void slb_h2_stream_init(struct slb_h2_stream *s, const struct slb_h2_stream_ops *ops);
+/* Binds s to stream sid of c (stream user data, c's list of streams). */
+void slb_h2_stream_bind(struct slb_h2_stream *s, struct slb_conn *c, struct slb_list *list, int32_t sid);
+/* Unbinds: no more callbacks reach s; resets the stream first when rst_code != 0 and it is
+ * open, and gives back the window of bytes its user never consumed. */
+void slb_h2_stream_unbind(struct slb_h2_stream *s, uint32_t rst_code);
+/* The stream's user data, or NULL once unbound. */
+struct slb_h2_stream *slb_h2_stream_of(nghttp2_session *session, int32_t sid);
+/* More body bytes (or its end) are ready: resume a deferred data provider. */
+void slb_h2_stream_resume(struct slb_h2_stream *s);
+/* The other side took n bytes of what this stream received: reopen the window. */
+void slb_h2_stream_consume(struct slb_h2_stream *s, size_t n);
+/* The data provider for a stream's body (source unused: the stream is looked up by id). */
+extern const nghttp2_data_provider slb_h2_body_provider;
+/* send_data_callback of both sides: copies a NO_COPY DATA frame into the output,
+ * or NGHTTP2_ERR_WOULDBLOCK above the high-water mark (back-pressure, never an error). */
+int slb_h2_send_data_cb(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *framehd, size_t len,
+                        nghttp2_data_source *src, void *user);
 
 /* Initializes the embedded struct (the TCP handle too). */
 int slb_conn_init(struct slb_conn *c, struct slb_conn_ctx *ctx, const struct slb_conn_ops *ops);
@@ -77,8 +143,6 @@ void slb_conn_mark_dirty(struct slb_conn *c);
 int slb_conn_write_raw(struct slb_conn *c, const void *p, size_t n, int close_after);
 /* Close once everything queued (frames included) is written. */
 void slb_conn_close_when_flushed(struct slb_conn *c);
-/* Appends a DATA frame (header + payload) for a NO_COPY data source. */
-int slb_conn_append_data_frame(struct slb_conn *c, const uint8_t *framehd, const uint8_t *p, size_t n);
 void slb_conn_close(struct slb_conn *c, int err);
 
 #endif

@@ -5,11 +5,9 @@
 #include <string.h>
 
 #include "common.h"
-#include "config.h"
 #include "lb.h"
 #include "log.h"
-#include "proxy.h"
-#include "server.h"
+#include "loop_ctx.h"
 
 /* Downstream flow-control windows: per stream and per connection. Together
  * with end-to-end consumption they bound what one app can make sidelb hold. */
@@ -30,14 +28,19 @@ static const struct slb_conn_ops downstream_conn_ops = {
     .on_free = downstream_on_free,
 };
 
-int slb_downstream_accept(struct slb_listener *l)
+static const struct slb_downstream_handler *handler(const struct slb_downstream *dc)
 {
-    struct slb_server *srv = l->srv;
+    return dc->ctx->down_handler;
+}
+
+int slb_downstream_accept(struct slb_loop_ctx *ctx, const struct slb_routes *routes, uv_stream_t *server,
+                          uint32_t max_concurrent_streams, void (*on_gone)(struct slb_downstream *dc))
+{
     struct slb_downstream *dc = calloc(1, sizeof(*dc));
     struct sockaddr_storage peer;
     int peerlen = sizeof(peer);
     nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, l->cfg->max_concurrent_streams},
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, max_concurrent_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, DOWNSTREAM_STREAM_WINDOW},
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
     };
@@ -45,18 +48,18 @@ int slb_downstream_accept(struct slb_listener *l)
 
     if (dc == NULL)
         return SLB_ENOMEM;
-    if ((rv = slb_conn_init(&dc->conn, &srv->io, &downstream_conn_ops)) != 0) {
+    if ((rv = slb_conn_init(&dc->conn, &ctx->io, &downstream_conn_ops)) != 0) {
         free(dc);
         return rv;
     }
-    dc->listener = l;
-    dc->next = srv->downstreams;
-    if (srv->downstreams != NULL)
-        srv->downstreams->prev = dc;
-    srv->downstreams = dc;
-    srv->stats.downstream_conns_total++;
-    if ((rv = uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&dc->conn.tcp)) != 0 ||
-        (rv = nghttp2_session_server_new3(&dc->conn.session, srv->down_cbs, dc, srv->down_opt, slb_h2_mem())) != 0) {
+    dc->ctx = ctx;
+    dc->routes = routes;
+    dc->on_gone = on_gone;
+    slb_list_init(&dc->streams);
+    slb_list_push_back(&ctx->downstreams, &dc->ctx_link);
+    ctx->stats.downstream_conns_total++;
+    if ((rv = uv_accept(server, (uv_stream_t *)&dc->conn.tcp)) != 0 ||
+        (rv = nghttp2_session_server_new3(&dc->conn.session, ctx->down_cbs, dc, ctx->down_opt, slb_h2_mem())) != 0) {
         slb_conn_close(&dc->conn, rv);
         return rv;
     }
@@ -77,18 +80,50 @@ int slb_downstream_accept(struct slb_listener *l)
     return 0;
 }
 
+void slb_downstream_notice(struct slb_downstream *dc)
+{
+    if (dc->conn.closing || dc->conn.session == NULL)
+        return;
+    nghttp2_submit_shutdown_notice(dc->conn.session);
+    slb_conn_mark_dirty(&dc->conn);
+}
+
 void slb_downstream_shutdown(struct slb_downstream *dc)
 {
     if (dc->conn.closing)
         return;
+    dc->shutting_down = 1;
+    if (dc->conn.session == NULL) {
+        slb_conn_close(&dc->conn, 0);
+        return;
+    }
     if (!dc->goaway_sent) {
         dc->goaway_sent = 1;
         nghttp2_submit_goaway(dc->conn.session, NGHTTP2_FLAG_NONE,
                               nghttp2_session_get_last_proc_stream_id(dc->conn.session), NGHTTP2_NO_ERROR, NULL, 0);
     }
-    if (dc->n_calls == 0)
+    if (dc->n_streams == 0)
         slb_conn_close_when_flushed(&dc->conn); /* once the GOAWAY is out */
     slb_conn_mark_dirty(&dc->conn);
+}
+
+int slb_downstream_respond(struct slb_h2_stream *s, const nghttp2_nv *nv, size_t n, int has_body)
+{
+    int rv;
+
+    if (s->conn == NULL || s->conn->closing)
+        return SLB_EPROTO;
+    rv = nghttp2_submit_response(s->conn->session, s->sid, nv, n, has_body ? &slb_h2_body_provider : NULL);
+    slb_conn_mark_dirty(s->conn);
+    return rv == 0 ? 0 : SLB_EPROTO;
+}
+
+void slb_downstream_reset(struct slb_h2_stream *s, uint32_t code)
+{
+    if (s->conn == NULL || s->conn->closing)
+        return;
+    nghttp2_submit_rst_stream(s->conn->session, NGHTTP2_FLAG_NONE, s->sid, code);
+    slb_conn_mark_dirty(s->conn);
 }
 
 static int downstream_on_read(struct slb_conn *c, const uint8_t *p, size_t n)
@@ -121,79 +156,87 @@ static int downstream_on_read(struct slb_conn *c, const uint8_t *p, size_t n)
     return 0;
 }
 
+/* The stream is over: unbind it and tell its user. */
+static void stream_closed(struct slb_downstream *dc, struct slb_h2_stream *s, uint32_t error_code)
+{
+    slb_h2_stream_unbind(s, 0);
+    dc->n_streams--;
+    handler(dc)->on_close(s, error_code);
+}
+
 static void downstream_on_close(struct slb_conn *c, int err)
 {
     struct slb_downstream *dc = slb_container_of(c, struct slb_downstream, conn);
-    struct slb_server *srv = dc->listener->srv;
 
-    while (dc->calls != NULL)
-        slb_call_on_downstream_close(dc->calls, NGHTTP2_CANCEL);
-    if (dc->prev != NULL)
-        dc->prev->next = dc->next;
-    else
-        srv->downstreams = dc->next;
-    if (dc->next != NULL)
-        dc->next->prev = dc->prev;
+    while (!slb_list_empty(&dc->streams))
+        stream_closed(dc, slb_list_first(&dc->streams, struct slb_h2_stream, link), NGHTTP2_CANCEL);
+    slb_list_remove(&dc->ctx_link);
 }
 
 static void downstream_on_free(struct slb_conn *c)
 {
     struct slb_downstream *dc = slb_container_of(c, struct slb_downstream, conn);
-    struct slb_server *srv = dc->listener->srv;
+    void (*on_gone)(struct slb_downstream *) = dc->on_gone;
 
-    nghttp2_session_del(c->session);
+    if (c->session != NULL)
+        nghttp2_session_del(c->session);
+    if (on_gone != NULL)
+        on_gone(dc); /* dc is still valid here; freed right after */
     free(dc);
-    slb_server_downstream_gone(srv);
 }
 
 /* ---- nghttp2 server callbacks ---- */
 
-static struct slb_call *stream_call(nghttp2_session *s, struct slb_downstream *dc, int32_t sid)
+static struct slb_h2_stream *stream_of(nghttp2_session *s, struct slb_downstream *dc, int32_t sid)
 {
     if (dc->conn.closing)
         return NULL;
-    return nghttp2_session_get_stream_user_data(s, sid);
+    return slb_h2_stream_of(s, sid);
 }
 
 static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void *user)
 {
     struct slb_downstream *dc = user;
-    struct slb_call *call;
+    struct slb_h2_stream *st;
 
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST || dc->conn.closing)
         return 0;
-    if ((call = slb_call_new(dc->listener->srv, dc, frame->hd.stream_id)) == NULL) {
+    if ((st = handler(dc)->open(dc)) == NULL) {
         nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_REFUSED_STREAM);
         return 0;
     }
-    nghttp2_session_set_stream_user_data(s, frame->hd.stream_id, call);
+    slb_h2_stream_bind(st, &dc->conn, &dc->streams, frame->hd.stream_id);
+    dc->n_streams++;
     return 0;
 }
 
 static int on_header(nghttp2_session *s, const nghttp2_frame *frame, nghttp2_rcbuf *name, nghttp2_rcbuf *value,
                      uint8_t flags, void *user)
 {
-    struct slb_call *call = stream_call(s, user, frame->hd.stream_id);
+    struct slb_downstream *dc = user;
+    struct slb_h2_stream *st = stream_of(s, dc, frame->hd.stream_id);
 
-    if (call == NULL)
+    if (st == NULL)
         return 0;
-    if (slb_call_on_request_header(call, name, value) != 0)
+    if (handler(dc)->on_header(st, name, value, frame->headers.cat == NGHTTP2_HCAT_HEADERS) != 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
 }
 
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *user)
 {
-    struct slb_call *call;
+    struct slb_downstream *dc = user;
+    struct slb_h2_stream *st;
 
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
-        if ((call = stream_call(s, user, frame->hd.stream_id)) != NULL)
-            slb_call_on_request_headers_done(call, (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
+        if ((st = stream_of(s, dc, frame->hd.stream_id)) != NULL)
+            handler(dc)->on_headers_done(st, frame->headers.cat == NGHTTP2_HCAT_HEADERS,
+                                         (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
         break;
     case NGHTTP2_DATA:
-        if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && (call = stream_call(s, user, frame->hd.stream_id)) != NULL)
-            slb_call_on_request_end(call);
+        if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && (st = stream_of(s, dc, frame->hd.stream_id)) != NULL)
+            handler(dc)->on_end(st);
         break;
     }
     return 0;
@@ -203,44 +246,39 @@ static int on_data_chunk_recv(nghttp2_session *s, uint8_t flags, int32_t sid, co
                               void *user)
 {
     struct slb_downstream *dc = user;
-    struct slb_call *call = stream_call(s, dc, sid);
+    struct slb_h2_stream *st = stream_of(s, dc, sid);
 
-    if (call == NULL) {
+    if (st == NULL) {
         if (!dc->conn.closing)
-            nghttp2_session_consume_connection(s, len);
+            nghttp2_session_consume(s, sid, len); /* nobody will read it: keep the windows open */
         return 0;
     }
-    if (slb_call_on_request_data(call, data, len) != 0)
+    if (handler(dc)->on_data(st, data, len) != 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
 }
 
 static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *user)
 {
-    struct slb_call *call;
+    struct slb_downstream *dc = user;
+    struct slb_h2_stream *st;
 
     if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
-        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && (call = stream_call(s, user, frame->hd.stream_id)) != NULL)
-        slb_call_on_downstream_frame_sent(call, frame);
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && (st = stream_of(s, dc, frame->hd.stream_id)) != NULL)
+        handler(dc)->on_response_sent(st);
     return 0;
 }
 
 static int on_stream_close(nghttp2_session *s, int32_t sid, uint32_t error_code, void *user)
 {
     struct slb_downstream *dc = user;
-    struct slb_call *call = stream_call(s, dc, sid);
+    struct slb_h2_stream *st = stream_of(s, dc, sid);
 
-    if (call != NULL)
-        slb_call_on_downstream_close(call, error_code);
-    if (dc->listener->srv->goaway_final && dc->n_calls == 0)
+    if (st != NULL)
+        stream_closed(dc, st, error_code);
+    if (dc->shutting_down && dc->n_streams == 0)
         slb_downstream_shutdown(dc);
     return 0;
-}
-
-static int on_send_data(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *framehd, size_t len,
-                        nghttp2_data_source *src, void *user)
-{
-    return slb_call_response_send_cb(s, frame, framehd, len, src, user);
 }
 
 nghttp2_session_callbacks *slb_downstream_callbacks_new(void)
@@ -255,6 +293,6 @@ nghttp2_session_callbacks *slb_downstream_callbacks_new(void)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk_recv);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
-    nghttp2_session_callbacks_set_send_data_callback(cbs, on_send_data);
+    nghttp2_session_callbacks_set_send_data_callback(cbs, slb_h2_send_data_cb);
     return cbs;
 }

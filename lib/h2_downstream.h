@@ -2,8 +2,13 @@
  * A downstream connection: an app's h2c connection to a sidelb listener,
  * served by an nghttp2 server session. Anything but the HTTP/2 connection
  * preface (e.g. an HTTP/1.1 request) gets a clear refusal and a close.
- * Owner: the server (linked in server->downstreams); freed after its TCP
- * handle closes.
+ *
+ * This layer never sees the call: it reports each request stream upward
+ * through the loop context's slb_downstream_handler, handing back the
+ * slb_h2_stream its user embedded.
+ *
+ * Ownership: the loop context lists every downstream connection
+ * (ctx->downstreams); each is freed after its TCP handle closed.
  */
 #ifndef SLB_H2_DOWNSTREAM_H
 #define SLB_H2_DOWNSTREAM_H
@@ -12,25 +17,53 @@
 
 #include "h2_conn.h"
 #include "h2_mem.h"
+#include "list.h"
 
-struct slb_listener;
-struct slb_call;
+struct slb_routes;
+struct slb_loop_ctx;
+struct slb_downstream;
 
-struct slb_downstream {
-    struct slb_conn conn;
-    struct slb_listener *listener;
-    struct slb_call *calls; /* calls whose downstream stream is open */
-    uint32_t n_calls;
-    uint64_t peer_hash; /* hash of the peer address (source_ip_hash) */
-    uint8_t preface_checked;
-    uint8_t goaway_sent;                /* the final GOAWAY of a graceful stop */
-    struct slb_downstream *next, *prev; /* in server->downstreams */
+/* How app connections report upward (the call module; fakes in tests). Owner: a static table. */
+struct slb_downstream_handler {
+    /* A request stream begins: the user's stream object to bind, or NULL to refuse it (REFUSED_STREAM). */
+    struct slb_h2_stream *(*open)(struct slb_downstream *dc);
+    int (*on_header)(struct slb_h2_stream *s, nghttp2_rcbuf *name, nghttp2_rcbuf *value, int trailer);
+    void (*on_headers_done)(struct slb_h2_stream *s, int trailer, int end_stream);
+    int (*on_data)(struct slb_h2_stream *s, const uint8_t *p, size_t n);
+    void (*on_end)(struct slb_h2_stream *s);
+    /* The frame ending the response (END_STREAM) was sent. */
+    void (*on_response_sent)(struct slb_h2_stream *s);
+    /* The stream closed (s is unbound already); error_code is HTTP/2's. */
+    void (*on_close)(struct slb_h2_stream *s, uint32_t error_code);
 };
 
-/* Accepts a pending connection on the listener's handle. */
-int slb_downstream_accept(struct slb_listener *l);
-/* Graceful shutdown: GOAWAY, finish in-flight calls, then close. */
+/* Owner: the loop context (ctx->downstreams). */
+struct slb_downstream {
+    struct slb_conn conn;
+    struct slb_loop_ctx *ctx;
+    const struct slb_routes *routes; /* the listener's, for its requests */
+    struct slb_list streams;         /* bound slb_h2_stream (requests in progress) */
+    uint32_t n_streams;
+    uint64_t peer_hash; /* hash of the peer address (source_ip_hash) */
+    uint8_t preface_checked;
+    uint8_t goaway_sent;                        /* the final GOAWAY of a graceful stop */
+    uint8_t shutting_down;                      /* close once the last stream is done */
+    struct slb_list ctx_link;                   /* in ctx->downstreams */
+    void (*on_gone)(struct slb_downstream *dc); /* freed (graceful stop waits for the last one) */
+};
+
+/* Accepts a pending connection on the server handle. */
+int slb_downstream_accept(struct slb_loop_ctx *ctx, const struct slb_routes *routes, uv_stream_t *server,
+                          uint32_t max_concurrent_streams, void (*on_gone)(struct slb_downstream *dc));
+/* Graceful stop, first step: a shutdown notice (apps stop opening streams). */
+void slb_downstream_notice(struct slb_downstream *dc);
+/* Graceful stop: GOAWAY, finish in-flight streams, then close. */
 void slb_downstream_shutdown(struct slb_downstream *dc);
+
+/* Sends the response header block (has_body: s->body provides body and trailers). 0 or < 0. */
+int slb_downstream_respond(struct slb_h2_stream *s, const nghttp2_nv *nv, size_t n, int has_body);
+/* Resets the stream (the response is over but the app is still sending). */
+void slb_downstream_reset(struct slb_h2_stream *s, uint32_t code);
 
 nghttp2_session_callbacks *slb_downstream_callbacks_new(void);
 

@@ -7,8 +7,7 @@
 #include "common.h"
 #include "config.h"
 #include "log.h"
-#include "proxy.h"
-#include "server.h"
+#include "loop_ctx.h"
 
 static void pool_feed(struct slb_upstream_pool *pool);
 static void pool_arm_timer(struct slb_upstream_pool *pool);
@@ -22,9 +21,25 @@ static const struct slb_conn_ops upstream_conn_ops = {
     .on_free = upstream_on_free,
 };
 
+static const struct slb_upstream_handler *handler(const struct slb_upstream_pool *pool)
+{
+    return pool->ctx->up_handler;
+}
+
+const char *slb_upstream_backend_name(const struct slb_upstream *uc)
+{
+    return uc != NULL && uc->pool != NULL && uc->pool->be != NULL ? uc->pool->be->name : "?";
+}
+
 static void pool_on_timer_closed(uv_handle_t *h)
 {
-    free(h->data);
+    struct slb_upstream_pool *pool = slb_container_of(h, struct slb_upstream_pool, timer);
+    struct slb_conn_ctx *io = &pool->ctx->io;
+
+    free(pool);
+    /* counted: the loop context's memory is freed only after this */
+    if (--io->n_handles == 0 && io->closing && io->on_all_closed != NULL)
+        io->on_all_closed(io);
 }
 
 /* The backend is being freed: nothing references the pool any more. */
@@ -35,10 +50,12 @@ static void pool_on_backend_free(struct slb_backend *be)
     be->pool = NULL;
     if (pool == NULL)
         return;
+    pool->be = NULL;
+    slb_list_remove(&pool->ctx_link);
     uv_close((uv_handle_t *)&pool->timer, pool_on_timer_closed);
 }
 
-struct slb_upstream_pool *slb_upstream_pool_get(struct slb_server *srv, struct slb_backend *be,
+struct slb_upstream_pool *slb_upstream_pool_get(struct slb_loop_ctx *ctx, struct slb_backend *be,
                                                 const struct slb_config_cluster *cfg)
 {
     struct slb_upstream_pool *pool = be->pool;
@@ -47,15 +64,23 @@ struct slb_upstream_pool *slb_upstream_pool_get(struct slb_server *srv, struct s
         return pool;
     if ((pool = calloc(1, sizeof(*pool))) == NULL)
         return NULL;
-    pool->srv = srv;
+    pool->ctx = ctx;
     pool->be = be;
     pool->cfg = cfg;
     pool->backoff_ms = cfg->backoff.initial_ms;
-    uv_timer_init(srv->loop, &pool->timer);
-    pool->timer.data = pool;
+    slb_list_init(&pool->conns);
+    slb_list_init(&pool->waiters);
+    uv_timer_init(ctx->loop, &pool->timer);
+    slb_conn_ctx_handle_opened(&ctx->io);
+    slb_list_push_back(&ctx->pools, &pool->ctx_link);
     be->pool = pool;
     be->on_free = pool_on_backend_free;
     return pool;
+}
+
+int slb_upstream_pool_in_backoff(const struct slb_upstream_pool *pool)
+{
+    return pool->backoff_until_ms > uv_now(pool->ctx->loop);
 }
 
 static uint32_t conn_stream_limit(const struct slb_upstream *uc)
@@ -67,85 +92,81 @@ static uint32_t conn_stream_limit(const struct slb_upstream *uc)
 
 static struct slb_upstream *pool_find_room(struct slb_upstream_pool *pool)
 {
-    for (struct slb_upstream *uc = pool->conns; uc != NULL; uc = uc->next)
+    struct slb_list *it, *tmp;
+
+    slb_list_foreach_safe(it, tmp, &pool->conns)
+    {
+        struct slb_upstream *uc = slb_list_entry(it, struct slb_upstream, link);
         if (uc->connected && !uc->goaway && !uc->conn.closing && uc->active < conn_stream_limit(uc))
             return uc;
+    }
     return NULL;
 }
 
-static void pool_enqueue(struct slb_upstream_pool *pool, struct slb_call *call)
+static struct slb_pool_waiter *pool_dequeue(struct slb_upstream_pool *pool)
 {
-    call->u_next = NULL;
-    call->u_prev = pool->wait_tail;
-    if (pool->wait_tail != NULL)
-        pool->wait_tail->u_next = call;
-    else
-        pool->wait_head = call;
-    pool->wait_tail = call;
-    pool->n_waiting++;
-    call->queued = 1;
-    call->pool = pool;
+    struct slb_pool_waiter *w;
+
+    if (slb_list_empty(&pool->waiters))
+        return NULL;
+    w = slb_list_first(&pool->waiters, struct slb_pool_waiter, link);
+    slb_upstream_pool_unqueue(w);
+    return w;
 }
 
-void slb_upstream_pool_unqueue(struct slb_upstream_pool *pool, struct slb_call *call)
+void slb_upstream_pool_unqueue(struct slb_pool_waiter *w)
 {
-    if (!call->queued)
+    if (w->pool == NULL)
         return;
-    if (call->u_prev != NULL)
-        call->u_prev->u_next = call->u_next;
-    else
-        pool->wait_head = call->u_next;
-    if (call->u_next != NULL)
-        call->u_next->u_prev = call->u_prev;
-    else
-        pool->wait_tail = call->u_prev;
-    call->u_next = call->u_prev = NULL;
-    pool->n_waiting--;
-    call->queued = 0;
-    call->pool = NULL;
+    slb_list_remove(&w->link);
+    w->pool->n_waiting--;
+    w->pool = NULL;
 }
 
-static void upstream_attach(struct slb_upstream *uc, struct slb_call *call)
+int slb_upstream_request(struct slb_upstream *uc, struct slb_h2_stream *s, const nghttp2_nv *nv, size_t n, int has_body)
 {
-    if (slb_call_submit_upstream(call, uc) != 0) {
-        slb_call_on_upstream_lost(call, SLB_EPROTO, 0);
-        return;
+    int32_t sid = nghttp2_submit_request(uc->conn.session, NULL, nv, n, has_body ? &slb_h2_body_provider : NULL, NULL);
+
+    if (sid < 0) {
+        slb_warn("backend %s: cannot submit request: %s", slb_upstream_backend_name(uc), nghttp2_strerror(sid));
+        return SLB_EPROTO;
     }
-    call->uc = uc;
-    call->u_prev = NULL;
-    call->u_next = uc->calls;
-    if (uc->calls != NULL)
-        uc->calls->u_prev = call;
-    uc->calls = call;
+    slb_h2_stream_bind(s, &uc->conn, &uc->streams, sid);
     uc->active++;
     slb_conn_mark_dirty(&uc->conn);
+    return 0;
 }
 
-void slb_upstream_detach(struct slb_upstream *uc, struct slb_call *call, uint32_t rst_code)
+/* A stream slot may have freed: feed waiters, or close a draining connection that is idle. */
+static void upstream_stream_done(struct slb_upstream *uc)
 {
-    if (call->u_open) {
-        if (!uc->conn.closing) {
-            if (rst_code != 0)
-                nghttp2_submit_rst_stream(uc->conn.session, NGHTTP2_FLAG_NONE, call->u_sid, rst_code);
-            nghttp2_session_set_stream_user_data(uc->conn.session, call->u_sid, NULL);
-            slb_conn_mark_dirty(&uc->conn);
-        }
-        call->u_open = 0;
-        uc->active--;
+    struct slb_upstream_pool *pool = uc->pool;
+
+    if (uc->conn.closing)
+        return;
+    if ((uc->goaway || pool->be->draining || pool->ctx->stopping) && uc->active == 0 && slb_list_empty(&uc->streams)) {
+        slb_conn_close(&uc->conn, 0);
+        return;
     }
-    if (call->u_prev != NULL)
-        call->u_prev->u_next = call->u_next;
-    else
-        uc->calls = call->u_next;
-    if (call->u_next != NULL)
-        call->u_next->u_prev = call->u_prev;
-    call->u_next = call->u_prev = NULL;
-    call->uc = NULL;
+    pool_feed(pool);
 }
 
-static int upstream_connect(struct slb_upstream_pool *pool)
+void slb_upstream_release(struct slb_h2_stream *s, uint32_t rst_code)
 {
-    struct slb_server *srv = pool->srv;
+    struct slb_upstream *uc;
+
+    if (s->conn == NULL)
+        return;
+    uc = slb_container_of(s->conn, struct slb_upstream, conn);
+    if (s->open)
+        uc->active--;
+    slb_h2_stream_unbind(s, rst_code);
+    upstream_stream_done(uc);
+}
+
+static int upstream_connect(struct slb_upstream_pool *pool, struct slb_upstream **out)
+{
+    struct slb_loop_ctx *ctx = pool->ctx;
     struct slb_backend *be = pool->be;
     struct slb_upstream *uc = calloc(1, sizeof(*uc));
     nghttp2_settings_entry iv[] = {
@@ -156,30 +177,31 @@ static int upstream_connect(struct slb_upstream_pool *pool)
 
     if (uc == NULL)
         return SLB_ENOMEM;
-    if ((rv = slb_conn_init(&uc->conn, &srv->io, &upstream_conn_ops)) != 0) {
+    if ((rv = slb_conn_init(&uc->conn, &ctx->io, &upstream_conn_ops)) != 0) {
         free(uc);
         return rv;
     }
     uc->pool = pool;
-    slb_backend_ref(be);
-    if (nghttp2_session_client_new3(&uc->conn.session, srv->up_cbs, uc, srv->up_opt, slb_h2_mem()) != 0) {
+    slb_list_init(&uc->streams);
+    slb_list_init(&uc->link);
+    slb_backend_ref(be); /* dropped in upstream_on_free */
+    if (nghttp2_session_client_new3(&uc->conn.session, ctx->up_cbs, uc, ctx->up_opt, slb_h2_mem()) != 0) {
+        /* never listed: the close path must leave the pool's list and counters alone */
         slb_conn_close(&uc->conn, SLB_ENOMEM);
         return SLB_ENOMEM;
     }
     nghttp2_submit_settings(uc->conn.session, NGHTTP2_FLAG_NONE, iv, SLB_ARRAY_SIZE(iv));
     /* connection window: room for many streams' windows */
     nghttp2_session_set_local_window_size(uc->conn.session, NGHTTP2_FLAG_NONE, 0, 16 * 1024 * 1024);
-    uc->next = pool->conns;
-    if (pool->conns != NULL)
-        pool->conns->prev = uc;
-    pool->conns = uc;
+    slb_list_push_front(&pool->conns, &uc->link);
+    uc->listed = 1;
     pool->n_conns++;
     pool->n_connecting++;
-    srv->stats.upstream_conns_total++;
+    ctx->stats.upstream_conns_total++;
     {
         /* gRPC connection backoff: an attempt may take max(MIN_CONNECT_TIMEOUT,
-         * current backoff); calls do not wait that long (connect_timeout_ms). */
-        uint64_t now = uv_now(srv->loop), limit = pool->cfg->backoff.min_connect_timeout_ms;
+         * current backoff); requests do not wait that long (connect_timeout_ms). */
+        uint64_t now = uv_now(ctx->loop), limit = pool->cfg->backoff.min_connect_timeout_ms;
         if (pool->backoff_ms > limit)
             limit = pool->backoff_ms;
         uc->connect_deadline_ms = now + limit;
@@ -188,6 +210,7 @@ static int upstream_connect(struct slb_upstream_pool *pool)
     if (be->state != SLB_BACKEND_READY)
         slb_backend_set_state(be, SLB_BACKEND_CONNECTING);
     slb_debug("backend %s: connecting (%u connections)", be->name, pool->n_conns);
+    *out = uc;
     return 0;
 }
 
@@ -197,7 +220,7 @@ static void on_connect(uv_connect_t *req, int status)
     struct slb_upstream_pool *pool = uc->pool;
 
     if (uc->conn.closing)
-        return; /* closed while connecting (timeout, drain): on_close did the accounting */
+        return; /* closed while connecting (timeout, drain, stop): on_close did the accounting */
     if (status < 0) {
         slb_conn_close(&uc->conn, status);
         return;
@@ -205,6 +228,7 @@ static void on_connect(uv_connect_t *req, int status)
     pool->n_connecting--;
     uc->connected = 1;
     pool->backoff_ms = pool->cfg->backoff.initial_ms;
+    pool->backoff_until_ms = 0;
     if (pool->failures > 0)
         slb_notice("backend %s: connected after %u failed attempts", pool->be->name, pool->failures);
     pool->failures = 0;
@@ -217,21 +241,22 @@ static void on_connect(uv_connect_t *req, int status)
     pool_feed(pool);
 }
 
-/* Opens a connection when calls wait and none is coming up. */
+/* Opens a connection when requests wait, none is coming up, and the backend is not in backoff. */
 static void pool_maybe_connect(struct slb_upstream_pool *pool)
 {
     struct slb_upstream *uc;
     int rv;
 
-    if (pool->n_waiting == 0 || pool->n_connecting > 0 || pool->closing)
+    if (pool->n_waiting == 0 || pool->n_connecting > 0 || pool->ctx->stopping || pool->be->draining)
         return;
     if (pool->n_conns >= pool->cfg->max_connections_per_backend)
         return; /* they wait for a stream slot */
-    if ((rv = upstream_connect(pool)) != 0) {
+    if (slb_upstream_pool_in_backoff(pool))
+        return; /* the pool timer ends the backoff; waiters were sent elsewhere */
+    if ((rv = upstream_connect(pool, &uc)) != 0) {
         slb_warn("backend %s: cannot connect: %s", pool->be->name, slb_strerror(rv));
         return;
     }
-    uc = pool->conns;
     if ((rv = uv_tcp_connect(&uc->creq, &uc->conn.tcp, (const struct sockaddr *)&pool->be->addr, on_connect)) != 0) {
         slb_conn_close(&uc->conn, rv);
         return;
@@ -239,48 +264,62 @@ static void pool_maybe_connect(struct slb_upstream_pool *pool)
     pool_arm_timer(pool);
 }
 
+/* Waiters this backend cannot serve now go back to their users. */
+static void pool_release_waiters(struct slb_upstream_pool *pool, int err)
+{
+    struct slb_list taken;
+    struct slb_pool_waiter *w;
+
+    /* take the queue first: a user may queue again (on another pool, or later on this one) */
+    slb_list_init(&taken);
+    slb_list_splice(&taken, &pool->waiters);
+    pool->n_waiting = 0;
+    while (!slb_list_empty(&taken)) {
+        w = slb_list_first(&taken, struct slb_pool_waiter, link);
+        slb_list_remove(&w->link);
+        w->pool = NULL;
+        handler(pool)->on_unavailable(w, err);
+    }
+}
+
 static void pool_feed(struct slb_upstream_pool *pool)
 {
     struct slb_upstream *uc;
+    struct slb_pool_waiter *w;
 
-    while (pool->wait_head != NULL && (uc = pool_find_room(pool)) != NULL) {
-        struct slb_call *call = pool->wait_head;
-        slb_upstream_pool_unqueue(pool, call);
-        upstream_attach(uc, call);
+    while (!slb_list_empty(&pool->waiters) && (uc = pool_find_room(pool)) != NULL) {
+        w = pool_dequeue(pool);
+        handler(pool)->on_ready(w, uc);
     }
-    pool_maybe_connect(pool);
-}
-
-void slb_upstream_pool_submit(struct slb_upstream_pool *pool, struct slb_call *call)
-{
-    struct slb_upstream *uc = pool->wait_head == NULL ? pool_find_room(pool) : NULL;
-
-    if (uc != NULL) {
-        upstream_attach(uc, call);
+    if (pool->n_waiting > 0 && (pool->be->draining || slb_upstream_pool_in_backoff(pool))) {
+        pool_release_waiters(pool, pool->be->draining ? SLB_ENOBACKEND : UV_ECONNREFUSED);
         return;
     }
-    pool_enqueue(pool, call);
     pool_maybe_connect(pool);
 }
 
-/* Calls that were waiting for this backend go elsewhere (the picker now skips it). */
-static void pool_redispatch_waiting(struct slb_upstream_pool *pool, int err)
+void slb_upstream_pool_queue(struct slb_upstream_pool *pool, struct slb_pool_waiter *w)
 {
-    while (pool->wait_head != NULL) {
-        struct slb_call *call = pool->wait_head;
-        slb_upstream_pool_unqueue(pool, call);
-        slb_call_on_upstream_lost(call, err, 1);
+    struct slb_upstream *uc = slb_list_empty(&pool->waiters) ? pool_find_room(pool) : NULL;
+
+    if (uc != NULL) {
+        handler(pool)->on_ready(w, uc);
+        return;
     }
+    slb_list_push_back(&pool->waiters, &w->link);
+    w->pool = pool;
+    pool->n_waiting++;
+    pool_feed(pool);
 }
 
 static void pool_connect_failed(struct slb_upstream_pool *pool, int err)
 {
     const struct slb_config_backoff *bo = &pool->cfg->backoff;
-    uint64_t now = uv_now(pool->srv->loop);
-    double jitter = 1.0 + bo->jitter * (2.0 * (double)(slb_server_random(pool->srv) % 10001) / 10000.0 - 1.0);
+    uint64_t now = uv_now(pool->ctx->loop);
+    double jitter = 1.0 + bo->jitter * (2.0 * slb_rng_unit(&pool->ctx->rng) - 1.0);
     uint64_t wait = (uint64_t)((double)pool->backoff_ms * jitter);
 
-    pool->backoff_until_ms = now + wait;
+    pool->backoff_until_ms = now + (wait > 0 ? wait : 1);
     pool->backoff_ms = (uint32_t)((double)pool->backoff_ms * bo->multiplier);
     if (pool->backoff_ms > bo->max_ms)
         pool->backoff_ms = bo->max_ms;
@@ -288,42 +327,46 @@ static void pool_connect_failed(struct slb_upstream_pool *pool, int err)
             pool->be->name, slb_strerror(err), (unsigned long long)wait);
     slb_backend_set_state(pool->be, SLB_BACKEND_TRANSIENT_FAILURE);
     pool_arm_timer(pool);
-    pool_redispatch_waiting(pool, err);
+    pool_release_waiters(pool, err);
 }
 
 static void on_pool_timer(uv_timer_t *t)
 {
-    struct slb_upstream_pool *pool = t->data;
-    uint64_t now = uv_now(pool->srv->loop);
-    struct slb_upstream *uc, *next;
+    struct slb_upstream_pool *pool = slb_container_of(t, struct slb_upstream_pool, timer);
+    uint64_t now = uv_now(pool->ctx->loop);
+    struct slb_list *it, *tmp;
 
-    for (uc = pool->conns; uc != NULL; uc = next) {
-        next = uc->next;
+    slb_list_foreach_safe(it, tmp, &pool->conns)
+    {
+        struct slb_upstream *uc = slb_list_entry(it, struct slb_upstream, link);
         if (uc->connected || uc->conn.closing)
             continue;
         if (uc->connect_deadline_ms <= now) {
             slb_conn_close(&uc->conn, UV_ETIMEDOUT);
         } else if (uc->patience_ms <= now && pool->be->state != SLB_BACKEND_TRANSIENT_FAILURE) {
-            /* still connecting: stop sending calls here, and move the waiting ones */
+            /* still connecting: stop sending requests here, and move the waiting ones */
             slb_warn("backend %s: not connected after %u ms; calls go elsewhere while it keeps trying", pool->be->name,
                      pool->cfg->connect_timeout_ms);
             slb_backend_set_state(pool->be, SLB_BACKEND_TRANSIENT_FAILURE);
             pool->backoff_until_ms = uc->connect_deadline_ms;
-            pool_redispatch_waiting(pool, UV_ETIMEDOUT);
+            pool_release_waiters(pool, UV_ETIMEDOUT);
         }
     }
-    if (pool->be->state == SLB_BACKEND_TRANSIENT_FAILURE && pool->backoff_until_ms <= now)
-        slb_backend_set_state(pool->be, SLB_BACKEND_IDLE); /* the next pick reconnects */
+    if (pool->be->state == SLB_BACKEND_TRANSIENT_FAILURE && pool->backoff_until_ms <= now && pool->n_connecting == 0)
+        slb_backend_set_state(pool->be, SLB_BACKEND_IDLE); /* wakes waiting calls; the next pick reconnects */
     pool_arm_timer(pool);
 }
 
 static void pool_arm_timer(struct slb_upstream_pool *pool)
 {
-    uint64_t now = uv_now(pool->srv->loop), next = UINT64_MAX;
+    uint64_t now = uv_now(pool->ctx->loop), next = UINT64_MAX;
+    struct slb_list *it, *tmp;
 
-    if (pool->closing)
+    if (pool->ctx->stopping)
         return;
-    for (struct slb_upstream *uc = pool->conns; uc != NULL; uc = uc->next) {
+    slb_list_foreach_safe(it, tmp, &pool->conns)
+    {
+        struct slb_upstream *uc = slb_list_entry(it, struct slb_upstream, link);
         if (uc->connected || uc->conn.closing)
             continue;
         if (uc->connect_deadline_ms < next)
@@ -340,28 +383,29 @@ static void pool_arm_timer(struct slb_upstream_pool *pool)
     uv_timer_start(&pool->timer, on_pool_timer, next > now ? next - now : 0, 0);
 }
 
-void slb_upstream_stream_done(struct slb_upstream *uc)
-{
-    struct slb_upstream_pool *pool = uc->pool;
-
-    if (uc->conn.closing)
-        return;
-    if ((uc->goaway || pool->be->draining) && uc->active == 0 && uc->calls == NULL) {
-        slb_conn_close(&uc->conn, 0);
-        return;
-    }
-    pool_feed(pool);
-}
-
 void slb_upstream_pool_drain(struct slb_upstream_pool *pool)
 {
-    struct slb_upstream *uc, *next;
+    struct slb_list *it, *tmp;
 
-    pool_redispatch_waiting(pool, 0);
-    for (uc = pool->conns; uc != NULL; uc = next) {
-        next = uc->next;
-        if (uc->active == 0 && uc->calls == NULL)
+    pool_release_waiters(pool, SLB_ENOBACKEND);
+    slb_list_foreach_safe(it, tmp, &pool->conns)
+    {
+        struct slb_upstream *uc = slb_list_entry(it, struct slb_upstream, link);
+        if (uc->active == 0 && slb_list_empty(&uc->streams))
             slb_conn_close(&uc->conn, 0);
+    }
+}
+
+void slb_upstream_pool_close(struct slb_upstream_pool *pool)
+{
+    struct slb_list *it, *tmp;
+
+    uv_timer_stop(&pool->timer);
+    pool_release_waiters(pool, SLB_ENOBACKEND);
+    slb_list_foreach_safe(it, tmp, &pool->conns)
+    {
+        struct slb_upstream *uc = slb_list_entry(it, struct slb_upstream, link);
+        slb_conn_close(&uc->conn, UV_ECANCELED);
     }
 }
 
@@ -371,28 +415,22 @@ static void upstream_on_close(struct slb_conn *c, int err)
     struct slb_upstream_pool *pool = uc->pool;
     int connect_failed = !uc->connected;
 
-    if (uc->prev != NULL)
-        uc->prev->next = uc->next;
-    else
-        pool->conns = uc->next;
-    if (uc->next != NULL)
-        uc->next->prev = uc->prev;
+    if (!uc->listed)
+        return; /* the session never came up: nothing was counted */
+    slb_list_remove(&uc->link);
+    uc->listed = 0;
     pool->n_conns--;
     if (connect_failed)
         pool->n_connecting--;
-    while (uc->calls != NULL) {
-        struct slb_call *call = uc->calls;
-        if (call->u_open) {
-            call->u_open = 0;
+    while (!slb_list_empty(&uc->streams)) {
+        struct slb_h2_stream *s = slb_list_first(&uc->streams, struct slb_h2_stream, link);
+        if (s->open)
             uc->active--;
-        }
-        uc->calls = call->u_next;
-        if (uc->calls != NULL)
-            uc->calls->u_prev = NULL;
-        call->u_next = call->u_prev = NULL;
-        call->uc = NULL;
-        slb_call_on_upstream_lost(call, err, connect_failed);
+        slb_h2_stream_unbind(s, 0);
+        handler(pool)->on_lost(s, err);
     }
+    if (pool->ctx->stopping)
+        return;
     if (connect_failed && err != 0) {
         pool_connect_failed(pool, err);
     } else {
@@ -416,21 +454,22 @@ static void upstream_on_free(struct slb_conn *c)
 
 /* ---- nghttp2 client callbacks ---- */
 
-static struct slb_call *stream_call(nghttp2_session *s, struct slb_upstream *uc, int32_t sid)
+static struct slb_h2_stream *stream_of(nghttp2_session *s, struct slb_upstream *uc, int32_t sid)
 {
     if (uc->conn.closing)
         return NULL;
-    return nghttp2_session_get_stream_user_data(s, sid);
+    return slb_h2_stream_of(s, sid);
 }
 
 static int on_header(nghttp2_session *s, const nghttp2_frame *frame, nghttp2_rcbuf *name, nghttp2_rcbuf *value,
                      uint8_t flags, void *user)
 {
-    struct slb_call *call = stream_call(s, user, frame->hd.stream_id);
+    struct slb_upstream *uc = user;
+    struct slb_h2_stream *st = stream_of(s, uc, frame->hd.stream_id);
 
-    if (call == NULL)
+    if (st == NULL)
         return 0;
-    if (slb_call_on_response_header(call, name, value) != 0)
+    if (handler(uc->pool)->on_header(st, name, value) != 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
 }
@@ -438,19 +477,19 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, nghttp2_rcb
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *user)
 {
     struct slb_upstream *uc = user;
-    struct slb_call *call;
+    struct slb_h2_stream *st;
 
     if (uc->conn.closing)
         return 0;
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
-        if ((call = stream_call(s, uc, frame->hd.stream_id)) != NULL)
-            slb_call_on_response_headers_done(call, frame->headers.cat,
-                                              (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
+        if ((st = stream_of(s, uc, frame->hd.stream_id)) != NULL)
+            handler(uc->pool)->on_headers_done(st, frame->headers.cat == NGHTTP2_HCAT_HEADERS,
+                                               (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
         break;
     case NGHTTP2_DATA:
-        if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && (call = stream_call(s, uc, frame->hd.stream_id)) != NULL)
-            slb_call_on_response_end(call);
+        if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && (st = stream_of(s, uc, frame->hd.stream_id)) != NULL)
+            handler(uc->pool)->on_end(st);
         break;
     case NGHTTP2_GOAWAY:
         if (!uc->goaway)
@@ -466,7 +505,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
             slb_conn_close(&uc->conn, SLB_EPROTO);
             return NGHTTP2_ERR_CALLBACK_FAILURE;
         }
-        slb_upstream_stream_done(uc);
+        upstream_stream_done(uc);
         break;
     case NGHTTP2_SETTINGS:
         if (!(frame->hd.flags & NGHTTP2_FLAG_ACK))
@@ -480,14 +519,14 @@ static int on_data_chunk_recv(nghttp2_session *s, uint8_t flags, int32_t sid, co
                               void *user)
 {
     struct slb_upstream *uc = user;
-    struct slb_call *call = stream_call(s, uc, sid);
+    struct slb_h2_stream *st = stream_of(s, uc, sid);
 
-    if (call == NULL) {
+    if (st == NULL) {
         if (!uc->conn.closing)
-            nghttp2_session_consume_connection(s, len);
+            nghttp2_session_consume(s, sid, len); /* nobody will read it: keep the windows open */
         return 0;
     }
-    if (slb_call_on_response_data(call, data, len) != 0)
+    if (handler(uc->pool)->on_data(st, data, len) != 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
 }
@@ -495,22 +534,19 @@ static int on_data_chunk_recv(nghttp2_session *s, uint8_t flags, int32_t sid, co
 static int on_stream_close(nghttp2_session *s, int32_t sid, uint32_t error_code, void *user)
 {
     struct slb_upstream *uc = user;
-    struct slb_call *call = stream_call(s, uc, sid);
+    struct slb_h2_stream *st = stream_of(s, uc, sid);
 
     if (uc->conn.closing)
         return 0;
-    if (call != NULL && call->u_open) {
+    if (st != NULL && st->open) {
+        /* the stream is over on the wire; its user may still be sending the
+         * response it carried, so it stays linked until released */
+        st->open = 0;
         uc->active--;
-        slb_call_on_upstream_close(call, error_code);
+        handler(uc->pool)->on_close(st, error_code);
     }
-    slb_upstream_stream_done(uc);
+    upstream_stream_done(uc);
     return 0;
-}
-
-static int on_send_data(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *framehd, size_t len,
-                        nghttp2_data_source *src, void *user)
-{
-    return slb_call_request_send_cb(s, frame, framehd, len, src, user);
 }
 
 nghttp2_session_callbacks *slb_upstream_callbacks_new(void)
@@ -523,6 +559,6 @@ nghttp2_session_callbacks *slb_upstream_callbacks_new(void)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
-    nghttp2_session_callbacks_set_send_data_callback(cbs, on_send_data);
+    nghttp2_session_callbacks_set_send_data_callback(cbs, slb_h2_send_data_cb);
     return cbs;
 }

@@ -153,7 +153,7 @@ static void finish(void)
         slb_health_stop(t.hc);
     t.hc = NULL;
     uv_close((uv_handle_t *)&t.guard, NULL);
-    slb_conn_ctx_close(&t.io);
+    slb_conn_ctx_close(&t.io, NULL);
     ck_assert_int_eq(uv_run(&t.loop, UV_RUN_DEFAULT), 0);
     ck_assert_int_eq(t.ncb, ncb); /* nothing after stop */
     ck_assert_int_eq(uv_loop_close(&t.loop), 0);

@@ -163,7 +163,7 @@ static void finish(void)
         eh_run_for(&loop, 200); /* outstanding answers come back before the client goes */
     }
     slb_etcd_free(etcd);
-    slb_conn_ctx_close(&io);
+    slb_conn_ctx_close(&io, NULL);
     eh_loop_finish(&loop);
     peer_kill_all();
     eh_destroy(&H);

@@ -1,0 +1,856 @@
+#include "call.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "config.h"
+#include "log.h"
+#include "loop_ctx.h"
+#include "route.h"
+
+/* Request bytes kept after they were sent, so a stream the backend refused
+ * (GOAWAY, REFUSED_STREAM) or an A6 retry can be replayed; past this the call commits. */
+#define SLB_REPLAY_MAX     (256 * 1024)
+#define SLB_FREE_CALLS_MAX 4096
+
+static const struct slb_h2_stream_ops down_stream_ops, up_stream_ops;
+
+#define call_of_down(s) slb_container_of(s, struct slb_call, down)
+#define call_of_up(s)   slb_container_of(s, struct slb_call, up)
+
+const char *slb_call_state_name(int state)
+{
+    static const char *const names[] = {"HEADERS", "WAIT_BACKEND", "BACKOFF",   "QUEUED",
+                                        "SENT",    "STREAMING",    "FINISHING", "CLOSED"};
+    return state >= 0 && state < (int)SLB_ARRAY_SIZE(names) ? names[state] : "?";
+}
+
+/* The one place the state changes. */
+static void call_set_state(struct slb_call *call, enum slb_call_state state)
+{
+    if (call->state == state)
+        return;
+    slb_debug("call %d: %s -> %s", call->down.sid, slb_call_state_name(call->state), slb_call_state_name(state));
+    call->state = (uint8_t)state;
+}
+
+static uint64_t call_now(const struct slb_call *call)
+{
+    return uv_now(call->ctx->loop);
+}
+
+/* The call's one timer: the earliest of its deadline and the end of what it waits for. */
+static void call_arm_timer(struct slb_call *call)
+{
+    uint64_t due = call->deadline_ms;
+
+    if (call->state == SLB_CALL_WAIT_BACKEND && call->wait_until_ms != 0 && (due == 0 || call->wait_until_ms < due))
+        due = call->wait_until_ms;
+    if (call->state == SLB_CALL_BACKOFF && (due == 0 || call->retry_at_ms < due))
+        due = call->retry_at_ms;
+    if (call->state >= SLB_CALL_FINISHING || due == 0) {
+        slb_deadline_remove(&call->ctx->timers, &call->timer);
+        return;
+    }
+    if (slb_deadline_set(&call->ctx->timers, &call->timer, due) != 0)
+        slb_warn("call %d: out of memory for its timer", call->down.sid);
+}
+
+/* ---- allocation ---- */
+
+static struct slb_call *call_new(struct slb_loop_ctx *ctx, struct slb_downstream *dc)
+{
+    struct slb_call *call = ctx->free_calls;
+
+    if (call != NULL) {
+        ctx->free_calls = call->next_free;
+        ctx->n_free_calls--;
+    } else if ((call = malloc(sizeof(*call))) == NULL) {
+        return NULL;
+    }
+    memset(call, 0, sizeof(*call));
+    call->ctx = ctx;
+    call->io = ctx->call_io;
+    call->dc = dc;
+    call->state = SLB_CALL_HEADERS;
+    call->synth_status = -1;
+    call->upstream_status = -1;
+    slb_h2_stream_init(&call->down, &down_stream_ops);
+    slb_h2_stream_init(&call->up, &up_stream_ops);
+    slb_list_init(&call->pool_wait.link);
+    slb_list_init(&call->wait.link);
+    slb_deadline_entry_init(&call->timer);
+    slb_hdrs_init(&call->req_hdrs);
+    slb_hdrs_init(&call->resp_hdrs);
+    slb_hdrs_init(&call->trailers);
+    slb_chunkq_init(&call->req, 1);
+    slb_chunkq_init(&call->resp, 0);
+    ctx->n_calls++;
+    ctx->stats.calls_total++;
+    return call;
+}
+
+void slb_call_free_list_drain(struct slb_loop_ctx *ctx)
+{
+    while (ctx->free_calls != NULL) {
+        struct slb_call *c = ctx->free_calls;
+        ctx->free_calls = c->next_free;
+        free(c);
+    }
+    ctx->n_free_calls = 0;
+}
+
+/* Lets go of the backend of the current attempt. */
+static void call_unbind_backend(struct slb_call *call)
+{
+    if (call->be == NULL)
+        return;
+    if (call->counted) {
+        call->be->outstanding--;
+        call->counted = 0;
+    }
+    slb_backend_unref(call->be);
+    call->be = NULL;
+    call->pool = NULL;
+}
+
+/* Lets go of the upstream stream (resetting it when rst_code != 0 and it is open). */
+static void call_release_upstream(struct slb_call *call, uint32_t rst_code)
+{
+    if (call->up.conn != NULL)
+        call->io->release(&call->up, rst_code);
+}
+
+/* Leaves whatever list it waits on. */
+static void call_stop_waiting(struct slb_call *call)
+{
+    call->io->unqueue(&call->pool_wait);
+    slb_cluster_unwait(&call->wait);
+}
+
+static void call_free(struct slb_call *call)
+{
+    struct slb_loop_ctx *ctx = call->ctx;
+
+    call_stop_waiting(call);
+    call_release_upstream(call, NGHTTP2_CANCEL);
+    call_unbind_backend(call);
+    slb_deadline_remove(&ctx->timers, &call->timer);
+    if (call->counted_in_cluster)
+        call->cluster->n_calls--;
+    slb_hdrs_clear(&call->req_hdrs);
+    slb_hdrs_clear(&call->resp_hdrs);
+    slb_hdrs_clear(&call->trailers);
+    slb_chunkq_clear(&call->req);
+    slb_chunkq_clear(&call->resp);
+    ctx->n_calls--;
+    if (ctx->n_free_calls < SLB_FREE_CALLS_MAX) {
+        call->next_free = ctx->free_calls;
+        ctx->free_calls = call;
+        ctx->n_free_calls++;
+    } else {
+        free(call);
+    }
+}
+
+/* ---- small pieces ---- */
+
+/* Passive outlier detection hears how each attempt went. */
+static void call_report(struct slb_call *call, int success)
+{
+    if (call->be != NULL && call->cluster != NULL)
+        slb_cluster_report(call->cluster, call->be, success);
+}
+
+static void note_upstream_status(struct slb_call *call, const struct slb_hdrs *h)
+{
+    size_t len;
+    const uint8_t *v = slb_hdrs_get(h, "grpc-status", &len);
+    int code = v != NULL ? slb_grpc_status_parse(v, len) : -1;
+
+    if (code < 0)
+        return;
+    call->upstream_status = (int16_t)code;
+    if (code == SLB_GRPC_OK && call->retry != NULL)
+        slb_retry_on_success(&call->cluster->methods);
+}
+
+/* Gives the app back the window held by request bytes sidelb will never forward. */
+static void call_release_downstream_window(struct slb_call *call)
+{
+    if (call->req_received > call->req_consumed)
+        call->io->consume(&call->down, (size_t)(call->req_received - call->req_consumed));
+    call->req_consumed = call->req_received;
+}
+
+/* No backend will read more request bytes: drop them and keep the app's window open. */
+static void call_discard_request(struct slb_call *call)
+{
+    call->upstream_done = 1;
+    slb_chunkq_clear(&call->req);
+    call_release_downstream_window(call);
+}
+
+/* Ends the call with a gRPC status: a trailers-only reply, or error trailers
+ * after what the app was already sent. Lets go of the upstream side. */
+static void call_fail(struct slb_call *call, int grpc_status, const char *message)
+{
+    if (call->state == SLB_CALL_CLOSED)
+        return;
+    call_stop_waiting(call);
+    if (call->up.open)
+        call_release_upstream(call, NGHTTP2_CANCEL);
+    if (call->up.conn == NULL)
+        call_unbind_backend(call); /* no attempt left on it (least_request counts) */
+    if (!call->resp_headers_sent) {
+        nghttp2_nv nv[4];
+        struct slb_grpc_status_text text;
+        size_t n = slb_grpc_trailers_only(nv, &text, grpc_status, message);
+        call->resp_headers_sent = 1;
+        slb_chunkq_clear(&call->resp);
+        if (!call->req_end)
+            call->rst_after_response = NGHTTP2_NO_ERROR + 1;
+        call_set_state(call, SLB_CALL_FINISHING);
+        call->io->respond(&call->down, nv, n, 0);
+    } else if (call->state != SLB_CALL_FINISHING) {
+        /* headers are out: end with error trailers after what is buffered */
+        call->synth_status = (int16_t)grpc_status;
+        snprintf(call->synth_msg, sizeof(call->synth_msg), "%s", message);
+        call_set_state(call, SLB_CALL_FINISHING);
+        call->io->resume(&call->down);
+    }
+    call_arm_timer(call);
+}
+
+static void call_fail_local(struct slb_call *call, int grpc_status, const char *message)
+{
+    call->ctx->stats.calls_failed_local++;
+    call_fail(call, grpc_status, message);
+}
+
+/* ---- dispatch: pick a backend and queue for a stream, or wait ---- */
+
+static void call_dispatch(struct slb_call *call);
+
+/* No backend can take the call now: wait (wait-for-ready) or fail. */
+static void call_no_backend(struct slb_call *call)
+{
+    struct slb_cluster *cl = call->cluster;
+    uint64_t now = call_now(call);
+    char msg[200];
+
+    if (call->wait_until_ms == 0) {
+        /* the method's waitForReady, else the cluster's wait_for_ready_ms; never past the deadline */
+        int wfr = call->mc != NULL ? call->mc->wait_for_ready : -1;
+        call->wait_until_ms = wfr == 0 ? now : now + cl->cfg->wait_for_ready_ms;
+        if (wfr == 1 && call->deadline_ms != 0)
+            call->wait_until_ms = call->deadline_ms;
+        if (call->deadline_ms != 0 && call->deadline_ms < call->wait_until_ms)
+            call->wait_until_ms = call->deadline_ms;
+    }
+    if (call->attempts < SLB_MAX_ATTEMPTS && now < call->wait_until_ms) {
+        if (slb_cluster_wait(cl, &call->wait) == 0) {
+            call_set_state(call, SLB_CALL_WAIT_BACKEND);
+            call_arm_timer(call);
+            return;
+        }
+        snprintf(msg, sizeof(msg), "sidelb: cluster %s has no usable backend and max_waiting_calls (%u) wait",
+                 cl->cfg->name, cl->cfg->max_waiting_calls);
+        call_fail_local(call, SLB_GRPC_RESOURCE_EXHAUSTED, msg);
+        return;
+    }
+    if (call->deadline_ms != 0 && now >= call->deadline_ms) {
+        snprintf(msg, sizeof(msg), "sidelb: deadline exceeded waiting for a backend in cluster %s", cl->cfg->name);
+        call_fail_local(call, SLB_GRPC_DEADLINE_EXCEEDED, msg);
+        return;
+    }
+    snprintf(msg, sizeof(msg), "sidelb: no reachable backend in cluster %s", cl->cfg->name);
+    call_fail_local(call, SLB_GRPC_UNAVAILABLE, msg);
+}
+
+/* Queues the current attempt on its pool (a stream follows in on_ready, maybe at once). */
+static void call_queue(struct slb_call *call)
+{
+    call->attempts++;
+    call->be->outstanding++;
+    call->counted = 1;
+    call_set_state(call, SLB_CALL_QUEUED);
+    call_arm_timer(call);
+    call->io->queue(call->pool, &call->pool_wait);
+}
+
+static void call_dispatch(struct slb_call *call)
+{
+    struct slb_cluster *cl = call->cluster;
+    struct slb_backend *be = NULL;
+    struct slb_upstream_pool *pool = NULL;
+
+    if (call->deadline_ms != 0 && call_now(call) >= call->deadline_ms) {
+        call_fail(call, SLB_GRPC_DEADLINE_EXCEEDED, "sidelb: deadline exceeded before the call was sent");
+        return;
+    }
+    if (call->attempts < SLB_MAX_ATTEMPTS)
+        be = slb_cluster_pick(cl, call->hash, call->has_hash, &call->tried);
+    if (be != NULL && (pool = call->io->pool(call->ctx, be, cl->cfg)) == NULL) {
+        call_fail_local(call, SLB_GRPC_RESOURCE_EXHAUSTED, "sidelb: out of memory");
+        return;
+    }
+    if (be == NULL || call->io->in_backoff(pool)) {
+        /* A backend in connection backoff (panic mode picks those) would
+         * only fail again: wait until one leaves backoff instead. */
+        call_no_backend(call);
+        return;
+    }
+    slb_tried_add(&call->tried, be);
+    call->be = be;
+    slb_backend_ref(be);
+    call->pool = pool;
+    call_queue(call);
+}
+
+/* The cluster's wake: a backend may be usable now. */
+void slb_call_wake(struct slb_cluster_waiter *w)
+{
+    struct slb_call *call = slb_container_of(w, struct slb_call, wait);
+
+    if (call->state == SLB_CALL_WAIT_BACKEND)
+        call_dispatch(call);
+}
+
+/* Rewinds the request for another attempt and forgets the last response. */
+static void call_reset_attempt(struct slb_call *call)
+{
+    slb_chunkq_rewind(&call->req);
+    call->req_pos = 0;
+    call->upstream_done = 0;
+    call->upstream_status = -1;
+    slb_hdrs_clear(&call->resp_hdrs);
+    slb_hdrs_clear(&call->trailers);
+    slb_chunkq_clear(&call->resp);
+    call->resp_received = call->resp_consumed = 0;
+}
+
+/*
+ * gRFC A6: retry an attempt that ended with a retryable status before any
+ * response reached the app, if the policy allows another attempt, the whole
+ * request is still retained and the backoff ends before the deadline.
+ * Returns 1 when a retry was scheduled (the attempt is let go).
+ */
+static int call_try_retry(struct slb_call *call, int status, int report)
+{
+    const struct slb_retry_policy *p = call->retry;
+    uint64_t now, wait;
+
+    if (p == NULL || status < 0 || status > 31 || !(p->codes & (1u << status)))
+        return 0;
+    slb_retry_on_failure(&call->cluster->methods); /* counts whether or not a retry follows */
+    if (call->state != SLB_CALL_SENT || call->resp_headers_sent || !call->req.retain ||
+        call->retries + 1 >= p->max_attempts || call->attempts >= SLB_MAX_ATTEMPTS ||
+        !slb_retry_allowed(&call->cluster->methods))
+        return 0;
+    now = call_now(call);
+    wait = slb_retry_backoff_ms(p, call->retries + 2u, slb_loop_random(call->ctx));
+    if (call->deadline_ms != 0 && now + wait >= call->deadline_ms)
+        return 0;
+    if (report) /* the attempt's outcome, for outlier detection, before the backend is let go */
+        call_report(call, status != SLB_GRPC_UNAVAILABLE);
+    slb_debug("call %d: attempt %u on %s ended with %s; retrying in %llu ms", call->down.sid, call->attempts,
+              call->be ? call->be->name : "?", slb_grpc_status_name(status), (unsigned long long)wait);
+    call->retries++;
+    call_release_upstream(call, NGHTTP2_CANCEL);
+    call_unbind_backend(call);
+    call_reset_attempt(call);
+    call->retry_at_ms = now + wait;
+    call_set_state(call, SLB_CALL_BACKOFF);
+    call_arm_timer(call);
+    return 1;
+}
+
+void slb_call_on_timer(struct slb_deadline *d)
+{
+    struct slb_call *call = slb_container_of(d, struct slb_call, timer);
+    uint64_t now = call_now(call);
+
+    if (call->deadline_ms != 0 && now >= call->deadline_ms) {
+        slb_debug("call %d: deadline exceeded in %s", call->down.sid, slb_call_state_name(call->state));
+        call_fail(call, SLB_GRPC_DEADLINE_EXCEEDED, "sidelb: deadline exceeded");
+        call_discard_request(call);
+        return;
+    }
+    if (call->state == SLB_CALL_WAIT_BACKEND && now >= call->wait_until_ms) {
+        slb_cluster_unwait(&call->wait);
+        call_no_backend(call); /* fails: the wait is over */
+        return;
+    }
+    if (call->state == SLB_CALL_BACKOFF && now >= call->retry_at_ms) {
+        call_dispatch(call);
+        return;
+    }
+    call_arm_timer(call); /* early: due again later */
+}
+
+/* ---- the app's side (slb_downstream_handler) ---- */
+
+static struct slb_h2_stream *down_open(struct slb_downstream *dc)
+{
+    struct slb_call *call = call_new(dc->ctx, dc);
+    return call != NULL ? &call->down : NULL;
+}
+
+static int down_on_header(struct slb_h2_stream *s, nghttp2_rcbuf *name, nghttp2_rcbuf *value, int trailer)
+{
+    struct slb_call *call = call_of_down(s);
+    nghttp2_vec n = nghttp2_rcbuf_get_buf(name);
+
+    /* gRPC requests have no trailers: a trailer block only ends the request,
+     * and nothing in it (grpc-timeout least of all) changes the call. */
+    if (trailer || call->state != SLB_CALL_HEADERS || slb_hdrs_is_hop_by_hop(n.base, n.len))
+        return 0;
+    if (n.len == 12 && memcmp(n.base, "grpc-timeout", 12) == 0) {
+        nghttp2_vec v = nghttp2_rcbuf_get_buf(value);
+        uint64_t ms;
+        if (slb_grpc_timeout_parse((const char *)v.base, v.len, &ms) == 0)
+            call->deadline_ms = call_now(call) + ms;
+    }
+    return slb_hdrs_push(&call->req_hdrs, name, value);
+}
+
+static void down_on_end(struct slb_h2_stream *s);
+
+static void down_on_headers_done(struct slb_h2_stream *s, int trailer, int end_stream)
+{
+    struct slb_call *call = call_of_down(s);
+    struct slb_cluster *cl;
+    const uint8_t *path;
+    size_t len;
+
+    if (trailer || call->state != SLB_CALL_HEADERS) {
+        if (end_stream)
+            down_on_end(s);
+        return;
+    }
+    if (end_stream)
+        call->req_end = 1;
+    path = slb_hdrs_get(&call->req_hdrs, ":path", &len);
+    if (path == NULL) {
+        call_fail(call, SLB_GRPC_INTERNAL, "sidelb: request without :path");
+        return;
+    }
+    if ((cl = slb_routes_lookup(call->dc->routes, path, len)) == NULL) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "sidelb: no route for %.*s", (int)(len > 150 ? 150 : len), (const char *)path);
+        slb_debug("%s", msg);
+        call_fail(call, SLB_GRPC_UNIMPLEMENTED, msg);
+        return;
+    }
+    if (cl->cfg->max_calls != 0 && cl->n_calls >= cl->cfg->max_calls) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "sidelb: cluster %s is at max_calls (%u)", cl->cfg->name, cl->cfg->max_calls);
+        call_fail_local(call, SLB_GRPC_RESOURCE_EXHAUSTED, msg);
+        return;
+    }
+    call->cluster = cl;
+    cl->n_calls++;
+    call->counted_in_cluster = 1;
+    if ((call->mc = slb_method_lookup(&cl->methods, path, len)) != NULL) {
+        call->retry = call->mc->has_retry ? &call->mc->retry : NULL;
+        if (call->mc->timeout_ms != 0) {
+            /* the method's timeout, unless the app asked for less */
+            uint64_t d = call_now(call) + call->mc->timeout_ms;
+            if (call->deadline_ms == 0 || d < call->deadline_ms)
+                call->deadline_ms = d;
+        }
+    }
+    if (cl->lb.ops->uses_hash) {
+        const char *hname = cl->cfg->lb.hash_header;
+        if (hname[0] != '\0') {
+            const uint8_t *v = slb_hdrs_get(&call->req_hdrs, hname, &len);
+            if (v != NULL) {
+                call->hash = slb_hash64(v, len);
+                call->has_hash = 1;
+            }
+        } else {
+            call->hash = call->dc->peer_hash;
+            call->has_hash = 1;
+        }
+    }
+    call_dispatch(call);
+}
+
+static int down_on_data(struct slb_h2_stream *s, const uint8_t *p, size_t n)
+{
+    struct slb_call *call = call_of_down(s);
+
+    call->req_received += n;
+    if (call->upstream_done || call->state == SLB_CALL_FINISHING) {
+        call_release_downstream_window(call); /* nobody will read these */
+        return 0;
+    }
+    if (call->mc != NULL && call->mc->max_request_bytes != 0) {
+        uint32_t len = slb_grpc_scan(&call->req_scan, p, n, call->mc->max_request_bytes);
+        if (len != 0) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "sidelb: request message of %u bytes exceeds maxRequestMessageBytes %u", len,
+                     call->mc->max_request_bytes);
+            call_fail(call, SLB_GRPC_RESOURCE_EXHAUSTED, msg);
+            call_discard_request(call);
+            return 0;
+        }
+    }
+    if (slb_chunkq_append(&call->req, p, n) != 0)
+        return SLB_ENOMEM;
+    if (call->up.open)
+        call->io->resume(&call->up);
+    return 0;
+}
+
+static void down_on_end(struct slb_h2_stream *s)
+{
+    struct slb_call *call = call_of_down(s);
+
+    call->req_end = 1;
+    if (call->up.open)
+        call->io->resume(&call->up);
+}
+
+static void down_on_response_sent(struct slb_h2_stream *s)
+{
+    struct slb_call *call = call_of_down(s);
+
+    if (call->rst_after_response == 0)
+        return;
+    /* The response is complete but the app is still sending: tell it to
+     * stop with the code the backend used (NO_ERROR stays NO_ERROR). */
+    if (!call->req_end)
+        call->io->reset(&call->down, call->rst_after_response - 1);
+    call->rst_after_response = 0;
+}
+
+static void down_on_close(struct slb_h2_stream *s, uint32_t error_code)
+{
+    struct slb_call *call = call_of_down(s);
+
+    call_set_state(call, SLB_CALL_CLOSED);
+    call->dc = NULL;
+    /* A cancel from the app (or sidelb's own reply) reaches the backend. */
+    call_release_upstream(call, error_code != NGHTTP2_NO_ERROR ? error_code : NGHTTP2_CANCEL);
+    call_free(call);
+}
+
+const struct slb_downstream_handler slb_call_downstream_handler = {
+    .open = down_open,
+    .on_header = down_on_header,
+    .on_headers_done = down_on_headers_done,
+    .on_data = down_on_data,
+    .on_end = down_on_end,
+    .on_response_sent = down_on_response_sent,
+    .on_close = down_on_close,
+};
+
+/* ---- the backend's side (slb_upstream_handler) ---- */
+
+/* The call's request for the backend: its headers, with the time that is left as grpc-timeout. */
+static void up_on_ready(struct slb_pool_waiter *w, struct slb_upstream *uc)
+{
+    struct slb_call *call = slb_container_of(w, struct slb_call, pool_wait);
+    nghttp2_nv nv[SLB_HDRS_MAX + 1];
+    size_t n = slb_hdrs_to_nv(&call->req_hdrs, nv);
+    int has_body = !(call->req_end && call->req.unsent == 0);
+    char timeout[SLB_GRPC_TIMEOUT_MAX];
+
+    if (call->deadline_ms != 0) {
+        /* The backend gets the time that is left (after waits, retries, or a
+         * shorter method timeout), not the app's original grpc-timeout. */
+        uint64_t now = call_now(call), left = call->deadline_ms > now ? call->deadline_ms - now : 1;
+        size_t i, tl = slb_grpc_timeout_format(left, timeout);
+        for (i = 0; i < n && !(nv[i].namelen == 12 && memcmp(nv[i].name, "grpc-timeout", 12) == 0); i++)
+            ;
+        nv[i] = (nghttp2_nv){(uint8_t *)"grpc-timeout", (uint8_t *)timeout, 12, tl, NGHTTP2_NV_FLAG_NONE};
+        if (i == n)
+            n++;
+    }
+    if (call->io->request(uc, &call->up, nv, n, has_body) != 0) {
+        char msg[160];
+        call_report(call, 0);
+        snprintf(msg, sizeof(msg), "sidelb: cannot send the call to backend %s", call->io->backend_name(uc));
+        call_discard_request(call);
+        call_fail(call, SLB_GRPC_UNAVAILABLE, msg);
+        return;
+    }
+    call_set_state(call, SLB_CALL_SENT);
+}
+
+/* The picked backend cannot take it (connect failed, draining): nothing
+ * reached it, so try again without spending one of the call's attempts. */
+static void up_on_unavailable(struct slb_pool_waiter *w, int err)
+{
+    struct slb_call *call = slb_container_of(w, struct slb_call, pool_wait);
+
+    if (call->state != SLB_CALL_QUEUED)
+        return;
+    call_report(call, 0);
+    call_unbind_backend(call);
+    call->attempts--;
+    call_reset_attempt(call);
+    call_dispatch(call);
+}
+
+static int up_on_header(struct slb_h2_stream *s, nghttp2_rcbuf *name, nghttp2_rcbuf *value)
+{
+    struct slb_call *call = call_of_up(s);
+    nghttp2_vec n = nghttp2_rcbuf_get_buf(name);
+
+    if (slb_hdrs_is_hop_by_hop(n.base, n.len))
+        return 0;
+    return slb_hdrs_push(&call->resp_hdrs, name, value);
+}
+
+static void up_on_end(struct slb_h2_stream *s);
+
+static void up_on_headers_done(struct slb_h2_stream *s, int trailer, int end_stream)
+{
+    struct slb_call *call = call_of_up(s);
+
+    if (!trailer && call->state == SLB_CALL_SENT) {
+        nghttp2_nv nv[SLB_HDRS_MAX];
+        size_t n;
+
+        if (end_stream) {
+            note_upstream_status(call, &call->resp_hdrs);
+            if (call->upstream_status != SLB_GRPC_OK && call_try_retry(call, call->upstream_status, 1))
+                return;
+        }
+        slb_chunkq_commit(&call->req); /* the backend has the call: no replay from here */
+        call_set_state(call, end_stream ? SLB_CALL_FINISHING : SLB_CALL_STREAMING);
+        n = slb_hdrs_to_nv(&call->resp_hdrs, nv);
+        call->resp_headers_sent = 1;
+        call->io->respond(&call->down, nv, n, !end_stream);
+        slb_hdrs_clear(&call->resp_hdrs);
+        call_arm_timer(call);
+        return;
+    }
+    if (!trailer) {
+        slb_hdrs_clear(&call->resp_hdrs); /* a late header block of a call sidelb already ended */
+        return;
+    }
+    slb_hdrs_clear(&call->trailers);
+    slb_hdrs_move(&call->trailers, &call->resp_hdrs);
+    note_upstream_status(call, &call->trailers);
+    if (end_stream)
+        up_on_end(s);
+}
+
+static int up_on_data(struct slb_h2_stream *s, const uint8_t *p, size_t n)
+{
+    struct slb_call *call = call_of_up(s);
+
+    call->resp_received += n;
+    if (call->state != SLB_CALL_STREAMING) {
+        /* nobody will read these: keep the backend's window open */
+        call->io->consume(&call->up, n);
+        call->resp_consumed += n;
+        return 0;
+    }
+    if (call->mc != NULL && call->mc->max_response_bytes != 0) {
+        uint32_t len = slb_grpc_scan(&call->resp_scan, p, n, call->mc->max_response_bytes);
+        if (len != 0) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "sidelb: response message of %u bytes exceeds maxResponseMessageBytes %u", len,
+                     call->mc->max_response_bytes);
+            call->io->consume(&call->up, n);
+            call->resp_consumed += n;
+            call_fail(call, SLB_GRPC_RESOURCE_EXHAUSTED, msg);
+            return 0;
+        }
+    }
+    if (slb_chunkq_append(&call->resp, p, n) != 0)
+        return SLB_ENOMEM;
+    call->io->resume(&call->down);
+    return 0;
+}
+
+static void up_on_end(struct slb_h2_stream *s)
+{
+    struct slb_call *call = call_of_up(s);
+
+    if (call->state != SLB_CALL_STREAMING)
+        return;
+    call_set_state(call, SLB_CALL_FINISHING);
+    call_arm_timer(call);
+    call->io->resume(&call->down);
+}
+
+static void up_on_close(struct slb_h2_stream *s, uint32_t error_code)
+{
+    struct slb_call *call = call_of_up(s);
+
+    if (call->counted) {
+        call->be->outstanding--;
+        call->counted = 0;
+    }
+    if (error_code != NGHTTP2_REFUSED_STREAM)
+        call_report(call, call->state == SLB_CALL_FINISHING && call->upstream_status != SLB_GRPC_UNAVAILABLE);
+    if (call->state == SLB_CALL_SENT && error_code == NGHTTP2_REFUSED_STREAM && call->req.retain &&
+        call->attempts < SLB_MAX_ATTEMPTS) {
+        /* The backend did not process it (GOAWAY or refused): replay on a fresh stream. */
+        slb_debug("backend %s refused stream %d: replaying", call->be->name, s->sid);
+        call_release_upstream(call, 0);
+        call_reset_attempt(call);
+        call_queue(call);
+        return;
+    }
+    if (call->state == SLB_CALL_SENT && call_try_retry(call, slb_grpc_status_from_h2(error_code), 0))
+        return;
+    if (call->state != SLB_CALL_FINISHING) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "sidelb: backend %s reset the stream (HTTP/2 error %u)",
+                 call->be ? call->be->name : "?", error_code);
+        call_fail(call, slb_grpc_status_from_h2(error_code), msg);
+    } else if (!call->req_end && call->rst_after_response == 0) {
+        call->rst_after_response = error_code + 1;
+    }
+    call_discard_request(call);
+    if (call->resp.unsent == 0)
+        call_release_upstream(call, 0); /* else when the app has taken the rest */
+}
+
+static void up_on_lost(struct slb_h2_stream *s, int err)
+{
+    struct slb_call *call = call_of_up(s);
+
+    if (call->state != SLB_CALL_FINISHING) {
+        char msg[160];
+        call_report(call, 0);
+        if (call_try_retry(call, SLB_GRPC_UNAVAILABLE, 0))
+            return;
+        snprintf(msg, sizeof(msg), "sidelb: connection to backend %s lost (%s)", call->be ? call->be->name : "?",
+                 slb_strerror(err));
+        call_fail(call, SLB_GRPC_UNAVAILABLE, msg);
+    }
+    call_discard_request(call);
+    call_unbind_backend(call);
+}
+
+const struct slb_upstream_handler slb_call_upstream_handler = {
+    .on_ready = up_on_ready,
+    .on_unavailable = up_on_unavailable,
+    .on_header = up_on_header,
+    .on_headers_done = up_on_headers_done,
+    .on_data = up_on_data,
+    .on_end = up_on_end,
+    .on_close = up_on_close,
+    .on_lost = up_on_lost,
+};
+
+/* ---- bodies both ways (slb_h2_stream_ops) ---- */
+
+/* The request body, to the backend. */
+static size_t up_peek(struct slb_h2_stream *s, const uint8_t **p, int *end)
+{
+    struct slb_call *call = call_of_up(s);
+    size_t n = slb_chunkq_peek(&call->req, p);
+
+    *end = call->req_end && n == call->req.unsent;
+    return n;
+}
+
+static void up_sent(struct slb_h2_stream *s, size_t n)
+{
+    struct slb_call *call = call_of_up(s);
+
+    slb_chunkq_advance(&call->req, n);
+    call->req_pos += n;
+    if (call->req_pos > call->req_consumed) { /* new bytes, not a replay: reopen the app's window */
+        call->io->consume(&call->down, (size_t)(call->req_pos - call->req_consumed));
+        call->req_consumed = call->req_pos;
+    }
+    if (call->req.retain && call->req.retained > SLB_REPLAY_MAX)
+        slb_chunkq_commit(&call->req);
+}
+
+static size_t up_take_unconsumed(struct slb_h2_stream *s)
+{
+    struct slb_call *call = call_of_up(s);
+    size_t n = (size_t)(call->resp_received - call->resp_consumed);
+
+    call->resp_consumed = call->resp_received;
+    return n;
+}
+
+/* The response body, to the app. */
+static size_t down_peek(struct slb_h2_stream *s, const uint8_t **p, int *end)
+{
+    struct slb_call *call = call_of_down(s);
+    size_t n = slb_chunkq_peek(&call->resp, p);
+
+    *end = call->state == SLB_CALL_FINISHING && n == call->resp.unsent;
+    return n;
+}
+
+static void down_sent(struct slb_h2_stream *s, size_t n)
+{
+    struct slb_call *call = call_of_down(s);
+
+    slb_chunkq_advance(&call->resp, n);
+    if (call->up.conn != NULL) {
+        call->io->consume(&call->up, n);
+        call->resp_consumed += n;
+        if (!call->up.open && call->resp.unsent == 0)
+            call_release_upstream(call, 0); /* the backend's stream is done and drained */
+    }
+}
+
+static size_t down_trailers(struct slb_h2_stream *s, nghttp2_nv *nv, char *scratch, size_t scratch_len)
+{
+    struct slb_call *call = call_of_down(s);
+
+    if (call->synth_status >= 0) {
+        struct slb_grpc_status_text *t = (struct slb_grpc_status_text *)scratch;
+        if (scratch_len < sizeof(*t))
+            return 0;
+        return slb_grpc_status_fields(nv, t, call->synth_status, call->synth_msg);
+    }
+    /* valid until the trailers are freed with the call, after nghttp2 copied them */
+    return slb_hdrs_to_nv(&call->trailers, nv);
+}
+
+static size_t down_take_unconsumed(struct slb_h2_stream *s)
+{
+    struct slb_call *call = call_of_down(s);
+    size_t n = (size_t)(call->req_received - call->req_consumed);
+
+    call->req_consumed = call->req_received;
+    return n;
+}
+
+static const struct slb_h2_stream_ops up_stream_ops = {
+    .peek = up_peek,
+    .sent = up_sent,
+    .trailers = NULL, /* gRPC requests have none */
+    .take_unconsumed = up_take_unconsumed,
+};
+
+static const struct slb_h2_stream_ops down_stream_ops = {
+    .peek = down_peek,
+    .sent = down_sent,
+    .trailers = down_trailers,
+    .take_unconsumed = down_take_unconsumed,
+};
+
+/* ---- the real transports ---- */
+
+const struct slb_call_transport slb_call_h2_transport = {
+    .respond = slb_downstream_respond,
+    .reset = slb_downstream_reset,
+    .resume = slb_h2_stream_resume,
+    .consume = slb_h2_stream_consume,
+    .pool = slb_upstream_pool_get,
+    .in_backoff = slb_upstream_pool_in_backoff,
+    .queue = slb_upstream_pool_queue,
+    .unqueue = slb_upstream_pool_unqueue,
+    .request = slb_upstream_request,
+    .release = slb_upstream_release,
+    .backend_name = slb_upstream_backend_name,
+};

@@ -1,0 +1,137 @@
+/*
+ * One call: an app's request stream bound to one upstream stream per
+ * attempt. The call is the one module that sees both sides: the transports
+ * (h2_downstream, h2_upstream) and the cluster report to it through their
+ * handler tables and the link objects it embeds (slb_h2_stream,
+ * slb_pool_waiter, slb_cluster_waiter, slb_deadline); it reaches them only
+ * through struct slb_call_transport, so tests can drive it with fakes.
+ *
+ * It owns the bytes in flight both ways and keeps flow control end to end:
+ * a window on one side is reopened only when the other side has taken the
+ * bytes, so sidelb never buffers more than one stream window per direction.
+ *
+ * Its progress is one explicit state (enum slb_call_state), changed only by
+ * call_set_state(), which logs each transition at debug level:
+ *
+ *   HEADERS --route--> QUEUED --stream--> SENT --response headers--> STREAMING
+ *      |                 ^  |               |  \--retryable status--> BACKOFF --timer--> QUEUED
+ *      |                 |  v               |   \--refused stream (GOAWAY)--> QUEUED (replay)
+ *      +--no backend--> WAIT_BACKEND <--no backend--+
+ *   STREAMING --backend ended--> FINISHING;  any state --sidelb ends it (deadline, error)--> FINISHING
+ *   any state --the app's stream closed--> CLOSED (freed)
+ *
+ * Ownership: calls are allocated by the loop context's free list; the app's
+ * stream holds the call: it is freed when that stream closes, after letting
+ * go of every upstream link.
+ */
+#ifndef SLB_CALL_H
+#define SLB_CALL_H
+
+#include <nghttp2/nghttp2.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "cluster.h"
+#include "deadline.h"
+#include "grpc.h"
+#include "h2_conn.h"
+#include "h2_downstream.h"
+#include "h2_headers.h"
+#include "h2_upstream.h"
+#include "lb.h"
+#include "method_config.h"
+
+struct slb_loop_ctx;
+
+enum slb_call_state {
+    SLB_CALL_HEADERS,      /* request headers arriving from the app */
+    SLB_CALL_WAIT_BACKEND, /* no backend can take it now: on its cluster's waiter list until woken or timed out */
+    SLB_CALL_BACKOFF,      /* a retry waits for its backoff to end (the call's timer) */
+    SLB_CALL_QUEUED,       /* a backend is picked: waiting in its pool for a stream */
+    SLB_CALL_SENT,         /* the attempt's stream is open; nothing reached the app yet (retry, replay possible) */
+    SLB_CALL_STREAMING,    /* the response headers reached the app: committed to this attempt */
+    SLB_CALL_FINISHING,    /* the response is complete on sidelb's side; buffered bytes still go to the app */
+    SLB_CALL_CLOSED,       /* the app's stream closed: freed */
+};
+
+const char *slb_call_state_name(int state);
+
+/* What the call asks of the layers below. slb_call_h2_transport is the real one. Owner: static tables. */
+struct slb_call_transport {
+    /* app side */
+    int (*respond)(struct slb_h2_stream *s, const nghttp2_nv *nv, size_t n, int has_body);
+    void (*reset)(struct slb_h2_stream *s, uint32_t code);
+    /* either side */
+    void (*resume)(struct slb_h2_stream *s);
+    void (*consume)(struct slb_h2_stream *s, size_t n);
+    /* backend side */
+    struct slb_upstream_pool *(*pool)(struct slb_loop_ctx *ctx, struct slb_backend *be,
+                                      const struct slb_config_cluster *cfg);
+    int (*in_backoff)(const struct slb_upstream_pool *pool);
+    void (*queue)(struct slb_upstream_pool *pool, struct slb_pool_waiter *w);
+    void (*unqueue)(struct slb_pool_waiter *w);
+    int (*request)(struct slb_upstream *uc, struct slb_h2_stream *s, const nghttp2_nv *nv, size_t n, int has_body);
+    void (*release)(struct slb_h2_stream *s, uint32_t rst_code);
+    const char *(*backend_name)(const struct slb_upstream *uc);
+};
+
+extern const struct slb_call_transport slb_call_h2_transport;
+/* The handlers the transports and clusters report to (install in the loop context). */
+extern const struct slb_downstream_handler slb_call_downstream_handler;
+extern const struct slb_upstream_handler slb_call_upstream_handler;
+void slb_call_wake(struct slb_cluster_waiter *w);
+/* The loop context's timer heap calls this for a call's timer. */
+void slb_call_on_timer(struct slb_deadline *d);
+/* Frees the loop context's free list of calls. */
+void slb_call_free_list_drain(struct slb_loop_ctx *ctx);
+
+struct slb_call {
+    struct slb_loop_ctx *ctx;
+    const struct slb_call_transport *io;
+    uint8_t state; /* enum slb_call_state; only call_set_state() writes it */
+
+    /* links the layers below own (the call never edits them) */
+    struct slb_h2_stream down;        /* the app's stream */
+    struct slb_h2_stream up;          /* the current attempt's stream */
+    struct slb_pool_waiter pool_wait; /* QUEUED */
+    struct slb_cluster_waiter wait;   /* WAIT_BACKEND */
+    struct slb_deadline timer;        /* earliest of deadline_ms, wait_until_ms, retry_at_ms */
+    struct slb_downstream *dc;        /* the app's connection (routes, peer hash); NULL once closed */
+    struct slb_call *next_free;       /* in the loop context's free list */
+
+    /* the attempt */
+    struct slb_cluster *cluster;
+    struct slb_backend *be;         /* referenced while an attempt is bound to it */
+    struct slb_upstream_pool *pool; /* be's pool (a replay stays there) */
+    struct slb_tried tried;
+    uint8_t attempts; /* streams opened or queued (SLB_MAX_ATTEMPTS) */
+    uint8_t retries;  /* gRFC A6 retries made */
+
+    struct slb_hdrs req_hdrs;  /* kept until the response starts (replay) */
+    struct slb_hdrs resp_hdrs; /* response header block being received */
+    struct slb_hdrs trailers;  /* the backend's trailers, sent after the body */
+    struct slb_chunkq req, resp;
+    uint64_t req_received, req_consumed, req_pos;
+    uint64_t resp_received, resp_consumed;
+    uint64_t hash;
+    int16_t upstream_status;                  /* grpc-status the backend sent, -1 until then */
+    int16_t synth_status;                     /* >= 0: sidelb ends the response with this grpc-status */
+    char synth_msg[160];                      /* its grpc-message */
+    uint32_t rst_after_response;              /* +1: reset the app's stream with (code-1) after the response */
+    uint64_t deadline_ms;                     /* 0 = none (grpc-timeout, or a shorter methodConfig timeout) */
+    uint64_t wait_until_ms;                   /* how long it may wait for a usable backend (0 = not computed) */
+    uint64_t retry_at_ms;                     /* BACKOFF ends */
+    const struct slb_method_config *mc;       /* from the cluster's service config, or NULL */
+    const struct slb_retry_policy *retry;     /* mc's retry policy, or NULL */
+    struct slb_grpc_scan req_scan, resp_scan; /* message sizes (when mc limits them) */
+
+    /* facts about the bytes, not the call's progress */
+    uint8_t has_hash;
+    uint8_t counted_in_cluster; /* cluster->n_calls counts it */
+    uint8_t counted;            /* be->outstanding counts it */
+    uint8_t req_end;            /* the app sent END_STREAM */
+    uint8_t resp_headers_sent;  /* a header block (or a trailers-only reply) went to the app */
+    uint8_t upstream_done;      /* no backend will read more request bytes */
+};
+
+#endif

@@ -1,0 +1,75 @@
+/*
+ * The per-loop context: everything the forwarding core of one event loop
+ * shares — the loop, the connection context (write coalescing, handle
+ * count), the RNG, the timer heap of calls, the call free list, stats, the
+ * nghttp2 callback tables, and a registry of every app connection and
+ * upstream pool created on this loop.
+ *
+ * Stop and reload close what the registry holds, wherever a backend went
+ * (a backend removed from discovery keeps its pool here until its last
+ * connection closes), and the memory is freed only after the last counted
+ * handle closed (slb_conn_ctx.on_all_closed), never on a timer.
+ *
+ * Nothing here is global, so N contexts can later run on N threads, one
+ * loop each.
+ *
+ * Ownership: embedded in the server; created by slb_loop_ctx_init, closed
+ * by slb_loop_ctx_close (async), freed by slb_loop_ctx_dispose.
+ */
+#ifndef SLB_LOOP_CTX_H
+#define SLB_LOOP_CTX_H
+
+#include <nghttp2/nghttp2.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "deadline.h"
+#include "h2_conn.h"
+#include "list.h"
+#include "rng.h"
+
+struct slb_downstream_handler;
+struct slb_upstream_handler;
+struct slb_call_transport;
+struct slb_call;
+
+struct slb_loop_stats {
+    uint64_t calls_total, calls_failed_local, downstream_conns_total, upstream_conns_total;
+};
+
+struct slb_loop_ctx {
+    uv_loop_t *loop;
+    struct slb_conn_ctx io;
+    struct slb_rng rng;
+    struct slb_deadline_heap timers; /* calls' deadlines, wait limits and retry backoffs */
+    struct slb_loop_stats stats;
+    struct slb_list downstreams; /* every app connection (struct slb_downstream.ctx_link) */
+    struct slb_list pools;       /* every upstream pool (struct slb_upstream_pool.ctx_link) */
+    /* calls: in flight, and freed ones kept for reuse (owned by the call module) */
+    uint32_t n_calls, n_free_calls;
+    struct slb_call *free_calls;
+    nghttp2_session_callbacks *down_cbs, *up_cbs;
+    nghttp2_option *down_opt, *up_opt;
+    /* who hears the transports' events (the call module; fakes in tests) */
+    const struct slb_downstream_handler *down_handler;
+    const struct slb_upstream_handler *up_handler;
+    const struct slb_call_transport *call_io; /* what calls use to reach the transports */
+    uint8_t stopping;                         /* no new upstream connections */
+    void (*on_closed)(struct slb_loop_ctx *ctx);
+};
+
+/* 0 or SLB_ENOMEM. on_timer: a call's timer (slb_deadline) expired. */
+int slb_loop_ctx_init(struct slb_loop_ctx *ctx, uv_loop_t *loop, void (*on_timer)(struct slb_deadline *d));
+/* Closes every app connection and upstream connection this context owns. */
+void slb_loop_ctx_close_connections(struct slb_loop_ctx *ctx);
+/* Closes the context's handles; on_closed runs once every counted handle closed. */
+void slb_loop_ctx_close(struct slb_loop_ctx *ctx, void (*on_closed)(struct slb_loop_ctx *ctx));
+/* Frees what init allocated (after on_closed). */
+void slb_loop_ctx_dispose(struct slb_loop_ctx *ctx);
+
+static inline uint64_t slb_loop_random(struct slb_loop_ctx *ctx)
+{
+    return slb_rng_next(&ctx->rng);
+}
+
+#endif
