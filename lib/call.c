@@ -315,6 +315,7 @@ void slb_call_wake(struct slb_cluster_waiter *w)
 {
     struct slb_call *call = slb_container_of(w, struct slb_call, wait);
 
+    slb_cluster_unwait(w); /* the cluster unlinked it already; a direct wake must too */
     if (call->state == SLB_CALL_WAIT_BACKEND)
         call_dispatch(call);
 }

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common.h"
+
 #define CLASS_SIZE     16
 #define NCLASSES       (SLB_H2_MEM_MAX / CLASS_SIZE)
 #define KEEP_PER_CLASS 4096 /* idle blocks kept per class */
@@ -21,11 +23,22 @@ struct block {
 static struct block *free_lists[NCLASSES + 1];
 static uint32_t free_counts[NCLASSES + 1];
 
+static unsigned fail_next; /* tests: allocations to fail */
+
+void slb_h2_mem_fail_next(unsigned n)
+{
+    fail_next = n;
+}
+
 static void *mem_malloc(size_t size, void *ud)
 {
     size_t cls = (size + CLASS_SIZE - 1) / CLASS_SIZE;
     struct block *b;
 
+    if (SLB_UNLIKELY(fail_next > 0)) {
+        fail_next--;
+        return NULL;
+    }
     if (cls == 0)
         cls = 1;
     if (cls > NCLASSES) {

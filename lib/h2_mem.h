@@ -15,5 +15,7 @@
 nghttp2_mem *slb_h2_mem(void);
 /* Returns the pooled blocks to malloc (at shutdown, for leak checkers). */
 void slb_h2_mem_drain(void);
+/* Tests: the next n allocations fail (out-of-memory paths). */
+void slb_h2_mem_fail_next(unsigned n);
 
 #endif

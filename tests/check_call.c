@@ -1,0 +1,769 @@
+/*
+ * lib/call.c driven through fake transports: the call's state machine with
+ * no sockets. The fakes record what the call asks of the layers below
+ * (responses, resets, window updates, queued waiters, requests, releases);
+ * the tests play the transports' and cluster's events into the handler
+ * tables, as h2_downstream, h2_upstream and the cluster do.
+ *
+ * Header blocks come from a real pair of in-memory nghttp2 sessions, since
+ * the call keeps headers as nghttp2 rcbufs.
+ */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "call.h"
+#include "cluster.h"
+#include "config.h"
+#include "loop_ctx.h"
+#include "route.h"
+
+/* ---- fake transports ---- */
+
+struct fake_pool {
+    struct slb_upstream_pool base; /* only waiters is used */
+    int backoff;
+};
+
+static struct {
+    struct fake_pool pools[2];
+    int fake_down_conn, fake_up_conn; /* addresses that mark a stream as bound */
+    int responds, status, has_body, resets, resumes, requests, req_has_body, releases;
+    uint32_t reset_code, rst_code;
+    size_t consumed_down, consumed_up;
+    char timeout[32];
+    int32_t next_sid;
+} F;
+
+static int nv_status(const nghttp2_nv *nv, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (nv[i].namelen == 11 && memcmp(nv[i].name, "grpc-status", 11) == 0)
+            return slb_grpc_status_parse(nv[i].value, nv[i].valuelen);
+    return -1;
+}
+
+static int fake_respond(struct slb_h2_stream *s, const nghttp2_nv *nv, size_t n, int has_body)
+{
+    F.responds++;
+    F.status = nv_status(nv, n);
+    F.has_body = has_body;
+    return 0;
+}
+
+static void fake_reset(struct slb_h2_stream *s, uint32_t code)
+{
+    F.resets++;
+    F.reset_code = code;
+}
+
+static void fake_resume(struct slb_h2_stream *s)
+{
+    F.resumes++;
+}
+
+static void fake_consume(struct slb_h2_stream *s, size_t n)
+{
+    if (s->conn == (struct slb_conn *)&F.fake_up_conn)
+        F.consumed_up += n;
+    else
+        F.consumed_down += n;
+}
+
+static struct slb_upstream_pool *fake_pool_of(struct slb_loop_ctx *ctx, struct slb_backend *be,
+                                              const struct slb_config_cluster *cfg)
+{
+    return &F.pools[be->name[strlen(be->name) - 1] - '1'].base;
+}
+
+static int fake_in_backoff(const struct slb_upstream_pool *pool)
+{
+    return ((const struct fake_pool *)pool)->backoff;
+}
+
+static void fake_queue(struct slb_upstream_pool *pool, struct slb_pool_waiter *w)
+{
+    slb_list_push_back(&pool->waiters, &w->link);
+    w->pool = pool;
+}
+
+static void fake_unqueue(struct slb_pool_waiter *w)
+{
+    if (w->pool == NULL)
+        return;
+    slb_list_remove(&w->link);
+    w->pool = NULL;
+}
+
+static int fake_request(struct slb_upstream *uc, struct slb_h2_stream *s, const nghttp2_nv *nv, size_t n, int has_body)
+{
+    F.requests++;
+    F.req_has_body = has_body;
+    F.timeout[0] = '\0';
+    for (size_t i = 0; i < n; i++)
+        if (nv[i].namelen == 12 && memcmp(nv[i].name, "grpc-timeout", 12) == 0)
+            snprintf(F.timeout, sizeof(F.timeout), "%.*s", (int)nv[i].valuelen, nv[i].value);
+    s->conn = (struct slb_conn *)&F.fake_up_conn;
+    s->sid = F.next_sid += 2;
+    s->open = 1;
+    return 0;
+}
+
+static void fake_release(struct slb_h2_stream *s, uint32_t rst_code)
+{
+    F.releases++;
+    if (s->open)
+        F.rst_code = rst_code;
+    F.consumed_up += s->ops->take_unconsumed(s);
+    s->conn = NULL;
+    s->open = 0;
+}
+
+static const char *fake_name(const struct slb_upstream *uc)
+{
+    return "fake";
+}
+
+static const struct slb_call_transport fake_io = {
+    .respond = fake_respond,
+    .reset = fake_reset,
+    .resume = fake_resume,
+    .consume = fake_consume,
+    .pool = fake_pool_of,
+    .in_backoff = fake_in_backoff,
+    .queue = fake_queue,
+    .unqueue = fake_unqueue,
+    .request = fake_request,
+    .release = fake_release,
+    .backend_name = fake_name,
+};
+
+/* ---- header blocks from real nghttp2 sessions ---- */
+
+static nghttp2_session *hf_client, *hf_server;
+static struct slb_h2_stream *hf_target;
+static int hf_response; /* 0: request headers (downstream handler), 1: response (upstream handler) */
+static int32_t hf_sid;
+
+static int hf_on_header(nghttp2_session *s, const nghttp2_frame *f, nghttp2_rcbuf *name, nghttp2_rcbuf *value,
+                        uint8_t flags, void *user)
+{
+    if (hf_target == NULL)
+        return 0;
+    if (!hf_response)
+        return slb_call_downstream_handler.on_header(hf_target, name, value, f->headers.cat == NGHTTP2_HCAT_HEADERS);
+    return slb_call_upstream_handler.on_header(hf_target, name, value);
+}
+
+static int hf_on_begin(nghttp2_session *s, const nghttp2_frame *f, void *user)
+{
+    if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST)
+        hf_sid = f->hd.stream_id;
+    return 0;
+}
+
+static void pump(nghttp2_session *from, nghttp2_session *to)
+{
+    const uint8_t *d;
+    ssize_t n;
+
+    while ((n = nghttp2_session_mem_send(from, &d)) > 0)
+        ck_assert_int_eq(nghttp2_session_mem_recv(to, d, (size_t)n), n);
+}
+
+static void pump_both(void)
+{
+    for (int i = 0; i < 3; i++) {
+        pump(hf_client, hf_server);
+        pump(hf_server, hf_client);
+    }
+}
+
+static void hf_init(void)
+{
+    nghttp2_session_callbacks *cbs;
+
+    nghttp2_session_callbacks_new(&cbs);
+    nghttp2_session_callbacks_set_on_header_callback2(cbs, hf_on_header);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, hf_on_begin);
+    nghttp2_session_client_new(&hf_client, cbs, NULL);
+    nghttp2_session_server_new(&hf_server, cbs, NULL);
+    nghttp2_session_callbacks_del(cbs);
+    nghttp2_submit_settings(hf_client, NGHTTP2_FLAG_NONE, NULL, 0);
+    nghttp2_submit_settings(hf_server, NGHTTP2_FLAG_NONE, NULL, 0);
+    pump_both();
+}
+
+static void hf_free(void)
+{
+    nghttp2_session_del(hf_client);
+    nghttp2_session_del(hf_server);
+}
+
+#define NV(n, v)                                                                                                       \
+    {                                                                                                                  \
+        (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, sizeof(v) - 1, NGHTTP2_NV_FLAG_NONE                             \
+    }
+
+/* Request header fields (or trailer fields) delivered to the call's app-side handler. */
+static void feed_request(struct slb_h2_stream *down, const nghttp2_nv *nv, size_t n, int trailer)
+{
+    hf_response = 0;
+    if (!trailer) {
+        hf_target = down;
+        nghttp2_submit_request(hf_client, NULL, nv, n, NULL, NULL);
+        pump_both();
+    } else {
+        /* trailer fields: a second header block on a request stream */
+        static const nghttp2_nv req[] = {NV(":method", "POST"), NV(":scheme", "http"), NV(":path", "/x"),
+                                         NV(":authority", "a")};
+        int32_t sid;
+        hf_target = NULL;
+        sid = nghttp2_submit_headers(hf_client, NGHTTP2_FLAG_NONE, -1, NULL, req, 4, NULL);
+        pump_both();
+        hf_target = down;
+        nghttp2_submit_headers(hf_client, NGHTTP2_FLAG_END_STREAM, sid, NULL, nv, n, NULL);
+        pump_both();
+    }
+    hf_target = NULL;
+    nghttp2_submit_rst_stream(hf_server, NGHTTP2_FLAG_NONE, hf_sid, NGHTTP2_NO_ERROR);
+    pump_both();
+}
+
+/* Response header fields (or trailers) delivered to the call's backend-side handler. */
+static void feed_response(struct slb_h2_stream *up, const nghttp2_nv *nv, size_t n, int trailer)
+{
+    static const nghttp2_nv req[] = {NV(":method", "POST"), NV(":scheme", "http"), NV(":path", "/x"),
+                                     NV(":authority", "a")};
+
+    hf_response = 1;
+    hf_target = NULL;
+    if (!trailer) {
+        nghttp2_submit_request(hf_client, NULL, req, 4, NULL, NULL);
+        pump_both();
+    }
+    hf_target = up;
+    nghttp2_submit_headers(hf_server, trailer ? NGHTTP2_FLAG_END_STREAM : NGHTTP2_FLAG_NONE, hf_sid, NULL, nv, n, NULL);
+    pump_both();
+    hf_target = NULL;
+}
+
+/* ---- the world of one test ---- */
+
+static struct {
+    uv_loop_t loop;
+    struct slb_loop_ctx ctx;
+    struct slb_config *cfg;
+    struct slb_cluster cl;
+    struct slb_routes routes;
+    struct slb_downstream dc;
+    int32_t next_down_sid;
+} T;
+
+static const char config_json[] =
+    "{\"listeners\":[{\"address\":\"127.0.0.1:1\",\"default_cluster\":\"c\"}],"
+    "\"clusters\":[{\"name\":\"c\",\"discovery\":{\"static\":[\"127.0.0.1:1\",\"127.0.0.1:2\"]},"
+    "\"policy\":{\"round_robin\":{}},\"wait_for_ready_ms\":5000,\"service_config\":{\"methodConfig\":[{"
+    "\"name\":[{\"service\":\"t.Retry\"}],\"retryPolicy\":{\"maxAttempts\":3,\"initialBackoff\":\"0.01s\","
+    "\"maxBackoff\":\"0.01s\",\"backoffMultiplier\":1,\"retryableStatusCodes\":[\"UNAVAILABLE\"]}}]}}]}";
+
+static void setup(void)
+{
+    char err[SLB_CONFIG_ERRLEN];
+
+    memset(&F, 0, sizeof(F));
+    F.status = -1;
+    F.next_sid = 1;
+    for (int i = 0; i < 2; i++)
+        slb_list_init(&F.pools[i].base.waiters);
+    ck_assert_int_eq(uv_loop_init(&T.loop), 0);
+    ck_assert_int_eq(slb_loop_ctx_init(&T.ctx, &T.loop, slb_call_on_timer), 0);
+    T.ctx.call_io = &fake_io;
+    T.cfg = slb_config_load_string(config_json, "t.json", err, sizeof(err));
+    ck_assert_msg(T.cfg != NULL, "%s", err);
+    ck_assert_int_eq(slb_cluster_init(&T.cl, &T.ctx, &T.cfg->clusters[0], slb_call_wake), 0);
+    T.routes = (struct slb_routes){.v = NULL, .n = 0, .default_cluster = &T.cl};
+    memset(&T.dc, 0, sizeof(T.dc));
+    T.dc.ctx = &T.ctx;
+    T.dc.routes = &T.routes;
+    T.next_down_sid = 1;
+    hf_init();
+}
+
+static void teardown(void)
+{
+    hf_free();
+    slb_cluster_dispose(&T.cl);
+    slb_loop_ctx_close(&T.ctx, NULL);
+    uv_run(&T.loop, UV_RUN_DEFAULT);
+    slb_call_free_list_drain(&T.ctx);
+    slb_loop_ctx_dispose(&T.ctx);
+    slb_config_free(T.cfg);
+    ck_assert_int_eq(uv_loop_close(&T.loop), 0);
+}
+
+static struct slb_call *open_call(void)
+{
+    struct slb_h2_stream *s = slb_call_downstream_handler.open(&T.dc);
+
+    ck_assert_ptr_nonnull(s);
+    s->conn = (struct slb_conn *)&F.fake_down_conn;
+    s->sid = T.next_down_sid += 2;
+    s->open = 1;
+    return slb_container_of(s, struct slb_call, down);
+}
+
+/* The app's stream closes (the transport unbinds it first, returning unconsumed window). */
+static void close_down(struct slb_call *call, uint32_t code)
+{
+    struct slb_h2_stream *s = &call->down;
+
+    F.consumed_down += s->ops->take_unconsumed(s);
+    s->conn = NULL;
+    s->open = 0;
+    slb_call_downstream_handler.on_close(s, code);
+}
+
+/* Sends request headers for path (timeout: grpc-timeout or NULL), ending the request when end. */
+static void send_headers(struct slb_call *call, const char *path, const char *timeout, int end)
+{
+    nghttp2_nv nv[7] = {NV(":method", "POST"),
+                        NV(":scheme", "http"),
+                        {(uint8_t *)":path", (uint8_t *)path, 5, strlen(path), NGHTTP2_NV_FLAG_NONE},
+                        NV(":authority", "a"),
+                        NV("content-type", "application/grpc"),
+                        NV("te", "trailers")};
+    size_t n = 6;
+
+    if (timeout != NULL)
+        nv[n++] =
+            (nghttp2_nv){(uint8_t *)"grpc-timeout", (uint8_t *)timeout, 12, strlen(timeout), NGHTTP2_NV_FLAG_NONE};
+    feed_request(&call->down, nv, n, 0);
+    slb_call_downstream_handler.on_headers_done(&call->down, 0, end);
+}
+
+static struct fake_pool *queued_pool(struct slb_call *call)
+{
+    return (struct fake_pool *)call->pool_wait.pool;
+}
+
+/* The pool has a stream for the call. */
+static void stream_ready(struct slb_call *call)
+{
+    struct slb_pool_waiter *w = &call->pool_wait;
+
+    ck_assert_int_eq(call->state, SLB_CALL_QUEUED);
+    ck_assert_ptr_nonnull(w->pool);
+    fake_unqueue(w);
+    slb_call_upstream_handler.on_ready(w, NULL);
+}
+
+static void respond_headers(struct slb_call *call)
+{
+    static const nghttp2_nv nv[] = {NV(":status", "200"), NV("content-type", "application/grpc")};
+    feed_response(&call->up, nv, 2, 0);
+    slb_call_upstream_handler.on_headers_done(&call->up, 0, 0);
+}
+
+static void respond_status_only(struct slb_call *call, const char *status)
+{
+    nghttp2_nv nv[] = {NV(":status", "200"),
+                       NV("content-type", "application/grpc"),
+                       {(uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status), NGHTTP2_NV_FLAG_NONE}};
+    feed_response(&call->up, nv, 3, 0);
+    slb_call_upstream_handler.on_headers_done(&call->up, 0, 1);
+}
+
+static void respond_trailers(struct slb_call *call, const char *status)
+{
+    nghttp2_nv nv[] = {{(uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status), NGHTTP2_NV_FLAG_NONE}};
+    feed_response(&call->up, nv, 1, 1);
+    slb_call_upstream_handler.on_headers_done(&call->up, 1, 1);
+}
+
+/* The app-side transport sends what the call's response body offers: bytes, then trailers. */
+static size_t drain_response(struct slb_call *call, int *end, int *trailer_status)
+{
+    const uint8_t *p;
+    size_t total = 0, n;
+
+    *end = 0;
+    while ((n = call->down.ops->peek(&call->down, &p, end)) > 0) {
+        call->down.ops->sent(&call->down, n);
+        total += n;
+        if (*end)
+            break;
+    }
+    if (*end && trailer_status != NULL) {
+        nghttp2_nv nv[SLB_HDRS_MAX];
+        char scratch[640];
+        size_t k = call->down.ops->trailers(&call->down, nv, scratch, sizeof(scratch));
+        *trailer_status = nv_status(nv, k);
+    }
+    return total;
+}
+
+static void run_until_state(struct slb_call *call, int state, int max_ms)
+{
+    uint64_t until = uv_now(&T.loop) + (uint64_t)max_ms;
+
+    while (call->state != state && uv_now(&T.loop) < until) {
+        uv_ref(slb_deadline_handle(&T.ctx.timers));
+        uv_run(&T.loop, UV_RUN_ONCE);
+    }
+    ck_assert_str_eq(slb_call_state_name(call->state), slb_call_state_name(state));
+}
+
+/* Nothing of the call is left anywhere. */
+static void assert_all_released(void)
+{
+    ck_assert_uint_eq(T.ctx.n_calls, 0);
+    ck_assert_uint_eq(T.cl.n_calls, 0);
+    ck_assert_uint_eq(T.cl.n_waiting, 0);
+    ck_assert_uint_eq(T.ctx.timers.n, 0);
+    for (int i = 0; i < 2; i++) {
+        ck_assert(slb_list_empty(&F.pools[i].base.waiters));
+        ck_assert_uint_eq(T.cl.set.items[i]->outstanding, 0);
+    }
+}
+
+/* ---- tests ---- */
+
+START_TEST(unary_call_end_to_end)
+{
+    struct slb_call *call = open_call();
+    int end, status;
+    const uint8_t *p;
+
+    ck_assert_int_eq(call->state, SLB_CALL_HEADERS);
+    send_headers(call, "/t.S/M", "1S", 0);
+    ck_assert_int_eq(call->state, SLB_CALL_QUEUED);
+    /* request flow control: the app's window reopens only as bytes go upstream */
+    ck_assert_int_eq(slb_call_downstream_handler.on_data(&call->down, (const uint8_t *)"0123456789", 10), 0);
+    slb_call_downstream_handler.on_end(&call->down);
+    ck_assert_uint_eq(F.consumed_down, 0);
+    stream_ready(call);
+    ck_assert_int_eq(call->state, SLB_CALL_SENT);
+    ck_assert_int_eq(F.req_has_body, 1);
+    ck_assert_msg(F.timeout[strlen(F.timeout) - 1] == 'm' && atoi(F.timeout) > 900 && atoi(F.timeout) <= 1000,
+                  "the backend gets the time left, not %s", F.timeout);
+    ck_assert_uint_eq(call->up.ops->peek(&call->up, &p, &end), 10);
+    ck_assert_int_eq(end, 1);
+    call->up.ops->sent(&call->up, 6);
+    ck_assert_uint_eq(F.consumed_down, 6);
+    call->up.ops->sent(&call->up, 4);
+    ck_assert_uint_eq(F.consumed_down, 10);
+
+    respond_headers(call);
+    ck_assert_int_eq(call->state, SLB_CALL_STREAMING);
+    ck_assert_int_eq(F.responds, 1);
+    ck_assert_int_eq(F.has_body, 1);
+    /* response flow control: the backend's window reopens as the app takes the bytes */
+    ck_assert_int_eq(slb_call_upstream_handler.on_data(&call->up, (const uint8_t *)"hello", 5), 0);
+    ck_assert_uint_eq(F.consumed_up, 0);
+    ck_assert_uint_eq(drain_response(call, &end, NULL), 5);
+    ck_assert_int_eq(end, 0);
+    ck_assert_uint_eq(F.consumed_up, 5);
+    respond_trailers(call, "0");
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_NO_ERROR);
+    ck_assert_ptr_null(call->up.conn); /* drained: released at once */
+    ck_assert_uint_eq(drain_response(call, &end, &status), 0);
+    ck_assert_int_eq(end, 1);
+    ck_assert_int_eq(status, 0);
+    slb_call_downstream_handler.on_response_sent(&call->down);
+    ck_assert_int_eq(F.resets, 0);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(retry_after_unavailable_goes_to_another_backend)
+{
+    struct slb_call *call = open_call();
+    struct fake_pool *first;
+
+    send_headers(call, "/t.Retry/M", NULL, 1);
+    first = queued_pool(call);
+    stream_ready(call);
+    respond_status_only(call, "14");
+    ck_assert_int_eq(call->state, SLB_CALL_BACKOFF);
+    ck_assert_int_eq(F.responds, 0); /* nothing reached the app */
+    ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL);
+    run_until_state(call, SLB_CALL_QUEUED, 1000);
+    ck_assert_ptr_ne(queued_pool(call), first);
+    stream_ready(call);
+    respond_status_only(call, "0");
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+    ck_assert_int_eq(F.status, 0);
+    ck_assert_int_eq(call->retries, 1);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(refused_stream_is_replayed_with_the_whole_request)
+{
+    struct slb_call *call = open_call();
+    const uint8_t *p;
+    int end;
+
+    send_headers(call, "/t.S/M", NULL, 0);
+    slb_call_downstream_handler.on_data(&call->down, (const uint8_t *)"abcdef", 6);
+    slb_call_downstream_handler.on_end(&call->down);
+    stream_ready(call);
+    call->up.ops->sent(&call->up, call->up.ops->peek(&call->up, &p, &end));
+    ck_assert_uint_eq(F.consumed_down, 6);
+    /* the backend's GOAWAY refused the stream: the same request goes out again */
+    call->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_REFUSED_STREAM);
+    ck_assert_int_eq(call->state, SLB_CALL_QUEUED);
+    stream_ready(call);
+    ck_assert_uint_eq(call->up.ops->peek(&call->up, &p, &end), 6);
+    ck_assert(memcmp(p, "abcdef", 6) == 0);
+    ck_assert_int_eq(end, 1);
+    call->up.ops->sent(&call->up, 6);
+    ck_assert_uint_eq(F.consumed_down, 6); /* a replay reopens nothing twice */
+    close_down(call, NGHTTP2_CANCEL);
+    ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL); /* the app's cancel reaches the backend */
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(lost_connection_fails_with_unavailable)
+{
+    struct slb_call *call = open_call();
+
+    send_headers(call, "/t.S/M", NULL, 1);
+    stream_ready(call);
+    call->up.conn = NULL; /* the transport unbinds it */
+    call->up.open = 0;
+    slb_call_upstream_handler.on_lost(&call->up, UV_ECONNRESET);
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+    ck_assert_int_eq(F.status, SLB_GRPC_UNAVAILABLE);
+    ck_assert_int_eq(F.has_body, 0); /* trailers-only */
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(backend_reset_while_streaming_ends_with_error_trailers)
+{
+    struct slb_call *call = open_call();
+    int end, status;
+
+    send_headers(call, "/t.S/M", NULL, 1);
+    stream_ready(call);
+    respond_headers(call);
+    slb_call_upstream_handler.on_data(&call->up, (const uint8_t *)"xy", 2);
+    call->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_CANCEL);
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+    ck_assert_uint_eq(drain_response(call, &end, &status), 2); /* what was buffered still goes out */
+    ck_assert_int_eq(end, 1);
+    ck_assert_int_eq(status, SLB_GRPC_CANCELLED);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+/* Brings a new call to the given state. */
+static struct slb_call *call_in_state(int state)
+{
+    struct slb_call *call = open_call();
+
+    if (state == SLB_CALL_HEADERS)
+        return call;
+    if (state == SLB_CALL_WAIT_BACKEND) {
+        F.pools[0].backoff = F.pools[1].backoff = 1;
+        send_headers(call, "/t.S/M", NULL, 1);
+        F.pools[0].backoff = F.pools[1].backoff = 0;
+        ck_assert_int_eq(call->state, SLB_CALL_WAIT_BACKEND);
+        return call;
+    }
+    send_headers(call, state == SLB_CALL_BACKOFF ? "/t.Retry/M" : "/t.S/M", "10S", 1);
+    if (state == SLB_CALL_QUEUED)
+        return call;
+    stream_ready(call);
+    if (state == SLB_CALL_SENT)
+        return call;
+    if (state == SLB_CALL_BACKOFF) {
+        respond_status_only(call, "14");
+        ck_assert_int_eq(call->state, SLB_CALL_BACKOFF);
+        return call;
+    }
+    respond_headers(call);
+    slb_call_upstream_handler.on_data(&call->up, (const uint8_t *)"data", 4);
+    if (state == SLB_CALL_FINISHING)
+        respond_trailers(call, "0");
+    ck_assert_int_eq(call->state, state);
+    return call;
+}
+
+START_TEST(cancel_from_the_app_in_every_state)
+{
+    for (int state = SLB_CALL_HEADERS; state < SLB_CALL_CLOSED; state++) {
+        struct slb_call *call = call_in_state(state);
+        int had_stream = call->up.open;
+        F.rst_code = 0;
+        close_down(call, NGHTTP2_CANCEL);
+        if (had_stream)
+            ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL);
+        assert_all_released();
+    }
+}
+END_TEST
+
+START_TEST(cancel_from_the_backend_in_every_state_with_a_stream)
+{
+    static const int states[] = {SLB_CALL_SENT, SLB_CALL_STREAMING, SLB_CALL_FINISHING};
+
+    for (size_t i = 0; i < SLB_ARRAY_SIZE(states); i++) {
+        struct slb_call *call = call_in_state(states[i]);
+        int end, status = -1;
+        F.status = -1;
+        call->up.open = 0;
+        slb_call_upstream_handler.on_close(&call->up, NGHTTP2_CANCEL);
+        ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+        drain_response(call, &end, &status);
+        if (states[i] == SLB_CALL_SENT)
+            ck_assert_int_eq(F.status, SLB_GRPC_CANCELLED); /* trailers-only */
+        else if (states[i] == SLB_CALL_STREAMING)
+            ck_assert_int_eq(status, SLB_GRPC_CANCELLED);
+        else
+            ck_assert_int_eq(status, 0); /* the response was complete: the reset changes nothing */
+        close_down(call, NGHTTP2_NO_ERROR);
+        assert_all_released();
+    }
+}
+END_TEST
+
+START_TEST(deadline_expires_in_every_waiting_state)
+{
+    static const int states[] = {SLB_CALL_WAIT_BACKEND, SLB_CALL_QUEUED, SLB_CALL_SENT, SLB_CALL_STREAMING};
+
+    for (size_t i = 0; i < SLB_ARRAY_SIZE(states); i++) {
+        struct slb_call *call = open_call();
+        int end, status = -1;
+        uint64_t t0;
+
+        F.status = -1;
+        F.pools[0].backoff = F.pools[1].backoff = states[i] == SLB_CALL_WAIT_BACKEND;
+        t0 = uv_now(&T.loop);
+        send_headers(call, "/t.S/M", "30m", 1);
+        F.pools[0].backoff = F.pools[1].backoff = 0;
+        if (states[i] >= SLB_CALL_SENT)
+            stream_ready(call);
+        if (states[i] >= SLB_CALL_STREAMING)
+            respond_headers(call);
+        ck_assert_int_eq(call->state, states[i]);
+        run_until_state(call, SLB_CALL_FINISHING, 2000);
+        ck_assert_uint_ge(uv_now(&T.loop) - t0, 29);
+        drain_response(call, &end, &status);
+        ck_assert_int_eq(states[i] == SLB_CALL_STREAMING ? status : F.status, SLB_GRPC_DEADLINE_EXCEEDED);
+        ck_assert_ptr_null(call->up.conn);
+        close_down(call, NGHTTP2_NO_ERROR);
+        assert_all_released();
+    }
+}
+END_TEST
+
+/* A grpc-timeout in request trailers must not touch the call's deadline,
+ * nor be kept for a replay (gRPC requests have no trailers). */
+START_TEST(request_trailers_change_nothing)
+{
+    struct slb_call *call = open_call();
+    static const nghttp2_nv trailer[] = {NV("grpc-timeout", "10S"), NV("x-late", "1")};
+    size_t len;
+
+    send_headers(call, "/t.S/M", "40m", 0);
+    ck_assert_int_eq(call->state, SLB_CALL_QUEUED);
+    feed_request(&call->down, trailer, 2, 1);
+    slb_call_downstream_handler.on_headers_done(&call->down, 1, 1);
+    ck_assert_int_eq(call->req_end, 1);
+    ck_assert_ptr_null(slb_hdrs_get(&call->req_hdrs, "x-late", &len));
+    run_until_state(call, SLB_CALL_FINISHING, 1000);
+    ck_assert_int_eq(F.status, SLB_GRPC_DEADLINE_EXCEEDED);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+/* Calls waiting for a usable backend are woken by an event, not a poll. */
+START_TEST(waiting_call_is_woken_when_a_backend_leaves_backoff)
+{
+    struct slb_call *call = call_in_state(SLB_CALL_WAIT_BACKEND);
+    struct slb_backend *be = T.cl.set.items[0];
+
+    for (int i = 0; i < 5; i++)
+        uv_run(&T.loop, UV_RUN_NOWAIT);
+    ck_assert_int_eq(call->state, SLB_CALL_WAIT_BACKEND); /* nothing happened: no poll moved it */
+    slb_backend_set_state(be, SLB_BACKEND_TRANSIENT_FAILURE);
+    slb_backend_set_state(be, SLB_BACKEND_IDLE);
+    run_until_state(call, SLB_CALL_QUEUED, 1000);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+}
+END_TEST
+
+/* Panic mode picks backends in backoff: the call waits instead of spinning on them. */
+START_TEST(backend_in_backoff_is_not_retried_at_once)
+{
+    struct slb_call *call;
+
+    F.pools[0].backoff = F.pools[1].backoff = 1;
+    call = open_call();
+    send_headers(call, "/t.S/M", "1S", 1);
+    ck_assert_int_eq(call->state, SLB_CALL_WAIT_BACKEND);
+    ck_assert(slb_list_empty(&F.pools[0].base.waiters) && slb_list_empty(&F.pools[1].base.waiters));
+    /* the pool sends back a queued call it cannot serve: no attempt is spent */
+    F.pools[0].backoff = F.pools[1].backoff = 0;
+    slb_call_wake(&call->wait);
+    ck_assert_int_eq(call->state, SLB_CALL_QUEUED);
+    F.pools[0].backoff = F.pools[1].backoff = 1;
+    {
+        struct slb_pool_waiter *w = &call->pool_wait;
+        fake_unqueue(w);
+        slb_call_upstream_handler.on_unavailable(w, UV_ECONNREFUSED);
+    }
+    ck_assert_int_eq(call->state, SLB_CALL_WAIT_BACKEND);
+    ck_assert_int_eq(call->attempts, 0);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(response_after_the_app_is_gone_is_dropped_and_window_returned)
+{
+    struct slb_call *call = call_in_state(SLB_CALL_STREAMING);
+
+    slb_call_upstream_handler.on_data(&call->up, (const uint8_t *)"0123456789", 10);
+    ck_assert_uint_eq(F.consumed_up, 0);
+    close_down(call, NGHTTP2_CANCEL);
+    ck_assert_uint_eq(F.consumed_up, 14); /* 4 + 10 never taken: given back as the stream is let go */
+    assert_all_released();
+}
+END_TEST
+
+Suite *call_suite(void)
+{
+    Suite *s = suite_create("call");
+    TCase *tc = tcase_create("call");
+
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, unary_call_end_to_end);
+    tcase_add_test(tc, retry_after_unavailable_goes_to_another_backend);
+    tcase_add_test(tc, refused_stream_is_replayed_with_the_whole_request);
+    tcase_add_test(tc, lost_connection_fails_with_unavailable);
+    tcase_add_test(tc, backend_reset_while_streaming_ends_with_error_trailers);
+    tcase_add_test(tc, cancel_from_the_app_in_every_state);
+    tcase_add_test(tc, cancel_from_the_backend_in_every_state_with_a_stream);
+    tcase_add_test(tc, deadline_expires_in_every_waiting_state);
+    tcase_add_test(tc, request_trailers_change_nothing);
+    tcase_add_test(tc, waiting_call_is_woken_when_a_backend_leaves_backoff);
+    tcase_add_test(tc, backend_in_backoff_is_not_retried_at_once);
+    tcase_add_test(tc, response_after_the_app_is_gone_is_dropped_and_window_returned);
+    suite_add_tcase(s, tc);
+    return s;
+}

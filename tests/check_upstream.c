@@ -1,0 +1,158 @@
+/*
+ * lib/h2_upstream.c: the pool's bookkeeping on a real loop and real sockets
+ * (a local listener that accepts and stays silent), reported through a test
+ * handler table.
+ */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "backend.h"
+#include "config.h"
+#include "h2_upstream.h"
+#include "loop_ctx.h"
+
+static struct {
+    uv_loop_t loop;
+    uv_tcp_t listener;
+    struct slb_loop_ctx ctx;
+    struct slb_config *cfg;
+    struct slb_backend *be;
+    int ready, unavailable;
+    struct slb_upstream *last_uc;
+    struct slb_h2_stream streams[4];
+} U;
+
+static void on_ready(struct slb_pool_waiter *w, struct slb_upstream *uc)
+{
+    U.ready++;
+    U.last_uc = uc;
+}
+
+static void on_unavailable(struct slb_pool_waiter *w, int err)
+{
+    U.unavailable++;
+}
+
+static void on_lost(struct slb_h2_stream *s, int err) {}
+
+static const struct slb_upstream_handler test_handler = {
+    .on_ready = on_ready,
+    .on_unavailable = on_unavailable,
+    .on_lost = on_lost,
+};
+
+static size_t no_unconsumed(struct slb_h2_stream *s)
+{
+    return 0;
+}
+
+static const struct slb_h2_stream_ops stream_ops = {.take_unconsumed = no_unconsumed};
+
+static void on_accept(uv_stream_t *server, int status)
+{
+    uv_tcp_t *c = malloc(sizeof(*c));
+    uv_tcp_init(server->loop, c);
+    c->data = &U; /* ours: closed at teardown */
+    if (uv_accept(server, (uv_stream_t *)c) != 0)
+        uv_close((uv_handle_t *)c, (uv_close_cb)free);
+    /* kept open and silent until the loop closes it at teardown */
+}
+
+static void close_any(uv_handle_t *h, void *arg)
+{
+    if (h->data == &U && !uv_is_closing(h))
+        uv_close(h, h == (uv_handle_t *)&U.listener ? NULL : (uv_close_cb)free);
+}
+
+static void run_until(int *counter, int value)
+{
+    for (int i = 0; i < 2000 && *counter < value; i++)
+        uv_run(&U.loop, UV_RUN_ONCE);
+    ck_assert_int_ge(*counter, value);
+}
+
+/* A client session that cannot be created leaves the pool as it was:
+ * the connection was never listed, so nothing is unlinked or uncounted. */
+START_TEST(session_that_fails_to_start_leaves_the_pool_alone)
+{
+    struct sockaddr_in sa;
+    int salen = sizeof(sa);
+    char json[512], err[SLB_CONFIG_ERRLEN], addr[64];
+    struct slb_upstream_pool *pool;
+    struct slb_pool_waiter w[3];
+
+    memset(&U, 0, sizeof(U));
+    ck_assert_int_eq(uv_loop_init(&U.loop), 0);
+    uv_tcp_init(&U.loop, &U.listener);
+    U.listener.data = &U;
+    uv_ip4_addr("127.0.0.1", 0, &sa);
+    ck_assert_int_eq(uv_tcp_bind(&U.listener, (struct sockaddr *)&sa, 0), 0);
+    ck_assert_int_eq(uv_listen((uv_stream_t *)&U.listener, 16, on_accept), 0);
+    uv_tcp_getsockname(&U.listener, (struct sockaddr *)&sa, &salen);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", ntohs(sa.sin_port));
+    snprintf(json, sizeof(json),
+             "{\"listeners\":[{\"address\":\"127.0.0.1:1\",\"default_cluster\":\"c\"}],"
+             "\"clusters\":[{\"name\":\"c\",\"discovery\":{\"static\":[\"%s\"]},\"policy\":{\"round_robin\":{}},"
+             "\"max_streams_per_connection\":1,\"max_connections_per_backend\":4}]}",
+             addr);
+    U.cfg = slb_config_load_string(json, "t.json", err, sizeof(err));
+    ck_assert_msg(U.cfg != NULL, "%s", err);
+    ck_assert_int_eq(slb_loop_ctx_init(&U.ctx, &U.loop, NULL), 0);
+    U.ctx.up_handler = &test_handler;
+    U.be = slb_backend_new(addr, 1);
+    ck_assert_ptr_nonnull(U.be);
+    pool = slb_upstream_pool_get(&U.ctx, U.be, &U.cfg->clusters[0]);
+    ck_assert_ptr_nonnull(pool);
+
+    /* one connection with its one stream slot taken */
+    for (int i = 0; i < 3; i++)
+        slb_list_init(&w[i].link), w[i].pool = NULL;
+    slb_upstream_pool_queue(pool, &w[0]);
+    run_until(&U.ready, 1);
+    ck_assert_uint_eq(pool->n_conns, 1);
+    {
+        static const nghttp2_nv nv[] = {
+            {(uint8_t *)":method", (uint8_t *)"POST", 7, 4, 0},
+            {(uint8_t *)":scheme", (uint8_t *)"http", 7, 4, 0},
+            {(uint8_t *)":path", (uint8_t *)"/a.B/C", 5, 6, 0},
+            {(uint8_t *)":authority", (uint8_t *)"x", 10, 1, 0},
+        };
+        slb_h2_stream_init(&U.streams[0], &stream_ops);
+        ck_assert_int_eq(slb_upstream_request(U.last_uc, &U.streams[0], nv, 4, 0), 0);
+    }
+    /* the next request needs a second connection, whose session cannot be made */
+    slb_h2_mem_fail_next(1000);
+    slb_upstream_pool_queue(pool, &w[1]);
+    slb_h2_mem_fail_next(0);
+    for (int i = 0; i < 5; i++)
+        uv_run(&U.loop, UV_RUN_NOWAIT);
+    ck_assert_uint_eq(pool->n_conns, 1);
+    ck_assert_uint_eq(pool->n_connecting, 0);
+    ck_assert(!slb_list_empty(&pool->conns));
+    ck_assert_ptr_eq(slb_list_first(&pool->conns, struct slb_upstream, link), U.last_uc);
+    ck_assert_int_eq(U.last_uc->conn.closing, 0);
+
+    /* stop: every connection of the pool closes, and the loop context lets go */
+    slb_upstream_pool_unqueue(&w[1]);
+    slb_loop_ctx_close(&U.ctx, NULL);
+    slb_backend_unref(U.be);
+    uv_walk(&U.loop, close_any, NULL);
+    uv_run(&U.loop, UV_RUN_DEFAULT);
+    ck_assert_uint_eq(U.ctx.io.n_handles, 0);
+    slb_loop_ctx_dispose(&U.ctx);
+    slb_config_free(U.cfg);
+    ck_assert_int_eq(uv_loop_close(&U.loop), 0);
+}
+END_TEST
+
+Suite *upstream_suite(void)
+{
+    Suite *s = suite_create("upstream");
+    TCase *tc = tcase_create("upstream");
+
+    tcase_add_test(tc, session_that_fails_to_start_leaves_the_pool_alone);
+    suite_add_tcase(s, tc);
+    return s;
+}
