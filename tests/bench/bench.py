@@ -3,6 +3,7 @@
 
     SIDELB_BUILD=build /usr/bin/python3 tests/bench/bench.py [--quick] [--rounds R] [--n N]
         [--conns C] [--streams M] [--payload BYTES] [--no-pin] [--targets direct,sidelb,haproxy,nginx]
+        [--before PATH/TO/OTHER/sidelb]   (also $SIDELB_BEFORE: before/after figures in one run)
 
 One run, same 3 C test backends (tests/backend, no stats file) behind every
 proxy; h2load (nghttp2-client) drives sidelb.test.Echo/Unary with a real gRPC
@@ -168,6 +169,12 @@ def start_targets(args, tmp, backends):
         cfg["listeners"][0]["max_concurrent_streams"] = 10000
         p = sidelb_harness.start_sidelb(cfg, log_level="notice")
         targets.append(Target("sidelb", p.port, p))
+    if args.before:
+        # another sidelb binary (e.g. the previous commit) in the same run, for before/after figures
+        cfg = sidelb_harness.simple_config([b.addr for b in backends], max_connections_per_backend=2)
+        cfg["listeners"][0]["max_concurrent_streams"] = 10000
+        p = sidelb_harness.start_sidelb(cfg, log_level="notice", binary=args.before)
+        targets.append(Target("before", p.port, p))
     if "haproxy" in names:
         port = peers.free_port()
         path = haproxy_config(tmp, port, backends, args.streams)
@@ -334,6 +341,8 @@ def main():
     ap.add_argument("--targets", default="direct,sidelb,haproxy,nginx")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="no taskset pinning")
     ap.add_argument("--run-timeout", type=int, default=60, help="seconds per h2load run")
+    ap.add_argument("--before", default=os.environ.get("SIDELB_BEFORE"),
+                    help="path of another sidelb binary to run as target 'before' (default $SIDELB_BEFORE)")
     args = ap.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.n = args.n or (20000 if args.quick else 200000)
@@ -439,7 +448,7 @@ def main():
                 fmt_cpu(s["proxy_us_per_call"]), fmt_cpu(s["backend_us_per_call"]),
                 rr, pr, vtxt))
         parts = []
-        for name in ("sidelb", "haproxy", "nginx"):
+        for name in ("sidelb", "before", "haproxy", "nginx"):
             s = summary.get(name)
             if not s:
                 continue
@@ -458,6 +467,10 @@ def main():
                 s["proxy_us_per_call"] / max(summary["haproxy"]["proxy_us_per_call"], 1e-9),
                 s["rps"] / summary["nginx"]["rps"],
                 s["proxy_us_per_call"] / max(summary["nginx"]["proxy_us_per_call"], 1e-9)))
+        if "sidelb" in summary and "before" in summary:
+            s, b = summary["sidelb"], summary["before"]
+            log("sidelb vs before: calls/s x%.3f, CPU/call x%.3f" % (
+                s["rps"] / b["rps"], s["proxy_us_per_call"] / max(b["proxy_us_per_call"], 1e-9)))
         log("(medians of %d rounds; latency from h2load --log-file; CPU from /proc/PID/stat; %.0fs total)"
             % (args.rounds, time.monotonic() - t_start))
     except KeyboardInterrupt:

@@ -15,11 +15,11 @@ import tempfile
 import peers
 
 
-def start_sidelb(config, extra_args=(), timeout=10.0, log_level="info"):
+def start_sidelb(config, extra_args=(), timeout=10.0, log_level="info", binary=None):
     fd, path = tempfile.mkstemp(prefix="sidelb-conf-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(config, f, indent=2)
-    argv = [peers.binary("sidelb"), "-c", path, "-l", log_level] + list(extra_args)
+    argv = [binary or peers.binary("sidelb"), "-c", path, "-l", log_level] + list(extra_args)
     p = peers.Proc(argv, name="sidelb", ready=r"sidelb \S+ ready", timeout=timeout)
     p.config_path = path
     p.port = int(config["listeners"][0]["address"].rsplit(":", 1)[1])
