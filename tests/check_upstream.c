@@ -75,13 +75,20 @@ static void run_until(int *counter, int value)
 
 /* A client session that cannot be created leaves the pool as it was:
  * the connection was never listed, so nothing is unlinked or uncounted. */
-START_TEST(session_that_fails_to_start_leaves_the_pool_alone)
+static const nghttp2_nv request_nv[] = {
+    {(uint8_t *)":method", (uint8_t *)"POST", 7, 4, 0},
+    {(uint8_t *)":scheme", (uint8_t *)"http", 7, 4, 0},
+    {(uint8_t *)":path", (uint8_t *)"/a.B/C", 5, 6, 0},
+    {(uint8_t *)":authority", (uint8_t *)"x", 10, 1, 0},
+};
+
+/* A loop, a silent local server, a backend for it and its pool. */
+static struct slb_upstream_pool *world_new(void)
 {
     struct sockaddr_in sa;
     int salen = sizeof(sa);
     char json[512], err[SLB_CONFIG_ERRLEN], addr[64];
     struct slb_upstream_pool *pool;
-    struct slb_pool_waiter w[3];
 
     memset(&U, 0, sizeof(U));
     ck_assert_int_eq(uv_loop_init(&U.loop), 0);
@@ -105,6 +112,26 @@ START_TEST(session_that_fails_to_start_leaves_the_pool_alone)
     ck_assert_ptr_nonnull(U.be);
     pool = slb_upstream_pool_get(&U.ctx, U.be, &U.cfg->clusters[0]);
     ck_assert_ptr_nonnull(pool);
+    return pool;
+}
+
+/* Stop: every connection of the pool closes, and the loop context lets go. */
+static void world_free(void)
+{
+    slb_loop_ctx_close(&U.ctx, NULL);
+    slb_backend_unref(U.be);
+    uv_walk(&U.loop, close_any, NULL);
+    uv_run(&U.loop, UV_RUN_DEFAULT);
+    ck_assert_uint_eq(U.ctx.io.n_handles, 0);
+    slb_loop_ctx_dispose(&U.ctx);
+    slb_config_free(U.cfg);
+    ck_assert_int_eq(uv_loop_close(&U.loop), 0);
+}
+
+START_TEST(session_that_fails_to_start_leaves_the_pool_alone)
+{
+    struct slb_upstream_pool *pool = world_new();
+    struct slb_pool_waiter w[3];
 
     /* one connection with its one stream slot taken */
     for (int i = 0; i < 3; i++)
@@ -112,16 +139,8 @@ START_TEST(session_that_fails_to_start_leaves_the_pool_alone)
     slb_upstream_pool_queue(pool, &w[0]);
     run_until(&U.ready, 1);
     ck_assert_uint_eq(pool->n_conns, 1);
-    {
-        static const nghttp2_nv nv[] = {
-            {(uint8_t *)":method", (uint8_t *)"POST", 7, 4, 0},
-            {(uint8_t *)":scheme", (uint8_t *)"http", 7, 4, 0},
-            {(uint8_t *)":path", (uint8_t *)"/a.B/C", 5, 6, 0},
-            {(uint8_t *)":authority", (uint8_t *)"x", 10, 1, 0},
-        };
-        slb_h2_stream_init(&U.streams[0], &stream_ops);
-        ck_assert_int_eq(slb_upstream_request(U.last_uc, &U.streams[0], nv, 4, 0), 0);
-    }
+    slb_h2_stream_init(&U.streams[0], &stream_ops);
+    ck_assert_int_eq(slb_upstream_request(U.last_uc, &U.streams[0], request_nv, 4, 0), 0);
     /* the next request needs a second connection, whose session cannot be made */
     slb_h2_mem_fail_next(1000);
     slb_upstream_pool_queue(pool, &w[1]);
@@ -134,16 +153,50 @@ START_TEST(session_that_fails_to_start_leaves_the_pool_alone)
     ck_assert_ptr_eq(slb_list_first(&pool->conns, struct slb_upstream, link), U.last_uc);
     ck_assert_int_eq(U.last_uc->conn.closing, 0);
 
-    /* stop: every connection of the pool closes, and the loop context lets go */
     slb_upstream_pool_unqueue(&w[1]);
-    slb_loop_ctx_close(&U.ctx, NULL);
-    slb_backend_unref(U.be);
-    uv_walk(&U.loop, close_any, NULL);
-    uv_run(&U.loop, UV_RUN_DEFAULT);
-    ck_assert_uint_eq(U.ctx.io.n_handles, 0);
-    slb_loop_ctx_dispose(&U.ctx);
-    slb_config_free(U.cfg);
-    ck_assert_int_eq(uv_loop_close(&U.loop), 0);
+    world_free();
+}
+END_TEST
+
+/* The body of a stream whose user let go is never read through the user's
+ * memory: the data provider finds no stream and resets it. */
+static int body_reads;
+
+static size_t body_peek(struct slb_h2_stream *s, const uint8_t **p, int *end)
+{
+    static const uint8_t bytes[8] = "abcdefgh";
+    body_reads++;
+    *p = bytes;
+    *end = 0;
+    return sizeof(bytes);
+}
+
+static void body_sent(struct slb_h2_stream *s, size_t n) {}
+
+static const struct slb_h2_stream_ops body_ops = {
+    .peek = body_peek, .sent = body_sent, .trailers = NULL, .take_unconsumed = no_unconsumed};
+
+START_TEST(data_provider_never_reaches_a_released_stream)
+{
+    struct slb_upstream_pool *pool = world_new();
+    struct slb_pool_waiter w;
+    struct slb_h2_stream *s = malloc(sizeof(*s));
+
+    slb_list_init(&w.link);
+    w.pool = NULL;
+    slb_upstream_pool_queue(pool, &w);
+    run_until(&U.ready, 1);
+    slb_h2_stream_init(s, &body_ops);
+    ck_assert_int_eq(slb_upstream_request(U.last_uc, s, request_nv, 4, 1), 0);
+    /* let go before the body was ever asked for, then free (and poison) the memory */
+    slb_upstream_release(s, 0);
+    memset(s, 0xA5, sizeof(*s));
+    free(s);
+    for (int i = 0; i < 5; i++)
+        uv_run(&U.loop, UV_RUN_NOWAIT);
+    ck_assert_int_eq(body_reads, 0);
+    ck_assert_int_eq(U.last_uc->conn.closing, 0); /* the stream is reset, not the connection */
+    world_free();
 }
 END_TEST
 
@@ -153,6 +206,7 @@ Suite *upstream_suite(void)
     TCase *tc = tcase_create("upstream");
 
     tcase_add_test(tc, session_that_fails_to_start_leaves_the_pool_alone);
+    tcase_add_test(tc, data_provider_never_reaches_a_released_stream);
     suite_add_tcase(s, tc);
     return s;
 }
