@@ -194,7 +194,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     fcntl(fd, F_SETFL, O_NONBLOCK);
-    accepted_before = srv.stats.downstream_conns_total;
+    accepted_before = srv.ctx.stats.downstream_conns_total;
 
     /* Phase A: write everything; run until sidelb has read it all (or closed). */
     deadline = now_ms() + 2000;
@@ -208,18 +208,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         uv_run(&loop, UV_RUN_NOWAIT);
         drain(fd);
-        if (srv.stats.downstream_conns_total == accepted_before)
+        if (srv.ctx.stats.downstream_conns_total == accepted_before)
             continue;
-        if (srv.downstreams == NULL)
+        if (slb_list_empty(&srv.ctx.downstreams))
             break; /* sidelb closed it */
         if (off == total) {
             int pending = 0;
             uv_os_fd_t sfd;
-            if (uv_fileno((uv_handle_t *)&srv.downstreams->conn.tcp, &sfd) == 0)
+            struct slb_downstream *dc = slb_list_first(&srv.ctx.downstreams, struct slb_downstream, ctx_link);
+            if (uv_fileno((uv_handle_t *)&dc->conn.tcp, &sfd) == 0)
                 ioctl(sfd, FIONREAD, &pending);
             /* all read: give calls in flight up to 5 ms to finish (a
              * refused backend's retries, the error reply), not hole calls */
-            if (pending == 0 && ++quiet >= 4 && (srv.downstreams->n_calls == 0 || now_ms() > read_deadline))
+            if (pending == 0 && ++quiet >= 4 && (dc->n_streams == 0 || now_ms() > read_deadline))
                 break;
             if (pending != 0)
                 read_deadline = now_ms() + 5;
@@ -230,12 +231,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* Phase B: the client goes away; sidelb must free the connection. */
     close(fd);
     deadline = now_ms() + 2000;
-    while (srv.downstreams != NULL || srv.stats.downstream_conns_total == accepted_before) {
+    while (!slb_list_empty(&srv.ctx.downstreams) || srv.ctx.stats.downstream_conns_total == accepted_before) {
         if (now_ms() > deadline) {
             fprintf(stderr,
                     "fuzz_downstream: downstream connection still open 2 s after the client closed "
                     "(accepted: %d)\n",
-                    srv.stats.downstream_conns_total != accepted_before);
+                    srv.ctx.stats.downstream_conns_total != accepted_before);
             abort();
         }
         uv_run(&loop, UV_RUN_NOWAIT);
