@@ -95,10 +95,11 @@ static void buf_recycle(struct tb_buf *b)
 
 struct tb_stream *tb_stream_new(struct tb_conn *c, int32_t id)
 {
-    struct tb_stream *s = tb_srv.free_streams;
+    struct tb_stream *s = NULL;
 
-    if (s) {
-        tb_srv.free_streams = s->next;
+    if (!slb_list_empty(&tb_srv.free_streams)) {
+        s = slb_list_first(&tb_srv.free_streams, struct tb_stream, link);
+        slb_list_remove(&s->link);
         tb_srv.n_free_streams--;
         struct tb_buf in = s->in, out = s->out;
         nghttp2_rcbuf **md = s->md;
@@ -119,10 +120,9 @@ struct tb_stream *tb_stream_new(struct tb_conn *c, int32_t id)
     }
     s->conn = c;
     s->id = id;
-    s->next = c->streams;
-    if (s->next)
-        s->next->prev = s;
-    c->streams = s;
+    slb_list_init(&s->wlink);
+    slb_list_init(&s->wake_link);
+    slb_list_push_back(&c->streams, &s->link);
     return s;
 }
 
@@ -148,26 +148,9 @@ void tb_stream_close(struct tb_stream *s, uint32_t error_code)
             tb_srv.failed++;
         }
     }
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        c->streams = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    if (s->watching) {
-        if (s->wprev)
-            s->wprev->wnext = s->wnext;
-        else
-            tb_srv.watchers = s->wnext;
-        if (s->wnext)
-            s->wnext->wprev = s->wprev;
-    }
-    if (s->in_wake) {
-        struct tb_stream **pp = &c->wake;
-        while (*pp != s)
-            pp = &(*pp)->wake_next;
-        *pp = s->wake_next;
-    }
+    slb_list_remove(&s->link);
+    slb_list_remove(&s->wlink);
+    slb_list_remove(&s->wake_link);
     if (s->unconsumed && c->h2 && !c->closing)
         nghttp2_session_consume_connection(c->h2, s->unconsumed);
     if (s->req)
@@ -183,8 +166,7 @@ void tb_stream_close(struct tb_stream *s, uint32_t error_code)
     buf_recycle(&s->in);
     buf_recycle(&s->out);
     if (tb_srv.n_free_streams < MAX_FREE_STREAMS) {
-        s->next = tb_srv.free_streams;
-        tb_srv.free_streams = s;
+        slb_list_push_front(&tb_srv.free_streams, &s->link);
         tb_srv.n_free_streams++;
         return;
     }
@@ -339,11 +321,8 @@ static void submit_trailers_only(struct tb_stream *s)
 
 static void wake_later(struct tb_stream *s)
 {
-    if (s->in_wake)
-        return;
-    s->in_wake = 1;
-    s->wake_next = s->conn->wake;
-    s->conn->wake = s;
+    if (!slb_list_linked(&s->wake_link))
+        slb_list_push_back(&s->conn->wake, &s->wake_link);
 }
 
 static ssize_t read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t length, uint32_t *flags,
@@ -572,13 +551,8 @@ void tb_call_start(struct tb_stream *s, int end_stream)
      * call that ends without one gets a trailers-only response. */
     if (s->method == TB_M_HEALTH_WATCH)
         submit_headers(s);
-    if (s->method == TB_M_HEALTH_WATCH) {
-        s->watching = 1;
-        s->wnext = tb_srv.watchers;
-        if (s->wnext)
-            s->wnext->wprev = s;
-        tb_srv.watchers = s;
-    }
+    if (s->method == TB_M_HEALTH_WATCH)
+        slb_list_push_back(&tb_srv.watchers, &s->wlink);
     if (end_stream)
         tb_call_request_end(s);
 }
@@ -742,11 +716,15 @@ void tb_health_set(int status)
     tb_srv.opt.health = status;
     fprintf(stderr, "test_backend %s: health %s\n", tb_srv.opt.id,
             status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING ? "SERVING" : "NOT_SERVING");
-    for (struct tb_stream *s = tb_srv.watchers; s; s = s->wnext)
+    struct slb_list *it, *tmp;
+    slb_list_foreach_safe(it, tmp, &tb_srv.watchers)
+    {
+        struct tb_stream *s = slb_list_entry(it, struct tb_stream, wlink);
         if (!s->finishing)
             emit_health(s);
-    for (struct tb_conn *c = tb_srv.conns, *nx; c; c = nx) {
-        nx = c->next;
-        tb_conn_flush(c);
+    }
+    slb_list_foreach_safe(it, tmp, &tb_srv.conns)
+    {
+        tb_conn_flush(slb_list_entry(it, struct tb_conn, link));
     }
 }
