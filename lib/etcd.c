@@ -13,6 +13,7 @@
 #include "curl_uv.h"
 #include "list.h"
 #include "log.h"
+#include "rng.h"
 
 enum req_kind { REQ_RANGE, REQ_PUT, REQ_DELETE, REQ_GRANT, REQ_KEEPALIVE, REQ_REVOKE, REQ_COMPACT };
 
@@ -85,6 +86,7 @@ struct slb_etcd {
     uint32_t (*ep_errs)[4];  /* per endpoint: hashes of the errors logged since it went down */
     struct slb_list reqs;    /* struct req */
     struct slb_list watches; /* struct slb_etcd_watch */
+    struct slb_rng rng;      /* watch retry jitter */
 };
 
 #define WATCH_BACKOFF_MIN_MS 100
@@ -692,6 +694,7 @@ int slb_etcd_new(uv_loop_t *loop, const struct slb_config_etcd *cfg, struct slb_
     e->loop = loop;
     slb_list_init(&e->reqs);
     slb_list_init(&e->watches);
+    slb_rng_seed(&e->rng, slb_rng_seed_from_os());
     e->dial_timeout_ms = cfg->dial_timeout_ms ? cfg->dial_timeout_ms : 2000;
     e->request_timeout_ms = cfg->request_timeout_ms ? cfg->request_timeout_ms : 5000;
     if ((e->endpoints = calloc(cfg->n_endpoints, sizeof(char *))) == NULL ||
@@ -829,7 +832,7 @@ static void watch_retry(struct slb_etcd_watch *w, int failover, const char *why)
         slb_debug("etcd watch %.*s: %s: %s", (int)w->prefix_len, w->prefix, w->etcd->endpoints[w->ep], why);
     }
     d = w->backoff_ms;
-    d = d - d / 5 + (uint32_t)(rand() % (int)(d / 5 * 2 + 1)); /* +-20% jitter */
+    d = d - d / 5 + (uint32_t)slb_rng_bounded(slb_rng_next(&w->etcd->rng), d / 5 * 2 + 1); /* +-20% jitter */
     w->backoff_ms = w->backoff_ms * 2 > WATCH_BACKOFF_MAX_MS ? WATCH_BACKOFF_MAX_MS : w->backoff_ms * 2;
     watch_set_state(w, W_BACKOFF);
     uv_timer_start(&w->timer, on_backoff, d, 0);

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "rng.h"
 
 #define SLB_MAX_ATTEMPTS 5
 
@@ -116,21 +117,6 @@ uint64_t slb_hash64(const void *data, size_t len);
 static inline int slb__lb_usable(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms)
 {
     return lb->_panic ? !be->draining : slb_backend_usable(be, now_ms);
-}
-
-/* splitmix64 step: more random values from ctx->random without a clock or global state. */
-static inline uint64_t slb__lb_next_random(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
-/* Uniform in [0, n) from 32 random bits, without a division (Lemire). */
-static inline uint32_t slb__lb_bounded(uint64_t r, uint32_t n)
-{
-    return (uint32_t)(((r >> 32) * (uint64_t)n) >> 32);
 }
 
 /*

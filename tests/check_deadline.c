@@ -7,6 +7,7 @@
 
 #include "deadline.h"
 #include "proxy.h"
+#include "rng.h"
 
 #define N 200
 
@@ -28,16 +29,17 @@ START_TEST(expire_in_order_and_removed_never)
     struct slb_deadline_heap h;
     uv_loop_t loop;
     uint64_t now;
+    struct slb_rng rng;
 
     uv_loop_init(&loop);
     slb_deadline_init(&h, &loop, on_expired);
     uv_ref((uv_handle_t *)&h.timer); /* keep the test loop running while deadlines are pending */
     now = uv_now(&loop);
-    srand(7);
+    slb_rng_seed(&rng, 7);
     for (int i = 0; i < N; i++) {
         memset(&calls[i], 0, sizeof(calls[i]));
         calls[i].deadline_idx = SLB_DEADLINE_NONE;
-        calls[i].deadline_ms = now + 5 + (uint64_t)(rand() % 150);
+        calls[i].deadline_ms = now + 5 + slb_rng_bounded(slb_rng_next(&rng), 150);
         ck_assert_int_eq(slb_deadline_add(&h, &calls[i]), 0);
     }
     /* remove every third, including the root several times */

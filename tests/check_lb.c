@@ -3,7 +3,7 @@
  * set, one backend, none usable, unusable skipped, table refresh on set
  * changes, consistent-hash stability, least_request, slow start, panic mode.
  *
- * Statistical bounds. Picks use a fixed-seed splitmix64, so every run sees
+ * Statistical bounds. Picks use a fixed-seed struct slb_rng, so every run sees
  * the same numbers; the bounds are still set wide enough to hold for any
  * seed (>= 5 standard deviations unless stated):
  *  - uniform policies, 10 backends x 100,000 picks: chi-square with 9 degrees
@@ -38,11 +38,11 @@ static struct slb_backend_set set;
 static struct slb_backend *bes[MAXB]; /* by id = port - 10000 */
 static struct slb_lb_options opts;
 static struct slb_lb lb;
-static uint64_t seed = 42;
+static struct slb_rng rng;
 
 static uint64_t rnd(void)
 {
-    return slb__lb_next_random(&seed);
+    return slb_rng_next(&rng);
 }
 
 static int id_of(const struct slb_backend *be)
@@ -114,7 +114,7 @@ static void fresh_opts(void)
 static void check_setup(void)
 {
     fresh_opts();
-    seed = 42;
+    slb_rng_seed(&rng, 42);
     memset(bes, 0, sizeof(bes));
 }
 
@@ -399,9 +399,10 @@ END_TEST
 /* Maps 100,000 random keys; each key's backend id. */
 static void map_keys(int *out, int nkeys)
 {
-    uint64_t s = 7;
+    struct slb_rng keys;
+    slb_rng_seed(&keys, 7);
     for (int k = 0; k < nkeys; k++) {
-        struct slb_pick_ctx ctx = {.now_ms = NOW, .random = 1, .hash = slb__lb_next_random(&s), .has_hash = 1};
+        struct slb_pick_ctx ctx = {.now_ms = NOW, .random = 1, .hash = slb_rng_next(&keys), .has_hash = 1};
         out[k] = id_of(slb_lb_pick(&lb, &ctx));
     }
 }
@@ -479,8 +480,9 @@ START_TEST(test_hash_same_key)
     /* The key's backend goes down: the key walks on; it comes back: the key returns. */
     struct slb_backend *owner = bes[before_keys[0]];
     struct slb_pick_ctx ctx = {.now_ms = NOW, .random = 1, .has_hash = 1};
-    uint64_t s = 7;
-    ctx.hash = slb__lb_next_random(&s);
+    struct slb_rng keys;
+    slb_rng_seed(&keys, 7);
+    ctx.hash = slb_rng_next(&keys);
     ck_assert_ptr_eq(slb_lb_pick(&lb, &ctx), owner);
     owner->state = SLB_BACKEND_TRANSIENT_FAILURE;
     struct slb_backend *other = slb_lb_pick(&lb, &ctx);
@@ -489,6 +491,30 @@ START_TEST(test_hash_same_key)
     ck_assert_ptr_eq(slb_lb_pick(&lb, &ctx), other); /* stable while it is down */
     owner->state = SLB_BACKEND_READY;
     ck_assert_ptr_eq(slb_lb_pick(&lb, &ctx), owner);
+    teardown();
+}
+END_TEST
+
+/*
+ * Every sidecar, of every version, must build the same ring and table: these
+ * owners of the first keys were computed with the code of before lib/rng.h
+ * and libxxhash (hand-written splitmix64 and XXH64). 10 backends, weights 1..3.
+ */
+START_TEST(test_hash_tables_pinned)
+{
+    static const char *const hashes[] = {"ring_hash", "maglev"};
+    static const int owners[][24] = {
+        {6, 8, 9, 8, 1, 1, 1, 4, 2, 0, 8, 3, 6, 5, 5, 6, 3, 0, 5, 8, 1, 2, 8, 5},
+        {3, 5, 5, 6, 1, 0, 1, 4, 8, 5, 4, 2, 7, 5, 5, 2, 8, 8, 5, 4, 9, 3, 8, 8},
+    };
+    int keys[24];
+    slb_backend_set_init(&set);
+    for (int i = 0; i < 10; i++)
+        add_backend(i, 1 + i % 3);
+    ck_assert_int_eq(slb_lb_init(&lb, hashes[_i], NULL, &set), 0);
+    map_keys(keys, 24);
+    for (int k = 0; k < 24; k++)
+        ck_assert_msg(keys[k] == owners[_i][k], "%s: key %d -> %d, was %d", hashes[_i], k, keys[k], owners[_i][k]);
     teardown();
 }
 END_TEST
@@ -616,6 +642,7 @@ Suite *lb_suite(void)
     tcase_add_loop_test(tc, test_consistent_add, 0, 2);
     tcase_add_loop_test(tc, test_consistent_remove, 0, 2);
     tcase_add_loop_test(tc, test_hash_same_key, 0, 3);
+    tcase_add_loop_test(tc, test_hash_tables_pinned, 0, 2);
     tcase_add_test(tc, test_pick_first);
     tcase_add_test(tc, test_slow_start_weight);
     tcase_add_loop_test(tc, test_slow_start_ramp, 0, 3);
