@@ -141,12 +141,42 @@ END_TEST
 
 START_TEST(test_hash64)
 {
-    /* XXH64 reference vectors, seed 0 */
-    ck_assert_uint_eq(slb_hash64("", 0), 0xEF46DB3751D8E999ULL);
-    ck_assert_uint_eq(slb_hash64("abc", 3), 0x44BC2CF5AD770999ULL);
-    const char *long_key = "0123456789abcdef0123456789abcdef0123456789";
-    ck_assert_uint_eq(slb_hash64(long_key, strlen(long_key)), slb_hash64(long_key, strlen(long_key)));
-    ck_assert_uint_ne(slb_hash64("a", 1), slb_hash64("b", 1));
+    /* xxHash's own sanity vectors (xsum_sanity_check.c), seed 0, over its generated buffer */
+    static const struct {
+        size_t len;
+        uint64_t h;
+    } official[] = {
+        {0, 0xEF46DB3751D8E999ULL},  {1, 0xE934A84ADB052768ULL},   {4, 0x9136A0DCA57457EEULL},
+        {14, 0x8282DCC4994E35C8ULL}, {222, 0xB641AE8CB691C174ULL},
+    };
+    uint8_t buf[222];
+    uint64_t gen = 2654435761U; /* PRIME32 */
+    for (size_t i = 0; i < sizeof(buf); i++) {
+        buf[i] = (uint8_t)(gen >> 56);
+        gen *= 11400714785074694797ULL; /* PRIME64 */
+    }
+    for (size_t i = 0; i < SLB_ARRAY_SIZE(official); i++)
+        ck_assert_uint_eq(slb_hash64(buf, official[i].len), official[i].h);
+
+    /* Known values of the hand-written XXH64 of lib/lb.c (this commit's), to
+     * hold any replacement to: ring points and maglev permutations derive from them. */
+    char hundred[101];
+    for (int i = 0; i < 100; i++)
+        hundred[i] = (char)('a' + i % 26);
+    hundred[100] = '\0';
+    static const struct {
+        const char *key;
+        uint64_t h;
+    } known[] = {
+        {"", 0xEF46DB3751D8E999ULL},
+        {"a", 0xD24EC4F1A98C6E5BULL},
+        {"abc", 0x44BC2CF5AD770999ULL},
+        {"127.0.0.1:50051", 0xA210BDD4D2A541F5ULL},
+        {"10.0.0.1:8080-1", 0x1C8759002B13E7FEULL},
+    };
+    for (size_t i = 0; i < SLB_ARRAY_SIZE(known); i++)
+        ck_assert_uint_eq(slb_hash64(known[i].key, strlen(known[i].key)), known[i].h);
+    ck_assert_uint_eq(slb_hash64(hundred, 100), 0x79C9FA152BB53C71ULL); /* "abc...zabc...": all four lanes */
 }
 END_TEST
 
