@@ -106,7 +106,7 @@ void slb_lb_dispose(struct slb_lb *lb);
 /* Effective weight with slow start applied (>= 1). */
 uint32_t slb_lb_effective_weight(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms);
 
-/* 64-bit hash of a key (xxhash-like quality; stable across runs). */
+/* XXH64 of a key, seed 0: the same on every host and in every version. */
 uint64_t slb_hash64(const void *data, size_t len);
 
 /*
