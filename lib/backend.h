@@ -91,7 +91,8 @@ static inline int slb_backend_usable(const struct slb_backend *be, uint64_t now_
 struct slb_backend_set {
     struct slb_backend **items;
     uint32_t n, cap;
-    uint64_t version; /* bumped on every change, so policies can tell */
+    uint64_t version;        /* bumped on every change, so policies can tell */
+    uint64_t usable_version; /* bumped when a backend's health, ejection or connectivity changes */
 };
 
 void slb_backend_set_init(struct slb_backend_set *set);

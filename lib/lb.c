@@ -89,8 +89,11 @@ int slb_lb_update(struct slb_lb *lb)
 {
     int err;
 
-    if (lb->ops->update != NULL && (err = lb->ops->update(lb)) != 0)
-        return err;
+    if (lb->ops->update != NULL) {
+        if ((err = lb->ops->update(lb)) != 0)
+            return err;
+        lb->updates++;
+    }
     lb->set_version = lb->set->version;
     lb->_panic_at_ms = UINT64_MAX;
     return 0;
@@ -102,13 +105,15 @@ static void update_panic(struct slb_lb *lb, uint64_t now_ms)
     const struct slb_backend_set *set = lb->set;
     uint32_t usable = 0;
 
-    if (lb->_panic_at_ms == now_ms && lb->_panic_version == set->version)
+    if (lb->_panic_at_ms == now_ms && lb->_panic_version == set->version &&
+        lb->_panic_usable_version == set->usable_version)
         return;
     for (uint32_t i = 0; i < set->n; i++)
         usable += slb_backend_usable(set->items[i], now_ms);
     lb->_panic = set->n > 0 && (double)usable * 100.0 < lb->opts->panic_threshold_percent * (double)set->n;
     lb->_panic_at_ms = now_ms;
     lb->_panic_version = set->version;
+    lb->_panic_usable_version = set->usable_version;
 }
 
 struct slb_backend *slb_lb_pick(struct slb_lb *lb, const struct slb_pick_ctx *ctx)

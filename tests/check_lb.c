@@ -288,6 +288,57 @@ START_TEST(test_update)
 }
 END_TEST
 
+/*
+ * A health flip (only usable_version moves) rebuilds no table, so a
+ * flapping backend never costs a ring rebuild; a weight change or a new
+ * backend (version) does. Either re-evaluates panic mode at once.
+ */
+START_TEST(test_usable_change_keeps_tables)
+{
+    const char *p = all_policies[_i];
+    int builds = slb_lb_find(p)->update != NULL; /* policies without tables build nothing */
+    struct slb_tried none = {0};
+
+    opts.panic_threshold_percent = 50;
+    setup(p, 10, NULL);
+    ck_assert_uint_eq(lb.updates, builds);
+    ck_assert_ptr_nonnull(pick(&none));
+
+    /* six of ten go unhealthy: no rebuild, but panic (and picks of the unhealthy) within the same ms */
+    for (int i = 0; i < 6; i++)
+        bes[i]->health = SLB_HEALTH_NOT_SERVING;
+    set.usable_version++;
+    unsigned unhealthy = 0;
+    for (int i = 0; i < 2000; i++)
+        unhealthy += id_of(pick(NULL)) < 6;
+    ck_assert_uint_eq(lb.updates, builds);
+    ck_assert_uint_eq(lb._panic, 1);
+    if (strcmp(p, "pick_first") != 0)
+        ck_assert_uint_gt(unhealthy, 0);
+
+    /* they recover: still no rebuild, panic ends at once */
+    for (int i = 0; i < 6; i++)
+        bes[i]->health = SLB_HEALTH_SERVING;
+    set.usable_version++;
+    ck_assert_ptr_nonnull(pick(NULL));
+    ck_assert_uint_eq(lb.updates, builds);
+    ck_assert_uint_eq(lb._panic, 0);
+
+    /* a weight change rebuilds once */
+    bes[3]->weight = 4;
+    set.version++;
+    for (int i = 0; i < 10; i++)
+        ck_assert_ptr_nonnull(pick(NULL));
+    ck_assert_uint_eq(lb.updates, 2 * builds);
+
+    /* and so does a new backend */
+    add_backend(10, 1);
+    ck_assert_ptr_nonnull(pick(NULL));
+    ck_assert_uint_eq(lb.updates, 3 * builds);
+    teardown();
+}
+END_TEST
+
 START_TEST(test_round_robin_exact)
 {
     unsigned counts[MAXB] = {0};
@@ -662,6 +713,7 @@ Suite *lb_suite(void)
     tcase_add_loop_test(tc, test_tried, 0, np);
     tcase_add_loop_test(tc, test_update, 0, np);
     tcase_add_loop_test(tc, test_panic, 0, np);
+    tcase_add_loop_test(tc, test_usable_change_keeps_tables, 0, np);
     tcase_add_test(tc, test_round_robin_exact);
     tcase_add_loop_test(tc, test_uniform, 0, 6);
     tcase_add_test(tc, test_ring_even);
