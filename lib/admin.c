@@ -27,6 +27,7 @@
 #include "config.h"
 #include "h2_upstream.h"
 #include "health.h"
+#include "list.h"
 #include "log.h"
 #include "server.h"
 
@@ -42,7 +43,7 @@ struct admin_conn {
     uv_write_t wreq;
     uv_shutdown_t sreq;
     struct slb_admin *admin;
-    struct admin_conn *next, *prev;
+    struct slb_list link; /* in admin->conns */
     struct slb_outbuf body;
     size_t len; /* bytes in req */
     size_t head_len;
@@ -51,10 +52,11 @@ struct admin_conn {
     char req[SLB_ADMIN_MAX_REQUEST];
 };
 
+/* Owner: the server (see admin.h); freed once the listener and every connection closed. */
 struct slb_admin {
     uv_tcp_t tcp;
     struct slb_server *srv;
-    struct admin_conn *conns;
+    struct slb_list conns; /* struct admin_conn */
     uint32_t n_conns;
     uint8_t stopping, listener_closed;
 };
@@ -492,7 +494,7 @@ static void handle_request(struct admin_conn *c, size_t n)
 
 static void maybe_free_admin(struct slb_admin *a)
 {
-    if (a->stopping && a->listener_closed && a->conns == NULL)
+    if (a->stopping && a->listener_closed && slb_list_empty(&a->conns))
         free(a);
 }
 
@@ -503,12 +505,7 @@ static void on_conn_handle_closed(uv_handle_t *h)
 
     if (--c->open_handles > 0)
         return;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        a->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    slb_list_remove(&c->link);
     a->n_conns--;
     slb_outbuf_dispose(&c->body);
     free(c);
@@ -624,10 +621,7 @@ static void on_connection(uv_stream_t *server, int status)
     uv_timer_init(a->srv->loop, &c->timer);
     c->tcp.data = c->timer.data = c->wreq.data = c->sreq.data = c;
     c->open_handles = 2;
-    c->next = a->conns;
-    if (a->conns)
-        a->conns->prev = c;
-    a->conns = c;
+    slb_list_push_back(&a->conns, &c->link);
     a->n_conns++;
     if ((rv = uv_accept(server, (uv_stream_t *)&c->tcp)) != 0) {
         slb_warn("admin: accept: %s", slb_strerror(rv));
@@ -679,6 +673,7 @@ int slb_admin_start(struct slb_admin **out, struct slb_server *srv, const char *
         return SLB_ENOMEM;
     }
     a->srv = srv;
+    slb_list_init(&a->conns);
     if ((rv = uv_tcp_init(srv->loop, &a->tcp)) != 0) {
         snprintf(err, errlen, "admin %s: %s", addr, slb_strerror(rv));
         free(a);
@@ -705,6 +700,9 @@ void slb_admin_stop(struct slb_admin *a)
         return;
     a->stopping = 1;
     uv_close((uv_handle_t *)&a->tcp, on_listener_closed);
-    for (struct admin_conn *c = a->conns; c; c = c->next)
-        conn_close(c);
+    struct slb_list *it, *tmp;
+    slb_list_foreach_safe(it, tmp, &a->conns)
+    {
+        conn_close(slb_list_entry(it, struct admin_conn, link));
+    }
 }

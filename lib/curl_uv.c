@@ -3,11 +3,12 @@
 #include <stdlib.h>
 
 #include "common.h"
+#include "list.h"
 #include "log.h"
 
 /* One transfer in flight; owned by the slb_curl_uv while added. */
 struct xfer {
-    struct xfer *prev, *next;
+    struct slb_list link; /* in slb_curl_uv.xfers */
     CURL *easy;
     slb_curl_uv_done_cb cb;
     void *user;
@@ -25,10 +26,10 @@ struct slb_curl_uv {
     uv_loop_t *loop;
     CURLM *multi;
     uv_timer_t timer;
-    struct xfer *xfers; /* transfers added */
-    unsigned handles;   /* open uv handles (timer + polls) */
-    int dispatching;    /* inside check_done(): free is deferred */
-    int closing;        /* slb_curl_uv_free() was called */
+    struct slb_list xfers; /* struct xfer: transfers added */
+    unsigned handles;      /* open uv handles (timer + polls) */
+    int dispatching;       /* inside check_done(): free is deferred */
+    int closing;           /* slb_curl_uv_free() was called */
 };
 
 static void maybe_release(struct slb_curl_uv *cu)
@@ -54,10 +55,9 @@ static void on_handle_closed(uv_handle_t *h)
 
 static void finish_free(struct slb_curl_uv *cu)
 {
-    struct xfer *x;
-
-    while ((x = cu->xfers) != NULL) {
-        cu->xfers = x->next;
+    while (!slb_list_empty(&cu->xfers)) {
+        struct xfer *x = slb_list_first(&cu->xfers, struct xfer, link);
+        slb_list_remove(&x->link);
         curl_multi_remove_handle(cu->multi, x->easy);
         curl_easy_setopt(x->easy, CURLOPT_PRIVATE, NULL);
         free(x);
@@ -87,12 +87,7 @@ static void check_done(struct slb_curl_uv *cu)
         curl_multi_remove_handle(cu->multi, easy);
         if (x == NULL)
             continue;
-        if (x->prev)
-            x->prev->next = x->next;
-        else
-            cu->xfers = x->next;
-        if (x->next)
-            x->next->prev = x->prev;
+        slb_list_remove(&x->link);
         curl_easy_setopt(easy, CURLOPT_PRIVATE, NULL);
         slb_curl_uv_done_cb cb = x->cb;
         void *user = x->user;
@@ -184,6 +179,7 @@ int slb_curl_uv_new(uv_loop_t *loop, struct slb_curl_uv **out)
     if (cu == NULL)
         return SLB_ENOMEM;
     cu->loop = loop;
+    slb_list_init(&cu->xfers);
     if ((err = uv_timer_init(loop, &cu->timer)) != 0)
         goto fail_timer;
     cu->handles = 1;
@@ -232,10 +228,7 @@ int slb_curl_uv_add(struct slb_curl_uv *cu, CURL *easy, slb_curl_uv_done_cb cb, 
         free(x);
         return SLB_EPROTO;
     }
-    x->next = cu->xfers;
-    if (x->next)
-        x->next->prev = x;
-    cu->xfers = x;
+    slb_list_push_back(&cu->xfers, &x->link);
     return 0;
 }
 
@@ -247,12 +240,7 @@ void slb_curl_uv_remove(struct slb_curl_uv *cu, CURL *easy)
     if (x == NULL)
         return;
     curl_multi_remove_handle(cu->multi, easy);
-    if (x->prev)
-        x->prev->next = x->next;
-    else
-        cu->xfers = x->next;
-    if (x->next)
-        x->next->prev = x->prev;
+    slb_list_remove(&x->link);
     curl_easy_setopt(easy, CURLOPT_PRIVATE, NULL);
     free(x);
 }

@@ -11,13 +11,15 @@
 #include "base64.h"
 #include "common.h"
 #include "curl_uv.h"
+#include "list.h"
 #include "log.h"
+#include "rng.h"
 
 enum req_kind { REQ_RANGE, REQ_PUT, REQ_DELETE, REQ_GRANT, REQ_KEEPALIVE, REQ_REVOKE, REQ_COMPACT };
 
 /* One unary request; owned by the client (in etcd->reqs) until its callback has run. */
 struct req {
-    struct req *prev, *next;
+    struct slb_list link; /* in etcd->reqs */
     struct slb_etcd *etcd;
     int kind; /* enum req_kind */
     const char *path;
@@ -46,7 +48,7 @@ static const char *const watch_state_names[] = {"listing", "starting", "watching
 
 /* Owned by the caller of slb_etcd_watch_start(); listed in etcd->watches; freed in its timer's close callback. */
 struct slb_etcd_watch {
-    struct slb_etcd_watch *prev, *next;
+    struct slb_list link; /* in etcd->watches */
     struct slb_etcd *etcd;
     char *prefix, *range_end;
     size_t prefix_len, range_end_len;
@@ -79,11 +81,12 @@ struct slb_etcd {
     int cur; /* endpoint in use */
     long dial_timeout_ms, request_timeout_ms;
     char *username, *password, *ca_file, *cert_file, *key_file;
-    char *token;            /* auth token, NULL until authenticated */
-    uint8_t *ep_down;       /* per endpoint: its last request failed in transport (log once per change) */
-    uint32_t (*ep_errs)[4]; /* per endpoint: hashes of the errors logged since it went down */
-    struct req *reqs;
-    struct slb_etcd_watch *watches;
+    char *token;             /* auth token, NULL until authenticated */
+    uint8_t *ep_down;        /* per endpoint: its last request failed in transport (log once per change) */
+    uint32_t (*ep_errs)[4];  /* per endpoint: hashes of the errors logged since it went down */
+    struct slb_list reqs;    /* struct req */
+    struct slb_list watches; /* struct slb_etcd_watch */
+    struct slb_rng rng;      /* watch retry jitter */
 };
 
 #define WATCH_BACKOFF_MIN_MS 100
@@ -328,15 +331,8 @@ static void req_unlink_transfer(struct req *r)
 
 static void req_free(struct req *r)
 {
-    struct slb_etcd *e = r->etcd;
-
     req_unlink_transfer(r);
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        e->reqs = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
+    slb_list_remove(&r->link);
     free(r->body);
     free(r->resp);
     free(r);
@@ -571,10 +567,7 @@ static struct req *req_start(struct slb_etcd *e, int kind, const char *path, jso
     default:
         r->cb.done = (slb_etcd_done_cb)cb;
     }
-    r->next = e->reqs;
-    if (r->next)
-        r->next->prev = r;
-    e->reqs = r;
+    slb_list_push_back(&e->reqs, &r->link);
     if ((err = req_send(r)) != 0) {
         req_free(r);
         *errp = err;
@@ -699,6 +692,9 @@ int slb_etcd_new(uv_loop_t *loop, const struct slb_config_etcd *cfg, struct slb_
     if ((e = calloc(1, sizeof(*e))) == NULL)
         return SLB_ENOMEM;
     e->loop = loop;
+    slb_list_init(&e->reqs);
+    slb_list_init(&e->watches);
+    slb_rng_seed(&e->rng, slb_rng_seed_from_os());
     e->dial_timeout_ms = cfg->dial_timeout_ms ? cfg->dial_timeout_ms : 2000;
     e->request_timeout_ms = cfg->request_timeout_ms ? cfg->request_timeout_ms : 5000;
     if ((e->endpoints = calloc(cfg->n_endpoints, sizeof(char *))) == NULL ||
@@ -741,10 +737,10 @@ void slb_etcd_free(struct slb_etcd *e)
 {
     if (e == NULL)
         return;
-    while (e->watches != NULL)
-        slb_etcd_watch_stop(e->watches);
-    while (e->reqs != NULL)
-        req_free(e->reqs);
+    while (!slb_list_empty(&e->watches))
+        slb_etcd_watch_stop(slb_list_first(&e->watches, struct slb_etcd_watch, link));
+    while (!slb_list_empty(&e->reqs))
+        req_free(slb_list_first(&e->reqs, struct req, link));
     slb_curl_uv_free(e->cu);
     for (int i = 0; i < e->n_endpoints; i++)
         free(e->endpoints[i]);
@@ -836,7 +832,7 @@ static void watch_retry(struct slb_etcd_watch *w, int failover, const char *why)
         slb_debug("etcd watch %.*s: %s: %s", (int)w->prefix_len, w->prefix, w->etcd->endpoints[w->ep], why);
     }
     d = w->backoff_ms;
-    d = d - d / 5 + (uint32_t)(rand() % (int)(d / 5 * 2 + 1)); /* +-20% jitter */
+    d = d - d / 5 + (uint32_t)slb_rng_bounded(slb_rng_next(&w->etcd->rng), d / 5 * 2 + 1); /* +-20% jitter */
     w->backoff_ms = w->backoff_ms * 2 > WATCH_BACKOFF_MAX_MS ? WATCH_BACKOFF_MAX_MS : w->backoff_ms * 2;
     watch_set_state(w, W_BACKOFF);
     uv_timer_start(&w->timer, on_backoff, d, 0);
@@ -1122,10 +1118,7 @@ int slb_etcd_watch_start(struct slb_etcd *e, const char *prefix, size_t prefix_l
         free(w);
         return err;
     }
-    w->next = e->watches;
-    if (w->next)
-        w->next->prev = w;
-    e->watches = w;
+    slb_list_push_back(&e->watches, &w->link);
     /* Start listing on the next loop turn so no callback can run before we return. */
     w->relist = 1;
     watch_set_state(w, W_BACKOFF);
@@ -1136,17 +1129,10 @@ int slb_etcd_watch_start(struct slb_etcd *e, const char *prefix, size_t prefix_l
 
 void slb_etcd_watch_stop(struct slb_etcd_watch *w)
 {
-    struct slb_etcd *e = w->etcd;
-
     if (w->state == W_STOPPED)
         return;
     watch_set_state(w, W_STOPPED);
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        e->watches = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
+    slb_list_remove(&w->link);
     uv_timer_stop(&w->timer);
     if (w->listing != NULL) {
         req_free(w->listing);

@@ -1,7 +1,6 @@
 #include "grpc.h"
 
 #include <stdio.h>
-
 #include <string.h>
 
 #include "common.h"
@@ -26,6 +25,20 @@ int slb_grpc_status_from_name(const char *name)
     return -1;
 }
 
+int slb_grpc_status_parse(const uint8_t *v, size_t len)
+{
+    int code = 0;
+
+    if (len == 0 || len > 3)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        code = code * 10 + (v[i] - '0');
+    }
+    return code;
+}
+
 size_t slb_grpc_percent_encode(const char *msg, char *out, size_t outlen)
 {
     static const char hex[] = "0123456789ABCDEF";
@@ -48,6 +61,34 @@ size_t slb_grpc_percent_encode(const char *msg, char *out, size_t outlen)
     }
     out[o] = '\0';
     return o;
+}
+
+/* A field whose name and value are literals: nghttp2 copies neither. */
+#define STATIC_NV(n, v)                                                                                                \
+    (nghttp2_nv)                                                                                                       \
+    {                                                                                                                  \
+        (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, sizeof(v) - 1,                                                  \
+            NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE                                               \
+    }
+
+size_t slb_grpc_status_fields(nghttp2_nv *nv, struct slb_grpc_status_text *t, int status, const char *message)
+{
+    size_t len;
+
+    /* names are literals; values point into *t, which nghttp2 copies on submit */
+    snprintf(t->code, sizeof(t->code), "%d", status);
+    len = strlen(t->code);
+    nv[0] = (nghttp2_nv){(uint8_t *)"grpc-status", (uint8_t *)t->code, 11, len, NGHTTP2_NV_FLAG_NO_COPY_NAME};
+    len = slb_grpc_percent_encode(message != NULL ? message : "", t->message, sizeof(t->message));
+    nv[1] = (nghttp2_nv){(uint8_t *)"grpc-message", (uint8_t *)t->message, 12, len, NGHTTP2_NV_FLAG_NO_COPY_NAME};
+    return 2;
+}
+
+size_t slb_grpc_trailers_only(nghttp2_nv *nv, struct slb_grpc_status_text *t, int status, const char *message)
+{
+    nv[0] = STATIC_NV(":status", "200");
+    nv[1] = STATIC_NV("content-type", "application/grpc");
+    return 2 + slb_grpc_status_fields(nv + 2, t, status, message);
 }
 
 int slb_grpc_timeout_parse(const char *v, size_t len, uint64_t *ms)
@@ -84,6 +125,18 @@ int slb_grpc_timeout_parse(const char *v, size_t len, uint64_t *ms)
         return SLB_EPROTO;
     }
     return 0;
+}
+
+size_t slb_grpc_timeout_format(uint64_t ms, char out[SLB_GRPC_TIMEOUT_MAX])
+{
+    const uint64_t max = 99999999; /* gRPC allows at most 8 digits */
+    uint64_t s;
+
+    if (ms <= max)
+        return (size_t)snprintf(out, SLB_GRPC_TIMEOUT_MAX, "%llum", (unsigned long long)ms);
+    /* rounded up, as gRPC's own encoder does: the caller enforces the real deadline itself */
+    s = ms / 1000 + (ms % 1000 != 0);
+    return (size_t)snprintf(out, SLB_GRPC_TIMEOUT_MAX, "%lluS", (unsigned long long)(s < max ? s : max));
 }
 
 int slb_grpc_status_from_h2(uint32_t h2_error)
@@ -123,42 +176,4 @@ uint32_t slb_grpc_scan(struct slb_grpc_scan *s, const uint8_t *p, size_t n, uint
         }
     }
     return 0;
-}
-
-int slb_grpc_status_parse(const uint8_t *v, size_t len)
-{
-    int code = 0;
-
-    if (len == 0 || len > 3)
-        return -1;
-    for (size_t i = 0; i < len; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return -1;
-        code = code * 10 + (v[i] - '0');
-    }
-    return code;
-}
-
-size_t slb_grpc_timeout_format(uint64_t ms, char out[SLB_GRPC_TIMEOUT_MAX])
-{
-    if (ms <= 99999999)
-        return (size_t)snprintf(out, SLB_GRPC_TIMEOUT_MAX, "%llum", (unsigned long long)ms);
-    return (size_t)snprintf(out, SLB_GRPC_TIMEOUT_MAX, "%lluS",
-                            (unsigned long long)(ms / 1000 > 99999999 ? 99999999 : ms / 1000));
-}
-
-size_t slb_grpc_status_fields(nghttp2_nv *nv, struct slb_grpc_status_text *t, int status, const char *message)
-{
-    nv[0] = (nghttp2_nv){(uint8_t *)"grpc-status", (uint8_t *)t->code, 11, 0, NGHTTP2_NV_FLAG_NONE};
-    nv[1] = (nghttp2_nv){(uint8_t *)"grpc-message", (uint8_t *)t->message, 12, 0, NGHTTP2_NV_FLAG_NONE};
-    nv[0].valuelen = (size_t)snprintf(t->code, sizeof(t->code), "%d", status);
-    nv[1].valuelen = slb_grpc_percent_encode(message, t->message, sizeof(t->message));
-    return 2;
-}
-
-size_t slb_grpc_trailers_only(nghttp2_nv *nv, struct slb_grpc_status_text *t, int status, const char *message)
-{
-    nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE};
-    nv[1] = (nghttp2_nv){(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE};
-    return 2 + slb_grpc_status_fields(nv + 2, t, status, message);
 }

@@ -1,11 +1,14 @@
 /*
- * gRPC protocol details that sidelb needs: status codes and names,
- * percent-encoding of grpc-message, grpc-timeout parsing, and the mapping of
- * HTTP/2 reset codes to statuses (gRPC's PROTOCOL-HTTP2.md).
+ * gRPC protocol details that sidelb needs: status codes and names, parsing
+ * grpc-status, percent-encoding of grpc-message, the grpc-status/-message
+ * fields of a reply and trailers-only responses, grpc-timeout parsing and
+ * formatting, and the mapping of HTTP/2 reset codes to statuses (gRPC's
+ * PROTOCOL-HTTP2.md).
  */
 #ifndef SLB_GRPC_H
 #define SLB_GRPC_H
 
+#include <nghttp2/nghttp2.h>
 #include <stddef.h>
 #include <nghttp2/nghttp2.h>
 #include <stdint.h>
@@ -36,6 +39,13 @@ const char *slb_grpc_status_name(int code);
 int slb_grpc_status_from_name(const char *name);
 
 /*
+ * A grpc-status value: 1 to 3 decimal digits ("0", "14", "00", "999") ->
+ * the code; anything else (empty, a sign, a non-digit, 4 digits or more) -> -1.
+ * Codes above 16 are returned as they are: the caller decides.
+ */
+int slb_grpc_status_parse(const uint8_t *v, size_t len);
+
+/*
  * Percent-encodes a grpc-message (bytes outside 0x20..0x7E and '%').
  * Writes at most outlen-1 bytes plus NUL, never splitting an escape.
  * Returns the encoded length.
@@ -43,11 +53,42 @@ int slb_grpc_status_from_name(const char *name);
 size_t slb_grpc_percent_encode(const char *msg, char *out, size_t outlen);
 
 /*
+ * The text a status reply's header fields point into. Owner: the caller; it
+ * must live until nghttp2 has copied the fields (the submit call returned).
+ */
+struct slb_grpc_status_text {
+    char code[8];
+    char message[512]; /* percent-encoded; a longer message is cut at an escape boundary */
+};
+
+/*
+ * Fills nv[0] with grpc-status and nv[1] with grpc-message (message
+ * percent-encoded; NULL is ""), their values in *t. Returns 2.
+ */
+size_t slb_grpc_status_fields(nghttp2_nv *nv, struct slb_grpc_status_text *t, int status, const char *message);
+
+/*
+ * A trailers-only response (one HEADERS frame with END_STREAM): fills nv[0..3]
+ * with :status 200, content-type application/grpc, grpc-status and
+ * grpc-message. Returns 4.
+ */
+size_t slb_grpc_trailers_only(nghttp2_nv *nv, struct slb_grpc_status_text *t, int status, const char *message);
+
+/*
  * Parses a grpc-timeout value ("100m", "5S", "1H": 1-8 digits and a unit
  * H M S m u n) into milliseconds, rounding sub-millisecond values up.
  * 0 or SLB_EPROTO.
  */
 int slb_grpc_timeout_parse(const char *v, size_t len, uint64_t *ms);
+
+#define SLB_GRPC_TIMEOUT_MAX 16
+
+/*
+ * The grpc-timeout value for ms milliseconds, NUL-terminated in out: at most
+ * 8 digits, so "<ms>m" up to 99999999 ms and whole seconds ("<s>S", rounded
+ * up) past that, capped at "99999999S" (~3 years). Returns its length.
+ */
+size_t slb_grpc_timeout_format(uint64_t ms, char out[SLB_GRPC_TIMEOUT_MAX]);
 
 /*
  * Follows gRPC message framing (1 flag byte, 4-byte big-endian length,
@@ -66,23 +107,5 @@ uint32_t slb_grpc_scan(struct slb_grpc_scan *s, const uint8_t *p, size_t n, uint
 
 /* Status a client sees for a stream reset with this HTTP/2 error code. */
 int slb_grpc_status_from_h2(uint32_t h2_error);
-
-/* A grpc-status value: "0".."999" -> the code; anything else -> -1. */
-int slb_grpc_status_parse(const uint8_t *v, size_t len);
-
-#define SLB_GRPC_TIMEOUT_MAX 16
-/* gRPC's grpc-timeout value for ms milliseconds: at most 8 digits; "NNNm", or
- * seconds "NNNS" past 99999999 ms, capped at 99999999S. Returns the length; out is NUL-terminated. */
-size_t slb_grpc_timeout_format(uint64_t ms, char out[SLB_GRPC_TIMEOUT_MAX]);
-
-/* Text a status reply points into. Owner: the caller; must live until nghttp2 copied the nv (submit). */
-struct slb_grpc_status_text {
-    char code[8];
-    char message[512];
-};
-/* grpc-status and grpc-message fields (message percent-encoded): fills nv[0..1], returns 2. */
-size_t slb_grpc_status_fields(nghttp2_nv *nv, struct slb_grpc_status_text *t, int status, const char *message);
-/* A trailers-only response: :status 200, content-type, grpc-status, grpc-message: fills nv[0..3], returns 4. */
-size_t slb_grpc_trailers_only(nghttp2_nv *nv, struct slb_grpc_status_text *t, int status, const char *message);
 
 #endif

@@ -1,6 +1,5 @@
 #include "health.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -189,10 +188,10 @@ static ssize_t req_read(nghttp2_session *session, int32_t sid, uint8_t *buf, siz
 static void submit_call(struct slb_health_check *hc, int check)
 {
     struct hc_conn *hcc = hc->conn;
-    char timeout[16];
+    char timeout[SLB_GRPC_TIMEOUT_MAX];
     int32_t sid;
 
-    snprintf(timeout, sizeof(timeout), "%um", hc->timeout_ms);
+    slb_grpc_timeout_format(hc->timeout_ms, timeout);
     nghttp2_data_provider prd = {.source.ptr = NULL, .read_callback = req_read};
     nghttp2_nv nva[] = {
         NV(":method", "POST"),
@@ -230,20 +229,6 @@ static void submit_call(struct slb_health_check *hc, int check)
 
 /* --- the response ----------------------------------------------------------------------------------------------- */
 
-static int parse_uint(const uint8_t *v, size_t len)
-{
-    int n = 0;
-
-    if (len == 0 || len > 6)
-        return -1;
-    for (size_t i = 0; i < len; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return -1;
-        n = n * 10 + (v[i] - '0');
-    }
-    return n;
-}
-
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
                      const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data)
 {
@@ -251,10 +236,11 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
 
     if (frame->hd.type != NGHTTP2_HEADERS || frame->hd.stream_id != hcc->sid)
         return 0;
+    /* an HTTP status has three digits too: one parser for both */
     if (namelen == 7 && memcmp(name, ":status", 7) == 0)
-        hcc->http_status = parse_uint(value, valuelen);
+        hcc->http_status = slb_grpc_status_parse(value, valuelen);
     else if (namelen == 11 && memcmp(name, "grpc-status", 11) == 0)
-        hcc->grpc_status = parse_uint(value, valuelen);
+        hcc->grpc_status = slb_grpc_status_parse(value, valuelen);
     return 0;
 }
 
@@ -546,8 +532,6 @@ struct slb_health_check *slb_health_start(uv_loop_t *loop, struct slb_conn_ctx *
     hc->io = io;
     hc->interval_ms = interval_ms != 0 ? interval_ms : 1000;
     hc->timeout_ms = timeout_ms != 0 ? timeout_ms : 1000;
-    if (hc->timeout_ms > 99999999)
-        hc->timeout_ms = 99999999; /* grpc-timeout has at most 8 digits */
     hc->backoff_ms = SLB_HEALTH_BACKOFF_INITIAL_MS < hc->interval_ms ? SLB_HEALTH_BACKOFF_INITIAL_MS : hc->interval_ms;
     hc->cb = cb;
     hc->user = user;

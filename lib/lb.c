@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "common.h"
 
@@ -88,8 +89,11 @@ int slb_lb_update(struct slb_lb *lb)
 {
     int err;
 
-    if (lb->ops->update != NULL && (err = lb->ops->update(lb)) != 0)
-        return err;
+    if (lb->ops->update != NULL) {
+        if ((err = lb->ops->update(lb)) != 0)
+            return err;
+        lb->updates++;
+    }
     lb->set_version = lb->set->version;
     lb->_panic_at_ms = UINT64_MAX;
     return 0;
@@ -101,13 +105,15 @@ static void update_panic(struct slb_lb *lb, uint64_t now_ms)
     const struct slb_backend_set *set = lb->set;
     uint32_t usable = 0;
 
-    if (lb->_panic_at_ms == now_ms && lb->_panic_version == set->version)
+    if (lb->_panic_at_ms == now_ms && lb->_panic_version == set->version &&
+        lb->_panic_usable_version == set->usable_version)
         return;
     for (uint32_t i = 0; i < set->n; i++)
         usable += slb_backend_usable(set->items[i], now_ms);
     lb->_panic = set->n > 0 && (double)usable * 100.0 < lb->opts->panic_threshold_percent * (double)set->n;
     lb->_panic_at_ms = now_ms;
     lb->_panic_version = set->version;
+    lb->_panic_usable_version = set->usable_version;
 }
 
 struct slb_backend *slb_lb_pick(struct slb_lb *lb, const struct slb_pick_ctx *ctx)
@@ -203,85 +209,9 @@ int slb__lb_cmp_name(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
-/* XXH64 (Yann Collet's xxHash, seed 0): fast, well mixed, stable across runs and hosts. */
-#define P1 0x9E3779B185EBCA87ULL
-#define P2 0xC2B2AE3D27D4EB4FULL
-#define P3 0x165667B19E3779F9ULL
-#define P4 0x85EBCA77C2B2AE63ULL
-#define P5 0x27D4EB2F165667C5ULL
-
-static inline uint64_t rotl64(uint64_t x, int r)
-{
-    return (x << r) | (x >> (64 - r));
-}
-
-static inline uint64_t read64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v; /* little-endian hosts; the value only has to be stable per host */
-}
-
-static inline uint32_t read32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-static inline uint64_t xxh_round(uint64_t acc, uint64_t in)
-{
-    acc += in * P2;
-    acc = rotl64(acc, 31);
-    return acc * P1;
-}
-
-static inline uint64_t xxh_merge(uint64_t acc, uint64_t v)
-{
-    acc ^= xxh_round(0, v);
-    return acc * P1 + P4;
-}
-
+/* XXH64, seed 0 (Debian's libxxhash): ring points and maglev permutations
+ * derive from it, so it must never change; check_lb pins known values. */
 uint64_t slb_hash64(const void *data, size_t len)
 {
-    const uint8_t *p = data, *end = p + len;
-    uint64_t h;
-
-    if (len >= 32) {
-        uint64_t v1 = P1 + P2, v2 = P2, v3 = 0, v4 = -P1;
-        do {
-            v1 = xxh_round(v1, read64(p));
-            v2 = xxh_round(v2, read64(p + 8));
-            v3 = xxh_round(v3, read64(p + 16));
-            v4 = xxh_round(v4, read64(p + 24));
-            p += 32;
-        } while (p + 32 <= end);
-        h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) + rotl64(v4, 18);
-        h = xxh_merge(h, v1);
-        h = xxh_merge(h, v2);
-        h = xxh_merge(h, v3);
-        h = xxh_merge(h, v4);
-    } else {
-        h = P5;
-    }
-    h += (uint64_t)len;
-    for (; p + 8 <= end; p += 8) {
-        h ^= xxh_round(0, read64(p));
-        h = rotl64(h, 27) * P1 + P4;
-    }
-    if (p + 4 <= end) {
-        h ^= (uint64_t)read32(p) * P1;
-        h = rotl64(h, 23) * P2 + P3;
-        p += 4;
-    }
-    for (; p < end; p++) {
-        h ^= (uint64_t)*p * P5;
-        h = rotl64(h, 11) * P1;
-    }
-    h ^= h >> 33;
-    h *= P2;
-    h ^= h >> 29;
-    h *= P3;
-    h ^= h >> 32;
-    return h;
+    return XXH64(data, len, 0);
 }

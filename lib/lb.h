@@ -5,6 +5,14 @@
  * caller passes time, randomness, the hash key and the call's tried set in
  * struct slb_pick_ctx, so policies are unit-testable without a loop.
  *
+ * Tables (ring_hash's ring, maglev's lookup table, the weighted policies'
+ * sums and heaps) depend only on membership and weights, so they are rebuilt
+ * when set->version moves, never when only set->usable_version does (health,
+ * ejection, connectivity): a flapping backend costs nothing, and picks walk
+ * past unusable backends at pick time. Whatever depends on usability is
+ * computed at pick time too (slow start from usable_since_ms) or keyed on
+ * usable_version (panic mode).
+ *
  * Ownership: struct slb_lb is embedded in its cluster; lb->data belongs to
  * the policy (allocated in init/update, freed in destroy). The backend set
  * is the cluster's; the policy only reads it.
@@ -16,6 +24,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "rng.h"
 
 #define SLB_MAX_ATTEMPTS 5
 
@@ -70,7 +79,8 @@ struct slb_lb_ops {
     const char *name;
     /* Allocate lb->data. 0 or SLB_ENOMEM. */
     int (*init)(struct slb_lb *lb);
-    /* The set changed (backend added/removed, weight changed): rebuild. */
+    /* Membership or a weight changed (set->version): rebuild. Not called when
+     * only usability changed (set->usable_version). NULL: nothing to build. */
     int (*update)(struct slb_lb *lb);
     /* A usable backend not in ctx->tried; else a usable tried one; else NULL. */
     struct slb_backend *(*pick)(struct slb_lb *lb, const struct slb_pick_ctx *ctx);
@@ -79,15 +89,17 @@ struct slb_lb_ops {
     uint8_t uses_hash;
 };
 
+/* Owner: the cluster that embeds it. */
 struct slb_lb {
     const struct slb_lb_ops *ops;
     const struct slb_lb_options *opts;
     struct slb_backend_set *set;
     void *data;
-    uint64_t set_version; /* version of set the policy last saw */
-    /* panic mode (slb_lb_pick): re-evaluated once per ms of ctx->now_ms or per set version */
+    uint64_t set_version; /* set->version the policy last saw */
+    uint64_t updates;     /* times ops->update rebuilt the tables (tests, metrics) */
+    /* panic mode (slb_lb_pick): re-evaluated once per ms of ctx->now_ms, or when either set version moves */
     uint8_t _panic;
-    uint64_t _panic_at_ms, _panic_version;
+    uint64_t _panic_at_ms, _panic_version, _panic_usable_version;
 };
 
 /* Policy table lookup by name; NULL if unknown. */
@@ -96,7 +108,7 @@ const struct slb_lb_ops *slb_lb_find(const char *name);
 const char *slb_lb_names(void);
 
 int slb_lb_init(struct slb_lb *lb, const char *policy, const struct slb_lb_options *opts, struct slb_backend_set *set);
-/* Tell the policy the set changed. 0 or SLB_ENOMEM. */
+/* Rebuilds the policy's tables for the set's membership and weights. 0 or SLB_ENOMEM. */
 int slb_lb_update(struct slb_lb *lb);
 /* Picks a backend; applies panic mode; NULL when none can take the call. */
 struct slb_backend *slb_lb_pick(struct slb_lb *lb, const struct slb_pick_ctx *ctx);
@@ -105,7 +117,7 @@ void slb_lb_dispose(struct slb_lb *lb);
 /* Effective weight with slow start applied (>= 1). */
 uint32_t slb_lb_effective_weight(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms);
 
-/* 64-bit hash of a key (xxhash-like quality; stable across runs). */
+/* XXH64 of a key, seed 0: the same on every host and in every version. */
 uint64_t slb_hash64(const void *data, size_t len);
 
 /*
@@ -116,21 +128,6 @@ uint64_t slb_hash64(const void *data, size_t len);
 static inline int slb__lb_usable(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms)
 {
     return lb->_panic ? !be->draining : slb_backend_usable(be, now_ms);
-}
-
-/* splitmix64 step: more random values from ctx->random without a clock or global state. */
-static inline uint64_t slb__lb_next_random(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
-/* Uniform in [0, n) from 32 random bits, without a division (Lemire). */
-static inline uint32_t slb__lb_bounded(uint64_t r, uint32_t n)
-{
-    return (uint32_t)(((r >> 32) * (uint64_t)n) >> 32);
 }
 
 /*

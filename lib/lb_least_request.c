@@ -37,7 +37,8 @@ static struct slb_backend *lr_pick(struct slb_lb *lb, const struct slb_pick_ctx 
 {
     const struct slb_backend_set *set = lb->set;
     uint32_t n = set->n, c = lb->opts->choice_count;
-    uint64_t state = ctx->random, r = ctx->random;
+    uint64_t r = ctx->random;
+    struct slb_rng rng;
     struct slb_backend *best = NULL;
 
     if (c == 0 || c >= n) {
@@ -48,12 +49,13 @@ static struct slb_backend *lr_pick(struct slb_lb *lb, const struct slb_pick_ctx 
         }
         return best != NULL ? best : slb__lb_scan(lb, ctx, 0);
     }
+    slb_rng_seed(&rng, ctx->random);
     for (int round = 0; round < ROUNDS; round++) {
-        uint32_t first = slb__lb_bounded(r, n);
+        uint32_t first = (uint32_t)slb_rng_bounded(r, n);
         for (uint32_t k = 0; k < c; k++) {
             uint32_t i = first;
             if (k > 0) {
-                i += 1 + slb__lb_bounded(slb__lb_next_random(&state), n - 1);
+                i += 1 + (uint32_t)slb_rng_bounded(slb_rng_next(&rng), n - 1);
                 if (i >= n)
                     i -= n;
             }
@@ -63,9 +65,9 @@ static struct slb_backend *lr_pick(struct slb_lb *lb, const struct slb_pick_ctx 
         }
         if (SLB_LIKELY(best != NULL))
             return best;
-        r = slb__lb_next_random(&state);
+        r = slb_rng_next(&rng);
     }
-    return slb__lb_scan(lb, ctx, slb__lb_bounded(r, n));
+    return slb__lb_scan(lb, ctx, (uint32_t)slb_rng_bounded(r, n));
 }
 
 const struct slb_lb_ops slb_lb_least_request = {

@@ -82,10 +82,12 @@ static int maglev_update(struct slb_lb *lb)
         table[i] = UINT32_MAX;
     for (uint32_t i = 0; i < n; i++) {
         const struct slb_backend *be = set->items[i];
-        uint64_t h = slb_hash64(be->name, strlen(be->name)), h2 = h;
+        uint64_t h = slb_hash64(be->name, strlen(be->name));
+        struct slb_rng rng;
+        slb_rng_seed(&rng, h);
         p[i].be = be;
         p[i].offset = h % size;
-        p[i].skip = slb__lb_next_random(&h2) % (size - 1) + 1;
+        p[i].skip = slb_rng_next(&rng) % (size - 1) + 1;
         p[i].cur = p[i].offset;
         p[i].target = 0;
         if (be->weight > w_max)

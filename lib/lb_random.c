@@ -1,7 +1,7 @@
 /*
  * random: a uniformly random backend per call (Envoy's RANDOM). A pick that
  * lands on an unusable or already-tried backend draws again (a few times,
- * from ctx->random via splitmix64), then falls back to a scan from a random
+ * from a struct slb_rng seeded with ctx->random), then falls back to a scan from a random
  * start, so a pick is O(1) unless most backends are down. No state.
  */
 #include "lb.h"
@@ -18,15 +18,17 @@ static int random_init(struct slb_lb *lb)
 static struct slb_backend *random_pick(struct slb_lb *lb, const struct slb_pick_ctx *ctx)
 {
     const struct slb_backend_set *set = lb->set;
-    uint64_t state = ctx->random, r = ctx->random;
+    struct slb_rng rng;
+    uint64_t r = ctx->random;
 
+    slb_rng_seed(&rng, ctx->random);
     for (int d = 0; d < RANDOM_DRAWS; d++) {
-        struct slb_backend *be = set->items[slb__lb_bounded(r, set->n)];
+        struct slb_backend *be = set->items[slb_rng_bounded(r, set->n)];
         if (SLB_LIKELY(slb__lb_usable(lb, be, ctx->now_ms) && !slb_tried_has(ctx->tried, be)))
             return be;
-        r = slb__lb_next_random(&state);
+        r = slb_rng_next(&rng);
     }
-    return slb__lb_scan(lb, ctx, slb__lb_bounded(r, set->n));
+    return slb__lb_scan(lb, ctx, (uint32_t)slb_rng_bounded(r, set->n));
 }
 
 const struct slb_lb_ops slb_lb_random = {

@@ -128,9 +128,10 @@ static int ring_update(struct slb_lb *lb)
             uint64_t points = be->weight * (ppw ? ppw : 1);
             /* point k = splitmix64 step k from the name's hash: as well spread as
              * hashing "<name>_<k>" (ketama) and ~10x cheaper to build */
-            uint64_t state = slb_hash64(be->name, strlen(be->name));
+            struct slb_rng rng;
+            slb_rng_seed(&rng, slb_hash64(be->name, strlen(be->name)));
             for (uint32_t k = 0; k < points; k++) {
-                pts[size].hash = slb__lb_next_random(&state);
+                pts[size].hash = slb_rng_next(&rng);
                 pts[size++].be = be;
             }
         }

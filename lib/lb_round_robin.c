@@ -40,7 +40,7 @@ static struct slb_backend *rr_pick(struct slb_lb *lb, const struct slb_pick_ctx 
     uint32_t i;
 
     if (SLB_UNLIKELY(!rr->started)) {
-        rr->next = slb__lb_bounded(ctx->random, set->n);
+        rr->next = (uint32_t)slb_rng_bounded(ctx->random, set->n);
         rr->started = 1;
     }
     i = rr->next;

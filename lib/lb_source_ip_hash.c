@@ -63,7 +63,10 @@ static struct slb_backend *iph_pick(struct slb_lb *lb, const struct slb_pick_ctx
 {
     struct ip_hash *h = lb->data;
     uint32_t n = lb->set->n;
-    uint64_t key = ctx->has_hash ? ctx->hash : ctx->random, state = key;
+    uint64_t key = ctx->has_hash ? ctx->hash : ctx->random;
+    struct slb_rng rng;
+
+    slb_rng_seed(&rng, key);
 
     for (int t = 0; t <= REHASHES; t++) {
         uint64_t x = (uint64_t)(((unsigned __int128)key * h->total) >> 64);
@@ -78,9 +81,9 @@ static struct slb_backend *iph_pick(struct slb_lb *lb, const struct slb_pick_ctx
         struct slb_backend *be = h->sorted[lo];
         if (SLB_LIKELY(slb__lb_usable(lb, be, ctx->now_ms) && !slb_tried_has(ctx->tried, be)))
             return be;
-        key = slb__lb_next_random(&state);
+        key = slb_rng_next(&rng);
     }
-    return slb__lb_scan(lb, ctx, slb__lb_bounded(key, n));
+    return slb__lb_scan(lb, ctx, (uint32_t)slb_rng_bounded(key, n));
 }
 
 static void iph_destroy(struct slb_lb *lb)

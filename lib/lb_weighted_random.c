@@ -61,21 +61,23 @@ static struct slb_backend *wrand_pick(struct slb_lb *lb, const struct slb_pick_c
 {
     struct wrand *w = lb->data;
     const struct slb_backend_set *set = lb->set;
-    uint64_t state = ctx->random, r = ctx->random;
+    uint64_t r = ctx->random;
+    struct slb_rng rng;
 
+    slb_rng_seed(&rng, ctx->random);
     for (int d = 0; d < DRAWS; d++) {
         uint64_t x = (uint64_t)(((unsigned __int128)r * w->total) >> 64);
         struct slb_backend *be = set->items[upper_bound(w->cum, set->n, x)];
 
-        r = slb__lb_next_random(&state);
+        r = slb_rng_next(&rng);
         if (!slb__lb_usable(lb, be, ctx->now_ms) || slb_tried_has(ctx->tried, be))
             continue;
         uint64_t full = (uint64_t)be->weight << 10, eff = slb__lb_weight_fp(lb, be, ctx->now_ms);
         if (SLB_LIKELY(eff >= full) || (uint64_t)(((unsigned __int128)r * full) >> 64) < eff)
             return be;
-        r = slb__lb_next_random(&state);
+        r = slb_rng_next(&rng);
     }
-    return slb__lb_scan(lb, ctx, slb__lb_bounded(r, set->n));
+    return slb__lb_scan(lb, ctx, (uint32_t)slb_rng_bounded(r, set->n));
 }
 
 static void wrand_destroy(struct slb_lb *lb)

@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "config.h"
+#include "rng.h"
 
 static int parse_policy(json_t *rp, struct slb_retry_policy *p)
 {
@@ -162,5 +163,5 @@ uint64_t slb_retry_backoff_ms(const struct slb_retry_policy *p, unsigned attempt
     if (b > p->max_backoff_ms)
         b = p->max_backoff_ms;
     /* A6: the wait is random(0, current_backoff) */
-    return (uint64_t)(b * (double)(random % 10001) / 10000.0);
+    return (uint64_t)(b * (double)slb_rng_bounded(random, 10001) / 10000.0);
 }

@@ -65,7 +65,8 @@ void slb_retry_on_failure(struct slb_method_table *t);
 void slb_retry_on_success(struct slb_method_table *t);
 /* Whether throttling lets a retry happen now. */
 int slb_retry_allowed(const struct slb_method_table *t);
-/* Backoff before attempt number `attempt` (2 = first retry), randomized with `random`. */
+/* Backoff before attempt number `attempt` (2 = first retry), randomized with
+ * `random`, a full 64-bit random value (slb_rng_next). */
 uint64_t slb_retry_backoff_ms(const struct slb_retry_policy *p, unsigned attempt, uint64_t random);
 
 #endif

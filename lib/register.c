@@ -17,6 +17,7 @@
 #include "etcd_value.h"
 #include "health.h"
 #include "log.h"
+#include "rng.h"
 
 /* One register[] entry. Owner: its registrar (r->regs). */
 struct reg {
@@ -51,7 +52,7 @@ struct slb_registrar {
     int stopping, shutdown_fired, freed;
     unsigned inflight;     /* etcd requests whose answer has not come back */
     unsigned open_handles; /* timers not yet closed */
-    uint64_t rng;
+    struct slb_rng rng;    /* retry jitter */
 };
 
 static const char *const state_names[] = {"IDLE",      "GRANTING", "PUTTING",  "REGISTERED",
@@ -159,10 +160,7 @@ static void retry(struct reg *g, int err)
     uint64_t delay = g->backoff_ms, span = delay / 5 + 1;
 
     set_state(g, SLB_REGISTRAR_RETRYING, err);
-    r->rng ^= r->rng << 13;
-    r->rng ^= r->rng >> 7;
-    r->rng ^= r->rng << 17;
-    delay = delay - span / 2 + r->rng % span; /* +-10 % */
+    delay = delay - span / 2 + slb_rng_bounded(slb_rng_next(&r->rng), span); /* +-10 % */
     g->backoff_ms = g->backoff_ms * 2 > g->tick_ms ? g->tick_ms : g->backoff_ms * 2;
     uv_timer_start(&g->timer, on_tick, delay, 0);
 }
@@ -535,7 +533,7 @@ struct slb_registrar *slb_registrar_new(uv_loop_t *loop, struct slb_etcd *etcd, 
     r->etcd = etcd;
     r->io = io;
     r->n = n;
-    r->rng = uv_hrtime() | 1;
+    slb_rng_seed(&r->rng, slb_rng_seed_from_os());
     if ((r->regs = calloc(n ? n : 1, sizeof(*r->regs))) == NULL) {
         free(r);
         return NULL;

@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include "deadline.h"
+#include "rng.h"
 
 #define N 200
 
@@ -28,19 +29,20 @@ START_TEST(expire_in_order_and_removed_never)
     struct slb_deadline_heap h;
     uv_loop_t loop;
     uint64_t now;
+    struct slb_rng rng;
 
     uv_loop_init(&loop);
     slb_deadline_init(&h, &loop, on_expired);
     uv_ref((uv_handle_t *)&h.timer); /* keep the test loop running while deadlines are pending */
     now = uv_now(&loop);
-    srand(7);
+    slb_rng_seed(&rng, 7);
     for (int i = 0; i < N; i++) {
         slb_deadline_entry_init(&calls[i]);
-        ck_assert_int_eq(slb_deadline_set(&h, &calls[i], now + 5 + (uint64_t)(rand() % 150)), 0);
+        ck_assert_int_eq(slb_deadline_set(&h, &calls[i], now + 5 + slb_rng_bounded(slb_rng_next(&rng), 150)), 0);
     }
     /* move some: later ones earlier and the other way round (a moved key must re-sort) */
     for (int i = 1; i < N; i += 7)
-        ck_assert_int_eq(slb_deadline_set(&h, &calls[i], now + 5 + (uint64_t)(rand() % 150)), 0);
+        ck_assert_int_eq(slb_deadline_set(&h, &calls[i], now + 5 + slb_rng_bounded(slb_rng_next(&rng), 150)), 0);
     ck_assert_int_eq(slb_deadline_set(&h, &calls[2], now + 400), 0);
     /* remove every third, including the root several times */
     for (int i = 0; i < N; i += 3)

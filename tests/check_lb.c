@@ -3,7 +3,7 @@
  * set, one backend, none usable, unusable skipped, table refresh on set
  * changes, consistent-hash stability, least_request, slow start, panic mode.
  *
- * Statistical bounds. Picks use a fixed-seed splitmix64, so every run sees
+ * Statistical bounds. Picks use a fixed-seed struct slb_rng, so every run sees
  * the same numbers; the bounds are still set wide enough to hold for any
  * seed (>= 5 standard deviations unless stated):
  *  - uniform policies, 10 backends x 100,000 picks: chi-square with 9 degrees
@@ -38,11 +38,11 @@ static struct slb_backend_set set;
 static struct slb_backend *bes[MAXB]; /* by id = port - 10000 */
 static struct slb_lb_options opts;
 static struct slb_lb lb;
-static uint64_t seed = 42;
+static struct slb_rng rng;
 
 static uint64_t rnd(void)
 {
-    return slb__lb_next_random(&seed);
+    return slb_rng_next(&rng);
 }
 
 static int id_of(const struct slb_backend *be)
@@ -114,7 +114,7 @@ static void fresh_opts(void)
 static void check_setup(void)
 {
     fresh_opts();
-    seed = 42;
+    slb_rng_seed(&rng, 42);
     memset(bes, 0, sizeof(bes));
 }
 
@@ -141,12 +141,42 @@ END_TEST
 
 START_TEST(test_hash64)
 {
-    /* XXH64 reference vectors, seed 0 */
-    ck_assert_uint_eq(slb_hash64("", 0), 0xEF46DB3751D8E999ULL);
-    ck_assert_uint_eq(slb_hash64("abc", 3), 0x44BC2CF5AD770999ULL);
-    const char *long_key = "0123456789abcdef0123456789abcdef0123456789";
-    ck_assert_uint_eq(slb_hash64(long_key, strlen(long_key)), slb_hash64(long_key, strlen(long_key)));
-    ck_assert_uint_ne(slb_hash64("a", 1), slb_hash64("b", 1));
+    /* xxHash's own sanity vectors (xsum_sanity_check.c), seed 0, over its generated buffer */
+    static const struct {
+        size_t len;
+        uint64_t h;
+    } official[] = {
+        {0, 0xEF46DB3751D8E999ULL},  {1, 0xE934A84ADB052768ULL},   {4, 0x9136A0DCA57457EEULL},
+        {14, 0x8282DCC4994E35C8ULL}, {222, 0xB641AE8CB691C174ULL},
+    };
+    uint8_t buf[222];
+    uint64_t gen = 2654435761U; /* PRIME32 */
+    for (size_t i = 0; i < sizeof(buf); i++) {
+        buf[i] = (uint8_t)(gen >> 56);
+        gen *= 11400714785074694797ULL; /* PRIME64 */
+    }
+    for (size_t i = 0; i < SLB_ARRAY_SIZE(official); i++)
+        ck_assert_uint_eq(slb_hash64(buf, official[i].len), official[i].h);
+
+    /* Known values, computed with the hand-written XXH64 that lib/lb.c had
+     * before libxxhash: ring points and maglev permutations derive from them. */
+    char hundred[101];
+    for (int i = 0; i < 100; i++)
+        hundred[i] = (char)('a' + i % 26);
+    hundred[100] = '\0';
+    static const struct {
+        const char *key;
+        uint64_t h;
+    } known[] = {
+        {"", 0xEF46DB3751D8E999ULL},
+        {"a", 0xD24EC4F1A98C6E5BULL},
+        {"abc", 0x44BC2CF5AD770999ULL},
+        {"127.0.0.1:50051", 0xA210BDD4D2A541F5ULL},
+        {"10.0.0.1:8080-1", 0x1C8759002B13E7FEULL},
+    };
+    for (size_t i = 0; i < SLB_ARRAY_SIZE(known); i++)
+        ck_assert_uint_eq(slb_hash64(known[i].key, strlen(known[i].key)), known[i].h);
+    ck_assert_uint_eq(slb_hash64(hundred, 100), 0x79C9FA152BB53C71ULL); /* "abc...zabc...": all four lanes */
 }
 END_TEST
 
@@ -254,6 +284,57 @@ START_TEST(test_update)
     if (strcmp(all_policies[_i], "pick_first") != 0)
         ck_assert_uint_gt(counts[7], 0);
     slb_backend_unref(gone);
+    teardown();
+}
+END_TEST
+
+/*
+ * A health flip (only usable_version moves) rebuilds no table, so a
+ * flapping backend never costs a ring rebuild; a weight change or a new
+ * backend (version) does. Either re-evaluates panic mode at once.
+ */
+START_TEST(test_usable_change_keeps_tables)
+{
+    const char *p = all_policies[_i];
+    int builds = slb_lb_find(p)->update != NULL; /* policies without tables build nothing */
+    struct slb_tried none = {0};
+
+    opts.panic_threshold_percent = 50;
+    setup(p, 10, NULL);
+    ck_assert_uint_eq(lb.updates, builds);
+    ck_assert_ptr_nonnull(pick(&none));
+
+    /* six of ten go unhealthy: no rebuild, but panic (and picks of the unhealthy) within the same ms */
+    for (int i = 0; i < 6; i++)
+        bes[i]->health = SLB_HEALTH_NOT_SERVING;
+    set.usable_version++;
+    unsigned unhealthy = 0;
+    for (int i = 0; i < 2000; i++)
+        unhealthy += id_of(pick(NULL)) < 6;
+    ck_assert_uint_eq(lb.updates, builds);
+    ck_assert_uint_eq(lb._panic, 1);
+    if (strcmp(p, "pick_first") != 0)
+        ck_assert_uint_gt(unhealthy, 0);
+
+    /* they recover: still no rebuild, panic ends at once */
+    for (int i = 0; i < 6; i++)
+        bes[i]->health = SLB_HEALTH_SERVING;
+    set.usable_version++;
+    ck_assert_ptr_nonnull(pick(NULL));
+    ck_assert_uint_eq(lb.updates, builds);
+    ck_assert_uint_eq(lb._panic, 0);
+
+    /* a weight change rebuilds once */
+    bes[3]->weight = 4;
+    set.version++;
+    for (int i = 0; i < 10; i++)
+        ck_assert_ptr_nonnull(pick(NULL));
+    ck_assert_uint_eq(lb.updates, 2 * builds);
+
+    /* and so does a new backend */
+    add_backend(10, 1);
+    ck_assert_ptr_nonnull(pick(NULL));
+    ck_assert_uint_eq(lb.updates, 3 * builds);
     teardown();
 }
 END_TEST
@@ -399,9 +480,10 @@ END_TEST
 /* Maps 100,000 random keys; each key's backend id. */
 static void map_keys(int *out, int nkeys)
 {
-    uint64_t s = 7;
+    struct slb_rng keys;
+    slb_rng_seed(&keys, 7);
     for (int k = 0; k < nkeys; k++) {
-        struct slb_pick_ctx ctx = {.now_ms = NOW, .random = 1, .hash = slb__lb_next_random(&s), .has_hash = 1};
+        struct slb_pick_ctx ctx = {.now_ms = NOW, .random = 1, .hash = slb_rng_next(&keys), .has_hash = 1};
         out[k] = id_of(slb_lb_pick(&lb, &ctx));
     }
 }
@@ -479,8 +561,9 @@ START_TEST(test_hash_same_key)
     /* The key's backend goes down: the key walks on; it comes back: the key returns. */
     struct slb_backend *owner = bes[before_keys[0]];
     struct slb_pick_ctx ctx = {.now_ms = NOW, .random = 1, .has_hash = 1};
-    uint64_t s = 7;
-    ctx.hash = slb__lb_next_random(&s);
+    struct slb_rng keys;
+    slb_rng_seed(&keys, 7);
+    ctx.hash = slb_rng_next(&keys);
     ck_assert_ptr_eq(slb_lb_pick(&lb, &ctx), owner);
     owner->state = SLB_BACKEND_TRANSIENT_FAILURE;
     struct slb_backend *other = slb_lb_pick(&lb, &ctx);
@@ -489,6 +572,30 @@ START_TEST(test_hash_same_key)
     ck_assert_ptr_eq(slb_lb_pick(&lb, &ctx), other); /* stable while it is down */
     owner->state = SLB_BACKEND_READY;
     ck_assert_ptr_eq(slb_lb_pick(&lb, &ctx), owner);
+    teardown();
+}
+END_TEST
+
+/*
+ * Every sidecar, of every version, must build the same ring and table: these
+ * owners of the first keys were computed with the code of before lib/rng.h
+ * and libxxhash (hand-written splitmix64 and XXH64). 10 backends, weights 1..3.
+ */
+START_TEST(test_hash_tables_pinned)
+{
+    static const char *const hashes[] = {"ring_hash", "maglev"};
+    static const int owners[][24] = {
+        {6, 8, 9, 8, 1, 1, 1, 4, 2, 0, 8, 3, 6, 5, 5, 6, 3, 0, 5, 8, 1, 2, 8, 5},
+        {3, 5, 5, 6, 1, 0, 1, 4, 8, 5, 4, 2, 7, 5, 5, 2, 8, 8, 5, 4, 9, 3, 8, 8},
+    };
+    int keys[24];
+    slb_backend_set_init(&set);
+    for (int i = 0; i < 10; i++)
+        add_backend(i, 1 + i % 3);
+    ck_assert_int_eq(slb_lb_init(&lb, hashes[_i], NULL, &set), 0);
+    map_keys(keys, 24);
+    for (int k = 0; k < 24; k++)
+        ck_assert_msg(keys[k] == owners[_i][k], "%s: key %d -> %d, was %d", hashes[_i], k, keys[k], owners[_i][k]);
     teardown();
 }
 END_TEST
@@ -606,6 +713,7 @@ Suite *lb_suite(void)
     tcase_add_loop_test(tc, test_tried, 0, np);
     tcase_add_loop_test(tc, test_update, 0, np);
     tcase_add_loop_test(tc, test_panic, 0, np);
+    tcase_add_loop_test(tc, test_usable_change_keeps_tables, 0, np);
     tcase_add_test(tc, test_round_robin_exact);
     tcase_add_loop_test(tc, test_uniform, 0, 6);
     tcase_add_test(tc, test_ring_even);
@@ -616,6 +724,7 @@ Suite *lb_suite(void)
     tcase_add_loop_test(tc, test_consistent_add, 0, 2);
     tcase_add_loop_test(tc, test_consistent_remove, 0, 2);
     tcase_add_loop_test(tc, test_hash_same_key, 0, 3);
+    tcase_add_loop_test(tc, test_hash_tables_pinned, 0, 2);
     tcase_add_test(tc, test_pick_first);
     tcase_add_test(tc, test_slow_start_weight);
     tcase_add_loop_test(tc, test_slow_start_ramp, 0, 3);

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "grpc.h"
 
 const char *const tb_method_names[TB_M_COUNT] = {"unknown", "Unary",       "ServerStream", "ClientStream",
                                                  "Bidi",    "HealthCheck", "HealthWatch"};
@@ -95,10 +96,11 @@ static void buf_recycle(struct tb_buf *b)
 
 struct tb_stream *tb_stream_new(struct tb_conn *c, int32_t id)
 {
-    struct tb_stream *s = tb_srv.free_streams;
+    struct tb_stream *s = NULL;
 
-    if (s) {
-        tb_srv.free_streams = s->next;
+    if (!slb_list_empty(&tb_srv.free_streams)) {
+        s = slb_list_first(&tb_srv.free_streams, struct tb_stream, link);
+        slb_list_remove(&s->link);
         tb_srv.n_free_streams--;
         struct tb_buf in = s->in, out = s->out;
         nghttp2_rcbuf **md = s->md;
@@ -119,10 +121,9 @@ struct tb_stream *tb_stream_new(struct tb_conn *c, int32_t id)
     }
     s->conn = c;
     s->id = id;
-    s->next = c->streams;
-    if (s->next)
-        s->next->prev = s;
-    c->streams = s;
+    slb_list_init(&s->wlink);
+    slb_list_init(&s->wake_link);
+    slb_list_push_back(&c->streams, &s->link);
     return s;
 }
 
@@ -148,26 +149,9 @@ void tb_stream_close(struct tb_stream *s, uint32_t error_code)
             tb_srv.failed++;
         }
     }
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        c->streams = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    if (s->watching) {
-        if (s->wprev)
-            s->wprev->wnext = s->wnext;
-        else
-            tb_srv.watchers = s->wnext;
-        if (s->wnext)
-            s->wnext->wprev = s->wprev;
-    }
-    if (s->in_wake) {
-        struct tb_stream **pp = &c->wake;
-        while (*pp != s)
-            pp = &(*pp)->wake_next;
-        *pp = s->wake_next;
-    }
+    slb_list_remove(&s->link);
+    slb_list_remove(&s->wlink);
+    slb_list_remove(&s->wake_link);
     if (s->unconsumed && c->h2 && !c->closing)
         nghttp2_session_consume_connection(c->h2, s->unconsumed);
     if (s->req)
@@ -183,8 +167,7 @@ void tb_stream_close(struct tb_stream *s, uint32_t error_code)
     buf_recycle(&s->in);
     buf_recycle(&s->out);
     if (tb_srv.n_free_streams < MAX_FREE_STREAMS) {
-        s->next = tb_srv.free_streams;
-        tb_srv.free_streams = s;
+        slb_list_push_front(&tb_srv.free_streams, &s->link);
         tb_srv.n_free_streams++;
         return;
     }
@@ -240,46 +223,17 @@ int tb_stream_on_header(struct tb_stream *s, nghttp2_rcbuf *name, nghttp2_rcbuf 
         (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vlen), NGHTTP2_NV_FLAG_NO_COPY_NAME                            \
     }
 
-/* gRPC's percent-encoding of grpc-message: bytes outside 0x20..0x7e and '%'. */
-static size_t percent_encode(const char *in, char *out)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    size_t o = 0;
-
-    for (const unsigned char *p = (const unsigned char *)in; *p; p++) {
-        if (*p < 0x20 || *p > 0x7e || *p == '%') {
-            out[o++] = '%';
-            out[o++] = hex[*p >> 4];
-            out[o++] = hex[*p & 15];
-        } else {
-            out[o++] = (char)*p;
-        }
-    }
-    out[o] = 0;
-    return o;
-}
-
-/* Fills nva with grpc-status, grpc-message and the x-trailer-* echo; *mem must be freed. */
-static size_t trailer_nva(struct tb_stream *s, nghttp2_nv *nva, char *status, char **mem)
+/* Fills nva with the x-trailer-* echo of the request's x-* headers; *mem must be freed. */
+static size_t trailer_echo_nva(struct tb_stream *s, nghttp2_nv *nva, char **mem)
 {
     size_t n = 0, need = 0;
 
-    n += 0;
-    int sl = snprintf(status, 16, "%d", s->status);
-    nva[n++] = NV("grpc-status", status, (size_t)sl);
-    if (s->status_msg)
-        need += strlen(s->status_msg) * 3 + 1;
     for (size_t i = 0; i < s->n_md; i += 2)
         need += nghttp2_rcbuf_get_buf(s->md[i]).len + 10;
     *mem = need ? malloc(need) : NULL;
     if (need && !*mem)
         return n;
     char *p = *mem;
-    if (s->status_msg) {
-        size_t len = percent_encode(s->status_msg, p);
-        nva[n++] = NV("grpc-message", p, len);
-        p += len + 1;
-    }
     for (size_t i = 0; i < s->n_md; i += 2) {
         nghttp2_vec name = nghttp2_rcbuf_get_buf(s->md[i]), value = nghttp2_rcbuf_get_buf(s->md[i + 1]);
         memcpy(p, "x-trailer-", 10);
@@ -290,12 +244,11 @@ static size_t trailer_nva(struct tb_stream *s, nghttp2_nv *nva, char *status, ch
     return n;
 }
 
-static size_t response_nva(struct tb_stream *s, nghttp2_nv *nva)
+/* Appends the x-* request headers, echoed. */
+static size_t header_echo_nva(struct tb_stream *s, nghttp2_nv *nva)
 {
     size_t n = 0;
 
-    nva[n++] = NV(":status", "200", 3);
-    nva[n++] = NV("content-type", "application/grpc", 16);
     for (size_t i = 0; i < s->n_md; i += 2) {
         nghttp2_vec name = nghttp2_rcbuf_get_buf(s->md[i]), value = nghttp2_rcbuf_get_buf(s->md[i + 1]);
         nva[n++] = (nghttp2_nv){name.base, value.base, name.len, value.len, NGHTTP2_NV_FLAG_NONE};
@@ -303,14 +256,31 @@ static size_t response_nva(struct tb_stream *s, nghttp2_nv *nva)
     return n;
 }
 
+static size_t response_nva(struct tb_stream *s, nghttp2_nv *nva)
+{
+    size_t n = 0;
+
+    nva[n++] = NV(":status", "200", 3);
+    nva[n++] = NV("content-type", "application/grpc", 16);
+    return n + header_echo_nva(s, nva + n);
+}
+
+/* n fields ending in grpc-message: drop it when the call set none, as gRPC servers do */
+static size_t drop_unset_message(const struct tb_stream *s, size_t n)
+{
+    return s->status_msg ? n : n - 1;
+}
+
 static void submit_trailers(struct tb_stream *s)
 {
     nghttp2_nv stack[16], *nva = stack;
-    char status[16], *mem;
+    struct slb_grpc_status_text text;
+    char *mem;
 
     if (s->n_md + 2 > SLB_ARRAY_SIZE(stack) && !(nva = malloc((s->n_md + 2) * sizeof(*nva))))
         return;
-    size_t n = trailer_nva(s, nva, status, &mem);
+    size_t n = drop_unset_message(s, slb_grpc_status_fields(nva, &text, s->status, s->status_msg));
+    n += trailer_echo_nva(s, nva + n, &mem);
     nghttp2_submit_trailer(s->conn->h2, s->id, nva, n);
     free(mem);
     if (nva != stack)
@@ -321,13 +291,15 @@ static void submit_trailers(struct tb_stream *s)
 static void submit_trailers_only(struct tb_stream *s)
 {
     nghttp2_nv stack[32], *nva = stack;
-    char status[16], *mem;
+    struct slb_grpc_status_text text;
+    char *mem;
     size_t cap = 2 * s->n_md + 4;
 
     if (cap > SLB_ARRAY_SIZE(stack) && !(nva = malloc(cap * sizeof(*nva))))
         return;
-    size_t n = response_nva(s, nva);
-    n += trailer_nva(s, nva + n, status, &mem);
+    size_t n = drop_unset_message(s, slb_grpc_trailers_only(nva, &text, s->status, s->status_msg));
+    n += header_echo_nva(s, nva + n);
+    n += trailer_echo_nva(s, nva + n, &mem);
     nghttp2_submit_response(s->conn->h2, s->id, nva, n, NULL);
     s->resp_done = 1;
     free(mem);
@@ -339,11 +311,8 @@ static void submit_trailers_only(struct tb_stream *s)
 
 static void wake_later(struct tb_stream *s)
 {
-    if (s->in_wake)
-        return;
-    s->in_wake = 1;
-    s->wake_next = s->conn->wake;
-    s->conn->wake = s;
+    if (!slb_list_linked(&s->wake_link))
+        slb_list_push_back(&s->conn->wake, &s->wake_link);
 }
 
 static ssize_t read_cb(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t length, uint32_t *flags,
@@ -572,13 +541,8 @@ void tb_call_start(struct tb_stream *s, int end_stream)
      * call that ends without one gets a trailers-only response. */
     if (s->method == TB_M_HEALTH_WATCH)
         submit_headers(s);
-    if (s->method == TB_M_HEALTH_WATCH) {
-        s->watching = 1;
-        s->wnext = tb_srv.watchers;
-        if (s->wnext)
-            s->wnext->wprev = s;
-        tb_srv.watchers = s;
-    }
+    if (s->method == TB_M_HEALTH_WATCH)
+        slb_list_push_back(&tb_srv.watchers, &s->wlink);
     if (end_stream)
         tb_call_request_end(s);
 }
@@ -742,11 +706,15 @@ void tb_health_set(int status)
     tb_srv.opt.health = status;
     fprintf(stderr, "test_backend %s: health %s\n", tb_srv.opt.id,
             status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING ? "SERVING" : "NOT_SERVING");
-    for (struct tb_stream *s = tb_srv.watchers; s; s = s->wnext)
+    struct slb_list *it, *tmp;
+    slb_list_foreach_safe(it, tmp, &tb_srv.watchers)
+    {
+        struct tb_stream *s = slb_list_entry(it, struct tb_stream, wlink);
         if (!s->finishing)
             emit_health(s);
-    for (struct tb_conn *c = tb_srv.conns, *nx; c; c = nx) {
-        nx = c->next;
-        tb_conn_flush(c);
+    }
+    slb_list_foreach_safe(it, tmp, &tb_srv.conns)
+    {
+        tb_conn_flush(slb_list_entry(it, struct tb_conn, link));
     }
 }

@@ -31,16 +31,11 @@ static void conn_close(struct tb_conn *c)
         return;
     c->closing = 1;
     /* Streams still open lose their peer: that is a cancel for each. */
-    while (c->streams)
-        tb_stream_close(c->streams, NGHTTP2_CANCEL);
+    while (!slb_list_empty(&c->streams))
+        tb_stream_close(slb_list_first(&c->streams, struct tb_stream, link), NGHTTP2_CANCEL);
     nghttp2_session_del(c->h2);
     c->h2 = NULL;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        tb_srv.conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    slb_list_remove(&c->link);
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
 }
 
@@ -81,15 +76,14 @@ void tb_conn_flush(struct tb_conn *c)
             }
         }
         /* Streams whose output drained below the mark may generate more. */
-        if (c->wake && tb_buf_size(&c->wbuf) < TB_WBUF_HIGH) {
-            struct tb_stream *w = c->wake;
-            c->wake = NULL;
-            while (w) {
-                struct tb_stream *nx = w->wake_next;
-                w->in_wake = 0;
-                w->wake_next = NULL;
+        if (!slb_list_empty(&c->wake) && tb_buf_size(&c->wbuf) < TB_WBUF_HIGH) {
+            /* a stream closed meanwhile leaves this list too; one woken again waits for the next round */
+            struct slb_list woken = SLB_LIST_INIT(woken);
+            slb_list_splice(&woken, &c->wake);
+            while (!slb_list_empty(&woken)) {
+                struct tb_stream *w = slb_list_first(&woken, struct tb_stream, wake_link);
+                slb_list_remove(&w->wake_link);
                 tb_call_process(w);
-                w = nx;
             }
             if (c->closing)
                 return;
@@ -276,6 +270,9 @@ void tb_conn_accept(uv_stream_t *listener)
 
     if (!c)
         return;
+    slb_list_init(&c->link);
+    slb_list_init(&c->streams);
+    slb_list_init(&c->wake);
     uv_tcp_init(tb_srv.loop, &c->tcp);
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) < 0) {
         uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
@@ -287,10 +284,7 @@ void tb_conn_accept(uv_stream_t *listener)
         return;
     }
     tb_srv.connections++;
-    c->next = tb_srv.conns;
-    if (c->next)
-        c->next->prev = c;
-    tb_srv.conns = c;
+    slb_list_push_back(&tb_srv.conns, &c->link);
 
     iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, tb_srv.opt.max_concurrent_streams};
     iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, tb_srv.opt.window};

@@ -25,6 +25,7 @@
 
 #include "echo.pb-c.h"
 #include "health.pb-c.h"
+#include "list.h"
 
 #define TB_OUT_HIGH     (256 * 1024)       /* stream output above this: stop generating / consuming */
 #define TB_WBUF_HIGH    (128 * 1024)       /* connection output buffer: stop mem_send above this */
@@ -88,10 +89,10 @@ struct tb_server {
     int draining;
     nghttp2_session_callbacks *callbacks;
     nghttp2_option *h2opt;
-    uint8_t rbuf[256 * 1024];   /* the one read buffer: reads are processed synchronously */
-    struct tb_conn *conns;      /* list of live connections */
-    struct tb_stream *watchers; /* Health.Watch streams */
-    struct tb_stream *free_streams;
+    uint8_t rbuf[256 * 1024];     /* the one read buffer: reads are processed synchronously */
+    struct slb_list conns;        /* struct tb_conn: live connections */
+    struct slb_list watchers;     /* struct tb_stream (by wlink): Health.Watch streams */
+    struct slb_list free_streams; /* struct tb_stream (by link): recycled, owned here */
     unsigned n_free_streams;
     uint8_t *filler; /* response_size payload bytes */
     size_t filler_len;
@@ -106,9 +107,9 @@ extern struct tb_server tb_srv;
 struct tb_conn {
     uv_tcp_t tcp;
     nghttp2_session *h2;
-    struct tb_conn *next, *prev;
-    struct tb_stream *streams; /* live streams on this connection */
-    struct tb_stream *wake;    /* streams whose output drained: run tb_call_process */
+    struct slb_list link;    /* in tb_srv.conns */
+    struct slb_list streams; /* struct tb_stream: live streams on this connection */
+    struct slb_list wake;    /* struct tb_stream (by wake_link): output drained, run tb_call_process */
     struct tb_buf wbuf;
     uv_write_t wreq;
     unsigned ncalls;
@@ -118,13 +119,13 @@ struct tb_conn {
 /* One stream / call; owned by its connection's streams list. */
 struct tb_stream {
     struct tb_conn *conn;
-    struct tb_stream *next, *prev;   /* conn->streams */
-    struct tb_stream *wnext, *wprev; /* tb_srv.watchers */
-    struct tb_stream *wake_next;
+    struct slb_list link;      /* in conn->streams, or in tb_srv.free_streams once closed */
+    struct slb_list wlink;     /* in tb_srv.watchers while a Health.Watch runs */
+    struct slb_list wake_link; /* in conn->wake while waiting to generate more */
     int32_t id;
     int method;
     unsigned req_ended : 1, end_handled : 1, resp_submitted : 1, finishing : 1, resp_done : 1, deferred : 1,
-        timer_active : 1, timer_inited : 1, in_wake : 1, watching : 1, discard : 1, counted : 1;
+        timer_active : 1, timer_inited : 1, discard : 1, counted : 1;
     struct tb_buf in;               /* request bytes not yet parsed */
     size_t unconsumed;              /* received bytes not yet returned to flow control */
     struct tb_buf out;              /* framed replies not yet read by nghttp2 */

@@ -47,7 +47,11 @@
 #include <string.h>
 #include <unistd.h>
 
-struct tb_server tb_srv;
+struct tb_server tb_srv = {
+    .conns = SLB_LIST_INIT(tb_srv.conns),
+    .watchers = SLB_LIST_INIT(tb_srv.watchers),
+    .free_streams = SLB_LIST_INIT(tb_srv.free_streams),
+};
 
 static void usage(FILE *f)
 {
@@ -94,7 +98,7 @@ void tb_stats_write(void)
 
 void tb_conn_closed(void)
 {
-    if (tb_srv.draining && !tb_srv.conns) {
+    if (tb_srv.draining && slb_list_empty(&tb_srv.conns)) {
         tb_stats_write();
         exit(0);
     }
@@ -124,10 +128,12 @@ static void on_signal(uv_signal_t *h, int signum)
             exit(0); /* second signal: now */
         tb_srv.draining = 1;
         uv_close((uv_handle_t *)&tb_srv.listener, NULL);
-        if (!tb_srv.conns)
+        if (slb_list_empty(&tb_srv.conns))
             exit(0);
-        for (struct tb_conn *c = tb_srv.conns, *nx; c; c = nx) {
-            nx = c->next;
+        struct slb_list *it, *tmp;
+        slb_list_foreach_safe(it, tmp, &tb_srv.conns)
+        {
+            struct tb_conn *c = slb_list_entry(it, struct tb_conn, link);
             tb_conn_goaway(c);
             tb_conn_flush(c);
         }

@@ -39,7 +39,7 @@ int main(int argc, char **argv)
         for (int s = 0; s < 2; s++) {
             struct slb_backend_set set;
             struct slb_lb lb;
-            uint64_t seed = 12345;
+            struct slb_rng rng;
             double t0, t1;
 
             slb_backend_set_init(&set);
@@ -59,11 +59,12 @@ int main(int argc, char **argv)
             }
             t1 = now_ns();
             update_ms[s] = (t1 - t0) / 1e6;
+            slb_rng_seed(&rng, 12345);
             t0 = now_ns();
             for (long i = 0; i < picks; i++) {
                 struct slb_pick_ctx ctx = {.now_ms = 1000, .has_hash = 1};
-                ctx.random = slb__lb_next_random(&seed);
-                ctx.hash = slb__lb_next_random(&seed);
+                ctx.random = slb_rng_next(&rng);
+                ctx.hash = slb_rng_next(&rng);
                 sink += (uintptr_t)slb_lb_pick(&lb, &ctx);
             }
             t1 = now_ns();

@@ -1,9 +1,13 @@
 /*
- * libFuzzer target: grpc-timeout parsing and grpc-message percent-encoding.
+ * libFuzzer target: grpc-timeout parsing and formatting, grpc-status parsing
+ * and grpc-message percent-encoding.
  * Input byte 0 picks the output buffer size for the encoder; the rest is
- * both the timeout value and (up to a NUL) the message.
- * Properties: the timeout parser agrees with a reference implementation of
- * the grammar (1-8 digits + H M S m u n, sub-ms rounded up); the encoder
+ * the timeout value, the grpc-status value and (up to a NUL) the message.
+ * Properties: the timeout and status parsers agree with reference
+ * implementations of their grammars (1-8 digits + H M S m u n, sub-ms
+ * rounded up; 1-3 digits); a formatted timeout (of a parsed value, and of
+ * the first 8 bytes as a number) parses back, never to less time unless
+ * capped, and is at most 9 bytes; the encoder
  * never writes past an exact-size heap buffer, always NUL-terminates,
  * returns strlen(out), never splits an escape, and its output decodes back
  * to a prefix of the input (the whole input when there was room).
@@ -56,6 +60,34 @@ static int ref_timeout(const char *v, size_t len, uint64_t *ms)
     return -1;
 }
 
+static int ref_status(const uint8_t *v, size_t len)
+{
+    int code = 0;
+
+    if (len < 1 || len > 3)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        code = code * 10 + v[i] - '0';
+    }
+    return code;
+}
+
+/* format(ms) is a valid grpc-timeout that gives at least ms, or the cap. */
+static void check_format(uint64_t ms)
+{
+    char out[SLB_GRPC_TIMEOUT_MAX];
+    uint64_t back;
+    size_t n = slb_grpc_timeout_format(ms, out);
+
+    if (n != strlen(out) || n > 9 || slb_grpc_timeout_parse(out, n, &back) != 0 ||
+        (ms <= 99999999000ULL ? back < ms || back - ms >= 1000 : back != 99999999000ULL)) {
+        fprintf(stderr, "fuzz_grpc: timeout %llu ms formatted as \"%s\"\n", (unsigned long long)ms, out);
+        abort();
+    }
+}
+
 static int hexval(char c)
 {
     if (c >= '0' && c <= '9')
@@ -99,6 +131,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     free(v);
+    if (rc == 0)
+        check_format(ms);
+    if (size >= 8) {
+        uint64_t x;
+        memcpy(&x, data, 8);
+        check_format(x);
+    }
+    if (slb_grpc_status_parse(data, size) != ref_status(data, size)) {
+        fprintf(stderr, "fuzz_grpc: grpc-status \"%.*s\" parsed as %d\n", (int)size, data,
+                slb_grpc_status_parse(data, size));
+        abort();
+    }
 
     /* grpc-message */
     mlen = strnlen((const char *)data, size);
