@@ -6,7 +6,7 @@
 #   make test       format check, unit, integration, fuzz smoke (plain build)
 #   make demo       deps + build + a live demo balancing real gRPC traffic
 #   make bench      deps + build + side-by-side benchmark (tests/bench)
-#   make asan       unit + integration + lifecycle soak under ASan + UBSan (build-asan/)
+#   make asan       unit + integration again under ASan + UBSan (clang, build-asan/)
 #   make fuzz-smoke build the libFuzzer targets (clang) and run each FUZZ_SECONDS
 #   make install    PREFIX=/usr/local DESTDIR=
 #
@@ -138,12 +138,13 @@ bench: deps
 	$(MAKE) $(BUILD)/sidelb $(BUILD)/test_backend $(BENCH_BIN)
 	SIDELB_BUILD=$(abspath $(BUILD)) $(PYTHON) tests/bench/bench.py
 
-# The sanitizer pass: the unit and integration tests again, against a clang
-# ASan + UBSan build, plus the lifecycle soak (SIDELB_SANITIZER=1 turns it on;
-# tests/integration/test_lifecycle_soak.py). Every sidelb and test_backend the
+# The sanitizer pass: the unit and integration tests (lifecycle soak included)
+# again, against a clang ASan + UBSan build. Every sidelb and test_backend the
 # tests start is a sanitizer build; conftest.py fails a test whose processes
-# printed a report. No fuzz run here: the fuzzers already are ASan + UBSan
-# builds (make test runs them). Override the options from the environment.
+# printed a report. SIDELB_SANITIZER=1 lets a test that cannot run under a
+# sanitizer skip itself (none does today). No format check or fuzz run here:
+# the fuzzers already are ASan + UBSan builds (make test runs them).
+# ASAN_OPTIONS / UBSAN_OPTIONS from the environment win over these.
 ASAN_VARS = BUILD=build-asan CC=clang LDFLAGS="-fsanitize=address,undefined" \
             CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 ASAN_OPTIONS  ?= detect_leaks=1:abort_on_error=0:halt_on_error=1
