@@ -114,9 +114,11 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "make deps: all Debian packages present"; fi
 
+# Both passes run even when the first fails: CI reports every failure at once.
 check: deps
-	$(MAKE) test
-	$(MAKE) asan
+	@failed=; $(MAKE) test || failed="$$failed test"; $(MAKE) asan || failed="$$failed asan"; \
+	if [ -n "$$failed" ]; then echo "make check: FAILED in make$$failed (see above)" >&2; exit 1; fi; \
+	echo "make check: all passed (make test, make asan)"
 
 test: $(TEST_BINS)
 	$(MAKE) format-check
