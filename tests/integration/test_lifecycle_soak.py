@@ -85,7 +85,8 @@ ALLOWED = {
 # status ("sidelb: connection to backend ... lost", ...). A transport error
 # ("Socket closed", "Connection reset by peer") means sidelb dropped the app's
 # connection under them: each client thread has a connection of its own, and
-# only streams may outlive the grace period of a reload's old server.
+# only streams may outlive the grace period of a reload's old server. (A
+# stream refused by a reload's GOAWAY is the client's to retry: allowed.)
 SHORT_KINDS = {"unary", "unary_deadline", "unary_cancel", "unary_large"}
 
 
@@ -157,7 +158,8 @@ class Tally:
             self.ended[kind] += 1
             self.codes[(kind, code.name)] += 1
             if code not in ALLOWED[kind] or (code == UNAVAILABLE and kind in SHORT_KINDS and
-                                             not (details or "").startswith("sidelb:")):
+                                             not (details or "").startswith("sidelb:") and
+                                             "goaway" not in (details or "").lower()):
                 self.unexpected[(kind, code.name, (details or "")[:80])] += 1
             elif code not in (OK, CANCELLED, DEADLINE):
                 self.failures[(kind, code.name, (details or "")[:80])] += 1
