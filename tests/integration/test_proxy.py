@@ -2,6 +2,7 @@
 gRPC backends (our C test backend and the grpcio echo server)."""
 
 import collections
+import queue
 import signal
 import socket
 import subprocess
@@ -157,12 +158,17 @@ def test_backend_killed_mid_stream_is_unavailable():
     be = peers.start_c_backend("victim")
     slb = start_sidelb(simple_config([be.addr]))
     stub = peers.echo_stub(slb.addr)
-    it = stub.ServerStream(req(payload=b"z", response_count=100000, delay_ms=20), timeout=20)
+    # A Bidi call the app keeps open (a server stream would finish before the kill:
+    # the test backend paces only its first reply): one reply per request.
+    requests = queue.Queue()
+    it = stub.Bidi(iter(requests.get, None), timeout=20)
+    requests.put(req(payload=b"z"))
     next(it)
     be.kill9()
     with pytest.raises(grpc.RpcError) as e:
         for _ in it:
-            pass
+            requests.put(req(payload=b"z"))
+    requests.put(None)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     assert slb.alive()
 
