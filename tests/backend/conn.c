@@ -112,7 +112,9 @@ void tb_conn_flush(struct tb_conn *c)
         c->writing = 1;
         return;
     }
-    if (!nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2))
+    /* After a graceful GOAWAY the client closes: closing first could reset
+     * (RST) a connection whose GOAWAY the client has not read yet. */
+    if (!nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2) && !c->goaway)
         conn_close(c);
 }
 
