@@ -10,9 +10,40 @@ static const char *const level_names[] = {"debug", "info", "notice", "warn", "er
 /* sd-daemon(3) priority prefixes, so journald keeps the level. */
 static const char *const level_prefix[] = {"<7>", "<6>", "<5>", "<4>", "<3>"};
 
+size_t slb_log_escape(const char *in, char *out, size_t outlen)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+
+    if (outlen == 0)
+        return 0;
+    for (; *in != '\0'; in++) {
+        unsigned char c = (unsigned char)*in;
+        if (c >= 0x20 && c != 0x7f && c != '\\') {
+            if (o + 1 >= outlen)
+                break;
+            out[o++] = (char)c;
+        } else if (c == '\\') {
+            if (o + 2 >= outlen)
+                break;
+            out[o++] = '\\';
+            out[o++] = '\\';
+        } else {
+            if (o + 4 >= outlen)
+                break;
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
 void slb_log_write(int level, const char *fmt, ...)
 {
-    char line[1024];
+    char line[1024], safe[1024];
     va_list ap;
     int n;
 
@@ -23,7 +54,11 @@ void slb_log_write(int level, const char *fmt, ...)
     va_end(ap);
     if (n < 0)
         return;
-    fprintf(stderr, "%ssidelb %s: %s\n", level_prefix[level], level_names[level], line);
+    /* Lines carry untrusted text (etcd keys and values, backend messages,
+     * peer strings): no control character reaches stderr, so an embedded
+     * newline cannot forge a journald entry ("\n<0>...") at any priority. */
+    slb_log_escape(line, safe, sizeof(safe));
+    fprintf(stderr, "%ssidelb %s: %s\n", level_prefix[level], level_names[level], safe);
 }
 
 int slb_log_parse_level(const char *name)

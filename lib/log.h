@@ -6,11 +6,16 @@
 #ifndef SLB_LOG_H
 #define SLB_LOG_H
 
+#include <stddef.h>
+
 enum slb_log_level { SLB_LOG_DEBUG = 0, SLB_LOG_INFO, SLB_LOG_NOTICE, SLB_LOG_WARN, SLB_LOG_ERROR };
 
 extern int slb_log_level;
 
 void slb_log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Copies in to out with control characters as \xNN and '\\' doubled, cut to fit
+ * outlen (NUL included, never splitting an escape). Returns the length. */
+size_t slb_log_escape(const char *in, char *out, size_t outlen);
 /* "debug", "info", "notice", "warn", "error" -> level, or -1. */
 int slb_log_parse_level(const char *name);
 
