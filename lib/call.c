@@ -181,7 +181,7 @@ static void note_upstream_status(struct slb_call *call, const struct slb_hdrs *h
 static void call_release_downstream_window(struct slb_call *call)
 {
     if (call->req_received > call->req_consumed)
-        call->io->consume(&call->down, (size_t)(call->req_received - call->req_consumed));
+        call->io->consume_stream(&call->down, (size_t)(call->req_received - call->req_consumed));
     call->req_consumed = call->req_received;
 }
 
@@ -485,6 +485,7 @@ static int down_on_data(struct slb_h2_stream *s, const uint8_t *p, size_t n)
     struct slb_call *call = call_of_down(s);
 
     call->req_received += n;
+    call->io->consume_connection(&call->down, n); /* landed: the app's other streams may send */
     if (call->upstream_done || call->state == SLB_CALL_FINISHING) {
         call_release_downstream_window(call); /* nobody will read these */
         return 0;
@@ -648,9 +649,10 @@ static int up_on_data(struct slb_h2_stream *s, const uint8_t *p, size_t n)
     struct slb_call *call = call_of_up(s);
 
     call->resp_received += n;
+    call->io->consume_connection(&call->up, n); /* landed: other calls on this connection may receive */
     if (call->state != SLB_CALL_STREAMING) {
-        /* nobody will read these: keep the backend's window open */
-        call->io->consume(&call->up, n);
+        /* nobody will read these: keep the backend's stream window open */
+        call->io->consume_stream(&call->up, n);
         call->resp_consumed += n;
         return 0;
     }
@@ -660,7 +662,7 @@ static int up_on_data(struct slb_h2_stream *s, const uint8_t *p, size_t n)
             char msg[160];
             snprintf(msg, sizeof(msg), "sidelb: response message of %u bytes exceeds maxResponseMessageBytes %u", len,
                      call->mc->max_response_bytes);
-            call->io->consume(&call->up, n);
+            call->io->consume_stream(&call->up, n);
             call->resp_consumed += n;
             call_fail(call, SLB_GRPC_RESOURCE_EXHAUSTED, msg);
             return 0;
@@ -763,8 +765,8 @@ static void up_sent(struct slb_h2_stream *s, size_t n)
 
     slb_chunkq_advance(&call->req, n);
     call->req_pos += n;
-    if (call->req_pos > call->req_consumed) { /* new bytes, not a replay: reopen the app's window */
-        call->io->consume(&call->down, (size_t)(call->req_pos - call->req_consumed));
+    if (call->req_pos > call->req_consumed) { /* new bytes, not a replay: reopen the app's stream window */
+        call->io->consume_stream(&call->down, (size_t)(call->req_pos - call->req_consumed));
         call->req_consumed = call->req_pos;
     }
     if (call->req.retain && call->req.retained > SLB_REPLAY_MAX)
@@ -796,7 +798,7 @@ static void down_sent(struct slb_h2_stream *s, size_t n)
 
     slb_chunkq_advance(&call->resp, n);
     if (call->up.conn != NULL) {
-        call->io->consume(&call->up, n);
+        call->io->consume_stream(&call->up, n);
         call->resp_consumed += n;
         if (!call->up.open && call->resp.unsent == 0)
             call_release_upstream(call, 0); /* the backend's stream is done and drained */
@@ -846,7 +848,8 @@ const struct slb_call_transport slb_call_h2_transport = {
     .respond = slb_downstream_respond,
     .reset = slb_downstream_reset,
     .resume = slb_h2_stream_resume,
-    .consume = slb_h2_stream_consume,
+    .consume_connection = slb_h2_stream_consume_connection,
+    .consume_stream = slb_h2_stream_consume_stream,
     .pool = slb_upstream_pool_get,
     .in_backoff = slb_upstream_pool_in_backoff,
     .queue = slb_upstream_pool_queue,

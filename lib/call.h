@@ -6,9 +6,11 @@
  * slb_pool_waiter, slb_cluster_waiter, slb_deadline); it reaches them only
  * through struct slb_call_transport, so tests can drive it with fakes.
  *
- * It owns the bytes in flight both ways and keeps flow control end to end:
- * a window on one side is reopened only when the other side has taken the
- * bytes, so sidelb never buffers more than one stream window per direction.
+ * It owns the bytes in flight both ways. Flow control is end to end per
+ * stream: a stream window on one side reopens only when the other side has
+ * taken the bytes, so a call never buffers more than one stream window per
+ * direction; connection windows reopen as bytes land, so a stalled stream
+ * never holds a connection other calls share.
  *
  * Its progress is one explicit state (enum slb_call_state), changed only by
  * call_set_state(), which logs each transition at debug level:
@@ -63,7 +65,8 @@ struct slb_call_transport {
     void (*reset)(struct slb_h2_stream *s, uint32_t code);
     /* either side */
     void (*resume)(struct slb_h2_stream *s);
-    void (*consume)(struct slb_h2_stream *s, size_t n);
+    void (*consume_connection)(struct slb_h2_stream *s, size_t n); /* bytes landed in the call's buffer */
+    void (*consume_stream)(struct slb_h2_stream *s, size_t n);     /* the other side took them */
     /* backend side */
     struct slb_upstream_pool *(*pool)(struct slb_loop_ctx *ctx, struct slb_backend *be,
                                       const struct slb_config_cluster *cfg);

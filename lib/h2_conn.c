@@ -273,8 +273,8 @@ void slb_h2_stream_unbind(struct slb_h2_stream *s, uint32_t rst_code)
         return;
     if (!c->closing && c->session != NULL && s->sid > 0) {
         size_t unconsumed = s->ops->take_unconsumed(s);
-        if (unconsumed > 0) /* also when the stream is closed: the connection window counts */
-            nghttp2_session_consume(c->session, s->sid, unconsumed);
+        if (unconsumed > 0 && s->open)
+            nghttp2_session_consume_stream(c->session, s->sid, unconsumed);
         if (s->open && rst_code != 0)
             nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, s->sid, rst_code);
         nghttp2_session_set_stream_user_data(c->session, s->sid, NULL);
@@ -301,11 +301,19 @@ void slb_h2_stream_resume(struct slb_h2_stream *s)
     slb_conn_mark_dirty(s->conn);
 }
 
-void slb_h2_stream_consume(struct slb_h2_stream *s, size_t n)
+void slb_h2_stream_consume_connection(struct slb_h2_stream *s, size_t n)
 {
     if (n == 0 || s->conn == NULL || s->conn->closing)
         return;
-    nghttp2_session_consume(s->conn->session, s->sid, n);
+    nghttp2_session_consume_connection(s->conn->session, n);
+    slb_conn_mark_dirty(s->conn);
+}
+
+void slb_h2_stream_consume_stream(struct slb_h2_stream *s, size_t n)
+{
+    if (n == 0 || s->conn == NULL || s->conn->closing || !s->open)
+        return;
+    nghttp2_session_consume_stream(s->conn->session, s->sid, n);
     slb_conn_mark_dirty(s->conn);
 }
 

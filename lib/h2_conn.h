@@ -78,8 +78,8 @@ struct slb_h2_stream_ops {
     void (*sent)(struct slb_h2_stream *s, size_t n);
     /* At the end of the body: trailer fields to send (0 = none). nv has room for SLB_HDRS_MAX. */
     size_t (*trailers)(struct slb_h2_stream *s, nghttp2_nv *nv, char *scratch, size_t scratch_len);
-    /* On unbinding: bytes received that the user never consumed; they are given back to the
-     * connection window now (and count as consumed from here on). */
+    /* On unbinding: bytes received whose stream window the user never reopened (they count as
+     * consumed from here on; the connection window was reopened on receipt). */
     size_t (*take_unconsumed)(struct slb_h2_stream *s);
 };
 
@@ -118,14 +118,21 @@ void slb_h2_stream_init(struct slb_h2_stream *s, const struct slb_h2_stream_ops 
 /* Binds s to stream sid of c (stream user data, c's list of streams). */
 void slb_h2_stream_bind(struct slb_h2_stream *s, struct slb_conn *c, struct slb_list *list, int32_t sid);
 /* Unbinds: no more callbacks reach s; resets the stream first when rst_code != 0 and it is
- * open, and gives back the window of bytes its user never consumed. */
+ * open, and reopens the stream window of bytes its user never consumed. */
 void slb_h2_stream_unbind(struct slb_h2_stream *s, uint32_t rst_code);
 /* The stream's user data, or NULL once unbound. */
 struct slb_h2_stream *slb_h2_stream_of(nghttp2_session *session, int32_t sid);
 /* More body bytes (or its end) are ready: resume a deferred data provider. */
 void slb_h2_stream_resume(struct slb_h2_stream *s);
-/* The other side took n bytes of what this stream received: reopen the window. */
-void slb_h2_stream_consume(struct slb_h2_stream *s, size_t n);
+/*
+ * Flow control is split (docs/architecture.md, "Flow-control isolation"):
+ * the connection window reopens as soon as bytes land in the stream's
+ * buffer (consume_connection), the stream window only when the other side
+ * has taken them (consume_stream). A reader that stops holds its own
+ * streams' windows, never the connection that other apps' calls share.
+ */
+void slb_h2_stream_consume_connection(struct slb_h2_stream *s, size_t n);
+void slb_h2_stream_consume_stream(struct slb_h2_stream *s, size_t n);
 /* The data provider for a stream's body (source unused: the stream is looked up by id). */
 extern const nghttp2_data_provider slb_h2_body_provider;
 /* send_data_callback of both sides: copies a NO_COPY DATA frame into the output,

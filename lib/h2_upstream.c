@@ -12,6 +12,10 @@
 static void pool_feed(struct slb_upstream_pool *pool);
 static void pool_arm_timer(struct slb_upstream_pool *pool);
 
+/* Past this many streams a connection is replaced before its stream ids run
+ * out (2^31 - 1), as Envoy does: it takes no new calls and closes when idle. */
+#define UPSTREAM_MAX_STREAM_ID (1u << 29)
+
 static void upstream_on_close(struct slb_conn *c, int err);
 static void upstream_on_free(struct slb_conn *c);
 
@@ -97,7 +101,15 @@ static struct slb_upstream *pool_find_room(struct slb_upstream_pool *pool)
     slb_list_foreach_safe(it, tmp, &pool->conns)
     {
         struct slb_upstream *uc = slb_list_entry(it, struct slb_upstream, link);
-        if (uc->connected && !uc->goaway && !uc->conn.closing && uc->active < conn_stream_limit(uc))
+        if (!uc->connected || uc->goaway || uc->conn.closing)
+            continue;
+        if (nghttp2_session_get_next_stream_id(uc->conn.session) > UPSTREAM_MAX_STREAM_ID) {
+            slb_info("backend %s: connection used %u stream ids: replacing it", pool->be->name,
+                     UPSTREAM_MAX_STREAM_ID / 2);
+            uc->goaway = 1; /* drains; closes when idle */
+            continue;
+        }
+        if (uc->active < conn_stream_limit(uc))
             return uc;
     }
     return NULL;
@@ -217,7 +229,6 @@ static int upstream_connect(struct slb_upstream_pool *pool, struct slb_upstream 
 static void on_connect(uv_connect_t *req, int status)
 {
     struct slb_upstream *uc = slb_container_of(req, struct slb_upstream, creq);
-    struct slb_upstream_pool *pool = uc->pool;
 
     if (uc->conn.closing)
         return; /* closed while connecting (timeout, drain, stop): on_close did the accounting */
@@ -225,6 +236,21 @@ static void on_connect(uv_connect_t *req, int status)
         slb_conn_close(&uc->conn, status);
         return;
     }
+    /* TCP keepalive: a backend host that vanished is noticed even without calls */
+    uv_tcp_keepalive(&uc->conn.tcp, 1, 30);
+    if (slb_conn_start(&uc->conn) != 0) {
+        slb_conn_close(&uc->conn, UV_EIO);
+        return;
+    }
+    slb_conn_mark_dirty(&uc->conn); /* our preface and SETTINGS */
+    /* still connecting: the backend's SETTINGS (its stream limit) come first */
+}
+
+/* The backend's first SETTINGS arrived: the connection is up. */
+static void upstream_ready(struct slb_upstream *uc)
+{
+    struct slb_upstream_pool *pool = uc->pool;
+
     pool->n_connecting--;
     uc->connected = 1;
     pool->backoff_ms = pool->cfg->backoff.initial_ms;
@@ -233,11 +259,6 @@ static void on_connect(uv_connect_t *req, int status)
         slb_notice("backend %s: connected after %u failed attempts", pool->be->name, pool->failures);
     pool->failures = 0;
     slb_backend_set_state(pool->be, SLB_BACKEND_READY);
-    if (slb_conn_start(&uc->conn) != 0) {
-        slb_conn_close(&uc->conn, UV_EIO);
-        return;
-    }
-    slb_conn_mark_dirty(&uc->conn);
     pool_feed(pool);
 }
 
@@ -508,7 +529,11 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
         upstream_stream_done(uc);
         break;
     case NGHTTP2_SETTINGS:
-        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK))
+        if (frame->hd.flags & NGHTTP2_FLAG_ACK)
+            break;
+        if (!uc->connected)
+            upstream_ready(uc); /* calls wait for it: the stream limit is known now */
+        else
             pool_feed(uc->pool); /* the stream limit may have changed */
         break;
     }

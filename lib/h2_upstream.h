@@ -68,7 +68,8 @@ struct slb_upstream {
     uint64_t patience_ms;         /* requests waiting for it go elsewhere then (connect_timeout_ms) */
     struct slb_list streams;      /* bound slb_h2_stream */
     uint32_t active;              /* open streams */
-    uint8_t connected, goaway, listed;
+    uint8_t connected;            /* TCP up and the backend's first SETTINGS received: it takes streams */
+    uint8_t goaway, listed;
     struct slb_list link; /* in pool->conns */
 };
 

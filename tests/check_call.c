@@ -31,7 +31,8 @@ static struct {
     int fake_down_conn, fake_up_conn; /* addresses that mark a stream as bound */
     int responds, status, has_body, resets, resumes, requests, req_has_body, releases;
     uint32_t reset_code, rst_code;
-    size_t consumed_down, consumed_up;
+    size_t consumed_down, consumed_up;           /* stream windows reopened */
+    size_t conn_consumed_down, conn_consumed_up; /* connection windows reopened */
     char timeout[32];
     int32_t next_sid;
 } F;
@@ -63,12 +64,20 @@ static void fake_resume(struct slb_h2_stream *s)
     F.resumes++;
 }
 
-static void fake_consume(struct slb_h2_stream *s, size_t n)
+static void fake_consume_stream(struct slb_h2_stream *s, size_t n)
 {
     if (s->conn == (struct slb_conn *)&F.fake_up_conn)
         F.consumed_up += n;
     else
         F.consumed_down += n;
+}
+
+static void fake_consume_connection(struct slb_h2_stream *s, size_t n)
+{
+    if (s->conn == (struct slb_conn *)&F.fake_up_conn)
+        F.conn_consumed_up += n;
+    else
+        F.conn_consumed_down += n;
 }
 
 static struct slb_upstream_pool *fake_pool_of(struct slb_loop_ctx *ctx, struct slb_backend *be,
@@ -129,7 +138,8 @@ static const struct slb_call_transport fake_io = {
     .respond = fake_respond,
     .reset = fake_reset,
     .resume = fake_resume,
-    .consume = fake_consume,
+    .consume_connection = fake_consume_connection,
+    .consume_stream = fake_consume_stream,
     .pool = fake_pool_of,
     .in_backoff = fake_in_backoff,
     .queue = fake_queue,
@@ -443,6 +453,7 @@ START_TEST(unary_call_end_to_end)
     ck_assert_int_eq(slb_call_downstream_handler.on_data(&call->down, (const uint8_t *)"0123456789", 10), 0);
     slb_call_downstream_handler.on_end(&call->down);
     ck_assert_uint_eq(F.consumed_down, 0);
+    ck_assert_uint_eq(F.conn_consumed_down, 10); /* the app's connection window reopens on arrival */
     stream_ready(call);
     ck_assert_int_eq(call->state, SLB_CALL_SENT);
     ck_assert_int_eq(F.req_has_body, 1);
@@ -462,6 +473,7 @@ START_TEST(unary_call_end_to_end)
     /* response flow control: the backend's window reopens as the app takes the bytes */
     ck_assert_int_eq(slb_call_upstream_handler.on_data(&call->up, (const uint8_t *)"hello", 5), 0);
     ck_assert_uint_eq(F.consumed_up, 0);
+    ck_assert_uint_eq(F.conn_consumed_up, 5); /* the backend connection's window is never held by one call */
     ck_assert_uint_eq(drain_response(call, &end, NULL), 5);
     ck_assert_int_eq(end, 0);
     ck_assert_uint_eq(F.consumed_up, 5);

@@ -1,6 +1,6 @@
 /*
  * lib/h2_upstream.c: the pool's bookkeeping on a real loop and real sockets
- * (a local listener that accepts and stays silent), reported through a test
+ * (a local listener that sends SETTINGS and then stays silent), reported through a test
  * handler table.
  */
 #include <check.h>
@@ -54,10 +54,16 @@ static void on_accept(uv_stream_t *server, int status)
 {
     uv_tcp_t *c = malloc(sizeof(*c));
     uv_tcp_init(server->loop, c);
+    static const char settings[9] = {0, 0, 0, 4, 0, 0, 0, 0, 0}; /* an empty SETTINGS frame */
+    uv_buf_t b = uv_buf_init((char *)settings, sizeof(settings));
+
     c->data = &U; /* ours: closed at teardown */
-    if (uv_accept(server, (uv_stream_t *)c) != 0)
+    if (uv_accept(server, (uv_stream_t *)c) != 0) {
         uv_close((uv_handle_t *)c, (uv_close_cb)free);
-    /* kept open and silent until the loop closes it at teardown */
+        return;
+    }
+    /* the server half of the handshake, then silence until teardown */
+    uv_try_write((uv_stream_t *)c, &b, 1);
 }
 
 static void close_any(uv_handle_t *h, void *arg)
