@@ -1090,6 +1090,8 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
                                        "max_connections_per_backend",
                                        "max_streams_per_connection",
                                        "stream_window",
+                                       "keepalive_ms",
+                                       "keepalive_timeout_ms",
                                        "connect_timeout_ms",
                                        "wait_for_ready_ms",
                                        "max_calls",
@@ -1121,6 +1123,8 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
         get_u32(c, o, path, "max_connections_per_backend", &cl->max_connections_per_backend, 8, 1, 1024) != 0 ||
         get_u32(c, o, path, "max_streams_per_connection", &cl->max_streams_per_connection, 1000, 1, 0x7fffffff) != 0 ||
         get_u32(c, o, path, "stream_window", &cl->stream_window, 262144, 65535, 0x7fffffff) != 0 ||
+        get_u32(c, o, path, "keepalive_ms", &cl->keepalive_ms, 300000, 0, 86400000) != 0 ||
+        get_u32(c, o, path, "keepalive_timeout_ms", &cl->keepalive_timeout_ms, 20000, 1, 600000) != 0 ||
         get_u32(c, o, path, "connect_timeout_ms", &cl->connect_timeout_ms, 5000, 1, 600000) != 0 ||
         get_u32(c, o, path, "wait_for_ready_ms", &cl->wait_for_ready_ms, 3000, 0, 3600000) != 0 ||
         get_u32(c, o, path, "max_calls", &cl->max_calls, 0, 0, 0x7fffffff) != 0 ||

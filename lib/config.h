@@ -71,6 +71,8 @@ struct slb_config_cluster {
     uint32_t max_connections_per_backend; /* default 8 */
     uint32_t max_streams_per_connection;  /* cap below the backend's own limit, default 1000 */
     uint32_t stream_window;               /* per-stream flow-control window, default 256 KiB */
+    uint32_t keepalive_ms;                /* PING a backend connection with calls after this much silence; 0 = off */
+    uint32_t keepalive_timeout_ms;        /* ... and close it when the PING is unanswered this long */
     uint32_t connect_timeout_ms;          /* default 5000 */
     uint32_t max_calls;                   /* calls in flight through the cluster; 0 = no limit (default) */
     uint32_t max_waiting_calls;           /* calls waiting for a usable backend; default 1000 */

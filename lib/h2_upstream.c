@@ -144,7 +144,10 @@ int slb_upstream_request(struct slb_upstream *uc, struct slb_h2_stream *s, const
         return SLB_EPROTO;
     }
     slb_h2_stream_bind(s, &uc->conn, &uc->streams, sid);
-    uc->active++;
+    if (uc->active++ == 0 && uc->pool->cfg->keepalive_ms != 0) {
+        uc->last_recv_ms = uv_now(uc->pool->ctx->loop); /* silence counts from the first call */
+        pool_arm_timer(uc->pool);
+    }
     slb_conn_mark_dirty(&uc->conn);
     return 0;
 }
@@ -258,8 +261,47 @@ static void upstream_ready(struct slb_upstream *uc)
     if (pool->failures > 0)
         slb_notice("backend %s: connected after %u failed attempts", pool->be->name, pool->failures);
     pool->failures = 0;
+    uc->last_recv_ms = uv_now(pool->ctx->loop);
     slb_backend_set_state(pool->be, SLB_BACKEND_READY);
     pool_feed(pool);
+    pool_arm_timer(pool); /* keepalive */
+}
+
+/* HTTP/2 keepalive: a connection with calls that has been silent for
+ * keepalive_ms gets a PING; one unanswered for keepalive_timeout_ms is
+ * closed, so calls on a blackholed backend fail (or retry) instead of
+ * waiting forever. Idle connections are not pinged (gRPC servers punish it).
+ * When this connection next needs a look (UINT64_MAX: never). */
+static uint64_t keepalive_due(const struct slb_upstream *uc)
+{
+    const struct slb_config_cluster *cfg = uc->pool->cfg;
+
+    if (cfg->keepalive_ms == 0 || !uc->connected || uc->conn.closing)
+        return UINT64_MAX;
+    if (uc->ping_outstanding)
+        return uc->ping_sent_ms + cfg->keepalive_timeout_ms;
+    if (uc->active == 0)
+        return UINT64_MAX; /* armed again when a stream opens */
+    return uc->last_recv_ms + cfg->keepalive_ms;
+}
+
+/* From the pool timer only: sends the PING, or closes the silent connection. */
+static void keepalive_check(struct slb_upstream *uc, uint64_t now)
+{
+    const struct slb_config_cluster *cfg = uc->pool->cfg;
+
+    if (keepalive_due(uc) > now)
+        return;
+    if (uc->ping_outstanding) {
+        slb_warn("backend %s: PING unanswered for %u ms: closing the connection (%u calls on it)", uc->pool->be->name,
+                 cfg->keepalive_timeout_ms, uc->active);
+        slb_conn_close(&uc->conn, UV_ETIMEDOUT);
+        return;
+    }
+    nghttp2_submit_ping(uc->conn.session, NGHTTP2_FLAG_NONE, NULL);
+    slb_conn_mark_dirty(&uc->conn);
+    uc->ping_outstanding = 1;
+    uc->ping_sent_ms = now;
 }
 
 /* Opens a connection when requests wait, none is coming up, and the backend is not in backoff. */
@@ -373,6 +415,10 @@ static void on_pool_timer(uv_timer_t *t)
             pool_release_waiters(pool, UV_ETIMEDOUT);
         }
     }
+    slb_list_foreach_safe(it, tmp, &pool->conns)
+    {
+        keepalive_check(slb_list_entry(it, struct slb_upstream, link), now);
+    }
     if (pool->be->state == SLB_BACKEND_TRANSIENT_FAILURE && pool->backoff_until_ms <= now && pool->n_connecting == 0)
         slb_backend_set_state(pool->be, SLB_BACKEND_IDLE); /* wakes waiting calls; the next pick reconnects */
     pool_arm_timer(pool);
@@ -388,7 +434,13 @@ static void pool_arm_timer(struct slb_upstream_pool *pool)
     slb_list_foreach_safe(it, tmp, &pool->conns)
     {
         struct slb_upstream *uc = slb_list_entry(it, struct slb_upstream, link);
-        if (uc->connected || uc->conn.closing)
+        if (uc->connected) {
+            uint64_t ka = keepalive_due(uc);
+            if (ka < next)
+                next = ka;
+            continue;
+        }
+        if (uc->conn.closing)
             continue;
         if (uc->connect_deadline_ms < next)
             next = uc->connect_deadline_ms;
@@ -452,8 +504,10 @@ static void upstream_on_close(struct slb_conn *c, int err)
     }
     if (pool->ctx->stopping)
         return;
-    if (connect_failed && err != 0) {
-        pool_connect_failed(pool, err);
+    if (connect_failed) {
+        /* no SETTINGS from the backend before the connection ended (refused,
+         * reset, or a protocol error nghttp2 ended with a GOAWAY of its own) */
+        pool_connect_failed(pool, err != 0 ? err : SLB_EPROTO);
     } else {
         if (err != 0 && err != UV_EOF)
             slb_notice("backend %s: connection closed: %s", pool->be->name, slb_strerror(err));
@@ -502,6 +556,8 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
 
     if (uc->conn.closing)
         return 0;
+    uc->last_recv_ms = uv_now(uc->pool->ctx->loop); /* the backend is alive */
+    uc->ping_outstanding = 0;
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
         if ((st = stream_of(s, uc, frame->hd.stream_id)) != NULL)

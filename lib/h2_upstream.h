@@ -70,6 +70,9 @@ struct slb_upstream {
     uint32_t active;              /* open streams */
     uint8_t connected;            /* TCP up and the backend's first SETTINGS received: it takes streams */
     uint8_t goaway, listed;
+    uint8_t ping_outstanding; /* keepalive PING sent, no answer yet */
+    uint64_t last_recv_ms;    /* a frame arrived (keepalive) */
+    uint64_t ping_sent_ms;
     struct slb_list link; /* in pool->conns */
 };
 

@@ -24,8 +24,8 @@ class LateSettingsBackend:
     only `delay` seconds after accepting, records whether request bytes came
     before that, and answers every request with an empty OK reply."""
 
-    def __init__(self, delay=0.5, never=False):
-        self.delay, self.never = delay, never
+    def __init__(self, delay=0.5, never=False, blackhole=False):
+        self.delay, self.never, self.blackhole = delay, never, blackhole
         self.early_requests = 0
         self.requests = 0
         self.max_open = 0
@@ -90,6 +90,10 @@ class LateSettingsBackend:
                 for ev in conn.receive_data(data):
                     if isinstance(ev, h2.events.RequestReceived):
                         self.requests += 1
+                        if self.blackhole:  # the host vanishes: nothing is read or answered any more
+                            while not self.stopped:
+                                time.sleep(0.05)
+                            return
                         self.max_open = max(self.max_open, len(conn.streams))
                         sid = ev.stream_id
                         conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
@@ -131,6 +135,24 @@ def test_backend_that_never_sends_settings_fails_calls_cleanly():
             stub.Unary(req(payload=b"x"), timeout=5)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value
         assert time.monotonic() - t0 < 3, "the call waited for a handshake that never came"
+        assert slb.alive()
+    finally:
+        be.close()
+
+
+@pytest.mark.timeout(30)
+def test_unanswered_ping_closes_a_blackholed_connection():
+    be = LateSettingsBackend(delay=0, blackhole=True)
+    try:
+        cfg = simple_config([be.addr], wait_for_ready_ms=0, keepalive_ms=300, keepalive_timeout_ms=300)
+        slb = start_sidelb(cfg)
+        stub = peers.echo_stub(slb.addr)
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Unary(req(payload=b"x"))  # no deadline: only the keepalive can end it
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value
+        assert time.monotonic() - t0 < 5
+        assert "PING unanswered" in slb.log()
         assert slb.alive()
     finally:
         be.close()
