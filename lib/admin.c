@@ -212,6 +212,9 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
          offsetof(struct slb_loop_stats, downstream_conns_total)},
         {"sidelb_upstream_connections_total", "Connections opened to backends.",
          offsetof(struct slb_loop_stats, upstream_conns_total)},
+        {"sidelb_downstream_rapid_reset_closes_total",
+         "Application connections closed for resetting too many streams before their response (rapid reset).",
+         offsetof(struct slb_loop_stats, rapid_reset_closes)},
     };
 
     for (size_t i = 0; i < SLB_ARRAY_SIZE(counters); i++) {

@@ -659,7 +659,8 @@ static int load_etcd(struct vctx *c, json_t *root, struct slb_config *cfg)
 
 static int load_listener(struct vctx *c, json_t *o, const char *path, struct slb_config_listener *l)
 {
-    static const char *const keys[] = {"name", "address", "routes", "default_cluster", "max_concurrent_streams", NULL};
+    static const char *const keys[] = {
+        "name", "address", "routes", "default_cluster", "max_concurrent_streams", "max_premature_resets", NULL};
     static const char *const route_keys[] = {"service", "cluster", NULL};
     char p[PATH_MAX_LEN], rp[PATH_MAX_LEN], rpath[PATH_MAX_LEN];
     json_t *routes;
@@ -669,6 +670,7 @@ static int load_listener(struct vctx *c, json_t *o, const char *path, struct slb
         get_str(c, o, path, "name", 1, &l->name) != 0 ||
         get_str(c, o, path, "default_cluster", 1, &l->default_cluster) != 0 ||
         get_u32(c, o, path, "max_concurrent_streams", &l->max_concurrent_streams, 1000, 1, 0x7fffffff) != 0 ||
+        get_u32(c, o, path, "max_premature_resets", &l->max_premature_resets, 100, 0, 0x7fffffff) != 0 ||
         get_arr(c, o, path, "routes", &routes) != 0)
         return -1;
     if (l->name == NULL && (l->name = strdup(l->address)) == NULL)

@@ -30,6 +30,7 @@ struct slb_config_listener {
     char *default_cluster;           /* NULL: unknown service -> UNIMPLEMENTED */
     int default_cluster_index;       /* -1 when none */
     uint32_t max_concurrent_streams; /* advertised to apps, default 1000 */
+    uint32_t max_premature_resets;   /* streams an app may reset before their response (rapid reset); 0 = no limit */
 };
 
 struct slb_config_health_check {

@@ -34,7 +34,8 @@ static const struct slb_downstream_handler *handler(const struct slb_downstream 
 }
 
 int slb_downstream_accept(struct slb_loop_ctx *ctx, const struct slb_routes *routes, uv_stream_t *server,
-                          uint32_t max_concurrent_streams, void (*on_gone)(struct slb_downstream *dc))
+                          uint32_t max_concurrent_streams, uint32_t max_premature_resets,
+                          void (*on_gone)(struct slb_downstream *dc))
 {
     struct slb_downstream *dc = calloc(1, sizeof(*dc));
     struct sockaddr_storage peer;
@@ -54,6 +55,7 @@ int slb_downstream_accept(struct slb_loop_ctx *ctx, const struct slb_routes *rou
     }
     dc->ctx = ctx;
     dc->routes = routes;
+    dc->max_premature_resets = max_premature_resets;
     dc->on_gone = on_gone;
     slb_list_init(&dc->streams);
     slb_list_push_back(&ctx->downstreams, &dc->ctx_link);
@@ -185,6 +187,28 @@ static void downstream_on_free(struct slb_conn *c)
     free(dc);
 }
 
+/*
+ * Rapid reset (CVE-2023-44487): opening streams and resetting them at once
+ * costs the app nothing and sidelb (and backends) work. Like Envoy, an app
+ * connection that reset max_premature_resets streams before their response,
+ * at least half of all it opened, is told to calm down and closed. Only
+ * that connection pays.
+ */
+static void downstream_note_reset(struct slb_downstream *dc)
+{
+    dc->premature_resets++;
+    if (dc->max_premature_resets == 0 || dc->premature_resets < dc->max_premature_resets ||
+        (uint64_t)dc->premature_resets * 2 < dc->streams_opened || dc->conn.closing)
+        return;
+    slb_warn("app connection: %u of %u streams reset before their response (rapid reset?): closing it with "
+             "ENHANCE_YOUR_CALM",
+             dc->premature_resets, dc->streams_opened);
+    dc->ctx->stats.rapid_reset_closes++;
+    dc->max_premature_resets = 0; /* once */
+    nghttp2_session_terminate_session(dc->conn.session, NGHTTP2_ENHANCE_YOUR_CALM);
+    slb_conn_close_when_flushed(&dc->conn);
+}
+
 /* ---- nghttp2 server callbacks ---- */
 
 static struct slb_h2_stream *stream_of(nghttp2_session *s, struct slb_downstream *dc, int32_t sid)
@@ -207,6 +231,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
     }
     slb_h2_stream_bind(st, &dc->conn, &dc->streams, frame->hd.stream_id);
     dc->n_streams++;
+    dc->streams_opened++;
     return 0;
 }
 
@@ -237,6 +262,11 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
     case NGHTTP2_DATA:
         if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && (st = stream_of(s, dc, frame->hd.stream_id)) != NULL)
             handler(dc)->on_end(st);
+        break;
+    case NGHTTP2_RST_STREAM:
+        /* a stream the app resets while its call is still going */
+        if (stream_of(s, dc, frame->hd.stream_id) != NULL)
+            downstream_note_reset(dc);
         break;
     }
     return 0;

@@ -44,7 +44,10 @@ struct slb_downstream {
     const struct slb_routes *routes; /* the listener's, for its requests */
     struct slb_list streams;         /* bound slb_h2_stream (requests in progress) */
     uint32_t n_streams;
-    uint64_t peer_hash; /* hash of the peer address (source_ip_hash) */
+    uint64_t peer_hash;            /* hash of the peer address (source_ip_hash) */
+    uint32_t max_premature_resets; /* the listener's budget (0 = none) */
+    uint32_t streams_opened;       /* request streams the app opened */
+    uint32_t premature_resets;     /* ... and reset before their response ended */
     uint8_t preface_checked;
     uint8_t goaway_sent;                        /* the final GOAWAY of a graceful stop */
     uint8_t shutting_down;                      /* close once the last stream is done */
@@ -54,7 +57,8 @@ struct slb_downstream {
 
 /* Accepts a pending connection on the server handle. */
 int slb_downstream_accept(struct slb_loop_ctx *ctx, const struct slb_routes *routes, uv_stream_t *server,
-                          uint32_t max_concurrent_streams, void (*on_gone)(struct slb_downstream *dc));
+                          uint32_t max_concurrent_streams, uint32_t max_premature_resets,
+                          void (*on_gone)(struct slb_downstream *dc));
 /* Graceful stop, first step: a shutdown notice (apps stop opening streams). */
 void slb_downstream_notice(struct slb_downstream *dc);
 /* Graceful stop: GOAWAY, finish in-flight streams, then close. */

@@ -25,6 +25,9 @@ int slb_loop_ctx_init(struct slb_loop_ctx *ctx, uv_loop_t *loop, void (*on_timer
     nghttp2_option_set_no_auto_window_update(ctx->down_opt, 1);
     nghttp2_option_set_no_auto_window_update(ctx->up_opt, 1);
     nghttp2_option_set_peer_max_concurrent_streams(ctx->up_opt, 100);
+    /* libnghttp2's own guard against RST_STREAM floods, set explicitly (its
+     * defaults); the premature-reset budget in h2_downstream acts earlier */
+    nghttp2_option_set_stream_reset_rate_limit(ctx->down_opt, 1000, 33);
     return 0;
 }
 

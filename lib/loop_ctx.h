@@ -35,6 +35,7 @@ struct slb_call;
 
 struct slb_loop_stats {
     uint64_t calls_total, calls_failed_local, downstream_conns_total, upstream_conns_total;
+    uint64_t rapid_reset_closes; /* app connections closed for resetting too many streams */
 };
 
 struct slb_loop_ctx {

@@ -359,7 +359,7 @@ START_TEST(err_unknown_listener_key)
                  "    {\"adress\": \"127.0.0.1:15001\"}\n"
                  "  ],\n" CLUSTER_OK "}\n",
                  "t.json:3:6: listeners[0].adress: unknown key (expected one of: name, address, routes, "
-                 "default_cluster, max_concurrent_streams)");
+                 "default_cluster, max_concurrent_streams, max_premature_resets)");
 }
 END_TEST
 

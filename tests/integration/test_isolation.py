@@ -3,12 +3,16 @@ holds only its own streams' windows; other apps' calls on the same backend
 connection keep flowing."""
 
 import os
+import select
 import socket
 import struct
 import threading
 import time
+import urllib.request
 
 import grpc
+import h2.events
+import h2.exceptions
 import h2.config
 import h2.connection
 import pytest
@@ -88,3 +92,71 @@ def test_stalled_reader_holds_only_its_own_streams():
         slow.close()
     assert slb.alive()
     assert good.Unary(req(payload=b"after"), timeout=5).payload == b"after"
+
+
+def rapid_reset(port, seconds, result):
+    """HEADERS then RST_STREAM in a loop on one connection (CVE-2023-44487),
+    until sidelb closes it or time is up; result gets the GOAWAY error code."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    end = time.monotonic() + seconds
+    result["opened"] = 0
+    try:
+        while time.monotonic() < end and "goaway" not in result:
+            for _ in range(50):
+                sid = conn.get_next_available_stream_id()
+                conn.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"),
+                                        (b":path", b"/sidelb.test.Echo/Unary"), (b":authority", b"sidelb"),
+                                        (b"content-type", b"application/grpc"), (b"te", b"trailers")])
+                conn.reset_stream(sid, error_code=8)
+                result["opened"] += 1
+            try:
+                sock.sendall(conn.data_to_send())
+            except OSError:
+                pass  # closed on us: read what it said
+            while select.select([sock], [], [], 0)[0]:
+                data = sock.recv(65536)
+                if not data:
+                    result.setdefault("closed", True)
+                    return
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.ConnectionTerminated):
+                        result["goaway"] = ev.error_code
+    except (OSError, h2.exceptions.ProtocolError) as e:
+        result.setdefault("closed", repr(e))
+    finally:
+        sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_rapid_reset_costs_only_the_attacking_connection():
+    be = peers.start_c_backend("rr")
+    cfg = simple_config([be.addr])
+    admin_port = peers.free_port()
+    cfg["admin"] = {"address": "127.0.0.1:%d" % admin_port}
+    slb = start_sidelb(cfg)
+    good = peers.echo_stub(slb.addr)
+    assert good.Unary(req(payload=b"warm"), timeout=5).payload == b"warm"
+    result = {}
+    attacker = threading.Thread(target=rapid_reset, args=(slb.port, 10, result), daemon=True)
+    attacker.start()
+    lat, errors = [], []
+    while attacker.is_alive() and len(lat) + len(errors) < 300:
+        t0 = time.monotonic()
+        try:
+            good.Unary(req(payload=b"x"), timeout=2)
+            lat.append(time.monotonic() - t0)
+        except grpc.RpcError as e:
+            errors.append(e.code())
+        time.sleep(0.005)
+    attacker.join(15)
+    assert result.get("goaway") == 11, "expected GOAWAY(ENHANCE_YOUR_CALM), got %r" % result  # ENHANCE_YOUR_CALM
+    assert result["opened"] < 2000, "the attacker opened %d streams before being cut off" % result["opened"]
+    assert len(errors) <= max(1, len(lat) // 100), "the well-behaved app failed %d calls" % len(errors)
+    assert "rapid reset" in slb.log()
+    assert slb.alive()
+    assert good.Unary(req(payload=b"after"), timeout=5).payload == b"after"
+    metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin_port, timeout=5).read().decode()
+    assert "sidelb_downstream_rapid_reset_closes_total 1" in metrics
