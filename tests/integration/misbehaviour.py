@@ -266,3 +266,127 @@ class RapidReset:
         if self._proc.is_alive():
             os.kill(self._proc.pid, signal.SIGKILL)
             self._proc.join(5)
+
+
+class IdleFlood:
+    """n connections that do nothing: the first half never send the
+    preface, the others send the preface and SETTINGS and then go silent.
+    Needs RLIMIT_NOFILE above n in this process. summary() tells how many
+    the proxy has closed."""
+
+    def __init__(self, port, n=5000):
+        self.port, self.n = port, n
+        self.socks = []
+
+    def start(self):
+        preface = h2_client_preface()
+        for i in range(self.n):
+            try:
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            except OSError:
+                continue  # refused or reset at the proxy's cap: counted as not open
+            if i % 2:
+                s.sendall(preface)
+            s.setblocking(False)
+            self.socks.append(s)
+        return self
+
+    def still_open(self):
+        n = 0
+        for s in self.socks:
+            try:
+                while True:
+                    data = s.recv(65536)
+                    if not data:
+                        break  # closed by the proxy
+            except BlockingIOError:
+                n += 1
+            except OSError:
+                pass
+        return n
+
+    def summary(self):
+        return "%d of %d idle connections opened, %d still open" % (len(self.socks), self.n, self.still_open())
+
+    def stop(self):
+        for s in self.socks:
+            s.close()
+
+
+def h2_client_preface():
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    return conn.data_to_send()
+
+
+class ExcessStreams:
+    """One connection opens as many calls as the proxy's advertised
+    MAX_CONCURRENT_STREAMS allows (each held open `hold_ms` by the backend),
+    then `extra` more past the limit. summary() tells what became of the
+    established calls and of the extra ones."""
+
+    def __init__(self, port, extra=100, hold_ms=3000):
+        self.sock, self.conn = h2_client(port)
+        self.extra, self.hold_ms = extra, hold_ms
+        self.established, self.excess = set(), set()
+        self.ok, self.resets, self.goaway = set(), {}, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _open(self, n, into):
+        body = grpc_frame(req(payload=b"x", delay_ms=self.hold_ms))
+        for _ in range(n):
+            sid = self.conn.get_next_available_stream_id()
+            self.conn.send_headers(sid, request_headers("Unary"))
+            self.conn.send_data(sid, body, end_stream=True)
+            into.add(sid)
+
+    def _handle(self, data):
+        for ev in self.conn.receive_data(data):
+            if isinstance(ev, h2.events.RemoteSettingsChanged) and not self.established:
+                changed = ev.changed_settings.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
+                limit = changed.new_value if changed else 100
+                self._open(limit, self.established)
+                # past the limit on purpose: h2 would refuse to send these
+                self.conn.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = (1 << 31) - 1
+                self.conn.remote_settings.acknowledge()
+                self._open(self.extra, self.excess)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                if dict(ev.headers).get(b"grpc-status") == b"0":
+                    self.ok.add(ev.stream_id)
+            elif isinstance(ev, h2.events.StreamReset):
+                self.resets[ev.stream_id] = ev.error_code
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                self.goaway = ev.error_code
+            elif isinstance(ev, h2.events.DataReceived):
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+
+    def _run(self):
+        try:
+            self.sock.sendall(self.conn.data_to_send())
+            while not self._stop.is_set():
+                if select.select([self.sock], [], [], 0.1)[0]:
+                    data = self.sock.recv(65536)
+                    if not data:
+                        return
+                    self._handle(data)
+                out = self.conn.data_to_send()
+                if out:
+                    self.sock.sendall(out)
+        except (OSError, h2.exceptions.ProtocolError):
+            pass
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def summary(self):
+        refused = sum(1 for sid in self.excess if self.resets.get(sid) == 7)
+        return "established %d: %d OK; extra %d: %d refused; GOAWAY %s" % (
+            len(self.established), len(self.ok & self.established), len(self.excess), refused,
+            "none" if self.goaway is None else str(self.goaway))
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
