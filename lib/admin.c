@@ -215,6 +215,12 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
         {"sidelb_downstream_rapid_reset_closes_total",
          "Application connections closed for resetting too many streams before their response (rapid reset).",
          offsetof(struct slb_loop_stats, rapid_reset_closes)},
+        {"sidelb_downstream_refused_streams_total",
+         "Application streams refused with REFUSED_STREAM for being past the listener's max_concurrent_streams.",
+         offsetof(struct slb_loop_stats, refused_streams)},
+        {"sidelb_downstream_header_lists_too_large_total",
+         "Application header blocks (request headers or trailers) larger than the listener's max_header_list_size.",
+         offsetof(struct slb_loop_stats, header_lists_too_large)},
     };
 
     for (size_t i = 0; i < SLB_ARRAY_SIZE(counters); i++) {

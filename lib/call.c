@@ -418,6 +418,31 @@ static int down_on_header(struct slb_h2_stream *s, nghttp2_rcbuf *name, nghttp2_
     return slb_hdrs_push(&call->req_hdrs, name, value);
 }
 
+/*
+ * The app's header block passed the listener's max_header_list_size. Before the response
+ * started, the call ends with RESOURCE_EXHAUSTED, trailers-only: a limit was hit, as for
+ * maxRequestMessageBytes (gRPC's own servers answer oversized metadata the same way), and not a
+ * fault of sidelb (INTERNAL). After, only a reset is left: ENHANCE_YOUR_CALM, which gRPC clients
+ * also read as RESOURCE_EXHAUSTED. Either way the backend's stream is cancelled, nothing more of
+ * the request is forwarded, and only this stream ends.
+ */
+static void down_on_header_list_too_large(struct slb_h2_stream *s, int trailer, uint32_t limit)
+{
+    struct slb_call *call = call_of_down(s);
+    char msg[160];
+
+    if (call->resp_headers_sent) {
+        call_release_upstream(call, NGHTTP2_CANCEL);
+        call_discard_request(call);
+        call->io->reset(&call->down, NGHTTP2_ENHANCE_YOUR_CALM);
+        return;
+    }
+    snprintf(msg, sizeof(msg), "sidelb: request %s larger than max_header_list_size (%u bytes)",
+             trailer ? "trailers" : "headers", limit);
+    call_fail_local(call, SLB_GRPC_RESOURCE_EXHAUSTED, msg);
+    call_discard_request(call);
+}
+
 static void down_on_end(struct slb_h2_stream *s);
 
 static void down_on_headers_done(struct slb_h2_stream *s, int trailer, int end_stream)
@@ -544,6 +569,7 @@ static void down_on_close(struct slb_h2_stream *s, uint32_t error_code)
 const struct slb_downstream_handler slb_call_downstream_handler = {
     .open = down_open,
     .on_header = down_on_header,
+    .on_header_list_too_large = down_on_header_list_too_large,
     .on_headers_done = down_on_headers_done,
     .on_data = down_on_data,
     .on_end = down_on_end,

@@ -659,8 +659,14 @@ static int load_etcd(struct vctx *c, json_t *root, struct slb_config *cfg)
 
 static int load_listener(struct vctx *c, json_t *o, const char *path, struct slb_config_listener *l)
 {
-    static const char *const keys[] = {
-        "name", "address", "routes", "default_cluster", "max_concurrent_streams", "max_premature_resets", NULL};
+    static const char *const keys[] = {"name",
+                                       "address",
+                                       "routes",
+                                       "default_cluster",
+                                       "max_concurrent_streams",
+                                       "max_premature_resets",
+                                       "max_header_list_size",
+                                       NULL};
     static const char *const route_keys[] = {"service", "cluster", NULL};
     char p[PATH_MAX_LEN], rp[PATH_MAX_LEN], rpath[PATH_MAX_LEN];
     json_t *routes;
@@ -669,8 +675,9 @@ static int load_listener(struct vctx *c, json_t *o, const char *path, struct slb
     if (check_keys(c, o, path, keys) != 0 || get_addr(c, o, path, "address", 1, &l->address) != 0 ||
         get_str(c, o, path, "name", 1, &l->name) != 0 ||
         get_str(c, o, path, "default_cluster", 1, &l->default_cluster) != 0 ||
-        get_u32(c, o, path, "max_concurrent_streams", &l->max_concurrent_streams, 1000, 1, 0x7fffffff) != 0 ||
+        get_u32(c, o, path, "max_concurrent_streams", &l->max_concurrent_streams, 100, 1, 0x7fffffff) != 0 ||
         get_u32(c, o, path, "max_premature_resets", &l->max_premature_resets, 100, 0, 0x7fffffff) != 0 ||
+        get_u32(c, o, path, "max_header_list_size", &l->max_header_list_size, 16384, 1024, 1048576) != 0 ||
         get_arr(c, o, path, "routes", &routes) != 0)
         return -1;
     if (l->name == NULL && (l->name = strdup(l->address)) == NULL)

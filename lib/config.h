@@ -29,8 +29,9 @@ struct slb_config_listener {
     size_t n_routes;
     char *default_cluster;           /* NULL: unknown service -> UNIMPLEMENTED */
     int default_cluster_index;       /* -1 when none */
-    uint32_t max_concurrent_streams; /* advertised to apps, default 1000 */
+    uint32_t max_concurrent_streams; /* advertised to apps, default 100; streams past it are refused */
     uint32_t max_premature_resets;   /* streams an app may reset before their response (rapid reset); 0 = no limit */
+    uint32_t max_header_list_size;   /* SETTINGS_MAX_HEADER_LIST_SIZE advertised and enforced, default 16384 */
 };
 
 struct slb_config_health_check {

@@ -14,6 +14,9 @@
 #define DOWNSTREAM_STREAM_WINDOW (256 * 1024)
 #define DOWNSTREAM_CONN_WINDOW   (16 * 1024 * 1024)
 
+/* What libnghttp2 may hold above the advertised stream limit (see slb__downstream_internal_stream_limit). */
+#define INTERNAL_STREAM_MARGIN_MIN 100
+
 static const char h2_preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 static const char http1_body[] =
     "sidelb speaks HTTP/2 only (h2c with prior knowledge, as gRPC clients do), not HTTP/1.x\n";
@@ -33,17 +36,114 @@ static const struct slb_downstream_handler *handler(const struct slb_downstream 
     return dc->ctx->down_handler;
 }
 
+/*
+ * Streams past max_concurrent_streams are refused one by one (on_begin_headers), never the whole
+ * connection. libnghttp2 cannot do that by itself: a HEADERS past its *acknowledged*
+ * SETTINGS_MAX_CONCURRENT_STREAMS is a connection error (GOAWAY(PROTOCOL_ERROR)) before any
+ * callback runs. So the session is given this higher limit, while the SETTINGS frame on the wire
+ * carries the configured one (downstream_send_settings). The margin also bounds what a client
+ * that ignores the limit can make libnghttp2 hold: a refused stream lives there until its
+ * RST_STREAM is written (the next flush). Only a client with more than this many streams open
+ * on sidelb's side at once, refused ones included, still gets the connection error.
+ */
+uint32_t slb__downstream_internal_stream_limit(uint32_t advertised)
+{
+    uint64_t margin = advertised > INTERNAL_STREAM_MARGIN_MIN ? advertised : INTERNAL_STREAM_MARGIN_MIN;
+    uint64_t v = (uint64_t)advertised + margin;
+
+    return v > 0x7fffffff ? 0x7fffffff : (uint32_t)v;
+}
+
+int slb__settings_frame_set(uint8_t *f, size_t n, uint16_t id, uint32_t v)
+{
+    size_t len;
+
+    if (n < 9 || f[3] != NGHTTP2_SETTINGS || (f[4] & NGHTTP2_FLAG_ACK) || (f[5] | f[6] | f[7] | f[8]) != 0)
+        return -1;
+    len = (size_t)f[0] << 16 | (size_t)f[1] << 8 | f[2];
+    if (len != n - 9 || len % 6 != 0)
+        return -1;
+    for (size_t off = 9; off < n; off += 6) {
+        if ((uint16_t)(f[off] << 8 | f[off + 1]) != id)
+            continue;
+        f[off + 2] = (uint8_t)(v >> 24);
+        f[off + 3] = (uint8_t)(v >> 16);
+        f[off + 4] = (uint8_t)(v >> 8);
+        f[off + 5] = (uint8_t)v;
+        return 0;
+    }
+    return -1;
+}
+
+/* RFC 9110 tchar */
+static int is_tchar(uint8_t c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+int slb__http1_request_line(const uint8_t *p, size_t n)
+{
+    size_t i = 0, start;
+
+    while (i < n && i < 32 && is_tchar(p[i])) /* method */
+        i++;
+    if (i == 0 || i >= n || p[i] != ' ')
+        return 0;
+    start = ++i;
+    while (i < n && p[i] > 0x20 && p[i] < 0x7f) /* request-target */
+        i++;
+    if (i == start || i >= n || p[i] != ' ')
+        return 0;
+    i++;
+    return n - i >= 8 && memcmp(p + i, "HTTP/1.", 7) == 0 && p[i + 7] >= '0' && p[i + 7] <= '9';
+}
+
+/*
+ * Our SETTINGS frame is the first frame the session produces (a server's connection preface).
+ * It is taken out of the session here, before anything else can flush the output, and edited:
+ * the wire says max_concurrent_streams, the session keeps the internal limit.
+ */
+static void downstream_send_settings(struct slb_downstream *dc)
+{
+    const uint8_t *data;
+    uint8_t f[64];
+    ssize_t n;
+
+    if (dc->settings_sent || dc->conn.closing)
+        return;
+    dc->settings_sent = 1;
+    if ((n = nghttp2_session_mem_send(dc->conn.session, &data)) <= 0) {
+        if (n < 0)
+            slb_conn_close(&dc->conn, SLB_EPROTO);
+        return;
+    }
+    if ((size_t)n <= sizeof(f)) {
+        memcpy(f, data, (size_t)n);
+        if (slb__settings_frame_set(f, (size_t)n, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
+                                    dc->max_concurrent_streams) == 0)
+            data = f;
+    }
+    if (data != f)
+        slb_warn("app connection: first frame is not sidelb's SETTINGS: it advertises %u streams, not %u",
+                 slb__downstream_internal_stream_limit(dc->max_concurrent_streams), dc->max_concurrent_streams);
+    if (slb_conn_write_raw(&dc->conn, data, (size_t)n, 0) != 0)
+        slb_conn_close(&dc->conn, SLB_ENOMEM);
+}
+
 int slb_downstream_accept(struct slb_loop_ctx *ctx, const struct slb_routes *routes, uv_stream_t *server,
-                          uint32_t max_concurrent_streams, uint32_t max_premature_resets,
+                          uint32_t max_concurrent_streams, uint32_t max_premature_resets, uint32_t max_header_list_size,
                           void (*on_gone)(struct slb_downstream *dc))
 {
     struct slb_downstream *dc = calloc(1, sizeof(*dc));
     struct sockaddr_storage peer;
     int peerlen = sizeof(peer);
     nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, max_concurrent_streams},
+        /* the session's limit; the wire gets max_concurrent_streams (downstream_send_settings) */
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, slb__downstream_internal_stream_limit(max_concurrent_streams)},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, DOWNSTREAM_STREAM_WINDOW},
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_header_list_size},
     };
     int rv;
 
@@ -56,6 +156,9 @@ int slb_downstream_accept(struct slb_loop_ctx *ctx, const struct slb_routes *rou
     dc->ctx = ctx;
     dc->routes = routes;
     dc->max_premature_resets = max_premature_resets;
+    dc->max_concurrent_streams = max_concurrent_streams;
+    dc->max_header_list_size = max_header_list_size;
+    dc->max_sid = -1;
     dc->on_gone = on_gone;
     slb_list_init(&dc->streams);
     slb_list_push_back(&ctx->downstreams, &dc->ctx_link);
@@ -74,7 +177,8 @@ int slb_downstream_accept(struct slb_loop_ctx *ctx, const struct slb_routes *rou
     nghttp2_submit_settings(dc->conn.session, NGHTTP2_FLAG_NONE, iv, SLB_ARRAY_SIZE(iv));
     nghttp2_session_set_local_window_size(dc->conn.session, NGHTTP2_FLAG_NONE, 0, DOWNSTREAM_CONN_WINDOW);
     /* Our SETTINGS go out after the client's first bytes proved to be the
-     * HTTP/2 preface, so an HTTP/1 client gets a clean plain-text refusal. */
+     * HTTP/2 preface (downstream_on_read), so an HTTP/1 client gets a clean
+     * plain-text refusal. */
     if ((rv = slb_conn_start(&dc->conn)) != 0) {
         slb_conn_close(&dc->conn, rv);
         return rv;
@@ -86,6 +190,7 @@ void slb_downstream_notice(struct slb_downstream *dc)
 {
     if (dc->conn.closing || dc->conn.session == NULL)
         return;
+    downstream_send_settings(dc);
     nghttp2_submit_shutdown_notice(dc->conn.session);
     slb_conn_mark_dirty(&dc->conn);
 }
@@ -101,6 +206,7 @@ void slb_downstream_shutdown(struct slb_downstream *dc)
     }
     if (!dc->goaway_sent) {
         dc->goaway_sent = 1;
+        downstream_send_settings(dc);
         nghttp2_submit_goaway(dc->conn.session, NGHTTP2_FLAG_NONE,
                               nghttp2_session_get_last_proc_stream_id(dc->conn.session), NGHTTP2_NO_ERROR, NULL, 0);
     }
@@ -128,6 +234,36 @@ void slb_downstream_reset(struct slb_h2_stream *s, uint32_t code)
     slb_conn_mark_dirty(s->conn);
 }
 
+/*
+ * The client's first bytes are not the HTTP/2 preface. An HTTP/1.x request line (in the first
+ * read, before any of our frames went out) gets a plain-text 505; anything else is a connection
+ * error (RFC 9113 3.4): GOAWAY(PROTOCOL_ERROR) after our SETTINGS, then close. Nothing more is
+ * read or parsed.
+ */
+static int downstream_bad_preface(struct slb_downstream *dc, const uint8_t *p, size_t n)
+{
+    struct slb_conn *c = &dc->conn;
+
+    if (!dc->settings_sent && slb__http1_request_line(p, n)) {
+        char resp[256];
+        int len = snprintf(resp, sizeof(resp),
+                           "HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\n"
+                           "Connection: close\r\nContent-Length: %zu\r\n\r\n%s",
+                           sizeof(http1_body) - 1, http1_body);
+        slb_info("refusing an HTTP/1.x request: sidelb speaks HTTP/2 only");
+        slb_conn_write_raw(c, resp, (size_t)len, 1);
+        return -1;
+    }
+    slb_info("app connection: invalid HTTP/2 connection preface: closing it with GOAWAY(PROTOCOL_ERROR)");
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    downstream_send_settings(dc);
+    if (c->closing)
+        return -1;
+    nghttp2_session_terminate_session(c->session, NGHTTP2_PROTOCOL_ERROR);
+    slb_conn_close_when_flushed(c);
+    return -1;
+}
+
 static int downstream_on_read(struct slb_conn *c, const uint8_t *p, size_t n)
 {
     struct slb_downstream *dc = slb_container_of(c, struct slb_downstream, conn);
@@ -137,21 +273,19 @@ static int downstream_on_read(struct slb_conn *c, const uint8_t *p, size_t n)
         /* Compare what we have of the preface; anything else is refused clearly. */
         size_t want = sizeof(h2_preface) - 1 - dc->preface_checked;
         size_t k = n < want ? n : want;
-        if (memcmp(p, h2_preface + dc->preface_checked, k) != 0) {
-            slb_info("refusing a non-HTTP/2 connection (HTTP/1.x request?)");
-            char resp[256];
-            int len = snprintf(resp, sizeof(resp),
-                               "HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\n"
-                               "Connection: close\r\nContent-Length: %zu\r\n\r\n%s",
-                               sizeof(http1_body) - 1, http1_body);
-            slb_conn_write_raw(c, resp, (size_t)len, 1);
-            return -1;
-        }
+        if (memcmp(p, h2_preface + dc->preface_checked, k) != 0)
+            return downstream_bad_preface(dc, p, n);
         dc->preface_checked += (uint8_t)k;
+        downstream_send_settings(dc);
+        if (c->closing)
+            return -1;
     }
+    /* A callback that ends the connection stops the parse there (on_begin_frame, or
+     * libnghttp2's own after terminating the session): the rest of this read is dropped. */
     rv = nghttp2_session_mem_recv(c->session, p, n);
     if (rv < 0) {
-        slb_debug("downstream protocol error: %s", nghttp2_strerror((int)rv));
+        if (!c->closing)
+            slb_debug("downstream protocol error: %s", nghttp2_strerror((int)rv));
         slb_conn_close(c, SLB_EPROTO);
         return -1;
     }
@@ -209,7 +343,76 @@ static void downstream_note_reset(struct slb_downstream *dc)
     slb_conn_close_when_flushed(&dc->conn);
 }
 
+/*
+ * Notes the stream id of a HEADERS frame: 1 when the app had skipped that id earlier (it opened
+ * a higher one first), which RFC 9113 5.1.1 makes a connection error. libnghttp2 ignores any
+ * HEADERS on a lower id it does not hold, so that trailers racing our RST_STREAM stay harmless;
+ * an id that was never opened cannot be such a race.
+ */
+static int downstream_stream_id_skipped(struct slb_downstream *dc, int32_t sid)
+{
+    if (sid > dc->max_sid) {
+        int32_t next = dc->max_sid + 2; /* max_sid starts at -1 */
+        if (sid > next) {
+            /* a ring of the latest gaps (n_gaps wraps at 256, a multiple of the ring size) */
+            dc->gap_lo[dc->n_gaps % SLB_DOWNSTREAM_SID_GAPS] = next;
+            dc->gap_hi[dc->n_gaps % SLB_DOWNSTREAM_SID_GAPS] = sid - 2;
+            dc->n_gaps++;
+        }
+        dc->max_sid = sid;
+        return 0;
+    }
+    for (int i = 0; i < SLB_DOWNSTREAM_SID_GAPS; i++)
+        if (dc->gap_lo[i] != 0 && dc->gap_lo[i] <= sid && sid <= dc->gap_hi[i])
+            return 1;
+    return 0;
+}
+
+/* A stream past max_concurrent_streams: refused before any call exists. */
+static void downstream_refuse(struct slb_downstream *dc, int32_t sid)
+{
+    dc->ctx->stats.refused_streams++;
+    if (!dc->refused_logged) {
+        dc->refused_logged = 1;
+        slb_info("app connection: stream %d is past max_concurrent_streams (%u): refused with REFUSED_STREAM, "
+                 "as are later ones past it (logged once per connection)",
+                 sid, dc->max_concurrent_streams);
+    }
+    nghttp2_submit_rst_stream(dc->conn.session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_REFUSED_STREAM);
+}
+
+/* The header block being received passed max_header_list_size: its stream's user decides
+ * (a gRPC status if the response has not started, else a reset). */
+static void downstream_header_list_too_large(struct slb_downstream *dc, struct slb_h2_stream *st, int trailer)
+{
+    dc->hdr_over = 1;
+    dc->ctx->stats.header_lists_too_large++;
+    if (!dc->hdr_over_logged) {
+        dc->hdr_over_logged = 1;
+        slb_info("app connection: stream %d: request %s larger than max_header_list_size (%u bytes) (logged once "
+                 "per connection)",
+                 st->sid, trailer ? "trailers" : "headers", dc->max_header_list_size);
+    }
+    handler(dc)->on_header_list_too_large(st, trailer, dc->max_header_list_size);
+}
+
 /* ---- nghttp2 server callbacks ---- */
+
+static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *user)
+{
+    struct slb_downstream *dc = user;
+
+    if (dc->conn.closing)
+        return NGHTTP2_ERR_CALLBACK_FAILURE; /* closed during this read: the rest is not parsed */
+    if (hd->type == NGHTTP2_HEADERS && (hd->stream_id & 1) && downstream_stream_id_skipped(dc, hd->stream_id)) {
+        slb_info("app connection: HEADERS on stream %d, an id it skipped before opening stream %d: closing it "
+                 "with GOAWAY(PROTOCOL_ERROR)",
+                 hd->stream_id, dc->max_sid);
+        /* libnghttp2 then ignores the rest of the input */
+        nghttp2_session_terminate_session(s, NGHTTP2_PROTOCOL_ERROR);
+    }
+    return 0;
+}
 
 static struct slb_h2_stream *stream_of(nghttp2_session *s, struct slb_downstream *dc, int32_t sid)
 {
@@ -223,8 +426,17 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
     struct slb_downstream *dc = user;
     struct slb_h2_stream *st;
 
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST || dc->conn.closing)
+    if (frame->hd.type != NGHTTP2_HEADERS || dc->conn.closing)
         return 0;
+    /* a new header block: blocks are never interleaved on a connection */
+    dc->hdr_bytes = 0;
+    dc->hdr_over = 0;
+    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    if (dc->n_streams >= dc->max_concurrent_streams) {
+        downstream_refuse(dc, frame->hd.stream_id);
+        return 0;
+    }
     if ((st = handler(dc)->open(dc)) == NULL) {
         nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_REFUSED_STREAM);
         return 0;
@@ -240,10 +452,18 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, nghttp2_rcb
 {
     struct slb_downstream *dc = user;
     struct slb_h2_stream *st = stream_of(s, dc, frame->hd.stream_id);
+    int trailer = frame->headers.cat == NGHTTP2_HCAT_HEADERS;
 
-    if (st == NULL)
+    if (st == NULL || dc->hdr_over)
         return 0;
-    if (handler(dc)->on_header(st, name, value, frame->headers.cat == NGHTTP2_HCAT_HEADERS) != 0)
+    /* HTTP/2 counts name + value + 32 per field (RFC 9113 6.5.2); below 2^32: fields are at most
+     * 64 KiB (libnghttp2's HPACK limit) and counting stops past the limit */
+    dc->hdr_bytes += (uint32_t)(nghttp2_rcbuf_get_buf(name).len + nghttp2_rcbuf_get_buf(value).len + 32);
+    if (dc->hdr_bytes > dc->max_header_list_size) {
+        downstream_header_list_too_large(dc, st, trailer);
+        return 0;
+    }
+    if (handler(dc)->on_header(st, name, value, trailer) != 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
 }
@@ -317,6 +537,7 @@ nghttp2_session_callbacks *slb_downstream_callbacks_new(void)
 
     if (nghttp2_session_callbacks_new(&cbs) != 0)
         return NULL;
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, on_begin_frame);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback2(cbs, on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);

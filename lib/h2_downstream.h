@@ -7,6 +7,13 @@
  * through the loop context's slb_downstream_handler, handing back the
  * slb_h2_stream its user embedded.
  *
+ * Limits it enforces itself, per connection (docs/architecture.md, "App
+ * connection limits"): streams past max_concurrent_streams are refused one by
+ * one with RST_STREAM(REFUSED_STREAM) before any call exists (libnghttp2 is
+ * given a higher internal limit, the wire carries the configured one); header
+ * blocks past max_header_list_size are reported to the stream's user; HEADERS
+ * on a stream id the app skipped earlier is a connection error.
+ *
  * Ownership: the loop context lists every downstream connection
  * (ctx->downstreams); each is freed after its TCP handle closed.
  */
@@ -28,6 +35,9 @@ struct slb_downstream_handler {
     /* A request stream begins: the user's stream object to bind, or NULL to refuse it (REFUSED_STREAM). */
     struct slb_h2_stream *(*open)(struct slb_downstream *dc);
     int (*on_header)(struct slb_h2_stream *s, nghttp2_rcbuf *name, nghttp2_rcbuf *value, int trailer);
+    /* The header block (trailer: the trailers) passed max_header_list_size (limit, in HTTP/2's
+     * name + value + 32 per field): its other fields are not reported; on_headers_done follows. */
+    void (*on_header_list_too_large)(struct slb_h2_stream *s, int trailer, uint32_t limit);
     void (*on_headers_done)(struct slb_h2_stream *s, int trailer, int end_stream);
     int (*on_data)(struct slb_h2_stream *s, const uint8_t *p, size_t n);
     void (*on_end)(struct slb_h2_stream *s);
@@ -37,6 +47,11 @@ struct slb_downstream_handler {
     void (*on_close)(struct slb_h2_stream *s, uint32_t error_code);
 };
 
+/* Stream ids an app skipped (never opened), remembered so that HEADERS on one later is a
+ * connection error (RFC 9113 5.1.1). The most recent few gaps only: an older one is forgotten
+ * and HEADERS on it ignored, as libnghttp2 does for any lower id. */
+#define SLB_DOWNSTREAM_SID_GAPS 4
+
 /* Owner: the loop context (ctx->downstreams). */
 struct slb_downstream {
     struct slb_conn conn;
@@ -44,10 +59,20 @@ struct slb_downstream {
     const struct slb_routes *routes; /* the listener's, for its requests */
     struct slb_list streams;         /* bound slb_h2_stream (requests in progress) */
     uint32_t n_streams;
-    uint64_t peer_hash;            /* hash of the peer address (source_ip_hash) */
-    uint32_t max_premature_resets; /* the listener's budget (0 = none) */
-    uint32_t streams_opened;       /* request streams the app opened */
-    uint32_t premature_resets;     /* ... and reset before their response ended */
+    uint64_t peer_hash;              /* hash of the peer address (source_ip_hash) */
+    uint32_t max_premature_resets;   /* the listener's budget (0 = none) */
+    uint32_t streams_opened;         /* request streams the app opened */
+    uint32_t premature_resets;       /* ... and reset before their response ended */
+    uint32_t max_concurrent_streams; /* the listener's, advertised; streams past it are refused */
+    uint32_t max_header_list_size;   /* the listener's, advertised and enforced per header block */
+    uint32_t hdr_bytes;              /* the header block being received, as HTTP/2 counts it */
+    int32_t max_sid;                 /* highest stream id the app sent HEADERS on */
+    int32_t gap_lo[SLB_DOWNSTREAM_SID_GAPS], gap_hi[SLB_DOWNSTREAM_SID_GAPS]; /* skipped ids (ring) */
+    uint8_t n_gaps;
+    uint8_t hdr_over;        /* that block passed max_header_list_size */
+    uint8_t settings_sent;   /* our SETTINGS (the server preface) went to the output */
+    uint8_t refused_logged;  /* a stream was refused (logged once per connection) */
+    uint8_t hdr_over_logged; /* a header block was too large (logged once per connection) */
     uint8_t preface_checked;
     uint8_t goaway_sent;                        /* the final GOAWAY of a graceful stop */
     uint8_t shutting_down;                      /* close once the last stream is done */
@@ -57,7 +82,7 @@ struct slb_downstream {
 
 /* Accepts a pending connection on the server handle. */
 int slb_downstream_accept(struct slb_loop_ctx *ctx, const struct slb_routes *routes, uv_stream_t *server,
-                          uint32_t max_concurrent_streams, uint32_t max_premature_resets,
+                          uint32_t max_concurrent_streams, uint32_t max_premature_resets, uint32_t max_header_list_size,
                           void (*on_gone)(struct slb_downstream *dc));
 /* Graceful stop, first step: a shutdown notice (apps stop opening streams). */
 void slb_downstream_notice(struct slb_downstream *dc);
@@ -70,5 +95,13 @@ int slb_downstream_respond(struct slb_h2_stream *s, const nghttp2_nv *nv, size_t
 void slb_downstream_reset(struct slb_h2_stream *s, uint32_t code);
 
 nghttp2_session_callbacks *slb_downstream_callbacks_new(void);
+
+/* The limit libnghttp2 itself enforces for max_concurrent_streams advertised (see the .c). */
+uint32_t slb__downstream_internal_stream_limit(uint32_t advertised);
+/* Sets setting id to v in a serialized SETTINGS frame f of n bytes: 0, or -1 when f is not a
+ * SETTINGS frame carrying that setting (then f is unchanged). */
+int slb__settings_frame_set(uint8_t *f, size_t n, uint16_t id, uint32_t v);
+/* 1 when p[0..n) starts with an HTTP/1.x request line ("METHOD SP target SP HTTP/1.x"). */
+int slb__http1_request_line(const uint8_t *p, size_t n);
 
 #endif

@@ -549,6 +549,14 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, nghttp2_rcb
     return 0;
 }
 
+/* A connection closed by a callback of this read: the rest of the read is not parsed. */
+static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *user)
+{
+    struct slb_upstream *uc = user;
+
+    return uc->conn.closing ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+}
+
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *user)
 {
     struct slb_upstream *uc = user;
@@ -636,6 +644,7 @@ nghttp2_session_callbacks *slb_upstream_callbacks_new(void)
 
     if (nghttp2_session_callbacks_new(&cbs) != 0)
         return NULL;
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, on_begin_frame);
     nghttp2_session_callbacks_set_on_header_callback2(cbs, on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk_recv);

@@ -35,7 +35,9 @@ struct slb_call;
 
 struct slb_loop_stats {
     uint64_t calls_total, calls_failed_local, downstream_conns_total, upstream_conns_total;
-    uint64_t rapid_reset_closes; /* app connections closed for resetting too many streams */
+    uint64_t rapid_reset_closes;     /* app connections closed for resetting too many streams */
+    uint64_t refused_streams;        /* app streams refused past max_concurrent_streams */
+    uint64_t header_lists_too_large; /* app header blocks past max_header_list_size */
 };
 
 struct slb_loop_ctx {

@@ -36,7 +36,8 @@ static void on_connection(uv_stream_t *s, int status)
         return;
     }
     if ((rv = slb_downstream_accept(&l->srv->ctx, &l->routes, s, l->cfg->max_concurrent_streams,
-                                    l->cfg->max_premature_resets, on_downstream_gone)) != 0)
+                                    l->cfg->max_premature_resets, l->cfg->max_header_list_size, on_downstream_gone)) !=
+        0)
         slb_warn("listener %s: cannot accept: %s", l->cfg->address, slb_strerror(rv));
 }
 

@@ -702,6 +702,61 @@ START_TEST(request_trailers_change_nothing)
 }
 END_TEST
 
+/* Request headers past max_header_list_size: a trailers-only
+ * RESOURCE_EXHAUSTED, and nothing reaches a backend. */
+START_TEST(header_list_too_large_before_routing_fails_the_call)
+{
+    struct slb_call *call = open_call();
+
+    slb_call_downstream_handler.on_header_list_too_large(&call->down, 0, 16384);
+    slb_call_downstream_handler.on_headers_done(&call->down, 0, 1);
+    ck_assert_int_eq(F.responds, 1);
+    ck_assert_int_eq(F.has_body, 0);
+    ck_assert_int_eq(F.status, SLB_GRPC_RESOURCE_EXHAUSTED);
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+    ck_assert_ptr_null(call->pool_wait.pool);
+    ck_assert_int_eq(F.requests, 0);
+    ck_assert_int_eq(F.resets, 0);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+/* Trailers past the limit while the backend has not answered: the same
+ * status, and the backend's stream is cancelled. */
+START_TEST(trailers_too_large_before_the_response_fail_the_call)
+{
+    struct slb_call *call = call_in_state(SLB_CALL_SENT);
+
+    slb_call_downstream_handler.on_header_list_too_large(&call->down, 1, 16384);
+    ck_assert_int_eq(F.responds, 1);
+    ck_assert_int_eq(F.status, SLB_GRPC_RESOURCE_EXHAUSTED);
+    ck_assert_int_eq(F.releases, 1);
+    ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL);
+    ck_assert_int_eq(F.resets, 0);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+/* Once the response started no status can be sent: the app's stream is
+ * reset with ENHANCE_YOUR_CALM and the backend's cancelled. */
+START_TEST(trailers_too_large_after_the_response_started_reset_the_stream)
+{
+    struct slb_call *call = call_in_state(SLB_CALL_STREAMING);
+
+    ck_assert_int_eq(F.responds, 1); /* the response headers */
+    slb_call_downstream_handler.on_header_list_too_large(&call->down, 1, 16384);
+    ck_assert_int_eq(F.responds, 1);
+    ck_assert_int_eq(F.resets, 1);
+    ck_assert_uint_eq(F.reset_code, NGHTTP2_ENHANCE_YOUR_CALM);
+    ck_assert_int_eq(F.releases, 1);
+    ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL);
+    close_down(call, NGHTTP2_ENHANCE_YOUR_CALM);
+    assert_all_released();
+}
+END_TEST
+
 /* Calls waiting for a usable backend are woken by an event, not a poll. */
 START_TEST(waiting_call_is_woken_when_a_backend_leaves_backoff)
 {
@@ -773,6 +828,9 @@ Suite *call_suite(void)
     tcase_add_test(tc, cancel_from_the_backend_in_every_state_with_a_stream);
     tcase_add_test(tc, deadline_expires_in_every_waiting_state);
     tcase_add_test(tc, request_trailers_change_nothing);
+    tcase_add_test(tc, header_list_too_large_before_routing_fails_the_call);
+    tcase_add_test(tc, trailers_too_large_before_the_response_fail_the_call);
+    tcase_add_test(tc, trailers_too_large_after_the_response_started_reset_the_stream);
     tcase_add_test(tc, waiting_call_is_woken_when_a_backend_leaves_backoff);
     tcase_add_test(tc, backend_in_backoff_is_not_retried_at_once);
     tcase_add_test(tc, response_after_the_app_is_gone_is_dropped_and_window_returned);

@@ -46,7 +46,7 @@ static const char *full_config =
     "    {\"name\": \"out\", \"address\": \"127.0.0.1:15001\",\n"
     "     \"routes\": [{\"service\": \"x.Greeter\", \"cluster\": \"greeter\"},\n"
     "                {\"service\": \"x.Other/Get\", \"cluster\": \"other\"}],\n"
-    "     \"default_cluster\": \"other\", \"max_concurrent_streams\": 50},\n"
+    "     \"default_cluster\": \"other\", \"max_concurrent_streams\": 50, \"max_header_list_size\": 65536},\n"
     "    {\"address\": \"[::1]:15002\"}\n"
     "  ],\n"
     "  \"clusters\": [\n"
@@ -124,12 +124,14 @@ START_TEST(test_full)
     ck_assert_str_eq(l->default_cluster, "other");
     ck_assert_int_eq(l->default_cluster_index, 1);
     ck_assert_uint_eq(l->max_concurrent_streams, 50);
+    ck_assert_uint_eq(l->max_header_list_size, 65536);
     l = &cfg->listeners[1];
     ck_assert_str_eq(l->name, "[::1]:15002"); /* name defaults to the address */
     ck_assert_ptr_null(l->default_cluster);
     ck_assert_int_eq(l->default_cluster_index, -1);
     ck_assert_uint_eq(l->n_routes, 0);
-    ck_assert_uint_eq(l->max_concurrent_streams, 1000);
+    ck_assert_uint_eq(l->max_concurrent_streams, 100);
+    ck_assert_uint_eq(l->max_header_list_size, 16384);
 
     ck_assert_uint_eq(cfg->n_clusters, 3);
     struct slb_config_cluster *c = &cfg->clusters[0];
@@ -223,7 +225,8 @@ START_TEST(test_defaults)
     ck_assert_uint_eq(cfg->etcd.request_timeout_ms, 5000);
     ck_assert_ptr_null(cfg->admin_address);
     ck_assert_uint_eq(cfg->n_registers, 0);
-    ck_assert_uint_eq(cfg->listeners[0].max_concurrent_streams, 1000);
+    ck_assert_uint_eq(cfg->listeners[0].max_concurrent_streams, 100);
+    ck_assert_uint_eq(cfg->listeners[0].max_header_list_size, 16384);
     ck_assert_str_eq(cfg->listeners[0].name, "127.0.0.1:15001");
     struct slb_config_cluster *c = &cfg->clusters[0];
     ck_assert_str_eq(c->policy, "round_robin");
@@ -359,7 +362,7 @@ START_TEST(err_unknown_listener_key)
                  "    {\"adress\": \"127.0.0.1:15001\"}\n"
                  "  ],\n" CLUSTER_OK "}\n",
                  "t.json:3:6: listeners[0].adress: unknown key (expected one of: name, address, routes, "
-                 "default_cluster, max_concurrent_streams, max_premature_resets)");
+                 "default_cluster, max_concurrent_streams, max_premature_resets, max_header_list_size)");
 }
 END_TEST
 
@@ -413,6 +416,15 @@ START_TEST(err_out_of_range)
                  "     \"connect_timeout_ms\": 0}]\n"
                  "}\n",
                  "t.json:4:28: clusters[0].connect_timeout_ms: 0 is out of range (1..600000)");
+}
+END_TEST
+
+START_TEST(err_header_list_size_out_of_range)
+{
+    expect_error("{\n"
+                 "  \"listeners\": [{\"address\": \"127.0.0.1:1\",\n"
+                 "                 \"max_header_list_size\": 512}],\n" CLUSTER_OK "}\n",
+                 "t.json:3:42: listeners[0].max_header_list_size: 512 is out of range (1024..1048576)");
 }
 END_TEST
 
@@ -759,6 +771,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, err_bad_address);
     tcase_add_test(tc, err_wrong_type);
     tcase_add_test(tc, err_out_of_range);
+    tcase_add_test(tc, err_header_list_size_out_of_range);
     tcase_add_test(tc, err_real_for_integer);
     tcase_add_test(tc, err_unknown_policy);
     tcase_add_test(tc, err_two_policies);

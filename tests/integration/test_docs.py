@@ -48,3 +48,15 @@ def test_every_cluster_key_is_documented():
     assert len(keys) >= 10, keys
     for key in keys:
         assert "`%s`" % key in doc, "clusters[].%s is not documented" % key
+
+
+def test_every_listener_key_is_documented():
+    """Each key config.c accepts under listeners[] appears in docs/config.md,
+    in the listeners table (a row per key)."""
+    src = open(os.path.join(peers.REPO_ROOT, "lib", "config.c")).read()
+    keys = re.findall(r'"(\w+)"', re.search(r"load_listener\(.*?keys\[\] = \{(.*?)NULL\}", src, re.S).group(1))
+    doc = open(os.path.join(peers.REPO_ROOT, "docs", "config.md")).read()
+    table = doc.split("## `listeners[]`", 1)[1].split("\n## ", 1)[0]
+    assert len(keys) >= 7, keys
+    for key in keys:
+        assert "| `%s` |" % key in table, "listeners[].%s has no row in docs/config.md" % key
