@@ -226,6 +226,11 @@ int slb_conn_write_raw(struct slb_conn *c, const void *p, size_t n, int close_af
     return 0;
 }
 
+void slb_conn_flush_now(struct slb_conn *c)
+{
+    conn_flush(c);
+}
+
 void slb_conn_close_when_flushed(struct slb_conn *c)
 {
     c->close_after_write = 1;
@@ -260,7 +265,8 @@ void slb_h2_stream_bind(struct slb_h2_stream *s, struct slb_conn *c, struct slb_
     s->conn = c;
     s->sid = sid;
     s->open = 1;
-    s->deferred = 0;
+    s->deferred = s->idle_fired = 0;
+    s->active_ms = uv_now(c->ctx->loop);
     slb_list_push_back(list, &s->link);
     nghttp2_session_set_stream_user_data(c->session, sid, s);
 }
@@ -377,6 +383,7 @@ int slb_h2_send_data_cb(nghttp2_session *session, nghttp2_frame *frame, const ui
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     if (len > 0)
         s->ops->sent(s, len);
+    s->active_ms = uv_now(c->ctx->loop);
     return 0;
 }
 

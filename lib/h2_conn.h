@@ -88,6 +88,8 @@ struct slb_h2_stream {
     int32_t sid;
     uint8_t open;         /* the HTTP/2 stream is open (counts against the connection's limit) */
     uint8_t deferred;     /* the data provider waits for bytes */
+    uint8_t idle_fired;   /* the stream idle timeout ended its call (h2_downstream) */
+    uint64_t active_ms;   /* loop time of its last frame either way (a store per frame, no timer) */
     struct slb_list link; /* in its connection's list */
     const struct slb_h2_stream_ops *ops;
 };
@@ -148,6 +150,8 @@ int slb_conn_start(struct slb_conn *c);
 void slb_conn_mark_dirty(struct slb_conn *c);
 /* Raw bytes to send (HTTP/1 refusal); then close once written when close_after. */
 int slb_conn_write_raw(struct slb_conn *c, const void *p, size_t n, int close_after);
+/* Serializes and writes what is queued now, as far as the socket takes it (before a close). */
+void slb_conn_flush_now(struct slb_conn *c);
 /* Close once everything queued (frames included) is written. */
 void slb_conn_close_when_flushed(struct slb_conn *c);
 void slb_conn_close(struct slb_conn *c, int err);
