@@ -62,6 +62,10 @@ static void downstream_move(struct slb_downstream *dc, enum slb_downstream_where
     slb_list_push_back((struct slb_list *)((char *)dc->set + off[where]), &dc->set_link);
     dc->where = (uint8_t)where;
     dc->since_ms = now_ms(dc);
+    if (where == SLB_DS_IDLE)
+        slb_conn_trim_when_idle(&dc->conn); /* output buffers grown under back-pressure go */
+    else
+        slb_conn_keep_buffers(&dc->conn);
 }
 
 /* The set's connection idle the longest (handshaking ones count as idle since their accept), or NULL. */
@@ -96,9 +100,13 @@ static void log_limited(struct slb_loop_ctx *ctx, struct slb_log_limit *l, const
 {
     uint64_t suppressed;
 
-    if (slb_log_limit_ok(l, uv_now(ctx->loop), 10000, &suppressed))
-        slb_notice("listener %s: %s at the app connection cap (%u)%s%llu more in the last 10 s", listener, what,
-                   cap, suppressed ? "; " : " (", (unsigned long long)suppressed);
+    if (!slb_log_limit_ok(l, uv_now(ctx->loop), 10000, &suppressed))
+        return;
+    if (suppressed > 0)
+        slb_notice("listener %s: at the app connection cap (%u): %s (%llu more times in the last 10 s)", listener,
+                   cap, what, (unsigned long long)suppressed);
+    else
+        slb_notice("listener %s: at the app connection cap (%u): %s", listener, cap, what);
 }
 
 /*
@@ -129,13 +137,13 @@ static int make_room(struct slb_downstream_set *set)
     }
     if (victim == NULL) {
         ctx->stats.conns_refused++;
-        log_limited(ctx, &ctx->log_refused, "refusing new app connections: none idle", set->name, cap);
+        log_limited(ctx, &ctx->log_refused, "refusing a new app connection, none is idle", set->name, cap);
         return -1;
     }
     ctx->stats.conns_evicted++;
     slb_debug("listener %s: at the connection cap (%u): closing an app connection idle for %llu ms", set->name, cap,
               (unsigned long long)(uv_now(ctx->loop) - victim->since_ms));
-    log_limited(ctx, &ctx->log_evicted, "closing the oldest idle app connections", set->name, cap);
+    log_limited(ctx, &ctx->log_evicted, "closing the longest idle app connection for a new one", set->name, cap);
     downstream_close_idle(victim);
     return 0;
 }

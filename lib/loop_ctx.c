@@ -93,6 +93,7 @@ void slb_loop_ctx_close(struct slb_loop_ctx *ctx, void (*on_closed)(struct slb_l
 
 void slb_loop_ctx_dispose(struct slb_loop_ctx *ctx)
 {
+    slb_conn_ctx_dispose(&ctx->io);
     slb_deadline_dispose(&ctx->timers);
     if (ctx->down_cbs != NULL)
         nghttp2_session_callbacks_del(ctx->down_cbs);
