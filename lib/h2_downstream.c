@@ -14,6 +14,11 @@
  * with end-to-end consumption they bound what one app can make sidelb hold. */
 #define DOWNSTREAM_STREAM_WINDOW (256 * 1024)
 #define DOWNSTREAM_CONN_WINDOW   (16 * 1024 * 1024)
+/* libnghttp2's frame buffer (NGHTTP2_FRAMEBUF_CHUNKLEN: frame header, pad length, max payload);
+ * between frames its content is unused. */
+#define NGHTTP2_FRAMEBUF_SIZE (9 + 1 + 16384)
+/* A connection idle this long gives its memory back (not per call: a busy app goes idle often). */
+#define RELEASE_AFTER_MS 1000
 
 static const char h2_preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 static const char http1_body[] =
@@ -62,10 +67,18 @@ static void downstream_move(struct slb_downstream *dc, enum slb_downstream_where
     slb_list_push_back((struct slb_list *)((char *)dc->set + off[where]), &dc->set_link);
     dc->where = (uint8_t)where;
     dc->since_ms = now_ms(dc);
-    if (where == SLB_DS_IDLE)
-        slb_conn_trim_when_idle(&dc->conn); /* output buffers grown under back-pressure go */
-    else
-        slb_conn_keep_buffers(&dc->conn);
+    dc->released = 0;
+    slb_conn_keep_buffers(&dc->conn);
+}
+
+/* An idle connection's memory goes back: output buffers grown under back-pressure, the pages of
+ * nghttp2's frame buffer, and its stream map's when empty. They come back on use. */
+static void downstream_release(struct slb_downstream *dc)
+{
+    dc->released = 1;
+    slb_conn_trim_when_idle(&dc->conn);
+    for (unsigned i = 0; i < dc->mem.n; i++)
+        slb_h2_mem_release(&dc->mem, i, dc->mem.size[i] == NGHTTP2_FRAMEBUF_SIZE);
 }
 
 /* The set's connection idle the longest (handshaking ones count as idle since their accept), or NULL. */
@@ -205,8 +218,14 @@ int slb_downstream_accept(struct slb_downstream_set *set, uv_stream_t *server,
     set->n_conns++;
     ctx->n_app_conns++;
     ctx->stats.downstream_conns_total++;
-    if ((rv = uv_accept(server, (uv_stream_t *)&dc->conn.tcp)) != 0 ||
-        (rv = nghttp2_session_server_new3(&dc->conn.session, ctx->down_cbs, dc, ctx->down_opt, slb_h2_mem())) != 0) {
+    if ((rv = uv_accept(server, (uv_stream_t *)&dc->conn.tcp)) != 0) {
+        slb_conn_close(&dc->conn, rv);
+        return rv;
+    }
+    slb_h2_mem_capture_begin(&dc->mem);
+    rv = nghttp2_session_server_new3(&dc->conn.session, ctx->down_cbs, dc, ctx->down_opt, slb_h2_mem());
+    slb_h2_mem_capture_end();
+    if (rv != 0) {
         slb_conn_close(&dc->conn, rv);
         return rv;
     }
@@ -516,6 +535,23 @@ static void sweep_streams(struct slb_downstream *dc, uint64_t now)
     }
 }
 
+/* The idle list is oldest first: walk back from the newest, past those idle for less than
+ * RELEASE_AFTER_MS, and release until one released already (all older ones are). */
+static void release_idle(struct slb_downstream_set *set, uint64_t now)
+{
+    struct slb_list *it = set->idle.prev;
+
+    while (it != &set->idle) {
+        struct slb_downstream *dc = slb_list_entry(it, struct slb_downstream, set_link);
+        it = it->prev;
+        if (now - dc->since_ms < RELEASE_AFTER_MS)
+            continue;
+        if (dc->released)
+            break;
+        downstream_release(dc);
+    }
+}
+
 static void sweep_set(struct slb_downstream_set *set, uint64_t now)
 {
     struct slb_loop_ctx *ctx = set->ctx;
@@ -537,6 +573,7 @@ static void sweep_set(struct slb_downstream_set *set, uint64_t now)
         log_timeout(ctx, set->name, "no streams", set->idle_timeout_ms);
         downstream_close_idle(dc);
     }
+    release_idle(set, now);
     if (set->stream_idle_timeout_ms != 0)
         slb_list_foreach_safe(it, tmp, &set->busy)
         {

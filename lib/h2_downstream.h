@@ -81,6 +81,8 @@ struct slb_downstream {
     struct slb_list set_link;        /* in set->handshaking, idle or busy (where) */
     uint64_t since_ms;               /* accepted (handshaking), idle since (idle) */
     uint8_t where;                   /* enum slb_downstream_where */
+    uint8_t released;                /* idle, and its memory given back (release_idle) */
+    struct slb_h2_mem_capture mem;   /* the session's page blocks (frame buffer, stream map) */
     const struct slb_routes *routes; /* the listener's, for its requests */
     struct slb_list streams;         /* bound slb_h2_stream (requests in progress) */
     uint32_t n_streams;
