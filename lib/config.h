@@ -123,7 +123,7 @@ struct slb_config {
     struct slb_config_etcd etcd;
     struct slb_config_register *registers;
     size_t n_registers;
-    char *admin_address; /* NULL = no admin listener */
+    char *admin_address;          /* NULL = no admin listener */
     uint32_t max_app_connections; /* over all listeners; 0 = derived from RLIMIT_NOFILE (the server's default) */
 };
 

@@ -104,10 +104,10 @@ struct slb_conn {
     nghttp2_session *session;
     struct slb_conn_ctx *ctx;
     const struct slb_conn_ops *ops;
-    struct slb_outbuf out[2];  /* allocated only when the socket does not take a write at once */
-    struct slb_outbuf *cur;    /* where frames go during a flush: out[fill] or ctx->scratch */
-    uint8_t fill;              /* index of the buffer being filled */
-    uint8_t trim;              /* free out[] once both are empty (the owner went idle) */
+    struct slb_outbuf out[2]; /* allocated only when the socket does not take a write at once */
+    struct slb_outbuf *cur;   /* where frames go during a flush: out[fill] or ctx->scratch */
+    uint8_t fill;             /* index of the buffer being filled */
+    uint8_t trim;             /* free out[] once both are empty (the owner went idle) */
     uint8_t writing, dirty, closing, close_after_write, raw_only;
     uv_write_t wreq;
     struct slb_conn *next_dirty;

@@ -116,8 +116,8 @@ static void log_limited(struct slb_loop_ctx *ctx, struct slb_log_limit *l, const
     if (!slb_log_limit_ok(l, uv_now(ctx->loop), 10000, &suppressed))
         return;
     if (suppressed > 0)
-        slb_notice("listener %s: at the app connection cap (%u): %s (%llu more times in the last 10 s)", listener,
-                   cap, what, (unsigned long long)suppressed);
+        slb_notice("listener %s: at the app connection cap (%u): %s (%llu more times in the last 10 s)", listener, cap,
+                   what, (unsigned long long)suppressed);
     else
         slb_notice("listener %s: at the app connection cap (%u): %s", listener, cap, what);
 }
@@ -507,8 +507,8 @@ static void log_timeout(struct slb_loop_ctx *ctx, const char *listener, const ch
     if (slb_log_level <= SLB_LOG_DEBUG)
         slb_debug("listener %s: %s after %u ms: closing the app connection", listener, what, ms);
     else if (slb_log_limit_ok(&ctx->log_timeouts, uv_now(ctx->loop), 1000, &suppressed))
-        slb_info("listener %s: %s after %u ms: closing the app connection (%llu more such closes not logged)",
-                 listener, what, ms, (unsigned long long)suppressed);
+        slb_info("listener %s: %s after %u ms: closing the app connection (%llu more such closes not logged)", listener,
+                 what, ms, (unsigned long long)suppressed);
 }
 
 static void sweep_streams(struct slb_downstream *dc, uint64_t now)

@@ -62,7 +62,7 @@ struct slb_loop_ctx {
     uint32_t max_app_conns;          /* cap on n_app_conns; 0 = none (the server sets it) */
     uv_timer_t sweep;                /* 1 s: slb_downstream_sweep */
     struct slb_log_limit log_evicted, log_refused, log_timeouts;
-    struct slb_list pools;       /* every upstream pool (struct slb_upstream_pool.ctx_link) */
+    struct slb_list pools; /* every upstream pool (struct slb_upstream_pool.ctx_link) */
     /* calls: in flight, and freed ones kept for reuse (owned by the call module) */
     uint32_t n_calls, n_free_calls;
     struct slb_call *free_calls;

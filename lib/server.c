@@ -127,8 +127,8 @@ static uint32_t fd_ceiling(void)
         struct rlimit want = rl;
         want.rlim_cur = rl.rlim_max == RLIM_INFINITY ? 1048576 : rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &want) == 0) {
-            slb_notice("file descriptor limit (RLIMIT_NOFILE) raised from %llu to %llu", (unsigned long long)rl.rlim_cur,
-                       (unsigned long long)want.rlim_cur);
+            slb_notice("file descriptor limit (RLIMIT_NOFILE) raised from %llu to %llu",
+                       (unsigned long long)rl.rlim_cur, (unsigned long long)want.rlim_cur);
             rl = want;
         } else {
             slb_warn("cannot raise the file descriptor limit (RLIMIT_NOFILE) from %llu: %s",

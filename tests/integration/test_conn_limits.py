@@ -62,6 +62,11 @@ def wait_metric(admin_port, name, pred, timeout=10.0):
         time.sleep(0.05)
 
 
+def new_app(addr):
+    """A grpcio app with a connection of its own (grpcio shares subchannels between channels)."""
+    return peers.echo_stub(peers.channel(addr, **{"grpc.use_local_subchannel_pool": 1}))
+
+
 def idle_h2(port):
     """A client that sends the preface and its SETTINGS, then nothing."""
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -121,7 +126,7 @@ class GoodApp(threading.Thread):
 
     def __init__(self, addr):
         super().__init__(daemon=True)
-        self.stub = peers.echo_stub(addr)
+        self.stub = new_app(addr)
         self.lat, self.errors = [], []
         self.stop = threading.Event()
 
@@ -364,14 +369,17 @@ def test_default_cap_leaves_a_file_descriptor_reserve():
 @pytest.mark.timeout(150)
 def test_idle_connection_flood_does_not_lock_out_apps():
     """5,000 idle connections (half never send a preface, half go silent after
-    it) against a cap of 4,000 and a 3 s handshake timeout, while a grpcio app
-    makes ~100 calls/s on its own connection."""
+    it) against a cap of 4,000 and a 6 s handshake timeout, while a grpcio app
+    makes ~100 calls/s on its own connection.
+
+    Bound: once the flood settled (idle > 1 s), sidelb holds at most 8 KiB per
+    open connection (4,000 at the cap) plus 8 MiB."""
     if raise_nofile() < 5600:
         pytest.skip("needs RLIMIT_NOFILE >= 5600")
     be = peers.start_c_backend("flood")
     cfg = simple_config([be.addr])
     cfg["listeners"][0]["max_connections"] = 4000
-    cfg["listeners"][0]["handshake_timeout_ms"] = 3000
+    cfg["listeners"][0]["handshake_timeout_ms"] = 6000
     admin = admin_cfg(cfg)
     slb = start_sidelb(cfg, log_level="notice")
     good = GoodApp(slb.addr)
@@ -379,6 +387,7 @@ def test_idle_connection_flood_does_not_lock_out_apps():
     time.sleep(1.0)
     rss0 = rss_kb(slb.pid)
     silent, prefaced = [], []
+    t0 = time.monotonic()
     for i in range(5000):
         s = socket.create_connection(("127.0.0.1", slb.port), timeout=5)
         if i % 2:
@@ -388,16 +397,22 @@ def test_idle_connection_flood_does_not_lock_out_apps():
             silent.append(s)
         if i % 100 == 99:
             time.sleep(0.02)
-    wait_metric(admin, "sidelb_downstream_connections_evicted_total", lambda v: v >= 1000, timeout=20)
-    rss_peak = rss_kb(slb.pid) - rss0
-    time.sleep(1.0)
+    flood_s = time.monotonic() - t0
+    m = wait_metric(admin, "sidelb_downstream_connections_evicted_total", lambda v: v >= 1000, timeout=20)
+    assert m["sidelb_downstream_connections"] == 4000
+    assert m["sidelb_downstream_connections_refused_total"] == 0
+    time.sleep(2.5)  # idle for more than a second: memory given back
+    rss_settled = rss_kb(slb.pid) - rss0
     n, p99 = good.check(0.5 if SANITIZER else 0.1)
-    # a new app connection after the flood is served (an idle one makes room)
-    assert peers.echo_stub(slb.addr).Unary(req(payload=b"new"), timeout=5).payload == b"new"
-    # every connection that never sent a preface is closed by the handshake timeout
+    # a new app connection after the flood is served: an idle one makes room
+    evicted = metrics(admin)["sidelb_downstream_connections_evicted_total"]
+    app = new_app(slb.addr)
+    assert app.Unary(req(payload=b"new"), timeout=5).payload == b"new"
+    assert metrics(admin)["sidelb_downstream_connections_evicted_total"] > evicted
+    # every connection that never sent a preface is closed (evicted, or by the handshake timeout)
     for s in silent:
         s.setblocking(False)
-    end = time.monotonic() + 15
+    end = time.monotonic() + 20
     pending = list(silent)
     while pending and time.monotonic() < end:
         still = []
@@ -413,14 +428,16 @@ def test_idle_connection_flood_does_not_lock_out_apps():
         time.sleep(0.2)
     assert not pending, "%d connections without a preface were never closed" % len(pending)
     m = metrics(admin)
+    assert m["sidelb_downstream_handshake_timeouts_total"] >= 1500
     assert m["sidelb_downstream_handshake_timeouts_total"] + m["sidelb_downstream_connections_evicted_total"] >= 2500
-    assert m["sidelb_downstream_connections"] <= 4000
-    # memory: at most ~12 KiB per connection open at the cap, nothing per closed one
-    assert rss_peak < 4000 * 12 + 8 * 1024, "sidelb grew %d KiB with the flood" % rss_peak
+    if not SANITIZER:
+        assert rss_settled < 4000 * 8 + 8 * 1024, "sidelb grew %d KiB with the flood" % rss_settled
     assert slb.alive()
+    assert app.Unary(req(payload=b"after"), timeout=5).payload == b"after"
     for s in silent + prefaced:
         s.close()
-    print("good app: %d calls, p99 %.1f ms; sidelb RSS +%d KiB at the cap" % (n, p99 * 1000, rss_peak))
+    print("flood of 5000 in %.1f s; good app: %d calls, p99 %.1f ms; sidelb RSS +%d KiB at the cap (4000 open)" % (
+        flood_s, n, p99 * 1000, rss_settled))
 
 
 @pytest.mark.timeout(90)
@@ -437,9 +454,10 @@ def test_idle_connection_memory():
     n = 2000
     rss0 = rss_kb(slb.pid)
     socks = [idle_h2(slb.port) for _ in range(n)]
-    time.sleep(1.0)
+    time.sleep(2.5)  # idle for more than a second: memory given back
     per_conn = (rss_kb(slb.pid) - rss0) / n
     for s in socks:
         s.close()
     print("RSS per idle app connection: %.2f KiB" % per_conn)
-    assert per_conn <= (16 if SANITIZER else 8), "%.2f KiB per idle connection" % per_conn
+    if not SANITIZER:
+        assert per_conn <= 8, "%.2f KiB per idle connection" % per_conn
