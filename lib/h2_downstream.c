@@ -431,17 +431,9 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
                                          (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
         }
         break;
-    case NGHTTP2_DATA:
-        if ((st = stream_of(s, dc, frame->hd.stream_id)) != NULL) {
-            st->active_ms = now_ms(dc);
-            if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
-                handler(dc)->on_end(st);
-        }
-        break;
-    case NGHTTP2_WINDOW_UPDATE:
-        /* the app takes the stream's bytes: it is not idle */
-        if (frame->hd.stream_id != 0 && (st = stream_of(s, dc, frame->hd.stream_id)) != NULL)
-            st->active_ms = now_ms(dc);
+    case NGHTTP2_DATA: /* on_data_chunk_recv stamped the stream */
+        if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && (st = stream_of(s, dc, frame->hd.stream_id)) != NULL)
+            handler(dc)->on_end(st);
         break;
     case NGHTTP2_SETTINGS:
         /* the preface and the app's first SETTINGS are in: the handshake is over */
