@@ -199,6 +199,13 @@ static void cluster_family(struct out *o, const struct slb_server *srv, const ch
     }
 }
 
+static void put_listener_conns(struct out *o, const struct slb_listener *l)
+{
+    puts_(o, "sidelb_listener_connections{listener=\"");
+    put_label_value(o, l->cfg->name);
+    putf(o, "\"} %u\n", l->set.n_conns);
+}
+
 static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t now)
 {
     static const struct {
@@ -221,6 +228,21 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
         {"sidelb_downstream_header_lists_too_large_total",
          "Application header blocks (request headers or trailers) larger than the listener's max_header_list_size.",
          offsetof(struct slb_loop_stats, header_lists_too_large)},
+        {"sidelb_downstream_connections_evicted_total",
+         "Idle application connections closed at a connection cap to admit a new one.",
+         offsetof(struct slb_loop_stats, conns_evicted)},
+        {"sidelb_downstream_connections_refused_total",
+         "Application connections refused at a connection cap (no idle connection to close).",
+         offsetof(struct slb_loop_stats, conns_refused)},
+        {"sidelb_downstream_handshake_timeouts_total",
+         "Application connections closed without the HTTP/2 preface and SETTINGS within handshake_timeout_ms.",
+         offsetof(struct slb_loop_stats, handshake_timeouts)},
+        {"sidelb_downstream_idle_timeouts_total",
+         "Application connections closed after idle_timeout_ms without streams.",
+         offsetof(struct slb_loop_stats, idle_timeouts)},
+        {"sidelb_downstream_stream_idle_timeouts_total",
+         "Application streams ended after stream_idle_timeout_ms without frames either way.",
+         offsetof(struct slb_loop_stats, stream_idle_timeouts)},
     };
 
     for (size_t i = 0; i < SLB_ARRAY_SIZE(counters); i++) {
@@ -231,6 +253,14 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
     }
     put_family(o, "sidelb_calls_in_flight", "gauge", "Calls in progress.");
     putf(o, "sidelb_calls_in_flight %u\n", srv->ctx.n_calls);
+    put_family(o, "sidelb_downstream_connections", "gauge", "Open application connections.");
+    putf(o, "sidelb_downstream_connections %u\n", srv->ctx.n_app_conns);
+    put_family(o, "sidelb_downstream_connections_max", "gauge",
+               "Cap on open application connections over all listeners (max_app_connections).");
+    putf(o, "sidelb_downstream_connections_max %u\n", srv->ctx.max_app_conns);
+    put_family(o, "sidelb_listener_connections", "gauge", "Open application connections per listener.");
+    for (size_t i = 0; i < srv->n_listeners; i++)
+        put_listener_conns(o, &srv->listeners[i]);
     put_family(o, "sidelb_draining", "gauge", "1 once the server is stopping (draining calls).");
     putf(o, "sidelb_draining %d\n", srv->stopping ? 1 : 0);
 

@@ -566,6 +566,18 @@ static void down_on_close(struct slb_h2_stream *s, uint32_t error_code)
     call_free(call);
 }
 
+/* stream_idle_timeout_ms: nothing moved either way for idle_ms. The app gets UNAVAILABLE (error
+ * trailers after what it was sent, or a trailers-only reply), the backend's stream is reset. */
+static void down_on_idle(struct slb_h2_stream *s, uint32_t idle_ms)
+{
+    struct slb_call *call = call_of_down(s);
+    char msg[120];
+
+    snprintf(msg, sizeof(msg), "sidelb: no frames on the stream for %u ms (stream_idle_timeout_ms)", idle_ms);
+    call_fail_local(call, SLB_GRPC_UNAVAILABLE, msg);
+    call_discard_request(call);
+}
+
 const struct slb_downstream_handler slb_call_downstream_handler = {
     .open = down_open,
     .on_header = down_on_header,
@@ -575,6 +587,7 @@ const struct slb_downstream_handler slb_call_downstream_handler = {
     .on_end = down_on_end,
     .on_response_sent = down_on_response_sent,
     .on_close = down_on_close,
+    .on_idle = down_on_idle,
 };
 
 /* ---- the backend's side (slb_upstream_handler) ---- */

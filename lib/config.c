@@ -666,6 +666,10 @@ static int load_listener(struct vctx *c, json_t *o, const char *path, struct slb
                                        "max_concurrent_streams",
                                        "max_premature_resets",
                                        "max_header_list_size",
+                                       "max_connections",
+                                       "handshake_timeout_ms",
+                                       "idle_timeout_ms",
+                                       "stream_idle_timeout_ms",
                                        NULL};
     static const char *const route_keys[] = {"service", "cluster", NULL};
     char p[PATH_MAX_LEN], rp[PATH_MAX_LEN], rpath[PATH_MAX_LEN];
@@ -678,6 +682,10 @@ static int load_listener(struct vctx *c, json_t *o, const char *path, struct slb
         get_u32(c, o, path, "max_concurrent_streams", &l->max_concurrent_streams, 100, 1, 0x7fffffff) != 0 ||
         get_u32(c, o, path, "max_premature_resets", &l->max_premature_resets, 100, 0, 0x7fffffff) != 0 ||
         get_u32(c, o, path, "max_header_list_size", &l->max_header_list_size, 16384, 1024, 1048576) != 0 ||
+        get_u32(c, o, path, "max_connections", &l->max_connections, 0, 0, 0x7fffffff) != 0 ||
+        get_u32(c, o, path, "handshake_timeout_ms", &l->handshake_timeout_ms, 10000, 0, 3600000) != 0 ||
+        get_u32(c, o, path, "idle_timeout_ms", &l->idle_timeout_ms, 300000, 0, 86400000) != 0 ||
+        get_u32(c, o, path, "stream_idle_timeout_ms", &l->stream_idle_timeout_ms, 300000, 0, 86400000) != 0 ||
         get_arr(c, o, path, "routes", &routes) != 0)
         return -1;
     if (l->name == NULL && (l->name = strdup(l->address)) == NULL)
@@ -1326,14 +1334,16 @@ static int load_registers(struct vctx *c, json_t *root, struct slb_config *cfg)
 
 static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
 {
-    static const char *const keys[] = {"log_level", "etcd", "listeners", "clusters", "register", "admin", NULL};
+    static const char *const keys[] = {"log_level", "etcd",  "listeners",           "clusters",
+                                       "register",  "admin", "max_app_connections", NULL};
     static const char *const admin_keys[] = {"address", NULL};
     char *level = NULL;
     json_t *admin;
 
     if (!json_is_object(root))
         return fail(c, "", 0, "expected an object, got %s", jtype(root));
-    if (check_keys(c, root, "", keys) != 0 || get_str(c, root, "", "log_level", 1, &level) != 0)
+    if (check_keys(c, root, "", keys) != 0 || get_str(c, root, "", "log_level", 1, &level) != 0 ||
+        get_u32(c, root, "", "max_app_connections", &cfg->max_app_connections, 0, 1, 0x7fffffff) != 0)
         return -1;
     cfg->log_level = SLB_LOG_NOTICE;
     if (level != NULL) {

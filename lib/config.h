@@ -32,6 +32,10 @@ struct slb_config_listener {
     uint32_t max_concurrent_streams; /* advertised to apps, default 100; streams past it are refused */
     uint32_t max_premature_resets;   /* streams an app may reset before their response (rapid reset); 0 = no limit */
     uint32_t max_header_list_size;   /* SETTINGS_MAX_HEADER_LIST_SIZE advertised and enforced, default 16384 */
+    uint32_t max_connections;        /* app connections on this listener; 0 = only max_app_connections applies */
+    uint32_t handshake_timeout_ms;   /* preface + SETTINGS must arrive within it; 0 = off; default 10000 */
+    uint32_t idle_timeout_ms;        /* a connection without streams this long is closed; 0 = off; default 300000 */
+    uint32_t stream_idle_timeout_ms; /* a stream without frames either way this long ends; 0 = off; default 300000 */
 };
 
 struct slb_config_health_check {
@@ -120,7 +124,8 @@ struct slb_config {
     struct slb_config_etcd etcd;
     struct slb_config_register *registers;
     size_t n_registers;
-    char *admin_address; /* NULL = no admin listener */
+    char *admin_address;          /* NULL = no admin listener */
+    uint32_t max_app_connections; /* over all listeners; 0 = derived from RLIMIT_NOFILE (the server's default) */
 };
 
 /*

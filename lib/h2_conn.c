@@ -40,6 +40,11 @@ int slb_conn_ctx_init(struct slb_conn_ctx *ctx, uv_loop_t *loop)
     return 0;
 }
 
+void slb_conn_ctx_dispose(struct slb_conn_ctx *ctx)
+{
+    slb_outbuf_dispose(&ctx->scratch);
+}
+
 void slb_conn_ctx_flush(struct slb_conn_ctx *ctx)
 {
     /* Flushing one connection may dirty another (a consumed window on the
@@ -157,10 +162,16 @@ static void on_write(uv_write_t *req, int status)
 static void conn_flush(struct slb_conn *c)
 {
     while (!c->closing) {
-        struct slb_outbuf *ob = &c->out[c->fill];
+        /* With nothing waiting to be written, frames go to the loop's scratch
+         * buffer and only what the socket does not take is kept (copied). */
+        int direct = !c->writing && c->out[c->fill].len == 0;
+        struct slb_outbuf *ob = direct ? &c->ctx->scratch : &c->out[c->fill];
         uv_buf_t b;
         int w;
 
+        if (direct)
+            ob->len = 0;
+        c->cur = ob;
         /* after a raw refusal nothing else goes out */
         while (c->session != NULL && !c->raw_only && ob->len < SLB_CONN_HIGH_WATER) {
             const uint8_t *data;
@@ -168,17 +179,21 @@ static void conn_flush(struct slb_conn *c)
             if (n < 0) {
                 slb_warn("h2 send error: %s", nghttp2_strerror((int)n));
                 slb_conn_close(c, SLB_EPROTO);
-                return;
+                break;
             }
             if (n == 0)
                 break;
             if (slb_outbuf_append(ob, data, (size_t)n, SLB_CONN_OUT_LIMIT) != 0) {
                 slb_conn_close(c, SLB_ENOMEM);
-                return;
+                break;
             }
         }
-        if (c->closing)
+        c->cur = NULL;
+        if (c->closing) {
+            if (direct)
+                ob->len = 0;
             return; /* a send callback closed us */
+        }
         if (ob->len == 0 || c->writing)
             break;
         b = uv_buf_init((char *)ob->base, (unsigned)ob->len);
@@ -188,11 +203,24 @@ static void conn_flush(struct slb_conn *c)
             continue; /* there may be more frames to produce */
         }
         if (w < 0 && w != UV_EAGAIN) {
+            if (direct)
+                ob->len = 0;
             slb_conn_close(c, w);
             return;
         }
         if (w < 0)
             w = 0;
+        if (direct) {
+            /* keep what the socket did not take in the connection's own buffer */
+            int rv = slb_outbuf_append(&c->out[c->fill], ob->base + w, ob->len - (size_t)w, SLB_CONN_OUT_LIMIT);
+            ob->len = 0;
+            if (rv != 0) {
+                slb_conn_close(c, SLB_ENOMEM);
+                return;
+            }
+            ob = &c->out[c->fill];
+            w = 0;
+        }
         b = uv_buf_init((char *)ob->base + w, (unsigned)(ob->len - (size_t)w));
         if ((w = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write)) != 0) {
             slb_conn_close(c, w);
@@ -209,8 +237,28 @@ static void conn_flush(struct slb_conn *c)
         return;
     }
     if (c->session != NULL && !c->writing && !nghttp2_session_want_read(c->session) &&
-        !nghttp2_session_want_write(c->session))
+        !nghttp2_session_want_write(c->session)) {
         slb_conn_close(c, 0);
+        return;
+    }
+    if (c->trim && !c->writing && c->out[0].len == 0 && c->out[1].len == 0) {
+        slb_outbuf_dispose(&c->out[0]);
+        slb_outbuf_dispose(&c->out[1]);
+        c->trim = 0;
+    }
+}
+
+void slb_conn_trim_when_idle(struct slb_conn *c)
+{
+    if (c->out[0].cap == 0 && c->out[1].cap == 0)
+        return; /* nothing to free */
+    c->trim = 1;
+    slb_conn_mark_dirty(c);
+}
+
+void slb_conn_keep_buffers(struct slb_conn *c)
+{
+    c->trim = 0;
 }
 
 int slb_conn_write_raw(struct slb_conn *c, const void *p, size_t n, int close_after)
@@ -224,6 +272,11 @@ int slb_conn_write_raw(struct slb_conn *c, const void *p, size_t n, int close_af
     }
     slb_conn_mark_dirty(c);
     return 0;
+}
+
+void slb_conn_flush_now(struct slb_conn *c)
+{
+    conn_flush(c);
 }
 
 void slb_conn_close_when_flushed(struct slb_conn *c)
@@ -260,7 +313,8 @@ void slb_h2_stream_bind(struct slb_h2_stream *s, struct slb_conn *c, struct slb_
     s->conn = c;
     s->sid = sid;
     s->open = 1;
-    s->deferred = 0;
+    s->deferred = s->idle_fired = 0;
+    s->active_ms = uv_now(c->ctx->loop);
     slb_list_push_back(list, &s->link);
     nghttp2_session_set_stream_user_data(c->session, sid, s);
 }
@@ -365,7 +419,7 @@ int slb_h2_send_data_cb(nghttp2_session *session, nghttp2_frame *frame, const ui
     if (s == NULL || s->conn == NULL)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     c = s->conn;
-    ob = &c->out[c->fill];
+    ob = c->cur != NULL ? c->cur : &c->out[c->fill];
     /* Above the high-water mark the frame waits for the next flush: many
      * streams with open windows must not grow the output without bound. */
     if (ob->len >= SLB_CONN_HIGH_WATER)
@@ -377,6 +431,7 @@ int slb_h2_send_data_cb(nghttp2_session *session, nghttp2_frame *frame, const ui
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     if (len > 0)
         s->ops->sent(s, len);
+    s->active_ms = uv_now(c->ctx->loop);
     return 0;
 }
 

@@ -5,10 +5,14 @@
  * Writes are coalesced: anything that queues frames marks the connection
  * dirty; the loop flushes every dirty connection once per iteration (uv
  * prepare + check handles in struct slb_conn_ctx). A flush serializes frames
- * with nghttp2_session_mem_send() into the fill buffer, up to a high-water
- * mark, and writes it (uv_try_write first, uv_write for the rest). While a
- * write is in flight the other buffer fills; above the mark no more frames
- * are produced, which is what pushes back on the other side of the proxy.
+ * with nghttp2_session_mem_send() up to a high-water mark and writes it
+ * (uv_try_write first, uv_write for the rest). When nothing of the
+ * connection waits to be written, frames go to one loop-wide scratch buffer
+ * and only what the socket does not take is copied into the connection's
+ * own (fill) buffer: a connection that is not pushed back on holds no
+ * output buffer (an idle app connection costs less). While a write is in
+ * flight the other buffer fills; above the mark no more frames are
+ * produced, which is what pushes back on the other side of the proxy.
  *
  * Reads use one loop-wide buffer (nghttp2 copies what it keeps).
  *
@@ -56,6 +60,7 @@ struct slb_conn_ctx {
     uint32_t n_handles;                              /* open or closing counted handles */
     uint8_t closing;                                 /* slb_conn_ctx_close() was called */
     void (*on_all_closed)(struct slb_conn_ctx *ctx); /* once closing and n_handles is 0 */
+    struct slb_outbuf scratch;                       /* frames of the connection being flushed (empty between) */
     uint8_t rbuf[SLB_CONN_READ_BUF];
 };
 
@@ -88,6 +93,8 @@ struct slb_h2_stream {
     int32_t sid;
     uint8_t open;         /* the HTTP/2 stream is open (counts against the connection's limit) */
     uint8_t deferred;     /* the data provider waits for bytes */
+    uint8_t idle_fired;   /* the stream idle timeout ended its call (h2_downstream) */
+    uint64_t active_ms;   /* loop time of its last frame either way (a store per frame, no timer) */
     struct slb_list link; /* in its connection's list */
     const struct slb_h2_stream_ops *ops;
 };
@@ -97,14 +104,18 @@ struct slb_conn {
     nghttp2_session *session;
     struct slb_conn_ctx *ctx;
     const struct slb_conn_ops *ops;
-    struct slb_outbuf out[2];
-    uint8_t fill; /* index of the buffer being filled */
+    struct slb_outbuf out[2]; /* allocated only when the socket does not take a write at once */
+    struct slb_outbuf *cur;   /* where frames go during a flush: out[fill] or ctx->scratch */
+    uint8_t fill;             /* index of the buffer being filled */
+    uint8_t trim;             /* free out[] once both are empty (the owner went idle) */
     uint8_t writing, dirty, closing, close_after_write, raw_only;
     uv_write_t wreq;
     struct slb_conn *next_dirty;
 };
 
 int slb_conn_ctx_init(struct slb_conn_ctx *ctx, uv_loop_t *loop);
+/* Frees the scratch buffer (after on_all_closed). */
+void slb_conn_ctx_dispose(struct slb_conn_ctx *ctx);
 /* Flushes the connections marked dirty (also called by the ctx's handles). */
 void slb_conn_ctx_flush(struct slb_conn_ctx *ctx);
 /* Closes the ctx's own handles; on_all_closed runs once every counted handle is closed. */
@@ -148,6 +159,12 @@ int slb_conn_start(struct slb_conn *c);
 void slb_conn_mark_dirty(struct slb_conn *c);
 /* Raw bytes to send (HTTP/1 refusal); then close once written when close_after. */
 int slb_conn_write_raw(struct slb_conn *c, const void *p, size_t n, int close_after);
+/* The owner went idle: free the output buffers once nothing waits in them (cleared by the next
+ * slb_conn_keep_buffers). Costs no allocation unless the socket pushes back. */
+void slb_conn_trim_when_idle(struct slb_conn *c);
+void slb_conn_keep_buffers(struct slb_conn *c);
+/* Serializes and writes what is queued now, as far as the socket takes it (before a close). */
+void slb_conn_flush_now(struct slb_conn *c);
 /* Close once everything queued (frames included) is written. */
 void slb_conn_close_when_flushed(struct slb_conn *c);
 void slb_conn_close(struct slb_conn *c, int err);

@@ -1,5 +1,6 @@
 #include "h2_downstream.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,11 @@
  * with end-to-end consumption they bound what one app can make sidelb hold. */
 #define DOWNSTREAM_STREAM_WINDOW (256 * 1024)
 #define DOWNSTREAM_CONN_WINDOW   (16 * 1024 * 1024)
+/* libnghttp2's frame buffer (NGHTTP2_FRAMEBUF_CHUNKLEN: frame header, pad length, max payload);
+ * between frames its content is unused. */
+#define NGHTTP2_FRAMEBUF_SIZE (9 + 1 + 16384)
+/* A connection idle this long gives its memory back (not per call: a busy app goes idle often). */
+#define RELEASE_AFTER_MS 1000
 
 /* What libnghttp2 may hold above the advertised stream limit (see slb__downstream_internal_stream_limit). */
 #define INTERNAL_STREAM_MARGIN_MIN 100
@@ -131,40 +137,198 @@ static void downstream_send_settings(struct slb_downstream *dc)
         slb_conn_close(&dc->conn, SLB_ENOMEM);
 }
 
-int slb_downstream_accept(struct slb_loop_ctx *ctx, const struct slb_routes *routes, uv_stream_t *server,
-                          uint32_t max_concurrent_streams, uint32_t max_premature_resets, uint32_t max_header_list_size,
+void slb_downstream_set_init(struct slb_downstream_set *set, struct slb_loop_ctx *ctx, const char *name,
+                             const struct slb_routes *routes)
+{
+    memset(set, 0, sizeof(*set));
+    set->ctx = ctx;
+    set->name = name;
+    set->routes = routes;
+    slb_list_init(&set->handshaking);
+    slb_list_init(&set->idle);
+    slb_list_init(&set->busy);
+    slb_list_push_back(&ctx->downstream_sets, &set->ctx_link);
+}
+
+static uint64_t now_ms(const struct slb_downstream *dc)
+{
+    return uv_now(dc->ctx->loop);
+}
+
+/* Moves dc to the tail of one of its set's lists (the newest there). */
+static void downstream_move(struct slb_downstream *dc, enum slb_downstream_where where)
+{
+    static const size_t off[] = {offsetof(struct slb_downstream_set, handshaking),
+                                 offsetof(struct slb_downstream_set, idle), offsetof(struct slb_downstream_set, busy)};
+
+    slb_list_remove(&dc->set_link);
+    slb_list_push_back((struct slb_list *)((char *)dc->set + off[where]), &dc->set_link);
+    dc->where = (uint8_t)where;
+    dc->since_ms = now_ms(dc);
+    dc->released = 0;
+    slb_conn_keep_buffers(&dc->conn);
+}
+
+/* An idle connection's memory goes back: output buffers grown under back-pressure, the pages of
+ * nghttp2's frame buffer, and its stream map's when empty. They come back on use. */
+static void downstream_release(struct slb_downstream *dc)
+{
+    dc->released = 1;
+    slb_conn_trim_when_idle(&dc->conn);
+    for (unsigned i = 0; i < dc->mem.n; i++)
+        slb_h2_mem_release(&dc->mem, i, dc->mem.size[i] == NGHTTP2_FRAMEBUF_SIZE);
+}
+
+/* The set's connection idle the longest (handshaking ones count as idle since their accept), or NULL. */
+static struct slb_downstream *oldest_idle(struct slb_downstream_set *set)
+{
+    struct slb_downstream *h = NULL, *i = NULL;
+
+    if (!slb_list_empty(&set->handshaking))
+        h = slb_list_first(&set->handshaking, struct slb_downstream, set_link);
+    if (!slb_list_empty(&set->idle))
+        i = slb_list_first(&set->idle, struct slb_downstream, set_link);
+    if (h == NULL || (i != NULL && i->since_ms < h->since_ms))
+        return i;
+    return h;
+}
+
+/* Closes a connection without streams: GOAWAY(NO_ERROR) written at once if the socket takes it,
+ * then the close (the file descriptor is free when this returns). */
+static void downstream_close_idle(struct slb_downstream *dc)
+{
+    if (dc->conn.closing)
+        return;
+    if (dc->conn.session != NULL && dc->preface_checked == sizeof(h2_preface) - 1 && !dc->conn.raw_only) {
+        nghttp2_session_terminate_session(dc->conn.session, NGHTTP2_NO_ERROR);
+        slb_conn_flush_now(&dc->conn);
+    }
+    slb_conn_close(&dc->conn, 0);
+}
+
+static void log_limited(struct slb_loop_ctx *ctx, struct slb_log_limit *l, const char *what, const char *listener,
+                        uint32_t cap)
+{
+    uint64_t suppressed;
+
+    if (!slb_log_limit_ok(l, uv_now(ctx->loop), 10000, &suppressed))
+        return;
+    if (suppressed > 0)
+        slb_notice("listener %s: at the app connection cap (%u): %s (%llu more times in the last 10 s)", listener, cap,
+                   what, (unsigned long long)suppressed);
+    else
+        slb_notice("listener %s: at the app connection cap (%u): %s", listener, cap, what);
+}
+
+/*
+ * Room for one more connection: at a cap, evict the oldest idle connection
+ * (of this listener when its own cap is reached, else of any listener).
+ * 0, or -1 when nothing can be evicted.
+ */
+static int make_room(struct slb_downstream_set *set)
+{
+    struct slb_loop_ctx *ctx = set->ctx;
+    struct slb_downstream *victim = NULL;
+    uint32_t cap;
+
+    if (set->max_connections != 0 && set->n_conns >= set->max_connections) {
+        cap = set->max_connections;
+        victim = oldest_idle(set);
+    } else if (ctx->max_app_conns != 0 && ctx->n_app_conns >= ctx->max_app_conns) {
+        struct slb_list *it, *tmp;
+        cap = ctx->max_app_conns;
+        slb_list_foreach_safe(it, tmp, &ctx->downstream_sets)
+        {
+            struct slb_downstream *d = oldest_idle(slb_list_entry(it, struct slb_downstream_set, ctx_link));
+            if (d != NULL && (victim == NULL || d->since_ms < victim->since_ms))
+                victim = d;
+        }
+    } else {
+        return 0;
+    }
+    if (victim == NULL) {
+        ctx->stats.conns_refused++;
+        log_limited(ctx, &ctx->log_refused, "refusing a new app connection, none is idle", set->name, cap);
+        return -1;
+    }
+    ctx->stats.conns_evicted++;
+    slb_debug("listener %s: at the connection cap (%u): closing an app connection idle for %llu ms", set->name, cap,
+              (unsigned long long)(uv_now(ctx->loop) - victim->since_ms));
+    log_limited(ctx, &ctx->log_evicted, "closing the longest idle app connection for a new one", set->name, cap);
+    downstream_close_idle(victim);
+    return 0;
+}
+
+static void on_refused_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Accepts and closes at once, so the listen backlog does not fill with connections nobody serves. */
+static int refuse(struct slb_loop_ctx *ctx, uv_stream_t *server)
+{
+    uv_tcp_t *t = malloc(sizeof(*t));
+    int rv;
+
+    if (t == NULL)
+        return SLB_ENOMEM;
+    if ((rv = uv_tcp_init(ctx->loop, t)) != 0) {
+        free(t);
+        return rv;
+    }
+    rv = uv_accept(server, (uv_stream_t *)t);
+    uv_close((uv_handle_t *)t, on_refused_closed);
+    return rv;
+}
+
+int slb_downstream_accept(struct slb_downstream_set *set, uv_stream_t *server,
                           void (*on_gone)(struct slb_downstream *dc))
 {
-    struct slb_downstream *dc = calloc(1, sizeof(*dc));
+    struct slb_loop_ctx *ctx = set->ctx;
+    struct slb_downstream *dc;
     struct sockaddr_storage peer;
     int peerlen = sizeof(peer);
+    uint32_t max_concurrent_streams = set->max_concurrent_streams;
     nghttp2_settings_entry iv[] = {
         /* the session's limit; the wire gets max_concurrent_streams (downstream_send_settings) */
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, slb__downstream_internal_stream_limit(max_concurrent_streams)},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, DOWNSTREAM_STREAM_WINDOW},
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
-        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_header_list_size},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, set->max_header_list_size},
     };
     int rv;
 
-    if (dc == NULL)
+    if (make_room(set) != 0)
+        return refuse(ctx, server);
+    if ((dc = calloc(1, sizeof(*dc))) == NULL)
         return SLB_ENOMEM;
     if ((rv = slb_conn_init(&dc->conn, &ctx->io, &downstream_conn_ops)) != 0) {
         free(dc);
         return rv;
     }
     dc->ctx = ctx;
-    dc->routes = routes;
-    dc->max_premature_resets = max_premature_resets;
-    dc->max_concurrent_streams = max_concurrent_streams;
-    dc->max_header_list_size = max_header_list_size;
+    dc->set = set;
+    dc->routes = set->routes;
+    dc->max_premature_resets = set->max_premature_resets;
+    dc->max_concurrent_streams = set->max_concurrent_streams;
+    dc->max_header_list_size = set->max_header_list_size;
     dc->max_sid = -1;
     dc->on_gone = on_gone;
     slb_list_init(&dc->streams);
     slb_list_push_back(&ctx->downstreams, &dc->ctx_link);
+    slb_list_init(&dc->set_link);
+    downstream_move(dc, SLB_DS_HANDSHAKING);
+    set->n_conns++;
+    ctx->n_app_conns++;
     ctx->stats.downstream_conns_total++;
-    if ((rv = uv_accept(server, (uv_stream_t *)&dc->conn.tcp)) != 0 ||
-        (rv = nghttp2_session_server_new3(&dc->conn.session, ctx->down_cbs, dc, ctx->down_opt, slb_h2_mem())) != 0) {
+    if ((rv = uv_accept(server, (uv_stream_t *)&dc->conn.tcp)) != 0) {
+        slb_conn_close(&dc->conn, rv);
+        return rv;
+    }
+    slb_h2_mem_capture_begin(&dc->mem);
+    rv = nghttp2_session_server_new3(&dc->conn.session, ctx->down_cbs, dc, ctx->down_opt, slb_h2_mem());
+    slb_h2_mem_capture_end();
+    if (rv != 0) {
         slb_conn_close(&dc->conn, rv);
         return rv;
     }
@@ -221,6 +385,7 @@ int slb_downstream_respond(struct slb_h2_stream *s, const nghttp2_nv *nv, size_t
 
     if (s->conn == NULL || s->conn->closing)
         return SLB_EPROTO;
+    s->active_ms = uv_now(s->conn->ctx->loop);
     rv = nghttp2_submit_response(s->conn->session, s->sid, nv, n, has_body ? &slb_h2_body_provider : NULL);
     slb_conn_mark_dirty(s->conn);
     return rv == 0 ? 0 : SLB_EPROTO;
@@ -296,7 +461,8 @@ static int downstream_on_read(struct slb_conn *c, const uint8_t *p, size_t n)
 static void stream_closed(struct slb_downstream *dc, struct slb_h2_stream *s, uint32_t error_code)
 {
     slb_h2_stream_unbind(s, 0);
-    dc->n_streams--;
+    if (--dc->n_streams == 0 && !dc->conn.closing)
+        downstream_move(dc, SLB_DS_IDLE);
     handler(dc)->on_close(s, error_code);
 }
 
@@ -307,6 +473,9 @@ static void downstream_on_close(struct slb_conn *c, int err)
     while (!slb_list_empty(&dc->streams))
         stream_closed(dc, slb_list_first(&dc->streams, struct slb_h2_stream, link), NGHTTP2_CANCEL);
     slb_list_remove(&dc->ctx_link);
+    slb_list_remove(&dc->set_link);
+    dc->set->n_conns--;
+    dc->ctx->n_app_conns--;
 }
 
 static void downstream_on_free(struct slb_conn *c)
@@ -442,7 +611,8 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
         return 0;
     }
     slb_h2_stream_bind(st, &dc->conn, &dc->streams, frame->hd.stream_id);
-    dc->n_streams++;
+    if (dc->n_streams++ == 0)
+        downstream_move(dc, SLB_DS_BUSY);
     dc->streams_opened++;
     return 0;
 }
@@ -475,13 +645,20 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
 
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
-        if ((st = stream_of(s, dc, frame->hd.stream_id)) != NULL)
+        if ((st = stream_of(s, dc, frame->hd.stream_id)) != NULL) {
+            st->active_ms = now_ms(dc);
             handler(dc)->on_headers_done(st, frame->headers.cat == NGHTTP2_HCAT_HEADERS,
                                          (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
+        }
         break;
-    case NGHTTP2_DATA:
+    case NGHTTP2_DATA: /* on_data_chunk_recv stamped the stream */
         if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && (st = stream_of(s, dc, frame->hd.stream_id)) != NULL)
             handler(dc)->on_end(st);
+        break;
+    case NGHTTP2_SETTINGS:
+        /* the preface and the app's first SETTINGS are in: the handshake is over */
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) && dc->where == SLB_DS_HANDSHAKING && !dc->conn.closing)
+            downstream_move(dc, dc->n_streams > 0 ? SLB_DS_BUSY : SLB_DS_IDLE);
         break;
     case NGHTTP2_RST_STREAM:
         /* a stream the app resets while its call is still going */
@@ -503,6 +680,7 @@ static int on_data_chunk_recv(nghttp2_session *s, uint8_t flags, int32_t sid, co
             nghttp2_session_consume(s, sid, len); /* nobody will read it: keep the windows open */
         return 0;
     }
+    st->active_ms = now_ms(dc);
     if (handler(dc)->on_data(st, data, len) != 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
@@ -529,6 +707,101 @@ static int on_stream_close(nghttp2_session *s, int32_t sid, uint32_t error_code,
     if (dc->shutting_down && dc->n_streams == 0)
         slb_downstream_shutdown(dc);
     return 0;
+}
+
+/* ---- timeouts: one sweep a second over the ordered lists ---- */
+
+static void log_timeout(struct slb_loop_ctx *ctx, const char *listener, const char *what, uint32_t ms)
+{
+    uint64_t suppressed;
+
+    /* one line per connection at debug level; at info level at most one line a second */
+    if (slb_log_level <= SLB_LOG_DEBUG)
+        slb_debug("listener %s: %s after %u ms: closing the app connection", listener, what, ms);
+    else if (slb_log_limit_ok(&ctx->log_timeouts, uv_now(ctx->loop), 1000, &suppressed))
+        slb_info("listener %s: %s after %u ms: closing the app connection (%llu more such closes not logged)", listener,
+                 what, ms, (unsigned long long)suppressed);
+}
+
+static void sweep_streams(struct slb_downstream *dc, uint64_t now)
+{
+    uint32_t limit = dc->set->stream_idle_timeout_ms;
+    struct slb_list *it, *tmp;
+
+    slb_list_foreach_safe(it, tmp, &dc->streams)
+    {
+        struct slb_h2_stream *st = slb_list_entry(it, struct slb_h2_stream, link);
+        if (dc->conn.closing)
+            return;
+        if (!st->idle_fired && now - st->active_ms >= limit) {
+            st->idle_fired = 1;
+            st->active_ms = now;
+            dc->ctx->stats.stream_idle_timeouts++;
+            slb_debug("listener %s: stream %d idle for %u ms: ending its call", dc->set->name, st->sid, limit);
+            handler(dc)->on_idle(st, limit); /* may close the stream (st) */
+        } else if (st->idle_fired && now - st->active_ms >= 1000) {
+            /* its error status could not go out (the app does not read): reset it */
+            slb_downstream_reset(st, NGHTTP2_CANCEL);
+            st->active_ms = now;
+        }
+    }
+}
+
+/* The idle list is oldest first: walk back from the newest, past those idle for less than
+ * RELEASE_AFTER_MS, and release until one released already (all older ones are). */
+static void release_idle(struct slb_downstream_set *set, uint64_t now)
+{
+    struct slb_list *it = set->idle.prev;
+
+    while (it != &set->idle) {
+        struct slb_downstream *dc = slb_list_entry(it, struct slb_downstream, set_link);
+        it = it->prev;
+        if (now - dc->since_ms < RELEASE_AFTER_MS)
+            continue;
+        if (dc->released)
+            break;
+        downstream_release(dc);
+    }
+}
+
+static void sweep_set(struct slb_downstream_set *set, uint64_t now)
+{
+    struct slb_loop_ctx *ctx = set->ctx;
+    struct slb_list *it, *tmp;
+
+    while (set->handshake_timeout_ms != 0 && !slb_list_empty(&set->handshaking)) {
+        struct slb_downstream *dc = slb_list_first(&set->handshaking, struct slb_downstream, set_link);
+        if (now - dc->since_ms < set->handshake_timeout_ms)
+            break;
+        ctx->stats.handshake_timeouts++;
+        log_timeout(ctx, set->name, "no HTTP/2 preface and SETTINGS", set->handshake_timeout_ms);
+        slb_conn_close(&dc->conn, 0); /* leaves the list */
+    }
+    while (set->idle_timeout_ms != 0 && !slb_list_empty(&set->idle)) {
+        struct slb_downstream *dc = slb_list_first(&set->idle, struct slb_downstream, set_link);
+        if (now - dc->since_ms < set->idle_timeout_ms)
+            break;
+        ctx->stats.idle_timeouts++;
+        log_timeout(ctx, set->name, "no streams", set->idle_timeout_ms);
+        downstream_close_idle(dc);
+    }
+    release_idle(set, now);
+    if (set->stream_idle_timeout_ms != 0)
+        slb_list_foreach_safe(it, tmp, &set->busy)
+        {
+            sweep_streams(slb_list_entry(it, struct slb_downstream, set_link), now);
+        }
+}
+
+void slb_downstream_sweep(struct slb_loop_ctx *ctx)
+{
+    uint64_t now = uv_now(ctx->loop);
+    struct slb_list *it, *tmp;
+
+    slb_list_foreach_safe(it, tmp, &ctx->downstream_sets)
+    {
+        sweep_set(slb_list_entry(it, struct slb_downstream_set, ctx_link), now);
+    }
 }
 
 nghttp2_session_callbacks *slb_downstream_callbacks_new(void)

@@ -14,6 +14,16 @@
  * blocks past max_header_list_size are reported to the stream's user; HEADERS
  * on a stream id the app skipped earlier is a connection error.
  *
+ * Limits (docs/architecture.md, "App connections: caps and timeouts"): each
+ * listener's connections form a struct slb_downstream_set, which keeps them
+ * in three lists ordered by time: handshaking (oldest accept first), idle
+ * (longest idle first) and busy. At a connection cap the oldest idle
+ * connection is evicted in O(1) (GOAWAY(NO_ERROR), then closed) to admit
+ * the new one; with none idle the new one is refused (accepted and closed).
+ * Timeouts need no timer per connection or stream: frames only store a
+ * timestamp, and the loop context's 1 s sweep (slb_downstream_sweep) looks
+ * at the heads of the ordered lists and at the streams of busy connections.
+ *
  * Ownership: the loop context lists every downstream connection
  * (ctx->downstreams); each is freed after its TCP handle closed.
  */
@@ -45,6 +55,9 @@ struct slb_downstream_handler {
     void (*on_response_sent)(struct slb_h2_stream *s);
     /* The stream closed (s is unbound already); error_code is HTTP/2's. */
     void (*on_close)(struct slb_h2_stream *s, uint32_t error_code);
+    /* No frame either way on the stream for idle_ms (stream_idle_timeout_ms): end the call with a
+     * gRPC status. A stream still open a second later is reset (CANCEL). */
+    void (*on_idle)(struct slb_h2_stream *s, uint32_t idle_ms);
 };
 
 /* Stream ids an app skipped (never opened), remembered so that HEADERS on one later is a
@@ -52,10 +65,39 @@ struct slb_downstream_handler {
  * and HEADERS on it ignored, as libnghttp2 does for any lower id. */
 #define SLB_DOWNSTREAM_SID_GAPS 4
 
+/*
+ * The app connections of one listener: its limits, its count, and its
+ * connections ordered by time in one of three lists (each connection is in
+ * exactly one, through set_link). Owner: the listener (embedded); listed in
+ * ctx->downstream_sets; lives as long as the server, so past its last
+ * connection.
+ */
+struct slb_downstream_set {
+    struct slb_loop_ctx *ctx;
+    const char *name; /* the listener's (logs) */
+    const struct slb_routes *routes;
+    uint32_t max_concurrent_streams, max_premature_resets, max_header_list_size;
+    uint32_t max_connections;                                               /* 0 = none */
+    uint32_t handshake_timeout_ms, idle_timeout_ms, stream_idle_timeout_ms; /* 0 = off */
+    uint32_t n_conns;                                                       /* open connections */
+    struct slb_list handshaking; /* preface + SETTINGS not in yet; oldest accept first */
+    struct slb_list idle;        /* no streams; longest idle first (eviction, idle timeout) */
+    struct slb_list busy;        /* with streams (stream idle timeout) */
+    struct slb_list ctx_link;    /* in ctx->downstream_sets */
+};
+
+enum slb_downstream_where { SLB_DS_HANDSHAKING, SLB_DS_IDLE, SLB_DS_BUSY };
+
 /* Owner: the loop context (ctx->downstreams). */
 struct slb_downstream {
     struct slb_conn conn;
     struct slb_loop_ctx *ctx;
+    struct slb_downstream_set *set;  /* its listener's */
+    struct slb_list set_link;        /* in set->handshaking, idle or busy (where) */
+    uint64_t since_ms;               /* accepted (handshaking), idle since (idle) */
+    uint8_t where;                   /* enum slb_downstream_where */
+    uint8_t released;                /* idle, and its memory given back (release_idle) */
+    struct slb_h2_mem_capture mem;   /* the session's page blocks (frame buffer, stream map) */
     const struct slb_routes *routes; /* the listener's, for its requests */
     struct slb_list streams;         /* bound slb_h2_stream (requests in progress) */
     uint32_t n_streams;
@@ -80,10 +122,18 @@ struct slb_downstream {
     void (*on_gone)(struct slb_downstream *dc); /* freed (graceful stop waits for the last one) */
 };
 
-/* Accepts a pending connection on the server handle. */
-int slb_downstream_accept(struct slb_loop_ctx *ctx, const struct slb_routes *routes, uv_stream_t *server,
-                          uint32_t max_concurrent_streams, uint32_t max_premature_resets, uint32_t max_header_list_size,
+/* Fills set (limits from the caller: set the fields after) and lists it in ctx->downstream_sets. */
+void slb_downstream_set_init(struct slb_downstream_set *set, struct slb_loop_ctx *ctx, const char *name,
+                             const struct slb_routes *routes);
+/* Accepts a pending connection on the server handle. At a cap (the set's max_connections or
+ * ctx->max_app_conns) the oldest idle connection is evicted first; with none idle the new one
+ * is accepted and closed at once (refused: 0 is returned, the backlog does not fill).
+ * 0, SLB_ENOMEM or a UV_E* code. */
+int slb_downstream_accept(struct slb_downstream_set *set, uv_stream_t *server,
                           void (*on_gone)(struct slb_downstream *dc));
+/* The timeouts of every set in ctx (handshake, idle connection, idle stream); the loop
+ * context calls it once a second. */
+void slb_downstream_sweep(struct slb_loop_ctx *ctx);
 /* Graceful stop, first step: a shutdown notice (apps stop opening streams). */
 void slb_downstream_notice(struct slb_downstream *dc);
 /* Graceful stop: GOAWAY, finish in-flight streams, then close. */

@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "common.h"
 
@@ -25,6 +26,159 @@ static uint32_t free_counts[NCLASSES + 1];
 
 static unsigned fail_next; /* tests: allocations to fail */
 
+/* ---- page slots: blocks of 1..5 pages, each class in its part of one reserved region ---- */
+
+#define PAGE      4096
+#define N_SLOTCLS (SLB_H2_MEM_PAGES_MAX / PAGE)
+
+/* Slots per class: frame buffers (5 pages) and stream maps (1 page) are one per session. */
+static const uint32_t class_slots[N_SLOTCLS] = {32768, 4096, 4096, 4096, 32768};
+
+struct slot_class {
+    uint8_t *base;   /* its part of the region */
+    uint32_t pages;  /* slot size */
+    uint32_t nslots; /* capacity */
+    uint32_t bumped; /* slots handed out at least once: [0, bumped) */
+    uint32_t cap;    /* length of free[] and serial[] */
+    uint32_t nfree, in_use;
+    uint32_t *free;   /* stack of free slot indices */
+    uint64_t *serial; /* per slot: the allocation holding it, 0 when free */
+};
+
+static struct slot_class slot_cls[N_SLOTCLS];
+static uint8_t *region, *region_end;
+static int region_state; /* 0: not tried, 1: reserved, -1: could not reserve (malloc only) */
+static uint64_t next_serial = 1;
+static struct slb_h2_mem_capture *capturing;
+
+static void region_init(void)
+{
+    size_t total = 0;
+
+    for (size_t i = 0; i < N_SLOTCLS; i++)
+        total += (size_t)class_slots[i] * (i + 1) * PAGE;
+    /* Virtual space only: pages become resident when written. */
+    region = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (region == MAP_FAILED) {
+        region = NULL;
+        region_state = -1;
+        return;
+    }
+    region_end = region + total;
+    for (size_t i = 0, off = 0; i < N_SLOTCLS; i++) {
+        slot_cls[i].base = region + off;
+        slot_cls[i].pages = (uint32_t)(i + 1);
+        slot_cls[i].nslots = class_slots[i];
+        off += (size_t)class_slots[i] * (i + 1) * PAGE;
+    }
+    region_state = 1;
+}
+
+/* The class and index of a slot block, or NULL when p is not one. */
+static struct slot_class *slot_of(const void *p, uint32_t *idx)
+{
+    const uint8_t *q = p;
+
+    if (region == NULL || q < region || q >= region_end)
+        return NULL;
+    for (size_t i = N_SLOTCLS; i-- > 0;)
+        if (q >= slot_cls[i].base) {
+            *idx = (uint32_t)((size_t)(q - slot_cls[i].base) / ((size_t)slot_cls[i].pages * PAGE));
+            return &slot_cls[i];
+        }
+    return NULL;
+}
+
+static void *slot_alloc(size_t size)
+{
+    struct slot_class *sc;
+    uint32_t i;
+    void *p;
+
+    if (region_state == 0)
+        region_init();
+    if (region_state < 0)
+        return NULL;
+    sc = &slot_cls[(size + PAGE - 1) / PAGE - 1];
+    if (sc->nfree > 0) {
+        i = sc->free[--sc->nfree];
+    } else if (sc->bumped < sc->nslots) {
+        if (sc->bumped == sc->cap) {
+            uint32_t ncap = sc->cap ? sc->cap * 2 : 256;
+            uint32_t *nf = realloc(sc->free, ncap * sizeof(*nf));
+            uint64_t *ns;
+            if (nf == NULL)
+                return NULL;
+            sc->free = nf;
+            if ((ns = realloc(sc->serial, ncap * sizeof(*ns))) == NULL)
+                return NULL;
+            sc->serial = ns;
+            sc->cap = ncap;
+        }
+        i = sc->bumped++;
+    } else {
+        return NULL; /* full: malloc takes it */
+    }
+    sc->serial[i] = next_serial++;
+    sc->in_use++;
+    p = sc->base + (size_t)i * sc->pages * PAGE;
+    if (capturing != NULL && capturing->n < SLB_ARRAY_SIZE(capturing->p)) {
+        capturing->p[capturing->n] = p;
+        capturing->serial[capturing->n] = sc->serial[i];
+        capturing->size[capturing->n] = (uint32_t)size;
+        capturing->n++;
+    }
+    return p;
+}
+
+/* A freed slot reads as zeros again and holds no memory. */
+static void slot_free(struct slot_class *sc, uint32_t i)
+{
+    madvise(sc->base + (size_t)i * sc->pages * PAGE, (size_t)sc->pages * PAGE, MADV_DONTNEED);
+    sc->serial[i] = 0;
+    sc->free[sc->nfree++] = i;
+    sc->in_use--;
+}
+
+void slb_h2_mem_capture_begin(struct slb_h2_mem_capture *cap)
+{
+    memset(cap, 0, sizeof(*cap));
+    capturing = cap;
+}
+
+void slb_h2_mem_capture_end(void)
+{
+    capturing = NULL;
+}
+
+int slb_h2_mem_release(const struct slb_h2_mem_capture *cap, unsigned k, int content_unused)
+{
+    struct slot_class *sc;
+    uint32_t i;
+    size_t len;
+    const uint8_t *p;
+
+    if (k >= cap->n || (sc = slot_of(cap->p[k], &i)) == NULL || i >= sc->bumped || sc->serial[i] != cap->serial[k])
+        return 0; /* freed since (maybe another session's now) */
+    p = cap->p[k];
+    len = (size_t)sc->pages * PAGE;
+    if (!content_unused)
+        for (size_t j = 0; j < cap->size[k]; j++)
+            if (p[j] != 0)
+                return 0;
+    madvise(cap->p[k], len, MADV_DONTNEED);
+    return 1;
+}
+
+size_t slb_h2_mem_slot_bytes(void)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < N_SLOTCLS; i++)
+        n += (size_t)slot_cls[i].in_use * slot_cls[i].pages * PAGE;
+    return n;
+}
+
 void slb_h2_mem_fail_next(unsigned n)
 {
     fail_next = n;
@@ -41,6 +195,8 @@ static void *mem_malloc(size_t size, void *ud)
     }
     if (cls == 0)
         cls = 1;
+    if (size >= PAGE && size <= SLB_H2_MEM_PAGES_MAX && (b = slot_alloc(size)) != NULL)
+        return b; /* no header: the address says what it is */
     if (cls > NCLASSES) {
         if ((b = malloc(sizeof(*b) + size)) == NULL)
             return NULL;
@@ -60,10 +216,16 @@ static void *mem_malloc(size_t size, void *ud)
 
 static void mem_free(void *ptr, void *ud)
 {
+    struct slot_class *sc;
     struct block *b;
+    uint32_t i;
 
     if (ptr == NULL)
         return;
+    if ((sc = slot_of(ptr, &i)) != NULL) {
+        slot_free(sc, i);
+        return;
+    }
     b = (struct block *)ptr - 1;
     if (b->cls == 0 || free_counts[b->cls] >= KEEP_PER_CLASS) {
         free(b);
@@ -78,25 +240,35 @@ static void *mem_calloc(size_t n, size_t size, void *ud)
 {
     void *p;
 
+    uint32_t i;
+
     if (size != 0 && n > SIZE_MAX / size)
         return NULL;
-    if ((p = mem_malloc(n * size, ud)) != NULL)
-        memset(p, 0, n * size);
+    if ((p = mem_malloc(n * size, ud)) != NULL && slot_of(p, &i) == NULL)
+        memset(p, 0, n * size); /* a slot is zero already: its pages stay untouched */
     return p;
 }
 
 static void *mem_realloc(void *ptr, size_t size, void *ud)
 {
+    struct slot_class *sc;
     struct block *b;
     size_t cap;
+    uint32_t i;
     void *np;
 
     if (ptr == NULL)
         return mem_malloc(size, ud);
-    b = (struct block *)ptr - 1;
-    cap = b->cls ? b->cls * CLASS_SIZE : b->u.size;
-    if (size <= cap && b->cls != 0)
-        return ptr;
+    if ((sc = slot_of(ptr, &i)) != NULL) {
+        cap = (size_t)sc->pages * PAGE;
+        if (size <= cap)
+            return ptr;
+    } else {
+        b = (struct block *)ptr - 1;
+        cap = b->cls ? b->cls * CLASS_SIZE : b->u.size;
+        if (size <= cap && b->cls != 0)
+            return ptr;
+    }
     if ((np = mem_malloc(size, ud)) == NULL)
         return NULL;
     memcpy(np, ptr, cap < size ? cap : size);

@@ -7,6 +7,25 @@
 #include "h2_downstream.h"
 #include "h2_upstream.h"
 
+#define SWEEP_MS 1000
+
+static void on_sweep(uv_timer_t *t)
+{
+    slb_downstream_sweep(slb_container_of(t, struct slb_loop_ctx, sweep));
+}
+
+int slb_log_limit_ok(struct slb_log_limit *l, uint64_t now_ms, uint64_t interval_ms, uint64_t *suppressed)
+{
+    if (l->last_ms != 0 && now_ms - l->last_ms < interval_ms) {
+        l->suppressed++;
+        return 0;
+    }
+    *suppressed = l->suppressed;
+    l->suppressed = 0;
+    l->last_ms = now_ms != 0 ? now_ms : 1;
+    return 1;
+}
+
 int slb_loop_ctx_init(struct slb_loop_ctx *ctx, uv_loop_t *loop, void (*on_timer)(struct slb_deadline *d))
 {
     memset(ctx, 0, sizeof(*ctx));
@@ -16,7 +35,13 @@ int slb_loop_ctx_init(struct slb_loop_ctx *ctx, uv_loop_t *loop, void (*on_timer
     slb_deadline_init(&ctx->timers, loop, on_timer);
     slb_conn_ctx_handle_opened(&ctx->io);
     slb_list_init(&ctx->downstreams);
+    slb_list_init(&ctx->downstream_sets);
     slb_list_init(&ctx->pools);
+    /* one coarse timer for every app connection and stream timeout: frames only store a time */
+    uv_timer_init(loop, &ctx->sweep);
+    slb_conn_ctx_handle_opened(&ctx->io);
+    uv_timer_start(&ctx->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+    uv_unref((uv_handle_t *)&ctx->sweep);
     if ((ctx->down_cbs = slb_downstream_callbacks_new()) == NULL ||
         (ctx->up_cbs = slb_upstream_callbacks_new()) == NULL || nghttp2_option_new(&ctx->down_opt) != 0 ||
         nghttp2_option_new(&ctx->up_opt) != 0)
@@ -62,11 +87,13 @@ void slb_loop_ctx_close(struct slb_loop_ctx *ctx, void (*on_closed)(struct slb_l
     slb_loop_ctx_close_connections(ctx);
     ctx->on_closed = on_closed;
     slb_conn_ctx_close_handle(&ctx->io, slb_deadline_handle(&ctx->timers));
+    slb_conn_ctx_close_handle(&ctx->io, (uv_handle_t *)&ctx->sweep);
     slb_conn_ctx_close(&ctx->io, on_all_closed);
 }
 
 void slb_loop_ctx_dispose(struct slb_loop_ctx *ctx)
 {
+    slb_conn_ctx_dispose(&ctx->io);
     slb_deadline_dispose(&ctx->timers);
     if (ctx->down_cbs != NULL)
         nghttp2_session_callbacks_del(ctx->down_cbs);

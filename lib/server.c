@@ -1,8 +1,10 @@
 #include "server.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "admin.h"
@@ -35,9 +37,7 @@ static void on_connection(uv_stream_t *s, int status)
         slb_warn("listener %s: accept error: %s", l->cfg->address, slb_strerror(status));
         return;
     }
-    if ((rv = slb_downstream_accept(&l->srv->ctx, &l->routes, s, l->cfg->max_concurrent_streams,
-                                    l->cfg->max_premature_resets, l->cfg->max_header_list_size, on_downstream_gone)) !=
-        0)
+    if ((rv = slb_downstream_accept(&l->set, s, on_downstream_gone)) != 0)
         slb_warn("listener %s: cannot accept: %s", l->cfg->address, slb_strerror(rv));
 }
 
@@ -71,6 +71,14 @@ static int listener_start(struct slb_server *srv, struct slb_listener *l, const 
         l->routes.v[i].cluster = &srv->clusters[cfg->routes[i].cluster_index];
     }
     l->routes.default_cluster = cfg->default_cluster_index >= 0 ? &srv->clusters[cfg->default_cluster_index] : NULL;
+    slb_downstream_set_init(&l->set, &srv->ctx, cfg->name, &l->routes);
+    l->set.max_concurrent_streams = cfg->max_concurrent_streams;
+    l->set.max_premature_resets = cfg->max_premature_resets;
+    l->set.max_header_list_size = cfg->max_header_list_size;
+    l->set.max_connections = cfg->max_connections;
+    l->set.handshake_timeout_ms = cfg->handshake_timeout_ms;
+    l->set.idle_timeout_ms = cfg->idle_timeout_ms;
+    l->set.stream_idle_timeout_ms = cfg->stream_idle_timeout_ms;
     if (slb_parse_addr(cfg->address, &ss, &sslen) != 0) {
         snprintf(err, errlen, "listener %s: invalid address", cfg->address);
         return SLB_EADDR;
@@ -98,6 +106,54 @@ static int listener_start(struct slb_server *srv, struct slb_listener *l, const 
     return 0;
 }
 
+uint32_t slb_server_app_conn_ceiling(uint64_t nofile)
+{
+    uint64_t reserve = nofile / 4 > 256 ? nofile / 4 : 256;
+
+    if (reserve > nofile / 2)
+        reserve = nofile / 2;
+    nofile -= reserve;
+    return nofile > 0x7fffffff ? 0x7fffffff : (nofile > 0 ? (uint32_t)nofile : 1);
+}
+
+/* Raises the soft RLIMIT_NOFILE to the hard limit (once a process: later calls find them equal)
+ * and returns the cap on app connections it leaves room for. */
+static uint32_t fd_ceiling(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return slb_server_app_conn_ceiling(1024);
+    if (rl.rlim_cur != RLIM_INFINITY && (rl.rlim_max == RLIM_INFINITY || rl.rlim_cur < rl.rlim_max)) {
+        struct rlimit want = rl;
+        want.rlim_cur = rl.rlim_max == RLIM_INFINITY ? 1048576 : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0) {
+            slb_notice("file descriptor limit (RLIMIT_NOFILE) raised from %llu to %llu",
+                       (unsigned long long)rl.rlim_cur, (unsigned long long)want.rlim_cur);
+            rl = want;
+        } else {
+            slb_warn("cannot raise the file descriptor limit (RLIMIT_NOFILE) from %llu: %s",
+                     (unsigned long long)rl.rlim_cur, strerror(errno));
+        }
+    }
+    return slb_server_app_conn_ceiling(rl.rlim_cur == RLIM_INFINITY ? 1048576 : (uint64_t)rl.rlim_cur);
+}
+
+/* The cap on app connections over all listeners: the configured one, never above what the
+ * file descriptor limit leaves after a reserve for backends, etcd and admin. */
+static void set_app_conn_cap(struct slb_server *srv)
+{
+    uint32_t ceiling = fd_ceiling();
+    uint32_t want = srv->cfg->max_app_connections;
+
+    if (want != 0 && want > ceiling)
+        slb_warn("max_app_connections %u is more than the file descriptor limit leaves for app connections; using "
+                 "%u",
+                 want, ceiling);
+    srv->ctx.max_app_conns = want != 0 && want < ceiling ? want : ceiling;
+    slb_info("app connections: at most %u over all listeners", srv->ctx.max_app_conns);
+}
+
 int slb_server_start(struct slb_server *srv, uv_loop_t *loop, const struct slb_config *cfg, char *err, size_t errlen)
 {
     return slb_server_start_reload(srv, loop, cfg, NULL, err, errlen);
@@ -115,6 +171,7 @@ int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struc
     srv->ctx.down_handler = &slb_call_downstream_handler;
     srv->ctx.up_handler = &slb_call_upstream_handler;
     srv->ctx.call_io = &slb_call_h2_transport;
+    set_app_conn_cap(srv);
     uv_timer_init(loop, &srv->stop_timer);
     uv_timer_init(loop, &srv->goaway_timer);
     slb_conn_ctx_handle_opened(&srv->ctx.io);

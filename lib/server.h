@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "h2_downstream.h"
 #include "loop_ctx.h"
 #include "route.h"
 
@@ -34,6 +35,7 @@ struct slb_listener {
     struct slb_server *srv;
     const struct slb_config_listener *cfg;
     struct slb_routes routes;
+    struct slb_downstream_set set; /* its app connections: caps, timeouts */
 };
 
 struct slb_server {
@@ -55,6 +57,10 @@ struct slb_server {
     uint8_t timers_started;
     void (*on_stopped)(struct slb_server *srv);
 };
+
+/* The default of max_app_connections for a file descriptor limit: nofile minus a reserve
+ * for backends, etcd, admin and the process itself, max(256, nofile / 4) (at most half). */
+uint32_t slb_server_app_conn_ceiling(uint64_t nofile);
 
 /* Binds listeners and prepares clusters. On error returns < 0 with a message in err
  * (then stop it with slb_server_stop(srv, 0, cb) and free it in cb). */

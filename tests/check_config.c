@@ -35,6 +35,7 @@ static struct slb_config *expect_ok(const char *json)
 static const char *full_config =
     "{\n"
     "  \"log_level\": \"debug\",\n"
+    "  \"max_app_connections\": 5000,\n"
     "  \"etcd\": {\n"
     "    \"endpoints\": [\"http://127.0.0.1:2379\", \"https://etcd.example:2379\"],\n"
     "    \"dial_timeout_ms\": 1500, \"request_timeout_ms\": 2500,\n"
@@ -46,7 +47,9 @@ static const char *full_config =
     "    {\"name\": \"out\", \"address\": \"127.0.0.1:15001\",\n"
     "     \"routes\": [{\"service\": \"x.Greeter\", \"cluster\": \"greeter\"},\n"
     "                {\"service\": \"x.Other/Get\", \"cluster\": \"other\"}],\n"
-    "     \"default_cluster\": \"other\", \"max_concurrent_streams\": 50, \"max_header_list_size\": 65536},\n"
+    "     \"default_cluster\": \"other\", \"max_concurrent_streams\": 50, \"max_header_list_size\": 65536,\n"
+    "     \"max_connections\": 300, \"handshake_timeout_ms\": 2000, \"idle_timeout_ms\": 0,\n"
+    "     \"stream_idle_timeout_ms\": 60000},\n"
     "    {\"address\": \"[::1]:15002\"}\n"
     "  ],\n"
     "  \"clusters\": [\n"
@@ -125,6 +128,11 @@ START_TEST(test_full)
     ck_assert_int_eq(l->default_cluster_index, 1);
     ck_assert_uint_eq(l->max_concurrent_streams, 50);
     ck_assert_uint_eq(l->max_header_list_size, 65536);
+    ck_assert_uint_eq(l->max_connections, 300);
+    ck_assert_uint_eq(l->handshake_timeout_ms, 2000);
+    ck_assert_uint_eq(l->idle_timeout_ms, 0); /* off */
+    ck_assert_uint_eq(l->stream_idle_timeout_ms, 60000);
+    ck_assert_uint_eq(cfg->max_app_connections, 5000);
     l = &cfg->listeners[1];
     ck_assert_str_eq(l->name, "[::1]:15002"); /* name defaults to the address */
     ck_assert_ptr_null(l->default_cluster);
@@ -228,6 +236,11 @@ START_TEST(test_defaults)
     ck_assert_uint_eq(cfg->listeners[0].max_concurrent_streams, 100);
     ck_assert_uint_eq(cfg->listeners[0].max_header_list_size, 16384);
     ck_assert_str_eq(cfg->listeners[0].name, "127.0.0.1:15001");
+    ck_assert_uint_eq(cfg->max_app_connections, 0); /* derived from RLIMIT_NOFILE by the server */
+    ck_assert_uint_eq(cfg->listeners[0].max_connections, 0);
+    ck_assert_uint_eq(cfg->listeners[0].handshake_timeout_ms, 10000);
+    ck_assert_uint_eq(cfg->listeners[0].idle_timeout_ms, 300000);
+    ck_assert_uint_eq(cfg->listeners[0].stream_idle_timeout_ms, 300000);
     struct slb_config_cluster *c = &cfg->clusters[0];
     ck_assert_str_eq(c->policy, "round_robin");
     ck_assert_mem_eq(&c->lb, &lbd, sizeof(lbd));
@@ -351,7 +364,7 @@ START_TEST(err_unknown_top_key)
 {
     expect_error("{\n" LISTENER_OK CLUSTER_OK ",  \"clsuters\": []\n}\n",
                  "t.json:4:4: clsuters: unknown key (expected one of: log_level, etcd, listeners, clusters, register, "
-                 "admin)");
+                 "admin, max_app_connections)");
 }
 END_TEST
 
@@ -362,7 +375,8 @@ START_TEST(err_unknown_listener_key)
                  "    {\"adress\": \"127.0.0.1:15001\"}\n"
                  "  ],\n" CLUSTER_OK "}\n",
                  "t.json:3:6: listeners[0].adress: unknown key (expected one of: name, address, routes, "
-                 "default_cluster, max_concurrent_streams, max_premature_resets, max_header_list_size)");
+                 "default_cluster, max_concurrent_streams, max_premature_resets, max_header_list_size, "
+                 "max_connections, handshake_timeout_ms, idle_timeout_ms, stream_idle_timeout_ms)");
 }
 END_TEST
 
@@ -722,6 +736,21 @@ START_TEST(err_log_level)
 }
 END_TEST
 
+START_TEST(err_connection_limits)
+{
+    expect_error("{\n"
+                 "  \"max_app_connections\": 0,\n" LISTENER_OK CLUSTER_OK "}\n",
+                 "t.json:2:26: max_app_connections: 0 is out of range (1..2147483647)");
+    expect_error("{\n"
+                 "  \"listeners\": [{\"address\": \"127.0.0.1:1\", \"handshake_timeout_ms\": -1}],\n" CLUSTER_OK "}\n",
+                 "t.json:2:68: listeners[0].handshake_timeout_ms: -1 is out of range (0..3600000)");
+    expect_error("{\n"
+                 "  \"listeners\": [{\"address\": \"127.0.0.1:1\", \"stream_idle_timeout_ms\": \"5s\"}],\n" CLUSTER_OK
+                 "}\n",
+                 "t.json:2:70: listeners[0].stream_idle_timeout_ms: expected an integer, got a string");
+}
+END_TEST
+
 START_TEST(err_admin_unknown_key)
 {
     expect_error("{\n" LISTENER_OK CLUSTER_OK ",  \"admin\": {\"address\": \"127.0.0.1:9901\", \"port\": 9901}\n}\n",
@@ -803,6 +832,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, err_register_plain_metadata);
     tcase_add_test(tc, err_log_level);
     tcase_add_test(tc, err_admin_unknown_key);
+    tcase_add_test(tc, err_connection_limits);
     tcase_add_test(tc, err_backoff_max_below_initial);
     tcase_add_test(tc, err_duplicate_listener_address);
     suite_add_tcase(s, tc);

@@ -60,3 +60,14 @@ def test_every_listener_key_is_documented():
     assert len(keys) >= 7, keys
     for key in keys:
         assert "| `%s` |" % key in table, "listeners[].%s has no row in docs/config.md" % key
+
+
+def test_every_listener_and_top_level_key_is_documented():
+    """Each key config.c accepts under listeners[] and at the top level appears in docs/config.md."""
+    src = open(os.path.join(peers.REPO_ROOT, "lib", "config.c")).read()
+    doc = open(os.path.join(peers.REPO_ROOT, "docs", "config.md")).read()
+    for fn in ("load_listener", "load_root"):
+        keys = re.findall(r'"(\w+)"', re.search(fn + r"\(.*?keys\[\] = \{(.*?)NULL\}", src, re.S).group(1))
+        assert len(keys) >= 6, keys
+        for key in keys:
+            assert "`%s`" % key in doc, "%s key %s is not documented" % (fn, key)
