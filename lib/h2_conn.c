@@ -274,6 +274,21 @@ int slb_conn_write_raw(struct slb_conn *c, const void *p, size_t n, int close_af
     return 0;
 }
 
+int slb_conn_write_first(struct slb_conn *c, const void *p, size_t n)
+{
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    int w = 0;
+
+    if (!c->writing && c->out[c->fill].len == 0 && (w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1)) < 0) {
+        if (w != UV_EAGAIN)
+            return w;
+        w = 0;
+    }
+    if ((size_t)w == n)
+        return 0;
+    return slb_conn_write_raw(c, (const uint8_t *)p + w, n - (size_t)w, 0);
+}
+
 void slb_conn_flush_now(struct slb_conn *c)
 {
     conn_flush(c);

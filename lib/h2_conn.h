@@ -159,6 +159,10 @@ int slb_conn_start(struct slb_conn *c);
 void slb_conn_mark_dirty(struct slb_conn *c);
 /* Raw bytes to send (HTTP/1 refusal); then close once written when close_after. */
 int slb_conn_write_raw(struct slb_conn *c, const void *p, size_t n, int close_after);
+/* Bytes that go before any frame (a connection's first): straight to the socket when nothing is
+ * queued, so no output buffer is grown for them; what the socket does not take is queued.
+ * 0 or a UV_E* / SLB_E* code. */
+int slb_conn_write_first(struct slb_conn *c, const void *p, size_t n);
 /* The owner went idle: free the output buffers once nothing waits in them (cleared by the next
  * slb_conn_keep_buffers). Costs no allocation unless the socket pushes back. */
 void slb_conn_trim_when_idle(struct slb_conn *c);

@@ -115,6 +115,7 @@ static void downstream_send_settings(struct slb_downstream *dc)
     const uint8_t *data;
     uint8_t f[64];
     ssize_t n;
+    int rv;
 
     if (dc->settings_sent || dc->conn.closing)
         return;
@@ -133,8 +134,10 @@ static void downstream_send_settings(struct slb_downstream *dc)
     if (data != f)
         slb_warn("app connection: first frame is not sidelb's SETTINGS: it advertises %u streams, not %u",
                  slb__downstream_internal_stream_limit(dc->max_concurrent_streams), dc->max_concurrent_streams);
-    if (slb_conn_write_raw(&dc->conn, data, (size_t)n, 0) != 0)
-        slb_conn_close(&dc->conn, SLB_ENOMEM);
+    /* a new connection's socket takes these few bytes at once: an idle connection keeps no
+     * output buffer for them */
+    if ((rv = slb_conn_write_first(&dc->conn, data, (size_t)n)) != 0)
+        slb_conn_close(&dc->conn, rv);
 }
 
 void slb_downstream_set_init(struct slb_downstream_set *set, struct slb_loop_ctx *ctx, const char *name,
