@@ -26,6 +26,7 @@
 #include "deadline.h"
 #include "h2_conn.h"
 #include "list.h"
+#include "log.h"
 #include "rng.h"
 
 struct slb_downstream_handler;
@@ -35,9 +36,19 @@ struct slb_call;
 
 struct slb_loop_stats {
     uint64_t calls_total, calls_failed_local, downstream_conns_total, upstream_conns_total;
-    uint64_t rapid_reset_closes;     /* app connections closed for resetting too many streams */
-    uint64_t refused_streams;        /* app streams refused past max_concurrent_streams */
-    uint64_t header_lists_too_large; /* app header blocks past max_header_list_size */
+    uint64_t rapid_reset_closes;      /* app connections closed for resetting too many streams */
+    uint64_t refused_streams;         /* app streams refused past max_concurrent_streams */
+    uint64_t header_lists_too_large;  /* app header blocks past max_header_list_size */
+    uint64_t pool_queue_overflows;    /* calls a backend's pool turned away at max_pending_per_backend */
+    uint64_t pool_queue_timeouts;     /* calls that waited queue_timeout_ms in a pool for a stream */
+    uint64_t upstream_conns_recycled; /* replaced: max_requests_per_connection, max age, stream ids */
+    uint64_t upstream_no_streams;     /* connections closed: the backend allows 0 concurrent streams */
+};
+
+/* Rate-limited log lines, one per kind of event (SLB_LOG_LIMIT_MS apart). */
+#define SLB_LOG_LIMIT_MS 10000
+struct slb_loop_log_limits {
+    struct slb_log_limit queue_full, queue_timeout, recycle;
 };
 
 struct slb_loop_ctx {
@@ -46,6 +57,7 @@ struct slb_loop_ctx {
     struct slb_rng rng;
     struct slb_deadline_heap timers; /* calls' deadlines, wait limits and retry backoffs */
     struct slb_loop_stats stats;
+    struct slb_loop_log_limits log_limits;
     struct slb_list downstreams; /* every app connection (struct slb_downstream.ctx_link) */
     struct slb_list pools;       /* every upstream pool (struct slb_upstream_pool.ctx_link) */
     /* calls: in flight, and freed ones kept for reuse (owned by the call module) */

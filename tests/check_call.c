@@ -24,6 +24,7 @@
 struct fake_pool {
     struct slb_upstream_pool base; /* only waiters is used */
     int backoff;
+    int full; /* the queue refuses (max_pending_per_backend) */
 };
 
 static struct {
@@ -91,10 +92,13 @@ static int fake_in_backoff(const struct slb_upstream_pool *pool)
     return ((const struct fake_pool *)pool)->backoff;
 }
 
-static void fake_queue(struct slb_upstream_pool *pool, struct slb_pool_waiter *w)
+static int fake_queue(struct slb_upstream_pool *pool, struct slb_pool_waiter *w)
 {
+    if (((struct fake_pool *)pool)->full)
+        return SLB_ELIMIT;
     slb_list_push_back(&pool->waiters, &w->link);
     w->pool = pool;
+    return 0;
 }
 
 static void fake_unqueue(struct slb_pool_waiter *w)
