@@ -19,6 +19,7 @@
  *      |                 ^  |               |  \--retryable status--> BACKOFF --timer--> QUEUED
  *      |                 |  v               |   \--refused stream (GOAWAY)--> QUEUED (replay)
  *      +--no backend--> WAIT_BACKEND <--no backend--+
+ *   QUEUED --pool queue full or queue_timeout_ms--> dispatch again (a backend not tried) or FINISHING
  *   STREAMING --backend ended--> FINISHING;  any state --sidelb ends it (deadline, error)--> FINISHING
  *   any state --the app's stream closed--> CLOSED (freed)
  *
