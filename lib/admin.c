@@ -169,6 +169,11 @@ static uint64_t v_connections(const struct slb_backend *be, uint64_t now)
 {
     return backend_connections(be);
 }
+static uint64_t v_queued(const struct slb_backend *be, uint64_t now)
+{
+    const struct slb_upstream_pool *pool = be->pool;
+    return pool != NULL ? pool->n_waiting : 0;
+}
 static uint64_t v_times_ejected(const struct slb_backend *be, uint64_t now)
 {
     return be->times_ejected;
@@ -243,6 +248,18 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
         {"sidelb_downstream_stream_idle_timeouts_total",
          "Application streams ended after stream_idle_timeout_ms without frames either way.",
          offsetof(struct slb_loop_stats, stream_idle_timeouts)},
+        {"sidelb_upstream_queue_overflows_total",
+         "Calls a backend's pool turned away because max_pending_per_backend calls waited for a stream.",
+         offsetof(struct slb_loop_stats, pool_queue_overflows)},
+        {"sidelb_upstream_queue_timeouts_total",
+         "Calls that waited queue_timeout_ms in a backend's pool for a stream (then tried elsewhere or failed).",
+         offsetof(struct slb_loop_stats, pool_queue_timeouts)},
+        {"sidelb_upstream_connections_recycled_total",
+         "Backend connections drained and replaced (max_requests_per_connection, max_connection_age_ms, stream ids).",
+         offsetof(struct slb_loop_stats, upstream_conns_recycled)},
+        {"sidelb_upstream_no_streams_total",
+         "Backend connections that could carry no call: the backend advertised SETTINGS_MAX_CONCURRENT_STREAMS 0.",
+         offsetof(struct slb_loop_stats, upstream_no_streams)},
     };
 
     for (size_t i = 0; i < SLB_ARRAY_SIZE(counters); i++) {
@@ -291,6 +308,8 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
     backend_family(o, srv, now, "sidelb_backend_weight", "gauge", "Load-balancing weight of the backend.", v_weight);
     backend_family(o, srv, now, "sidelb_backend_connections", "gauge", "Open HTTP/2 connections to the backend.",
                    v_connections);
+    backend_family(o, srv, now, "sidelb_backend_queued_calls", "gauge",
+                   "Calls waiting in the backend's pool for a stream slot (max_pending_per_backend).", v_queued);
 }
 
 /* ---- /clusters ---- */

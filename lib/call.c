@@ -50,6 +50,8 @@ static void call_arm_timer(struct slb_call *call)
         due = call->wait_until_ms;
     if (call->state == SLB_CALL_BACKOFF && (due == 0 || call->retry_at_ms < due))
         due = call->retry_at_ms;
+    if (call->state == SLB_CALL_QUEUED && call->queue_until_ms != 0 && (due == 0 || call->queue_until_ms < due))
+        due = call->queue_until_ms;
     if (call->state >= SLB_CALL_FINISHING || due == 0) {
         slb_deadline_remove(&call->ctx->timers, &call->timer);
         return;
@@ -233,6 +235,7 @@ static void call_fail_local(struct slb_call *call, int grpc_status, const char *
 /* ---- dispatch: pick a backend and queue for a stream, or wait ---- */
 
 static void call_dispatch(struct slb_call *call);
+static void call_reset_attempt(struct slb_call *call);
 
 /* No backend can take the call now: wait (wait-for-ready) or fail. */
 static void call_no_backend(struct slb_call *call)
@@ -270,15 +273,80 @@ static void call_no_backend(struct slb_call *call)
     call_fail_local(call, SLB_GRPC_UNAVAILABLE, msg);
 }
 
+/*
+ * The backend's pool turned the call away: its queue is full
+ * (max_pending_per_backend), or the call waited queue_timeout_ms there for a
+ * stream slot. Nothing reached the backend, so this is a transparent retry:
+ * the call goes to a backend it has not tried, without spending an attempt,
+ * and fails (call_dispatch) when none can take it: RESOURCE_EXHAUSTED for a
+ * full queue (sidelb sheds load, as at max_calls; clients and retry
+ * policies do not retry it at once), UNAVAILABLE after the timeout (a
+ * transient condition gRPC clients may retry). Not reported to outlier
+ * detection: a busy backend is not a failing one.
+ */
+static void call_queue_refused(struct slb_call *call, int why)
+{
+    struct slb_loop_ctx *ctx = call->ctx;
+    const struct slb_config_cluster *cfg = call->cluster->cfg;
+    struct slb_log_limit *limit;
+    uint64_t skipped;
+
+    if (why == SLB_CALL_QUEUE_FULL) {
+        ctx->stats.pool_queue_overflows++;
+        limit = &ctx->log_limits.queue_full;
+        snprintf(call->synth_msg, sizeof(call->synth_msg),
+                 "sidelb: backend %.60s has max_pending_per_backend (%u) calls waiting for a stream", call->be->name,
+                 cfg->max_pending_per_backend);
+    } else {
+        ctx->stats.pool_queue_timeouts++;
+        limit = &ctx->log_limits.queue_timeout;
+        snprintf(call->synth_msg, sizeof(call->synth_msg),
+                 "sidelb: no stream free on backend %.60s within queue_timeout_ms (%u)", call->be->name,
+                 cfg->queue_timeout_ms);
+    }
+    if (slb_log_limit_pass(limit, call_now(call), SLB_LOG_LIMIT_MS, &skipped))
+        slb_warn("cluster %s: %s: the call goes to another backend, or fails (%llu more since the last such line)",
+                 cfg->name, call->synth_msg + 8, (unsigned long long)skipped);
+    call_unbind_backend(call);
+    call->attempts--;
+    call->queue_refused = (uint8_t)why;
+    call->queue_refusals++;
+    call->queue_until_ms = 0;
+    call_reset_attempt(call);
+    call_dispatch(call);
+}
+
+/* No other backend can take a call a pool turned away: it fails with the pool's reason. */
+static void call_queue_fail(struct slb_call *call)
+{
+    char msg[sizeof(call->synth_msg)];
+
+    memcpy(msg, call->synth_msg, sizeof(msg));
+    call_fail_local(
+        call, call->queue_refused == SLB_CALL_QUEUE_FULL ? SLB_GRPC_RESOURCE_EXHAUSTED : SLB_GRPC_UNAVAILABLE, msg);
+}
+
 /* Queues the current attempt on its pool (a stream follows in on_ready, maybe at once). */
 static void call_queue(struct slb_call *call)
 {
+    uint32_t timeout_ms = call->cluster->cfg->queue_timeout_ms;
+
     call->attempts++;
     call->be->outstanding++;
     call->counted = 1;
+    call->queue_refused = 0;
+    call->queue_until_ms = 0;
     call_set_state(call, SLB_CALL_QUEUED);
     call_arm_timer(call);
-    call->io->queue(call->pool, &call->pool_wait);
+    if (call->io->queue(call->pool, &call->pool_wait) != 0) {
+        call_queue_refused(call, SLB_CALL_QUEUE_FULL);
+        return;
+    }
+    if (call->state == SLB_CALL_QUEUED && call->pool_wait.pool != NULL && timeout_ms != 0) {
+        /* it waits for a stream slot (no timer entry for a call that got one at once) */
+        call->queue_until_ms = call_now(call) + timeout_ms;
+        call_arm_timer(call);
+    }
 }
 
 static void call_dispatch(struct slb_call *call)
@@ -293,6 +361,12 @@ static void call_dispatch(struct slb_call *call)
     }
     if (call->attempts < SLB_MAX_ATTEMPTS)
         be = slb_cluster_pick(cl, call->hash, call->has_hash, &call->tried);
+    if (call->queue_refused != 0 &&
+        (be == NULL || slb_tried_has(&call->tried, be) || call->queue_refusals >= SLB_MAX_ATTEMPTS)) {
+        /* a pool turned it away and no backend it has not tried can take it */
+        call_queue_fail(call);
+        return;
+    }
     if (be != NULL && (pool = call->io->pool(call->ctx, be, cl->cfg)) == NULL) {
         call_fail_local(call, SLB_GRPC_RESOURCE_EXHAUSTED, "sidelb: out of memory");
         return;
@@ -387,6 +461,11 @@ void slb_call_on_timer(struct slb_deadline *d)
     }
     if (call->state == SLB_CALL_BACKOFF && now >= call->retry_at_ms) {
         call_dispatch(call);
+        return;
+    }
+    if (call->state == SLB_CALL_QUEUED && call->queue_until_ms != 0 && now >= call->queue_until_ms) {
+        call->io->unqueue(&call->pool_wait);
+        call_queue_refused(call, SLB_CALL_QUEUE_TIMEOUT);
         return;
     }
     call_arm_timer(call); /* early: due again later */
@@ -600,7 +679,9 @@ static void up_on_ready(struct slb_pool_waiter *w, struct slb_upstream *uc)
     size_t n = slb_hdrs_to_nv(&call->req_hdrs, nv);
     int has_body = !(call->req_end && call->req.unsent == 0);
     char timeout[SLB_GRPC_TIMEOUT_MAX];
+    int waited = call->queue_until_ms != 0;
 
+    call->queue_until_ms = 0;
     if (call->deadline_ms != 0) {
         /* The backend gets the time that is left (after waits, retries, or a
          * shorter method timeout), not the app's original grpc-timeout. */
@@ -621,6 +702,8 @@ static void up_on_ready(struct slb_pool_waiter *w, struct slb_upstream *uc)
         return;
     }
     call_set_state(call, SLB_CALL_SENT);
+    if (waited)
+        call_arm_timer(call); /* the queue wait is over: its timer entry goes, or moves to the deadline */
 }
 
 /* The picked backend cannot take it (connect failed, draining): nothing
@@ -631,6 +714,7 @@ static void up_on_unavailable(struct slb_pool_waiter *w, int err)
 
     if (call->state != SLB_CALL_QUEUED)
         return;
+    call->queue_until_ms = 0;
     call_report(call, 0);
     call_unbind_backend(call);
     call->attempts--;

@@ -19,6 +19,7 @@
  *      |                 ^  |               |  \--retryable status--> BACKOFF --timer--> QUEUED
  *      |                 |  v               |   \--refused stream (GOAWAY)--> QUEUED (replay)
  *      +--no backend--> WAIT_BACKEND <--no backend--+
+ *   QUEUED --pool queue full or queue_timeout_ms--> dispatch again (a backend not tried) or FINISHING
  *   STREAMING --backend ended--> FINISHING;  any state --sidelb ends it (deadline, error)--> FINISHING
  *   any state --the app's stream closed--> CLOSED (freed)
  *
@@ -58,6 +59,9 @@ enum slb_call_state {
 
 const char *slb_call_state_name(int state);
 
+/* Why a backend's pool turned a call away (call->queue_refused). */
+enum { SLB_CALL_QUEUE_FULL = 1, SLB_CALL_QUEUE_TIMEOUT = 2 };
+
 /* What the call asks of the layers below. slb_call_h2_transport is the real one. Owner: static tables. */
 struct slb_call_transport {
     /* app side */
@@ -71,7 +75,7 @@ struct slb_call_transport {
     struct slb_upstream_pool *(*pool)(struct slb_loop_ctx *ctx, struct slb_backend *be,
                                       const struct slb_config_cluster *cfg);
     int (*in_backoff)(const struct slb_upstream_pool *pool);
-    void (*queue)(struct slb_upstream_pool *pool, struct slb_pool_waiter *w);
+    int (*queue)(struct slb_upstream_pool *pool, struct slb_pool_waiter *w); /* 0, or SLB_ELIMIT: not queued */
     void (*unqueue)(struct slb_pool_waiter *w);
     int (*request)(struct slb_upstream *uc, struct slb_h2_stream *s, const nghttp2_nv *nv, size_t n, int has_body);
     void (*release)(struct slb_h2_stream *s, uint32_t rst_code);
@@ -98,7 +102,7 @@ struct slb_call {
     struct slb_h2_stream up;          /* the current attempt's stream */
     struct slb_pool_waiter pool_wait; /* QUEUED */
     struct slb_cluster_waiter wait;   /* WAIT_BACKEND */
-    struct slb_deadline timer;        /* earliest of deadline_ms, wait_until_ms, retry_at_ms */
+    struct slb_deadline timer;        /* earliest of deadline_ms, wait_until_ms, retry_at_ms, queue_until_ms */
     struct slb_downstream *dc;        /* the app's connection (routes, peer hash); NULL once closed */
     struct slb_call *next_free;       /* in the loop context's free list */
 
@@ -107,8 +111,10 @@ struct slb_call {
     struct slb_backend *be;         /* referenced while an attempt is bound to it */
     struct slb_upstream_pool *pool; /* be's pool (a replay stays there) */
     struct slb_tried tried;
-    uint8_t attempts; /* streams opened or queued (SLB_MAX_ATTEMPTS) */
-    uint8_t retries;  /* gRFC A6 retries made */
+    uint8_t attempts;       /* streams opened or queued (SLB_MAX_ATTEMPTS) */
+    uint8_t retries;        /* gRFC A6 retries made */
+    uint8_t queue_refused;  /* why the last pool turned the call away (SLB_CALL_QUEUE_*), 0 once queued */
+    uint8_t queue_refusals; /* pools that turned it away (each one a transparent retry, bounded) */
 
     struct slb_hdrs req_hdrs;  /* kept until the response starts (replay) */
     struct slb_hdrs resp_hdrs; /* response header block being received */
@@ -117,13 +123,14 @@ struct slb_call {
     uint64_t req_received, req_consumed, req_pos;
     uint64_t resp_received, resp_consumed;
     uint64_t hash;
-    int16_t upstream_status;                  /* grpc-status the backend sent, -1 until then */
-    int16_t synth_status;                     /* >= 0: sidelb ends the response with this grpc-status */
-    char synth_msg[160];                      /* its grpc-message */
-    uint32_t rst_after_response;              /* +1: reset the app's stream with (code-1) after the response */
-    uint64_t deadline_ms;                     /* 0 = none (grpc-timeout, or a shorter methodConfig timeout) */
-    uint64_t wait_until_ms;                   /* how long it may wait for a usable backend (0 = not computed) */
-    uint64_t retry_at_ms;                     /* BACKOFF ends */
+    int16_t upstream_status;     /* grpc-status the backend sent, -1 until then */
+    int16_t synth_status;        /* >= 0: sidelb ends the response with this grpc-status */
+    char synth_msg[160];         /* its grpc-message (and, while queue_refused is set, why the pool turned it away) */
+    uint32_t rst_after_response; /* +1: reset the app's stream with (code-1) after the response */
+    uint64_t deadline_ms;        /* 0 = none (grpc-timeout, or a shorter methodConfig timeout) */
+    uint64_t wait_until_ms;      /* how long it may wait for a usable backend (0 = not computed) */
+    uint64_t retry_at_ms;        /* BACKOFF ends */
+    uint64_t queue_until_ms;     /* QUEUED: the wait for a stream slot ends (queue_timeout_ms); 0 = none */
     const struct slb_method_config *mc;       /* from the cluster's service config, or NULL */
     const struct slb_retry_policy *retry;     /* mc's retry policy, or NULL */
     struct slb_grpc_scan req_scan, resp_scan; /* message sizes (when mc limits them) */

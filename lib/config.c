@@ -1113,6 +1113,10 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
                                        "wait_for_ready_ms",
                                        "max_calls",
                                        "max_waiting_calls",
+                                       "max_pending_per_backend",
+                                       "queue_timeout_ms",
+                                       "max_requests_per_connection",
+                                       "max_connection_age_ms",
                                        "backoff",
                                        "health_check",
                                        "outlier_detection",
@@ -1145,7 +1149,11 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
         get_u32(c, o, path, "connect_timeout_ms", &cl->connect_timeout_ms, 5000, 1, 600000) != 0 ||
         get_u32(c, o, path, "wait_for_ready_ms", &cl->wait_for_ready_ms, 3000, 0, 3600000) != 0 ||
         get_u32(c, o, path, "max_calls", &cl->max_calls, 0, 0, 0x7fffffff) != 0 ||
-        get_u32(c, o, path, "max_waiting_calls", &cl->max_waiting_calls, 1000, 0, 0x7fffffff) != 0)
+        get_u32(c, o, path, "max_waiting_calls", &cl->max_waiting_calls, 1000, 0, 0x7fffffff) != 0 ||
+        get_u32(c, o, path, "max_pending_per_backend", &cl->max_pending_per_backend, 1000, 1, 0x7fffffff) != 0 ||
+        get_u32(c, o, path, "queue_timeout_ms", &cl->queue_timeout_ms, 5000, 0, 3600000) != 0 ||
+        get_u32(c, o, path, "max_requests_per_connection", &cl->max_requests_per_connection, 0, 0, 0x7fffffff) != 0 ||
+        get_u32(c, o, path, "max_connection_age_ms", &cl->max_connection_age_ms, 0, 0, 0x7fffffff) != 0)
         return -1;
 
     bo->initial_ms = 1000;

@@ -82,6 +82,10 @@ struct slb_config_cluster {
     uint32_t connect_timeout_ms;          /* default 5000 */
     uint32_t max_calls;                   /* calls in flight through the cluster; 0 = no limit (default) */
     uint32_t max_waiting_calls;           /* calls waiting for a usable backend; default 1000 */
+    uint32_t max_pending_per_backend;     /* calls waiting in one backend's pool for a stream slot; default 1000 */
+    uint32_t queue_timeout_ms;            /* ... and for how long (then tried elsewhere or UNAVAILABLE); 0 = off */
+    uint32_t max_requests_per_connection; /* a backend connection is replaced after this many calls; 0 = never */
+    uint32_t max_connection_age_ms;       /* ... or after this long (+-10 % jitter); 0 = never */
     uint32_t wait_for_ready_ms; /* a call waits this long for a usable backend (and at most until its deadline); default
                                    3000 */
     struct slb_config_backoff backoff;

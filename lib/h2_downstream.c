@@ -214,7 +214,7 @@ static void log_limited(struct slb_loop_ctx *ctx, struct slb_log_limit *l, const
 {
     uint64_t suppressed;
 
-    if (!slb_log_limit_ok(l, uv_now(ctx->loop), 10000, &suppressed))
+    if (!slb_log_limit_pass(l, uv_now(ctx->loop), 10000, &suppressed))
         return;
     if (suppressed > 0)
         slb_notice("listener %s: at the app connection cap (%u): %s (%llu more times in the last 10 s)", listener, cap,
@@ -251,13 +251,14 @@ static int make_room(struct slb_downstream_set *set)
     }
     if (victim == NULL) {
         ctx->stats.conns_refused++;
-        log_limited(ctx, &ctx->log_refused, "refusing a new app connection, none is idle", set->name, cap);
+        log_limited(ctx, &ctx->log_limits.conn_refused, "refusing a new app connection, none is idle", set->name, cap);
         return -1;
     }
     ctx->stats.conns_evicted++;
     slb_debug("listener %s: at the connection cap (%u): closing an app connection idle for %llu ms", set->name, cap,
               (unsigned long long)(uv_now(ctx->loop) - victim->since_ms));
-    log_limited(ctx, &ctx->log_evicted, "closing the longest idle app connection for a new one", set->name, cap);
+    log_limited(ctx, &ctx->log_limits.conn_evicted, "closing the longest idle app connection for a new one", set->name,
+                cap);
     downstream_close_idle(victim);
     return 0;
 }
@@ -721,7 +722,7 @@ static void log_timeout(struct slb_loop_ctx *ctx, const char *listener, const ch
     /* one line per connection at debug level; at info level at most one line a second */
     if (slb_log_level <= SLB_LOG_DEBUG)
         slb_debug("listener %s: %s after %u ms: closing the app connection", listener, what, ms);
-    else if (slb_log_limit_ok(&ctx->log_timeouts, uv_now(ctx->loop), 1000, &suppressed))
+    else if (slb_log_limit_pass(&ctx->log_limits.conn_timeouts, uv_now(ctx->loop), 1000, &suppressed))
         slb_info("listener %s: %s after %u ms: closing the app connection (%llu more such closes not logged)", listener,
                  what, ms, (unsigned long long)suppressed);
 }

@@ -94,21 +94,50 @@ static uint32_t conn_stream_limit(const struct slb_upstream *uc)
     return remote < cap ? remote : cap;
 }
 
+/* The connection takes no new streams and closes once its last one ends
+ * (upstream_stream_done); it stops counting against max_connections_per_backend. */
+static void upstream_drain(struct slb_upstream *uc)
+{
+    if (uc->goaway)
+        return;
+    uc->goaway = 1;
+    uc->pool->n_draining++;
+}
+
+/* Recycling: drained and replaced (a replacement opens when a call needs
+ * one). One log line per SLB_LOG_LIMIT_MS for all connections of the loop. */
+static void upstream_retire(struct slb_upstream *uc, const char *why)
+{
+    struct slb_loop_ctx *ctx = uc->pool->ctx;
+    uint64_t skipped;
+
+    if (uc->goaway)
+        return;
+    upstream_drain(uc);
+    ctx->stats.upstream_conns_recycled++;
+    if (slb_log_limit_pass(&ctx->log_limits.recycle, uv_now(ctx->loop), SLB_LOG_LIMIT_MS, &skipped))
+        slb_info("backend %s: replacing a connection after %u calls: %s (%u still on it finish there; "
+                 "%llu more replaced since the last such line)",
+                 uc->pool->be->name, uc->n_requests, why, uc->active, (unsigned long long)skipped);
+}
+
+static int upstream_too_old(const struct slb_upstream *uc, uint64_t now)
+{
+    return uc->retire_at_ms != 0 && uc->retire_at_ms <= now;
+}
+
 static struct slb_upstream *pool_find_room(struct slb_upstream_pool *pool)
 {
     struct slb_list *it, *tmp;
+    uint64_t now = uv_now(pool->ctx->loop);
 
     slb_list_foreach_safe(it, tmp, &pool->conns)
     {
         struct slb_upstream *uc = slb_list_entry(it, struct slb_upstream, link);
         if (!uc->connected || uc->goaway || uc->conn.closing)
             continue;
-        if (nghttp2_session_get_next_stream_id(uc->conn.session) > UPSTREAM_MAX_STREAM_ID) {
-            slb_info("backend %s: connection used %u stream ids: replacing it", pool->be->name,
-                     UPSTREAM_MAX_STREAM_ID / 2);
-            uc->goaway = 1; /* drains; closes when idle */
-            continue;
-        }
+        if (upstream_too_old(uc, now))
+            continue; /* the pool timer retires it (and closes it when idle) */
         if (uc->active < conn_stream_limit(uc))
             return uc;
     }
@@ -148,6 +177,11 @@ int slb_upstream_request(struct slb_upstream *uc, struct slb_h2_stream *s, const
         uc->last_recv_ms = uv_now(uc->pool->ctx->loop); /* silence counts from the first call */
         pool_arm_timer(uc->pool);
     }
+    uc->n_requests++;
+    if (uc->pool->cfg->max_requests_per_connection != 0 && uc->n_requests >= uc->pool->cfg->max_requests_per_connection)
+        upstream_retire(uc, "max_requests_per_connection");
+    else if (nghttp2_session_get_next_stream_id(uc->conn.session) > UPSTREAM_MAX_STREAM_ID)
+        upstream_retire(uc, "2^29 stream ids used"); /* before they run out (2^31 - 1), as Envoy does */
     slb_conn_mark_dirty(&uc->conn);
     return 0;
 }
@@ -262,6 +296,12 @@ static void upstream_ready(struct slb_upstream *uc)
         slb_notice("backend %s: connected after %u failed attempts", pool->be->name, pool->failures);
     pool->failures = 0;
     uc->last_recv_ms = uv_now(pool->ctx->loop);
+    if (pool->cfg->max_connection_age_ms != 0) {
+        /* +-10 %: connections opened together do not all recycle together */
+        double jitter = 0.9 + 0.2 * slb_rng_unit(&pool->ctx->rng);
+        uint64_t age = (uint64_t)((double)pool->cfg->max_connection_age_ms * jitter);
+        uc->retire_at_ms = uc->last_recv_ms + (age > 0 ? age : 1);
+    }
     slb_backend_set_state(pool->be, SLB_BACKEND_READY);
     pool_feed(pool);
     pool_arm_timer(pool); /* keepalive */
@@ -312,8 +352,9 @@ static void pool_maybe_connect(struct slb_upstream_pool *pool)
 
     if (pool->n_waiting == 0 || pool->n_connecting > 0 || pool->ctx->stopping || pool->be->draining)
         return;
-    if (pool->n_conns >= pool->cfg->max_connections_per_backend)
-        return; /* they wait for a stream slot */
+    if (pool->n_conns - pool->n_draining >= pool->cfg->max_connections_per_backend ||
+        pool->n_conns >= 2 * pool->cfg->max_connections_per_backend)
+        return; /* they wait for a stream slot (draining connections are replaced, within a bound) */
     if (slb_upstream_pool_in_backoff(pool))
         return; /* the pool timer ends the backoff; waiters were sent elsewhere */
     if ((rv = upstream_connect(pool, &uc)) != 0) {
@@ -361,18 +402,21 @@ static void pool_feed(struct slb_upstream_pool *pool)
     pool_maybe_connect(pool);
 }
 
-void slb_upstream_pool_queue(struct slb_upstream_pool *pool, struct slb_pool_waiter *w)
+int slb_upstream_pool_queue(struct slb_upstream_pool *pool, struct slb_pool_waiter *w)
 {
     struct slb_upstream *uc = slb_list_empty(&pool->waiters) ? pool_find_room(pool) : NULL;
 
     if (uc != NULL) {
         handler(pool)->on_ready(w, uc);
-        return;
+        return 0;
     }
+    if (pool->n_waiting >= pool->cfg->max_pending_per_backend)
+        return SLB_ELIMIT;
     slb_list_push_back(&pool->waiters, &w->link);
     w->pool = pool;
     pool->n_waiting++;
     pool_feed(pool);
+    return 0;
 }
 
 static void pool_connect_failed(struct slb_upstream_pool *pool, int err)
@@ -398,10 +442,18 @@ static void on_pool_timer(uv_timer_t *t)
     struct slb_upstream_pool *pool = slb_container_of(t, struct slb_upstream_pool, timer);
     uint64_t now = uv_now(pool->ctx->loop);
     struct slb_list *it, *tmp;
+    int retired = 0;
 
     slb_list_foreach_safe(it, tmp, &pool->conns)
     {
         struct slb_upstream *uc = slb_list_entry(it, struct slb_upstream, link);
+        if (uc->connected && !uc->goaway && !uc->conn.closing && upstream_too_old(uc, now)) {
+            upstream_retire(uc, "max_connection_age_ms");
+            retired = 1;
+            if (uc->active == 0 && slb_list_empty(&uc->streams))
+                slb_conn_close(&uc->conn, 0);
+            continue;
+        }
         if (uc->connected || uc->conn.closing)
             continue;
         if (uc->connect_deadline_ms <= now) {
@@ -421,6 +473,8 @@ static void on_pool_timer(uv_timer_t *t)
     }
     if (pool->be->state == SLB_BACKEND_TRANSIENT_FAILURE && pool->backoff_until_ms <= now && pool->n_connecting == 0)
         slb_backend_set_state(pool->be, SLB_BACKEND_IDLE); /* wakes waiting calls; the next pick reconnects */
+    if (retired)
+        pool_feed(pool); /* waiters get a replacement */
     pool_arm_timer(pool);
 }
 
@@ -438,6 +492,8 @@ static void pool_arm_timer(struct slb_upstream_pool *pool)
             uint64_t ka = keepalive_due(uc);
             if (ka < next)
                 next = ka;
+            if (!uc->goaway && !uc->conn.closing && uc->retire_at_ms != 0 && uc->retire_at_ms < next)
+                next = uc->retire_at_ms;
             continue;
         }
         if (uc->conn.closing)
@@ -493,6 +549,8 @@ static void upstream_on_close(struct slb_conn *c, int err)
     slb_list_remove(&uc->link);
     uc->listed = 0;
     pool->n_conns--;
+    if (uc->goaway)
+        pool->n_draining--;
     if (connect_failed)
         pool->n_connecting--;
     while (!slb_list_empty(&uc->streams)) {
@@ -580,7 +638,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
         if (!uc->goaway)
             slb_info("backend %s: GOAWAY (last stream %d, error %u): draining connection", uc->pool->be->name,
                      frame->goaway.last_stream_id, frame->goaway.error_code);
-        uc->goaway = 1;
+        upstream_drain(uc);
         if (frame->goaway.error_code != NGHTTP2_NO_ERROR) {
             /* An error GOAWAY ends the connection: whatever it still carries
              * fails now (and may be retried) instead of waiting for a peer
@@ -595,6 +653,25 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
     case NGHTTP2_SETTINGS:
         if (frame->hd.flags & NGHTTP2_FLAG_ACK)
             break;
+        if (nghttp2_session_get_remote_settings(s, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS) == 0) {
+            /* A connection that may carry no call must not hold any: calls
+             * would wait in the pool forever, and another connection would
+             * hear the same. */
+            if (!uc->connected) {
+                uc->pool->ctx->stats.upstream_no_streams++;
+                /* a connect failure: backoff, and the waiters go elsewhere (logged there) */
+                slb_conn_close(&uc->conn, SLB_ENOSTREAMS);
+                return NGHTTP2_ERR_CALLBACK_FAILURE;
+            }
+            if (!uc->goaway) {
+                uc->pool->ctx->stats.upstream_no_streams++;
+                slb_notice("backend %s: allows 0 concurrent streams now: draining the connection (%u calls on it)",
+                           uc->pool->be->name, uc->active);
+            }
+            upstream_drain(uc);
+            upstream_stream_done(uc); /* closes it when idle; waiters get a new connection */
+            break;
+        }
         if (!uc->connected)
             upstream_ready(uc); /* calls wait for it: the stream limit is known now */
         else

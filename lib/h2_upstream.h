@@ -7,6 +7,18 @@
  * drains that connection: it takes no new streams, and streams it refused
  * are reported closed with REFUSED_STREAM so their user may replay them.
  *
+ * The queue is bounded (max_pending_per_backend: past it slb_upstream_pool_queue
+ * refuses); how long a request waits in it is its user's business (the
+ * call's timer, queue_timeout_ms). A connection whose backend allows 0
+ * concurrent streams can carry nothing: on the first SETTINGS it is a
+ * connect failure (backoff, waiters go elsewhere), later it is drained.
+ *
+ * Recycling: a connection is drained and replaced (a new one opens for new
+ * calls; it closes when its last stream ends) before its stream ids run out
+ * (2^29), and optionally after max_requests_per_connection calls or
+ * max_connection_age_ms (+-10 % jitter). Draining connections do not count
+ * against max_connections_per_backend, up to twice that many in all.
+ *
  * The pool also runs the backend's connectivity state (IDLE, CONNECTING,
  * READY, TRANSIENT_FAILURE) with gRPC's connection backoff: while a backend
  * is in backoff no connection is attempted, whoever picks it.
@@ -69,7 +81,10 @@ struct slb_upstream {
     struct slb_list streams;      /* bound slb_h2_stream */
     uint32_t active;              /* open streams */
     uint8_t connected;            /* TCP up and the backend's first SETTINGS received: it takes streams */
-    uint8_t goaway, listed;
+    uint8_t goaway;               /* draining (backend GOAWAY, recycled): no new streams; closes when idle */
+    uint8_t listed;
+    uint32_t n_requests;      /* streams opened on it (max_requests_per_connection) */
+    uint64_t retire_at_ms;    /* drained and replaced then (max_connection_age_ms); 0 = never */
     uint8_t ping_outstanding; /* keepalive PING sent, no answer yet */
     uint64_t last_recv_ms;    /* a frame arrived (keepalive) */
     uint64_t ping_sent_ms;
@@ -83,6 +98,7 @@ struct slb_upstream_pool {
     const struct slb_config_cluster *cfg;
     struct slb_list conns;
     uint32_t n_conns, n_connecting;
+    uint32_t n_draining;     /* connections with goaway set (counted in n_conns) */
     struct slb_list waiters; /* struct slb_pool_waiter, oldest first */
     uint32_t n_waiting;
     uint32_t backoff_ms;       /* next backoff (gRPC connection backoff) */
@@ -96,8 +112,10 @@ struct slb_upstream_pool *slb_upstream_pool_get(struct slb_loop_ctx *ctx, struct
                                                 const struct slb_config_cluster *cfg);
 /* Whether the backend is in connection backoff (a new request would only wait). */
 int slb_upstream_pool_in_backoff(const struct slb_upstream_pool *pool);
-/* Queues w; on_ready / on_unavailable follow (possibly before this returns). */
-void slb_upstream_pool_queue(struct slb_upstream_pool *pool, struct slb_pool_waiter *w);
+/* Queues w; on_ready / on_unavailable follow (possibly before this returns).
+ * SLB_ELIMIT: no stream slot is free and max_pending_per_backend requests
+ * wait already; w is not queued and no callback follows. */
+int slb_upstream_pool_queue(struct slb_upstream_pool *pool, struct slb_pool_waiter *w);
 /* Takes w out of its pool's queue (no callback follows). Harmless if not queued. */
 void slb_upstream_pool_unqueue(struct slb_pool_waiter *w);
 /* The backend left discovery: waiters go elsewhere, idle connections close, busy ones when done. */

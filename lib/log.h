@@ -7,6 +7,7 @@
 #define SLB_LOG_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 enum slb_log_level { SLB_LOG_DEBUG = 0, SLB_LOG_INFO, SLB_LOG_NOTICE, SLB_LOG_WARN, SLB_LOG_ERROR };
 
@@ -18,6 +19,27 @@ void slb_log_write(int level, const char *fmt, ...) __attribute__((format(printf
 size_t slb_log_escape(const char *in, char *out, size_t outlen);
 /* "debug", "info", "notice", "warn", "error" -> level, or -1. */
 int slb_log_parse_level(const char *name);
+
+/* At most one line per interval for one kind of event, so a flood logs once
+ * (with how many events it did not log) instead of once per event.
+ * Owner: embedded in whoever logs that kind of event. */
+struct slb_log_limit {
+    uint64_t next_ms; /* no line before this */
+    uint64_t skipped; /* events since the last line that were not logged */
+};
+
+/* 1 when a line may be written now: *skipped gets the events not logged since the last one. */
+static inline int slb_log_limit_pass(struct slb_log_limit *l, uint64_t now_ms, uint32_t interval_ms, uint64_t *skipped)
+{
+    if (now_ms < l->next_ms) {
+        l->skipped++;
+        return 0;
+    }
+    *skipped = l->skipped;
+    l->skipped = 0;
+    l->next_ms = now_ms + interval_ms;
+    return 1;
+}
 
 #define slb_log(level, ...)                                                                                            \
     do {                                                                                                               \

@@ -14,18 +14,6 @@ static void on_sweep(uv_timer_t *t)
     slb_downstream_sweep(slb_container_of(t, struct slb_loop_ctx, sweep));
 }
 
-int slb_log_limit_ok(struct slb_log_limit *l, uint64_t now_ms, uint64_t interval_ms, uint64_t *suppressed)
-{
-    if (l->last_ms != 0 && now_ms - l->last_ms < interval_ms) {
-        l->suppressed++;
-        return 0;
-    }
-    *suppressed = l->suppressed;
-    l->suppressed = 0;
-    l->last_ms = now_ms != 0 ? now_ms : 1;
-    return 1;
-}
-
 int slb_loop_ctx_init(struct slb_loop_ctx *ctx, uv_loop_t *loop, void (*on_timer)(struct slb_deadline *d))
 {
     memset(ctx, 0, sizeof(*ctx));

@@ -26,6 +26,7 @@
 #include "deadline.h"
 #include "h2_conn.h"
 #include "list.h"
+#include "log.h"
 #include "rng.h"
 
 struct slb_downstream_handler;
@@ -35,20 +36,25 @@ struct slb_call;
 
 struct slb_loop_stats {
     uint64_t calls_total, calls_failed_local, downstream_conns_total, upstream_conns_total;
-    uint64_t rapid_reset_closes;     /* app connections closed for resetting too many streams */
-    uint64_t refused_streams;        /* app streams refused past max_concurrent_streams */
-    uint64_t header_lists_too_large; /* app header blocks past max_header_list_size */
-    uint64_t conns_evicted;          /* idle app connections closed at a cap to admit a new one */
-    uint64_t conns_refused;          /* app connections refused at a cap (none idle) */
-    uint64_t handshake_timeouts;     /* app connections closed without preface + SETTINGS in time */
-    uint64_t idle_timeouts;          /* app connections closed after idle_timeout_ms without streams */
-    uint64_t stream_idle_timeouts;   /* app streams ended after stream_idle_timeout_ms without frames */
+    uint64_t rapid_reset_closes;      /* app connections closed for resetting too many streams */
+    uint64_t refused_streams;         /* app streams refused past max_concurrent_streams */
+    uint64_t header_lists_too_large;  /* app header blocks past max_header_list_size */
+    uint64_t conns_evicted;           /* idle app connections closed at a cap to admit a new one */
+    uint64_t conns_refused;           /* app connections refused at a cap (none idle) */
+    uint64_t handshake_timeouts;      /* app connections closed without preface + SETTINGS in time */
+    uint64_t idle_timeouts;           /* app connections closed after idle_timeout_ms without streams */
+    uint64_t stream_idle_timeouts;    /* app streams ended after stream_idle_timeout_ms without frames */
+    uint64_t pool_queue_overflows;    /* calls a backend's pool turned away at max_pending_per_backend */
+    uint64_t pool_queue_timeouts;     /* calls that waited queue_timeout_ms in a pool for a stream */
+    uint64_t upstream_conns_recycled; /* replaced: max_requests_per_connection, max age, stream ids */
+    uint64_t upstream_no_streams;     /* connections closed: the backend allows 0 concurrent streams */
 };
 
-/* At most one log line per interval for an event that can come in floods. Owner: its user. */
-struct slb_log_limit {
-    uint64_t last_ms;    /* when the last line was logged */
-    uint64_t suppressed; /* events since, not logged */
+/* Rate-limited log lines, one per kind of event (SLB_LOG_LIMIT_MS apart). */
+#define SLB_LOG_LIMIT_MS 10000
+struct slb_loop_log_limits {
+    struct slb_log_limit queue_full, queue_timeout, recycle;        /* backend pools */
+    struct slb_log_limit conn_evicted, conn_refused, conn_timeouts; /* app connections */
 };
 
 struct slb_loop_ctx {
@@ -57,14 +63,14 @@ struct slb_loop_ctx {
     struct slb_rng rng;
     struct slb_deadline_heap timers; /* calls' deadlines, wait limits and retry backoffs */
     struct slb_loop_stats stats;
+    struct slb_loop_log_limits log_limits;
     struct slb_list downstreams; /* every app connection (struct slb_downstream.ctx_link) */
     /* app connection caps and timeouts (h2_downstream) */
     struct slb_list downstream_sets; /* one per listener (struct slb_downstream_set.ctx_link) */
     uint32_t n_app_conns;            /* open app connections, all listeners */
     uint32_t max_app_conns;          /* cap on n_app_conns; 0 = none (the server sets it) */
     uv_timer_t sweep;                /* 1 s: slb_downstream_sweep */
-    struct slb_log_limit log_evicted, log_refused, log_timeouts;
-    struct slb_list pools; /* every upstream pool (struct slb_upstream_pool.ctx_link) */
+    struct slb_list pools;           /* every upstream pool (struct slb_upstream_pool.ctx_link) */
     /* calls: in flight, and freed ones kept for reuse (owned by the call module) */
     uint32_t n_calls, n_free_calls;
     struct slb_call *free_calls;
@@ -88,7 +94,6 @@ void slb_loop_ctx_close(struct slb_loop_ctx *ctx, void (*on_closed)(struct slb_l
 void slb_loop_ctx_dispose(struct slb_loop_ctx *ctx);
 /* 1 when a flood-prone event may be logged now (then *suppressed says how many were not); at most one
  * line per interval_ms. */
-int slb_log_limit_ok(struct slb_log_limit *l, uint64_t now_ms, uint64_t interval_ms, uint64_t *suppressed);
 
 static inline uint64_t slb_loop_random(struct slb_loop_ctx *ctx)
 {

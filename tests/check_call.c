@@ -24,6 +24,7 @@
 struct fake_pool {
     struct slb_upstream_pool base; /* only waiters is used */
     int backoff;
+    int full; /* the queue refuses (max_pending_per_backend) */
 };
 
 static struct {
@@ -91,10 +92,13 @@ static int fake_in_backoff(const struct slb_upstream_pool *pool)
     return ((const struct fake_pool *)pool)->backoff;
 }
 
-static void fake_queue(struct slb_upstream_pool *pool, struct slb_pool_waiter *w)
+static int fake_queue(struct slb_upstream_pool *pool, struct slb_pool_waiter *w)
 {
+    if (((struct fake_pool *)pool)->full)
+        return SLB_ELIMIT;
     slb_list_push_back(&pool->waiters, &w->link);
     w->pool = pool;
+    return 0;
 }
 
 static void fake_unqueue(struct slb_pool_waiter *w)
@@ -414,14 +418,22 @@ static size_t drain_response(struct slb_call *call, int *end, int *trailer_statu
     return total;
 }
 
+/* One turn of the loop that runs the timers that are due, and no later ones
+ * (UV_RUN_ONCE may block until the next timer and run it too, skipping the
+ * state a test waits for). */
+static void run_turn(void)
+{
+    uv_sleep(1);
+    uv_ref(slb_deadline_handle(&T.ctx.timers)); /* unreferenced: the loop would not run at all */
+    uv_run(&T.loop, UV_RUN_NOWAIT);
+}
+
 static void run_until_state(struct slb_call *call, int state, int max_ms)
 {
     uint64_t until = uv_now(&T.loop) + (uint64_t)max_ms;
 
-    while (call->state != state && uv_now(&T.loop) < until) {
-        uv_ref(slb_deadline_handle(&T.ctx.timers));
-        uv_run(&T.loop, UV_RUN_ONCE);
-    }
+    while (call->state != state && uv_now(&T.loop) < until)
+        run_turn();
     ck_assert_str_eq(slb_call_state_name(call->state), slb_call_state_name(state));
 }
 
@@ -801,6 +813,89 @@ START_TEST(backend_in_backoff_is_not_retried_at_once)
 }
 END_TEST
 
+/* A full pool queue (max_pending_per_backend) is a transparent retry on a
+ * backend not tried yet; when every one is full the call fails
+ * RESOURCE_EXHAUSTED, with no attempt spent and nothing left queued. */
+START_TEST(full_pool_queue_sends_the_call_elsewhere_then_fails)
+{
+    struct slb_call *call;
+
+    F.pools[0].full = F.pools[1].full = 1;
+    call = open_call();
+    send_headers(call, "/t.S/M", NULL, 1);
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+    ck_assert_int_eq(F.status, SLB_GRPC_RESOURCE_EXHAUSTED);
+    ck_assert_uint_eq(T.ctx.stats.pool_queue_overflows, 2); /* both backends were asked */
+    ck_assert_uint_eq(T.ctx.stats.calls_failed_local, 1);
+    ck_assert_int_eq(call->attempts, 0);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+
+    for (int full = 0; full < 2; full++) {
+        F.pools[full].full = 1;
+        F.pools[!full].full = 0;
+        call = open_call();
+        send_headers(call, "/t.S/M", NULL, 1);
+        ck_assert_int_eq(call->state, SLB_CALL_QUEUED);
+        ck_assert_ptr_eq(queued_pool(call), &F.pools[!full]);
+        stream_ready(call);
+        ck_assert_int_eq(call->state, SLB_CALL_SENT);
+        close_down(call, NGHTTP2_CANCEL);
+        assert_all_released();
+    }
+}
+END_TEST
+
+static void run_until_moved(struct slb_call *call, struct fake_pool *from, int max_ms)
+{
+    uint64_t until = uv_now(&T.loop) + (uint64_t)max_ms;
+
+    while (call->state == SLB_CALL_QUEUED && queued_pool(call) == from && uv_now(&T.loop) < until)
+        run_turn();
+}
+
+/* A call waits queue_timeout_ms for a stream slot (on the call's own timer
+ * entry, set only while it waits), then goes to a backend it has not tried,
+ * then fails UNAVAILABLE, before its deadline. */
+START_TEST(queue_timeout_sends_the_call_elsewhere_then_fails)
+{
+    struct slb_call *call;
+    struct fake_pool *first, *second;
+    uint64_t t0;
+
+    T.cfg->clusters[0].queue_timeout_ms = 50;
+    /* served at once: the queue timer entry goes with the wait */
+    call = open_call();
+    send_headers(call, "/t.S/M", NULL, 1);
+    ck_assert_int_eq(call->state, SLB_CALL_QUEUED);
+    ck_assert_uint_eq(T.ctx.timers.n, 1);
+    stream_ready(call);
+    ck_assert_uint_eq(T.ctx.timers.n, 0);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+
+    call = open_call();
+    t0 = uv_now(&T.loop);
+    send_headers(call, "/t.S/M", "10S", 1);
+    first = queued_pool(call);
+    ck_assert_ptr_nonnull(first);
+    run_until_moved(call, first, 1000);
+    ck_assert_int_eq(call->state, SLB_CALL_QUEUED);
+    second = queued_pool(call);
+    ck_assert_ptr_nonnull(second);
+    ck_assert_ptr_ne(second, first);
+    ck_assert_uint_eq(T.ctx.stats.pool_queue_timeouts, 1);
+    ck_assert_int_eq(call->attempts, 1); /* the refused attempt was not spent */
+    run_until_state(call, SLB_CALL_FINISHING, 1000);
+    ck_assert_int_eq(F.status, SLB_GRPC_UNAVAILABLE);
+    ck_assert_uint_eq(T.ctx.stats.pool_queue_timeouts, 2);
+    ck_assert_uint_lt(uv_now(&T.loop) - t0, 1000); /* long before the 10 s deadline */
+    ck_assert(slb_list_empty(&first->base.waiters) && slb_list_empty(&second->base.waiters));
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
 START_TEST(response_after_the_app_is_gone_is_dropped_and_window_returned)
 {
     struct slb_call *call = call_in_state(SLB_CALL_STREAMING);
@@ -833,6 +928,8 @@ Suite *call_suite(void)
     tcase_add_test(tc, trailers_too_large_after_the_response_started_reset_the_stream);
     tcase_add_test(tc, waiting_call_is_woken_when_a_backend_leaves_backoff);
     tcase_add_test(tc, backend_in_backoff_is_not_retried_at_once);
+    tcase_add_test(tc, full_pool_queue_sends_the_call_elsewhere_then_fails);
+    tcase_add_test(tc, queue_timeout_sends_the_call_elsewhere_then_fails);
     tcase_add_test(tc, response_after_the_app_is_gone_is_dropped_and_window_returned);
     suite_add_tcase(s, tc);
     return s;

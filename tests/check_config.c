@@ -61,6 +61,8 @@ static const char *full_config =
     "                                 \"min_weight_percent\": 5}}},\n"
     "     \"max_connections_per_backend\": 4, \"max_streams_per_connection\": 100,\n"
     "     \"stream_window\": 1048576, \"connect_timeout_ms\": 3000,\n"
+    "     \"max_pending_per_backend\": 50, \"queue_timeout_ms\": 0,\n"
+    "     \"max_requests_per_connection\": 10000, \"max_connection_age_ms\": 600000,\n"
     "     \"backoff\": {\"initial_ms\": 100, \"multiplier\": 2, \"jitter\": 0.1,\n"
     "                 \"max_ms\": 10000, \"min_connect_timeout_ms\": 1000},\n"
     "     \"health_check\": {\"service\": \"x.Greeter\", \"interval_ms\": 500, "
@@ -158,6 +160,10 @@ START_TEST(test_full)
     ck_assert_uint_eq(c->max_streams_per_connection, 100);
     ck_assert_uint_eq(c->stream_window, 1048576);
     ck_assert_uint_eq(c->connect_timeout_ms, 3000);
+    ck_assert_uint_eq(c->max_pending_per_backend, 50);
+    ck_assert_uint_eq(c->queue_timeout_ms, 0);
+    ck_assert_uint_eq(c->max_requests_per_connection, 10000);
+    ck_assert_uint_eq(c->max_connection_age_ms, 600000);
     ck_assert_uint_eq(c->backoff.initial_ms, 100);
     ck_assert_double_eq(c->backoff.multiplier, 2);
     ck_assert_double_eq(c->backoff.jitter, 0.1);
@@ -248,6 +254,10 @@ START_TEST(test_defaults)
     ck_assert_uint_eq(c->max_streams_per_connection, 1000);
     ck_assert_uint_eq(c->stream_window, 262144);
     ck_assert_uint_eq(c->connect_timeout_ms, 5000);
+    ck_assert_uint_eq(c->max_pending_per_backend, 1000);
+    ck_assert_uint_eq(c->queue_timeout_ms, 5000);
+    ck_assert_uint_eq(c->max_requests_per_connection, 0);
+    ck_assert_uint_eq(c->max_connection_age_ms, 0);
     ck_assert_uint_eq(c->backoff.initial_ms, 1000);
     ck_assert_double_eq(c->backoff.multiplier, 1.6);
     ck_assert_double_eq(c->backoff.jitter, 0.2);
@@ -430,6 +440,12 @@ START_TEST(err_out_of_range)
                  "     \"connect_timeout_ms\": 0}]\n"
                  "}\n",
                  "t.json:4:28: clusters[0].connect_timeout_ms: 0 is out of range (1..600000)");
+    /* a pool queue of 0 would leave no call a way to wait for the first connection */
+    expect_error("{\n" LISTENER_OK
+                 "  \"clusters\": [{\"name\": \"a\", \"discovery\": {\"static\": [\"127.0.0.1:1\"]},\n"
+                 "     \"max_pending_per_backend\": 0}]\n"
+                 "}\n",
+                 "t.json:4:33: clusters[0].max_pending_per_backend: 0 is out of range (1..2147483647)");
 }
 END_TEST
 

@@ -22,7 +22,11 @@ static struct {
     int ready, unavailable;
     struct slb_upstream *last_uc;
     struct slb_h2_stream streams[4];
+    int unavailable_err;
 } U;
+
+/* The silent server's SETTINGS allow 0 concurrent streams (set before world_new). */
+static int settings_no_streams;
 
 static void on_ready(struct slb_pool_waiter *w, struct slb_upstream *uc)
 {
@@ -33,6 +37,7 @@ static void on_ready(struct slb_pool_waiter *w, struct slb_upstream *uc)
 static void on_unavailable(struct slb_pool_waiter *w, int err)
 {
     U.unavailable++;
+    U.unavailable_err = err;
 }
 
 static void on_lost(struct slb_h2_stream *s, int err) {}
@@ -55,7 +60,10 @@ static void on_accept(uv_stream_t *server, int status)
     uv_tcp_t *c = malloc(sizeof(*c));
     uv_tcp_init(server->loop, c);
     static const char settings[9] = {0, 0, 0, 4, 0, 0, 0, 0, 0}; /* an empty SETTINGS frame */
-    uv_buf_t b = uv_buf_init((char *)settings, sizeof(settings));
+    /* SETTINGS_MAX_CONCURRENT_STREAMS (3) = 0 */
+    static const char settings_mcs0[15] = {0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0};
+    uv_buf_t b = settings_no_streams ? uv_buf_init((char *)settings_mcs0, sizeof(settings_mcs0))
+                                     : uv_buf_init((char *)settings, sizeof(settings));
 
     c->data = &U; /* ours: closed at teardown */
     if (uv_accept(server, (uv_stream_t *)c) != 0) {
@@ -108,7 +116,8 @@ static struct slb_upstream_pool *world_new(void)
     snprintf(json, sizeof(json),
              "{\"listeners\":[{\"address\":\"127.0.0.1:1\",\"default_cluster\":\"c\"}],"
              "\"clusters\":[{\"name\":\"c\",\"discovery\":{\"static\":[\"%s\"]},\"policy\":{\"round_robin\":{}},"
-             "\"max_streams_per_connection\":1,\"max_connections_per_backend\":4}]}",
+             "\"max_streams_per_connection\":1,\"max_connections_per_backend\":4,\"max_pending_per_backend\":2,"
+             "\"max_requests_per_connection\":2}]}",
              addr);
     U.cfg = slb_config_load_string(json, "t.json", err, sizeof(err));
     ck_assert_msg(U.cfg != NULL, "%s", err);
@@ -206,6 +215,90 @@ START_TEST(data_provider_never_reaches_a_released_stream)
 }
 END_TEST
 
+/* The wait queue is bounded: past max_pending_per_backend the pool refuses
+ * at once (no callback follows), and the refused waiter is not linked. */
+START_TEST(pool_queue_is_bounded)
+{
+    struct slb_upstream_pool *pool = world_new();
+    struct slb_pool_waiter w[3];
+
+    for (int i = 0; i < 3; i++)
+        slb_list_init(&w[i].link), w[i].pool = NULL;
+    /* the connection is still coming up: they wait */
+    ck_assert_int_eq(slb_upstream_pool_queue(pool, &w[0]), 0);
+    ck_assert_int_eq(slb_upstream_pool_queue(pool, &w[1]), 0);
+    ck_assert_int_eq(slb_upstream_pool_queue(pool, &w[2]), SLB_ELIMIT);
+    ck_assert_ptr_null(w[2].pool);
+    ck_assert_uint_eq(pool->n_waiting, 2);
+    ck_assert_int_eq(U.ready + U.unavailable, 0);
+    /* the connection is up (the test handler opens no stream: both go), and the queue takes more */
+    run_until(&U.ready, 2);
+    ck_assert_uint_eq(pool->n_waiting, 0);
+    ck_assert_int_eq(slb_upstream_pool_queue(pool, &w[2]), 0);
+    world_free();
+}
+END_TEST
+
+/* A backend whose SETTINGS allow 0 concurrent streams holds no request: it
+ * is a connect failure (backoff, TRANSIENT_FAILURE) and the waiter is handed
+ * back at once to go elsewhere, instead of waiting in the queue forever. */
+START_TEST(backend_allowing_no_streams_is_a_connect_failure)
+{
+    struct slb_upstream_pool *pool;
+    struct slb_pool_waiter w;
+
+    settings_no_streams = 1;
+    pool = world_new();
+    slb_list_init(&w.link);
+    w.pool = NULL;
+    ck_assert_int_eq(slb_upstream_pool_queue(pool, &w), 0);
+    run_until(&U.unavailable, 1);
+    settings_no_streams = 0;
+    ck_assert_int_eq(U.ready, 0);
+    ck_assert_int_eq(U.unavailable_err, SLB_ENOSTREAMS);
+    ck_assert_ptr_null(w.pool);
+    ck_assert_uint_eq(pool->n_waiting, 0);
+    ck_assert_uint_eq(pool->n_conns, 0);
+    ck_assert(slb_upstream_pool_in_backoff(pool));
+    ck_assert_int_eq(U.be->state, SLB_BACKEND_TRANSIENT_FAILURE);
+    ck_assert_uint_eq(U.ctx.stats.upstream_no_streams, 1);
+    world_free();
+}
+END_TEST
+
+/* max_requests_per_connection (2 here): the connection that carried its
+ * calls takes no more, the next request gets a new connection, and the old
+ * one closes when its last stream is let go. */
+START_TEST(connection_is_replaced_after_max_requests)
+{
+    struct slb_upstream_pool *pool = world_new();
+    struct slb_pool_waiter w[3];
+    struct slb_upstream *first;
+
+    for (int i = 0; i < 3; i++) {
+        slb_list_init(&w[i].link), w[i].pool = NULL;
+        slb_h2_stream_init(&U.streams[i], &stream_ops);
+    }
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(slb_upstream_pool_queue(pool, &w[i]), 0);
+        run_until(&U.ready, i + 1);
+        ck_assert_int_eq(slb_upstream_request(U.last_uc, &U.streams[i], request_nv, 4, 0), 0);
+        slb_upstream_release(&U.streams[i], NGHTTP2_CANCEL); /* one slot (max_streams_per_connection 1) */
+    }
+    first = U.last_uc;
+    ck_assert_uint_eq(first->n_requests, 2);
+    ck_assert_int_eq(first->goaway, 1); /* retired at its 2nd request */
+    ck_assert_uint_eq(U.ctx.stats.upstream_conns_recycled, 1);
+    ck_assert_int_eq(first->conn.closing, 1); /* idle once the stream was let go */
+    ck_assert_int_eq(slb_upstream_pool_queue(pool, &w[2]), 0);
+    run_until(&U.ready, 3);
+    ck_assert_ptr_ne(U.last_uc, first);
+    ck_assert_uint_eq(pool->n_conns, 1);
+    ck_assert_uint_eq(pool->n_draining, 0);
+    world_free();
+}
+END_TEST
+
 Suite *upstream_suite(void)
 {
     Suite *s = suite_create("upstream");
@@ -213,6 +306,9 @@ Suite *upstream_suite(void)
 
     tcase_add_test(tc, session_that_fails_to_start_leaves_the_pool_alone);
     tcase_add_test(tc, data_provider_never_reaches_a_released_stream);
+    tcase_add_test(tc, pool_queue_is_bounded);
+    tcase_add_test(tc, backend_allowing_no_streams_is_a_connect_failure);
+    tcase_add_test(tc, connection_is_replaced_after_max_requests);
     suite_add_tcase(s, tc);
     return s;
 }
