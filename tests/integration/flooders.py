@@ -4,8 +4,8 @@
         backend stall (delay_ms), then keeps sending request messages on every
         stream as fast as sidelb's flow-control windows allow; .accepted is the
         number of body bytes sidelb took.
-    frame_flood(port, seconds, result)  a WINDOW_UPDATE + PING flood on one
-        connection (cheap frames sidelb must parse one by one).
+    frame_flood(port, seconds, result, pings=False)  a WINDOW_UPDATE (+ PING)
+        flood on one connection: cheap frames sidelb must parse one by one.
 """
 
 import select
@@ -103,16 +103,16 @@ class Uploader(threading.Thread):
         self.sock.close()
 
 
-def frame_flood(port, seconds, result):
+def frame_flood(port, seconds, result, pings=False):
     """Cheap frames as fast as the socket takes them: WINDOW_UPDATE(+1) on the
-    connection and PINGs, reading (and dropping) what sidelb answers."""
+    connection (and PINGs), reading (and dropping) what sidelb answers."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     conn.initiate_connection()
     sock.sendall(conn.data_to_send())
     wu = struct.pack(">I", 4)[1:] + b"\x08\x00" + struct.pack(">I", 0) + struct.pack(">I", 1)
     ping = struct.pack(">I", 8)[1:] + b"\x06\x00" + struct.pack(">I", 0) + b"12345678"
-    blob = (wu * 40 + ping) * 200  # ~110 KB, 8,000 WINDOW_UPDATEs and 200 PINGs
+    blob = (wu * 40 + (ping if pings else b"")) * 200  # ~110 KB: 8,000 WINDOW_UPDATEs (and 200 PINGs)
     end = time.monotonic() + seconds
     result["bytes"] = 0
     try:
