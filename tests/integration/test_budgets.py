@@ -193,3 +193,30 @@ def test_frame_flood_does_not_starve_other_apps(flooders):
     assert metrics(cfg)["sidelb_read_pauses_total"] >= 1
     assert slb.alive()
     assert peers.echo_stub(slb.addr).Unary(req(payload=b"after"), timeout=5).payload == b"after"
+
+
+@pytest.mark.timeout(90)
+def test_held_back_app_does_not_slow_others_on_the_same_backend_connection():
+    """The budget holds back only the over-budget app's own windows: its
+    calls' backend *stream* windows, never the backend connection's, so
+    another app's calls on that same connection keep flowing."""
+    from test_isolation import StalledReader
+
+    be = peers.start_c_backend("shared", extra_args=["--max-concurrent-streams", "1000"])
+    cfg = two_cluster_config(be.addr, be.addr, budgets={"connection_bytes": 4 * MiB})
+    cfg["clusters"][1]["max_connections_per_backend"] = 1
+    cfg["listeners"][0]["routes"] = [{"service": "sidelb.test.Echo", "cluster": "echo"}]
+    slb = start_sidelb(cfg)
+    stub = peers.echo_stub(slb.addr)
+    assert stub.Unary(req(payload=b"warm"), timeout=5).payload == b"warm"  # the one backend connection is up
+    slow = StalledReader(slb.port, n=100, response_size=65536, response_count=64)
+    try:
+        deadline = time.monotonic() + 10
+        while metrics(cfg)["sidelb_buffer_backpressure_total"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metrics(cfg)["sidelb_buffer_held_back_connections"] == 1
+        ok, p99, errors = well_behaved_app(slb.addr)
+        assert_served(ok, p99, errors, 200)
+    finally:
+        slow.close()
+    assert slb.alive()
