@@ -17,8 +17,6 @@
 #define SLB_FREE_CALLS_MAX 4096
 /* Budgets that bit are released below 7/8 of them (hysteresis). */
 #define BUDGET_LOW(limit) ((limit) - (limit) / 8)
-/* Rate limit of the log lines about the total budget and dropped replay copies. */
-#define BUDGET_LOG_EVERY_MS 10000
 
 static const struct slb_h2_stream_ops down_stream_ops, up_stream_ops;
 
@@ -73,19 +71,16 @@ static void call_account(struct slb_call *call);
 static void call_drop_replay(struct slb_call *call, const char *why)
 {
     struct slb_loop_ctx *ctx = call->ctx;
-    uint64_t now;
+    uint64_t suppressed;
 
     if (!call->req.retain)
         return;
     slb_chunkq_commit(&call->req);
     ctx->stats.retry_buffer_dropped++;
-    now = uv_now(ctx->loop);
-    if (ctx->buffers.retry_logged_at_ms == 0 || now - ctx->buffers.retry_logged_at_ms >= BUDGET_LOG_EVERY_MS) {
-        ctx->buffers.retry_logged_at_ms = now;
-        slb_info("call %d: its request is no longer kept for a retry (%s); such calls are counted in "
-                 "sidelb_retry_buffer_dropped_total (logged at most every %d s)",
-                 call->down.sid, why, BUDGET_LOG_EVERY_MS / 1000);
-    }
+    if (slb_log_limit_pass(&ctx->log_limits.replay_dropped, uv_now(ctx->loop), SLB_LOG_LIMIT_MS, &suppressed))
+        slb_info("call %d: its request is no longer kept for a retry (%s); %llu more since the last line; all are "
+                 "counted in sidelb_retry_buffer_dropped_total (logged at most every %d s)",
+                 call->down.sid, why, (unsigned long long)suppressed, SLB_LOG_LIMIT_MS / 1000);
     call_account(call);
 }
 
@@ -161,16 +156,17 @@ static void budget_conn_bites(struct slb_loop_ctx *ctx, struct slb_downstream *d
 /* All calls together went over budgets.total_bytes: every replay copy goes. */
 static void budget_total_bites(struct slb_loop_ctx *ctx)
 {
-    uint64_t now = uv_now(ctx->loop);
+    uint64_t suppressed;
     struct slb_list *it, *jt;
 
     ctx->buffers.total_over = 1;
     ctx->stats.budget_total_exceeded++;
-    if (ctx->buffers.total_logged_at_ms == 0 || now - ctx->buffers.total_logged_at_ms >= BUDGET_LOG_EVERY_MS) {
-        ctx->buffers.total_logged_at_ms = now;
+    if (slb_log_limit_pass(&ctx->log_limits.budget_total, uv_now(ctx->loop), SLB_LOG_LIMIT_MS, &suppressed)) {
         slb_warn("calls hold %llu bytes in sidelb, over budgets.total_bytes (%u): replay copies are dropped and app "
-                 "connections over their share are held back (logged at most every %d s)",
-                 (unsigned long long)ctx->buffers.buffered, ctx->budgets.total_bytes, BUDGET_LOG_EVERY_MS / 1000);
+                 "connections over their share are held back (%llu more times since the last line; logged at most "
+                 "every %d s)",
+                 (unsigned long long)ctx->buffers.buffered, ctx->budgets.total_bytes, (unsigned long long)suppressed,
+                 SLB_LOG_LIMIT_MS / 1000);
     }
     for (it = ctx->downstreams.next; it != &ctx->downstreams; it = it->next) {
         struct slb_downstream *dc = slb_list_entry(it, struct slb_downstream, ctx_link);

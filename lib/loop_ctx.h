@@ -60,6 +60,7 @@ struct slb_loop_stats {
 struct slb_loop_log_limits {
     struct slb_log_limit queue_full, queue_timeout, recycle;        /* backend pools */
     struct slb_log_limit conn_evicted, conn_refused, conn_timeouts; /* app connections */
+    struct slb_log_limit budget_total, replay_dropped;              /* buffer budgets (calls) */
 };
 
 /*
@@ -67,12 +68,10 @@ struct slb_loop_log_limits {
  * them; docs/architecture.md, "Buffer budgets"). Owner: the loop context.
  */
 struct slb_budget_state {
-    uint64_t buffered;           /* request bytes not yet sent, replay copies, response bytes the apps have not taken */
-    uint32_t n_buffering;        /* app connections holding any */
-    uint32_t n_held_back;        /* app connections whose windows are held back now */
-    uint8_t total_over;          /* over budgets.total_bytes (until it falls to 7/8 of it) */
-    uint64_t total_logged_at_ms; /* last log line about the total budget (rate limit) */
-    uint64_t retry_logged_at_ms; /* ... about a dropped replay copy */
+    uint64_t buffered;    /* request bytes not yet sent, replay copies, response bytes the apps have not taken */
+    uint32_t n_buffering; /* app connections holding any */
+    uint32_t n_held_back; /* app connections whose windows are held back now */
+    uint8_t total_over;   /* over budgets.total_bytes (until it falls to 7/8 of it) */
 };
 
 struct slb_loop_ctx {
