@@ -260,6 +260,16 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
         {"sidelb_upstream_no_streams_total",
          "Backend connections that could carry no call: the backend advertised SETTINGS_MAX_CONCURRENT_STREAMS 0.",
          offsetof(struct slb_loop_stats, upstream_no_streams)},
+        {"sidelb_buffer_backpressure_total",
+         "Times an application connection went over its buffer budget (budgets.connection_bytes, or its share of "
+         "budgets.total_bytes) and its flow-control windows were held back.",
+         offsetof(struct slb_loop_stats, budget_conn_backpressure)},
+        {"sidelb_buffer_total_exceeded_total", "Times the calls together went over budgets.total_bytes.",
+         offsetof(struct slb_loop_stats, budget_total_exceeded)},
+        {"sidelb_retry_buffer_dropped_total",
+         "Calls that lost their replay copy (no more retries): past budgets.call_retry_bytes, or under buffer "
+         "pressure.",
+         offsetof(struct slb_loop_stats, retry_buffer_dropped)},
     };
 
     for (size_t i = 0; i < SLB_ARRAY_SIZE(counters); i++) {
@@ -278,6 +288,15 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
     put_family(o, "sidelb_listener_connections", "gauge", "Open application connections per listener.");
     for (size_t i = 0; i < srv->n_listeners; i++)
         put_listener_conns(o, &srv->listeners[i]);
+    put_family(o, "sidelb_buffered_bytes", "gauge",
+               "Bytes calls hold: request bytes not yet sent, replay copies, response bytes the apps have not taken.");
+    putf(o, "sidelb_buffered_bytes %llu\n", (unsigned long long)srv->ctx.buffers.buffered);
+    put_family(o, "sidelb_buffer_held_back_connections", "gauge",
+               "Application connections over their buffer budget now (their windows are held back).");
+    putf(o, "sidelb_buffer_held_back_connections %u\n", srv->ctx.buffers.n_held_back);
+    put_family(o, "sidelb_read_pauses_total", "counter",
+               "Times a connection read budgets.read_bytes_per_turn in one loop turn and waited for the next.");
+    putf(o, "sidelb_read_pauses_total %llu\n", (unsigned long long)srv->ctx.io.read_pauses);
     put_family(o, "sidelb_draining", "gauge", "1 once the server is stopping (draining calls).");
     putf(o, "sidelb_draining %d\n", srv->stopping ? 1 : 0);
 

@@ -10,10 +10,13 @@
 #include "loop_ctx.h"
 #include "route.h"
 
-/* Request bytes kept after they were sent, so a stream the backend refused
- * (GOAWAY, REFUSED_STREAM) or an A6 retry can be replayed; past this the call commits. */
-#define SLB_REPLAY_MAX     (256 * 1024)
+/* Request bytes are kept after they were sent, so a stream the backend
+ * refused (GOAWAY, REFUSED_STREAM) or an A6 retry can be replayed; past
+ * budgets.call_retry_bytes (all of the request kept: sent and not yet sent)
+ * the call commits, as gRPC's per-RPC retry buffer limit. */
 #define SLB_FREE_CALLS_MAX 4096
+/* Budgets that bit are released below 7/8 of them (hysteresis). */
+#define BUDGET_LOW(limit) ((limit) - (limit) / 8)
 
 static const struct slb_h2_stream_ops down_stream_ops, up_stream_ops;
 
@@ -60,6 +63,177 @@ static void call_arm_timer(struct slb_call *call)
         slb_warn("call %d: out of memory for its timer", call->down.sid);
 }
 
+/* ---- buffer budgets ---- */
+
+static void call_account(struct slb_call *call);
+
+/* Drops the call's replay copy: it is committed to its current attempt (gRFC A6). */
+static void call_drop_replay(struct slb_call *call, const char *why)
+{
+    struct slb_loop_ctx *ctx = call->ctx;
+    uint64_t suppressed;
+
+    if (!call->req.retain)
+        return;
+    slb_chunkq_commit(&call->req);
+    ctx->stats.retry_buffer_dropped++;
+    if (slb_log_limit_pass(&ctx->log_limits.replay_dropped, uv_now(ctx->loop), SLB_LOG_LIMIT_MS, &suppressed))
+        slb_info("call %d: its request is no longer kept for a retry (%s); %llu more since the last line; all are "
+                 "counted in sidelb_retry_buffer_dropped_total (logged at most every %d s)",
+                 call->down.sid, why, (unsigned long long)suppressed, SLB_LOG_LIMIT_MS / 1000);
+    call_account(call);
+}
+
+/* What one app connection may hold now: its budget, or its share of the total while that is over. */
+static uint64_t budget_conn_limit(const struct slb_loop_ctx *ctx)
+{
+    uint64_t limit = ctx->budgets.connection_bytes;
+
+    if (ctx->buffers.total_over && ctx->buffers.n_buffering > 0) {
+        uint64_t share = ctx->budgets.total_bytes / ctx->buffers.n_buffering;
+        if (share < limit)
+            limit = share;
+    }
+    return limit;
+}
+
+/* The call of an app stream in its connection's list (dc->streams). */
+#define call_of_link(it) slb_container_of(it, struct slb_call, down.link)
+
+/* Reopens the windows the budget held back for this call: its app stream's
+ * (request bytes sent on) and its backend stream's (response bytes the app took). */
+static void call_release_windows(struct slb_call *call)
+{
+    if (call->req_pos > call->req_consumed) {
+        call->io->consume_stream(&call->down, (size_t)(call->req_pos - call->req_consumed));
+        call->req_consumed = call->req_pos;
+    }
+    if (call->up.conn != NULL && call->resp_received - call->resp_consumed > call->resp.unsent) {
+        size_t n = (size_t)(call->resp_received - call->resp_consumed - call->resp.unsent);
+        call->io->consume_stream(&call->up, n);
+        call->resp_consumed += n;
+    }
+}
+
+/* The connection fell below its budget: its windows reopen. */
+static void budget_conn_eases(struct slb_loop_ctx *ctx, struct slb_downstream *dc)
+{
+    struct slb_list *it;
+
+    dc->held_back = 0;
+    ctx->buffers.n_held_back--;
+    if (dc->window_withheld > 0) {
+        ctx->call_io->consume_downstream(dc, (size_t)dc->window_withheld);
+        dc->window_withheld = 0;
+    }
+    for (it = dc->streams.next; it != &dc->streams; it = it->next)
+        call_release_windows(call_of_link(it));
+}
+
+/* The connection went over its budget: its replay copies go first; if it is still over, its windows are held back. */
+static void budget_conn_bites(struct slb_loop_ctx *ctx, struct slb_downstream *dc)
+{
+    uint64_t limit = budget_conn_limit(ctx);
+    struct slb_list *it;
+
+    for (it = dc->streams.next; it != &dc->streams; it = it->next)
+        call_drop_replay(call_of_link(it), "its app connection is over its buffer budget");
+    if (dc->buffered <= limit || dc->held_back)
+        return;
+    dc->held_back = 1;
+    ctx->buffers.n_held_back++;
+    ctx->stats.budget_conn_backpressure++;
+    if (!dc->budget_logged) {
+        dc->budget_logged = 1;
+        slb_warn(
+            "an app connection holds %llu bytes in sidelb, over its buffer budget of %llu (budgets.connection_bytes, "
+            "or its share of budgets.total_bytes): its flow-control windows are held back until it holds less "
+            "(logged once per connection)",
+            (unsigned long long)dc->buffered, (unsigned long long)limit);
+    }
+}
+
+/* All calls together went over budgets.total_bytes: every replay copy goes. */
+static void budget_total_bites(struct slb_loop_ctx *ctx)
+{
+    uint64_t suppressed;
+    struct slb_list *it, *jt;
+
+    ctx->buffers.total_over = 1;
+    ctx->stats.budget_total_exceeded++;
+    if (slb_log_limit_pass(&ctx->log_limits.budget_total, uv_now(ctx->loop), SLB_LOG_LIMIT_MS, &suppressed)) {
+        slb_warn("calls hold %llu bytes in sidelb, over budgets.total_bytes (%u): replay copies are dropped and app "
+                 "connections over their share are held back (%llu more times since the last line; logged at most "
+                 "every %d s)",
+                 (unsigned long long)ctx->buffers.buffered, ctx->budgets.total_bytes, (unsigned long long)suppressed,
+                 SLB_LOG_LIMIT_MS / 1000);
+    }
+    for (it = ctx->downstreams.next; it != &ctx->downstreams; it = it->next) {
+        struct slb_downstream *dc = slb_list_entry(it, struct slb_downstream, ctx_link);
+        for (jt = dc->streams.next; jt != &dc->streams; jt = jt->next)
+            call_drop_replay(call_of_link(jt), "sidelb is over budgets.total_bytes");
+    }
+}
+
+static void budget_total_eases(struct slb_loop_ctx *ctx)
+{
+    struct slb_list *it;
+
+    ctx->buffers.total_over = 0;
+    for (it = ctx->downstreams.next; it != &ctx->downstreams; it = it->next) {
+        struct slb_downstream *dc = slb_list_entry(it, struct slb_downstream, ctx_link);
+        if (dc->held_back && dc->buffered <= BUDGET_LOW(budget_conn_limit(ctx)))
+            budget_conn_eases(ctx, dc);
+    }
+}
+
+/* Brings the budgets up to date with what the call holds now (after its queues changed). */
+static void call_account(struct slb_call *call)
+{
+    struct slb_loop_ctx *ctx = call->ctx;
+    struct slb_downstream *dc = call->dc;
+    size_t now = call->req.unsent + call->req.retained + call->resp.unsent;
+
+    if (now == call->held || dc == NULL)
+        return;
+    if (now > call->held) {
+        size_t d = now - call->held;
+        if (dc->buffered == 0)
+            ctx->buffers.n_buffering++;
+        dc->buffered += d;
+        ctx->buffers.buffered += d;
+        call->held = now;
+        if (!ctx->buffers.total_over && ctx->buffers.buffered > ctx->budgets.total_bytes)
+            budget_total_bites(ctx);
+        if (!dc->held_back && dc->buffered > budget_conn_limit(ctx))
+            budget_conn_bites(ctx, dc);
+        return;
+    }
+    dc->buffered -= call->held - now;
+    ctx->buffers.buffered -= call->held - now;
+    if (dc->buffered == 0)
+        ctx->buffers.n_buffering--;
+    call->held = now;
+    if (ctx->buffers.total_over && ctx->buffers.buffered <= BUDGET_LOW(ctx->budgets.total_bytes))
+        budget_total_eases(ctx);
+    if (dc->held_back && dc->buffered <= BUDGET_LOW(budget_conn_limit(ctx)))
+        budget_conn_eases(ctx, dc);
+}
+
+/* The call lets go of its app connection: nothing it holds counts any more. */
+static void call_unaccount(struct slb_call *call)
+{
+    slb_chunkq_clear(&call->req);
+    slb_chunkq_clear(&call->resp);
+    call_account(call);
+}
+
+/* Whether the app connection's windows are held back now. */
+static int call_held_back(const struct slb_call *call)
+{
+    return call->dc != NULL && call->dc->held_back;
+}
+
 /* ---- allocation ---- */
 
 static struct slb_call *call_new(struct slb_loop_ctx *ctx, struct slb_downstream *dc)
@@ -87,7 +261,11 @@ static struct slb_call *call_new(struct slb_loop_ctx *ctx, struct slb_downstream
     slb_hdrs_init(&call->req_hdrs);
     slb_hdrs_init(&call->resp_hdrs);
     slb_hdrs_init(&call->trailers);
-    slb_chunkq_init(&call->req, 1);
+    /* Under pressure (its connection held back, or the total over budget)
+     * a new call keeps no replay copy: the cheapest bytes to give up. */
+    slb_chunkq_init(&call->req, ctx->budgets.call_retry_bytes > 0 && !dc->held_back && !ctx->buffers.total_over);
+    if (ctx->budgets.call_retry_bytes > 0 && !call->req.retain)
+        ctx->stats.retry_buffer_dropped++;
     slb_chunkq_init(&call->resp, 0);
     ctx->n_calls++;
     ctx->stats.calls_total++;
@@ -192,6 +370,7 @@ static void call_discard_request(struct slb_call *call)
 {
     call->upstream_done = 1;
     slb_chunkq_clear(&call->req);
+    call_account(call);
     call_release_downstream_window(call);
 }
 
@@ -212,6 +391,7 @@ static void call_fail(struct slb_call *call, int grpc_status, const char *messag
         size_t n = slb_grpc_trailers_only(nv, &text, grpc_status, message);
         call->resp_headers_sent = 1;
         slb_chunkq_clear(&call->resp);
+        call_account(call);
         if (!call->req_end)
             call->rst_after_response = NGHTTP2_NO_ERROR + 1;
         call_set_state(call, SLB_CALL_FINISHING);
@@ -405,6 +585,7 @@ static void call_reset_attempt(struct slb_call *call)
     slb_hdrs_clear(&call->trailers);
     slb_chunkq_clear(&call->resp);
     call->resp_received = call->resp_consumed = 0;
+    call_account(call);
 }
 
 /*
@@ -589,8 +770,8 @@ static int down_on_data(struct slb_h2_stream *s, const uint8_t *p, size_t n)
     struct slb_call *call = call_of_down(s);
 
     call->req_received += n;
-    call->io->consume_connection(&call->down, n); /* landed: the app's other streams may send */
     if (call->upstream_done || call->state == SLB_CALL_FINISHING) {
+        call->io->consume_connection(&call->down, n);
         call_release_downstream_window(call); /* nobody will read these */
         return 0;
     }
@@ -600,13 +781,24 @@ static int down_on_data(struct slb_h2_stream *s, const uint8_t *p, size_t n)
             char msg[160];
             snprintf(msg, sizeof(msg), "sidelb: request message of %u bytes exceeds maxRequestMessageBytes %u", len,
                      call->mc->max_request_bytes);
+            call->io->consume_connection(&call->down, n);
             call_fail(call, SLB_GRPC_RESOURCE_EXHAUSTED, msg);
             call_discard_request(call);
             return 0;
         }
     }
-    if (slb_chunkq_append(&call->req, p, n) != 0)
+    if (slb_chunkq_append(&call->req, p, n) != 0) {
+        call->io->consume_connection(&call->down, n);
         return SLB_ENOMEM;
+    }
+    if (call->req.retain && call->req.retained + call->req.unsent > call->ctx->budgets.call_retry_bytes)
+        call_drop_replay(call, "it passed budgets.call_retry_bytes");
+    call_account(call);
+    /* Landed: the app's other streams may send, unless its connection is over budget. */
+    if (call->dc->held_back)
+        call->dc->window_withheld += n;
+    else
+        call->io->consume_connection(&call->down, n);
     if (call->up.open)
         call->io->resume(&call->up);
     return 0;
@@ -639,6 +831,7 @@ static void down_on_close(struct slb_h2_stream *s, uint32_t error_code)
     struct slb_call *call = call_of_down(s);
 
     call_set_state(call, SLB_CALL_CLOSED);
+    call_unaccount(call);
     call->dc = NULL;
     /* A cancel from the app (or sidelb's own reply) reaches the backend. */
     call_release_upstream(call, error_code != NGHTTP2_NO_ERROR ? error_code : NGHTTP2_CANCEL);
@@ -748,6 +941,7 @@ static void up_on_headers_done(struct slb_h2_stream *s, int trailer, int end_str
                 return;
         }
         slb_chunkq_commit(&call->req); /* the backend has the call: no replay from here */
+        call_account(call);
         call_set_state(call, end_stream ? SLB_CALL_FINISHING : SLB_CALL_STREAMING);
         n = slb_hdrs_to_nv(&call->resp_hdrs, nv);
         call->resp_headers_sent = 1;
@@ -793,6 +987,7 @@ static int up_on_data(struct slb_h2_stream *s, const uint8_t *p, size_t n)
     }
     if (slb_chunkq_append(&call->resp, p, n) != 0)
         return SLB_ENOMEM;
+    call_account(call);
     call->io->resume(&call->down);
     return 0;
 }
@@ -888,12 +1083,14 @@ static void up_sent(struct slb_h2_stream *s, size_t n)
 
     slb_chunkq_advance(&call->req, n);
     call->req_pos += n;
-    if (call->req_pos > call->req_consumed) { /* new bytes, not a replay: reopen the app's stream window */
+    if (call->req.retain && call->req.retained + call->req.unsent > call->ctx->budgets.call_retry_bytes)
+        call_drop_replay(call, "it passed budgets.call_retry_bytes");
+    call_account(call);
+    /* new bytes, not a replay: reopen the app's stream window (unless its connection is over budget) */
+    if (call->req_pos > call->req_consumed && !call_held_back(call)) {
         call->io->consume_stream(&call->down, (size_t)(call->req_pos - call->req_consumed));
         call->req_consumed = call->req_pos;
     }
-    if (call->req.retain && call->req.retained > SLB_REPLAY_MAX)
-        slb_chunkq_commit(&call->req);
 }
 
 static size_t up_take_unconsumed(struct slb_h2_stream *s)
@@ -920,9 +1117,12 @@ static void down_sent(struct slb_h2_stream *s, size_t n)
     struct slb_call *call = call_of_down(s);
 
     slb_chunkq_advance(&call->resp, n);
-    if (call->up.conn != NULL) {
+    if (call->up.conn != NULL && !call_held_back(call)) { /* else when the app's connection falls below its budget */
         call->io->consume_stream(&call->up, n);
         call->resp_consumed += n;
+    }
+    call_account(call);
+    if (call->up.conn != NULL) {
         if (!call->up.open && call->resp.unsent == 0)
             call_release_upstream(call, 0); /* the backend's stream is done and drained */
     }
@@ -973,6 +1173,7 @@ const struct slb_call_transport slb_call_h2_transport = {
     .resume = slb_h2_stream_resume,
     .consume_connection = slb_h2_stream_consume_connection,
     .consume_stream = slb_h2_stream_consume_stream,
+    .consume_downstream = slb_downstream_consume,
     .pool = slb_upstream_pool_get,
     .in_backoff = slb_upstream_pool_in_backoff,
     .queue = slb_upstream_pool_queue,

@@ -23,6 +23,14 @@
  *   STREAMING --backend ended--> FINISHING;  any state --sidelb ends it (deadline, error)--> FINISHING
  *   any state --the app's stream closed--> CLOSED (freed)
  *
+ * Buffer budgets: what the calls of one app connection hold (request bytes
+ * not yet sent, replay copies, response bytes the app has not taken) counts
+ * against budgets.connection_bytes, and all connections' together against
+ * budgets.total_bytes. Over budget, the call holds back the windows of that
+ * connection's streams (both ways) and of the app's connection, never failing
+ * a call for it; replay copies past budgets.call_retry_bytes, or while the
+ * total is over, are dropped (gRFC A6: the call is committed).
+ *
  * Ownership: calls are allocated by the loop context's free list; the app's
  * stream holds the call: it is freed when that stream closes, after letting
  * go of every upstream link.
@@ -69,8 +77,9 @@ struct slb_call_transport {
     void (*reset)(struct slb_h2_stream *s, uint32_t code);
     /* either side */
     void (*resume)(struct slb_h2_stream *s);
-    void (*consume_connection)(struct slb_h2_stream *s, size_t n); /* bytes landed in the call's buffer */
-    void (*consume_stream)(struct slb_h2_stream *s, size_t n);     /* the other side took them */
+    void (*consume_connection)(struct slb_h2_stream *s, size_t n);   /* bytes landed in the call's buffer */
+    void (*consume_stream)(struct slb_h2_stream *s, size_t n);       /* the other side took them */
+    void (*consume_downstream)(struct slb_downstream *dc, size_t n); /* the budget no longer holds them back */
     /* backend side */
     struct slb_upstream_pool *(*pool)(struct slb_loop_ctx *ctx, struct slb_backend *be,
                                       const struct slb_config_cluster *cfg);
@@ -122,6 +131,7 @@ struct slb_call {
     struct slb_chunkq req, resp;
     uint64_t req_received, req_consumed, req_pos;
     uint64_t resp_received, resp_consumed;
+    size_t held; /* bytes of req and resp counted in the app connection's and the loop's budget */
     uint64_t hash;
     int16_t upstream_status;     /* grpc-status the backend sent, -1 until then */
     int16_t synth_status;        /* >= 0: sidelb ends the response with this grpc-status */

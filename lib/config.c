@@ -1340,10 +1340,48 @@ static int load_registers(struct vctx *c, json_t *root, struct slb_config *cfg)
     return 0;
 }
 
+void slb_config_budgets_default(struct slb_config_budgets *b)
+{
+    b->connection_bytes = 16u << 20;
+    b->total_bytes = 256u << 20;
+    b->call_retry_bytes = 256u << 10; /* gRPC core's per-RPC retry buffer default */
+    b->read_bytes_per_turn = 256u << 10;
+}
+
+static int load_budgets(struct vctx *c, json_t *root, struct slb_config_budgets *b)
+{
+    static const char *const keys[] = {"connection_bytes", "total_bytes", "call_retry_bytes", "read_bytes_per_turn",
+                                       NULL};
+    struct slb_config_budgets d;
+    json_t *o;
+
+    slb_config_budgets_default(&d);
+    *b = d;
+    if (get_obj(c, root, "", "budgets", &o) != 0)
+        return -1;
+    if (o == NULL)
+        return 0;
+    if (check_keys(c, o, "budgets", keys) != 0 ||
+        get_u32(c, o, "budgets", "connection_bytes", &b->connection_bytes, d.connection_bytes, 1u << 20, 0xffffffffu) !=
+            0 ||
+        get_u32(c, o, "budgets", "total_bytes", &b->total_bytes, d.total_bytes, 1u << 20, 0xffffffffu) != 0 ||
+        get_u32(c, o, "budgets", "call_retry_bytes", &b->call_retry_bytes, d.call_retry_bytes, 0, 1u << 30) != 0 ||
+        get_u32(c, o, "budgets", "read_bytes_per_turn", &b->read_bytes_per_turn, d.read_bytes_per_turn, 0, 1u << 30) !=
+            0)
+        return -1;
+    if (b->total_bytes < b->connection_bytes)
+        return fail(c, "budgets.total_bytes", 0, "%u is less than budgets.connection_bytes (%u)", b->total_bytes,
+                    b->connection_bytes);
+    if (b->read_bytes_per_turn != 0 && b->read_bytes_per_turn < (16u << 10))
+        return fail(c, "budgets.read_bytes_per_turn", 0, "%u is below 16384 (one HTTP/2 frame); 0 means no limit",
+                    b->read_bytes_per_turn);
+    return 0;
+}
+
 static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
 {
-    static const char *const keys[] = {"log_level", "etcd",  "listeners",           "clusters",
-                                       "register",  "admin", "max_app_connections", NULL};
+    static const char *const keys[] = {"log_level",           "etcd",    "listeners", "clusters", "register", "admin",
+                                       "max_app_connections", "budgets", NULL};
     static const char *const admin_keys[] = {"address", NULL};
     char *level = NULL;
     json_t *admin;
@@ -1361,7 +1399,8 @@ static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
             return fail(c, "log_level", 0, "unknown level (known: debug, info, notice, warn, error)");
     }
     if (load_etcd(c, root, cfg) != 0 || load_listeners(c, root, cfg) != 0 || load_clusters(c, root, cfg) != 0 ||
-        resolve_routes(c, cfg) != 0 || load_registers(c, root, cfg) != 0 || get_obj(c, root, "", "admin", &admin))
+        resolve_routes(c, cfg) != 0 || load_registers(c, root, cfg) != 0 || load_budgets(c, root, &cfg->budgets) != 0 ||
+        get_obj(c, root, "", "admin", &admin))
         return -1;
     if (admin != NULL && (check_keys(c, admin, "admin", admin_keys) != 0 ||
                           get_addr(c, admin, "admin", "address", 1, &cfg->admin_address) != 0))

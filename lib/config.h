@@ -117,6 +117,14 @@ struct slb_config_register {
     char *health_address; /* where the local service listens for the check; default = address */
 };
 
+/* Buffer budgets and per-turn work (docs/architecture.md, "Buffer budgets"). */
+struct slb_config_budgets {
+    uint32_t connection_bytes;    /* bytes the calls of one app connection may hold, default 16 MiB */
+    uint32_t total_bytes;         /* ... all app connections of the loop together, default 256 MiB */
+    uint32_t call_retry_bytes;    /* request bytes one call keeps for a replay or retry (gRFC A6), default 256 KiB */
+    uint32_t read_bytes_per_turn; /* bytes one connection may read per loop turn, default 256 KiB; 0 = no limit */
+};
+
 struct slb_config {
     char *path; /* file it came from */
     int log_level;
@@ -130,7 +138,11 @@ struct slb_config {
     size_t n_registers;
     char *admin_address;          /* NULL = no admin listener */
     uint32_t max_app_connections; /* over all listeners; 0 = derived from RLIMIT_NOFILE (the server's default) */
+    struct slb_config_budgets budgets;
 };
+
+/* The defaults of struct slb_config_budgets (also what a loop context starts with). */
+void slb_config_budgets_default(struct slb_config_budgets *b);
 
 /*
  * Loads and validates. On error returns NULL and writes one line

@@ -13,14 +13,59 @@ static void on_flush_handle(uv_handle_t *h)
     slb_conn_ctx_flush(h->data);
 }
 
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
 static void on_prepare(uv_prepare_t *h)
 {
+    struct slb_conn_ctx *ctx = h->data;
+
+    ctx->turn++; /* the poll phase that follows is a new turn */
     on_flush_handle((uv_handle_t *)h);
+}
+
+/* After the poll phase: every ready connection was served once; the paused ones read again next turn. */
+static void resume_paused(struct slb_conn_ctx *ctx)
+{
+    while (ctx->paused != NULL) {
+        struct slb_conn *c = ctx->paused;
+        ctx->paused = c->next_paused;
+        c->next_paused = NULL;
+        c->read_paused = 0;
+        if (!c->closing && !c->raw_only && uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
+            slb_conn_close(c, SLB_EPROTO);
+    }
 }
 
 static void on_check(uv_check_t *h)
 {
     on_flush_handle((uv_handle_t *)h);
+    resume_paused(h->data);
+}
+
+/* One connection read its share of this turn: stop reading it until the check handle runs. */
+static void conn_pause_reading(struct slb_conn *c, size_t nread)
+{
+    struct slb_conn_ctx *ctx = c->ctx;
+
+    if (c->turn != ctx->turn) {
+        c->turn = ctx->turn;
+        c->turn_bytes = 0;
+    }
+    c->turn_bytes += (uint32_t)nread;
+    if (c->turn_bytes < ctx->read_per_turn || c->read_paused || c->closing)
+        return;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->read_paused = 1;
+    c->next_paused = ctx->paused;
+    ctx->paused = c;
+    ctx->read_pauses++;
+    if (!c->pause_logged) {
+        c->pause_logged = 1;
+        slb_info("a connection read %u bytes in one loop turn: it waits for the next turn (budgets.read_bytes_per_turn "
+                 "%u); logged once per connection",
+                 c->turn_bytes, ctx->read_per_turn);
+    }
 }
 
 int slb_conn_ctx_init(struct slb_conn_ctx *ctx, uv_loop_t *loop)
@@ -134,8 +179,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             return;
         }
     }
-    if (!c->closing)
+    if (!c->closing) {
         slb_conn_mark_dirty(c);
+        if (c->ctx->read_per_turn != 0)
+            conn_pause_reading(c, (size_t)nread);
+    }
 }
 
 int slb_conn_start(struct slb_conn *c)
@@ -463,6 +511,14 @@ void slb_conn_close(struct slb_conn *c, int err)
         if (*pp == c)
             *pp = c->next_dirty;
         c->dirty = 0;
+    }
+    if (c->read_paused) {
+        struct slb_conn **pp = &c->ctx->paused;
+        while (*pp != NULL && *pp != c)
+            pp = &(*pp)->next_paused;
+        if (*pp == c)
+            *pp = c->next_paused;
+        c->read_paused = 0;
     }
     c->ops->on_close(c, err);
     uv_close((uv_handle_t *)&c->tcp, on_closed);

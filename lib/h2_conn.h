@@ -14,7 +14,11 @@
  * flight the other buffer fills; above the mark no more frames are
  * produced, which is what pushes back on the other side of the proxy.
  *
- * Reads use one loop-wide buffer (nghttp2 copies what it keeps).
+ * Reads use one loop-wide buffer (nghttp2 copies what it keeps). One
+ * connection reads at most read_per_turn bytes per loop turn (libuv would
+ * call on_read up to 32 times, 2 MiB): past that its reads stop, and the
+ * check handle starts them again after every other ready connection was
+ * served, so a flooding peer cannot starve the others.
  *
  * Ownership: struct slb_conn is embedded in its owner (downstream or
  * upstream connection). slb_conn_close() calls ops->on_close (detach calls,
@@ -61,7 +65,11 @@ struct slb_conn_ctx {
     uint8_t closing;                                 /* slb_conn_ctx_close() was called */
     void (*on_all_closed)(struct slb_conn_ctx *ctx); /* once closing and n_handles is 0 */
     struct slb_outbuf scratch;                       /* frames of the connection being flushed (empty between) */
-    uint8_t rbuf[SLB_CONN_READ_BUF];
+    uint32_t read_per_turn;                          /* bytes one connection may read per loop turn (0 = no limit) */
+    uint32_t turn;                                   /* loop turns (counted by the prepare handle) */
+    struct slb_conn *paused;                         /* connections whose reads wait for the next turn */
+    uint64_t read_pauses;                            /* times a connection hit read_per_turn */
+    uint8_t rbuf[SLB_CONN_READ_BUF];                 /* last: init does not clear it */
 };
 
 /*
@@ -111,6 +119,10 @@ struct slb_conn {
     uint8_t writing, dirty, closing, close_after_write, raw_only;
     uv_write_t wreq;
     struct slb_conn *next_dirty;
+    uint32_t turn, turn_bytes; /* bytes read in loop turn `turn` */
+    uint8_t read_paused;       /* on ctx->paused: reads resume next turn */
+    uint8_t pause_logged;
+    struct slb_conn *next_paused;
 };
 
 int slb_conn_ctx_init(struct slb_conn_ctx *ctx, uv_loop_t *loop);

@@ -11,7 +11,9 @@
 #include "loop_ctx.h"
 
 /* Downstream flow-control windows: per stream and per connection. Together
- * with end-to-end consumption they bound what one app can make sidelb hold. */
+ * with end-to-end consumption they bound what one app can make sidelb hold;
+ * the connection window is at most a quarter of the connection's buffer
+ * budget, so what an app sends after the budget bit stays within it. */
 #define DOWNSTREAM_STREAM_WINDOW (256 * 1024)
 #define DOWNSTREAM_CONN_WINDOW   (16 * 1024 * 1024)
 /* libnghttp2's frame buffer (NGHTTP2_FRAMEBUF_CHUNKLEN: frame header, pad length, max payload);
@@ -343,7 +345,10 @@ int slb_downstream_accept(struct slb_downstream_set *set, uv_stream_t *server,
             dc->peer_hash = slb_hash64(&((struct sockaddr_in6 *)&peer)->sin6_addr, 16);
     }
     nghttp2_submit_settings(dc->conn.session, NGHTTP2_FLAG_NONE, iv, SLB_ARRAY_SIZE(iv));
-    nghttp2_session_set_local_window_size(dc->conn.session, NGHTTP2_FLAG_NONE, 0, DOWNSTREAM_CONN_WINDOW);
+    nghttp2_session_set_local_window_size(dc->conn.session, NGHTTP2_FLAG_NONE, 0,
+                                          ctx->budgets.connection_bytes / 4 < DOWNSTREAM_CONN_WINDOW
+                                              ? (int32_t)(ctx->budgets.connection_bytes / 4)
+                                              : DOWNSTREAM_CONN_WINDOW);
     /* Our SETTINGS go out after the client's first bytes proved to be the
      * HTTP/2 preface (downstream_on_read), so an HTTP/1 client gets a clean
      * plain-text refusal. */
@@ -393,6 +398,14 @@ int slb_downstream_respond(struct slb_h2_stream *s, const nghttp2_nv *nv, size_t
     rv = nghttp2_submit_response(s->conn->session, s->sid, nv, n, has_body ? &slb_h2_body_provider : NULL);
     slb_conn_mark_dirty(s->conn);
     return rv == 0 ? 0 : SLB_EPROTO;
+}
+
+void slb_downstream_consume(struct slb_downstream *dc, size_t n)
+{
+    if (n == 0 || dc->conn.closing || dc->conn.session == NULL)
+        return;
+    nghttp2_session_consume_connection(dc->conn.session, n);
+    slb_conn_mark_dirty(&dc->conn);
 }
 
 void slb_downstream_reset(struct slb_h2_stream *s, uint32_t code)

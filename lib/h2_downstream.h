@@ -116,8 +116,13 @@ struct slb_downstream {
     uint8_t refused_logged;  /* a stream was refused (logged once per connection) */
     uint8_t hdr_over_logged; /* a header block was too large (logged once per connection) */
     uint8_t preface_checked;
-    uint8_t goaway_sent;                        /* the final GOAWAY of a graceful stop */
-    uint8_t shutting_down;                      /* close once the last stream is done */
+    uint8_t goaway_sent;   /* the final GOAWAY of a graceful stop */
+    uint8_t shutting_down; /* close once the last stream is done */
+    /* buffer budget: kept by the call module (lib/call.c), which holds back the windows */
+    uint8_t held_back;                          /* over its budget: no window of this connection reopens */
+    uint8_t budget_logged;                      /* the budget bit once (logged once per connection) */
+    uint64_t buffered;                          /* bytes its calls hold (request, replay copies, response) */
+    uint64_t window_withheld;                   /* request bytes received whose connection window is held back */
     struct slb_list ctx_link;                   /* in ctx->downstreams */
     void (*on_gone)(struct slb_downstream *dc); /* freed (graceful stop waits for the last one) */
 };
@@ -141,6 +146,8 @@ void slb_downstream_shutdown(struct slb_downstream *dc);
 
 /* Sends the response header block (has_body: s->body provides body and trailers). 0 or < 0. */
 int slb_downstream_respond(struct slb_h2_stream *s, const nghttp2_nv *nv, size_t n, int has_body);
+/* Reopens n bytes of the connection's receive window (bytes the budget held back). */
+void slb_downstream_consume(struct slb_downstream *dc, size_t n);
 /* Resets the stream (the response is over but the app is still sending). */
 void slb_downstream_reset(struct slb_h2_stream *s, uint32_t code);
 

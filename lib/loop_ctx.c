@@ -19,6 +19,7 @@ int slb_loop_ctx_init(struct slb_loop_ctx *ctx, uv_loop_t *loop, void (*on_timer
     memset(ctx, 0, sizeof(*ctx));
     ctx->loop = loop;
     slb_conn_ctx_init(&ctx->io, loop);
+    slb_loop_ctx_set_budgets(ctx, NULL);
     slb_rng_seed(&ctx->rng, slb_rng_seed_from_os() ^ (uint64_t)(uintptr_t)ctx);
     slb_deadline_init(&ctx->timers, loop, on_timer);
     slb_conn_ctx_handle_opened(&ctx->io);
@@ -42,6 +43,15 @@ int slb_loop_ctx_init(struct slb_loop_ctx *ctx, uv_loop_t *loop, void (*on_timer
      * defaults); the premature-reset budget in h2_downstream acts earlier */
     nghttp2_option_set_stream_reset_rate_limit(ctx->down_opt, 1000, 33);
     return 0;
+}
+
+void slb_loop_ctx_set_budgets(struct slb_loop_ctx *ctx, const struct slb_config_budgets *b)
+{
+    if (b != NULL)
+        ctx->budgets = *b;
+    else
+        slb_config_budgets_default(&ctx->budgets);
+    ctx->io.read_per_turn = ctx->budgets.read_bytes_per_turn;
 }
 
 void slb_loop_ctx_close_connections(struct slb_loop_ctx *ctx)

@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "config.h"
 #include "deadline.h"
 #include "h2_conn.h"
 #include "list.h"
@@ -48,6 +49,10 @@ struct slb_loop_stats {
     uint64_t pool_queue_timeouts;     /* calls that waited queue_timeout_ms in a pool for a stream */
     uint64_t upstream_conns_recycled; /* replaced: max_requests_per_connection, max age, stream ids */
     uint64_t upstream_no_streams;     /* connections closed: the backend allows 0 concurrent streams */
+    /* buffer budgets (lib/call.c) */
+    uint64_t budget_conn_backpressure; /* times an app connection went over its share and was held back */
+    uint64_t budget_total_exceeded;    /* times the calls of the loop together went over budgets.total_bytes */
+    uint64_t retry_buffer_dropped;     /* calls that lost their replay copy (call_retry_bytes or the total budget) */
 };
 
 /* Rate-limited log lines, one per kind of event (SLB_LOG_LIMIT_MS apart). */
@@ -55,6 +60,18 @@ struct slb_loop_stats {
 struct slb_loop_log_limits {
     struct slb_log_limit queue_full, queue_timeout, recycle;        /* backend pools */
     struct slb_log_limit conn_evicted, conn_refused, conn_timeouts; /* app connections */
+    struct slb_log_limit budget_total, replay_dropped;              /* buffer budgets (calls) */
+};
+
+/*
+ * Bytes the calls of this loop hold, against the budgets (lib/call.c keeps
+ * them; docs/architecture.md, "Buffer budgets"). Owner: the loop context.
+ */
+struct slb_budget_state {
+    uint64_t buffered;    /* request bytes not yet sent, replay copies, response bytes the apps have not taken */
+    uint32_t n_buffering; /* app connections holding any */
+    uint32_t n_held_back; /* app connections whose windows are held back now */
+    uint8_t total_over;   /* over budgets.total_bytes (until it falls to 7/8 of it) */
 };
 
 struct slb_loop_ctx {
@@ -64,6 +81,8 @@ struct slb_loop_ctx {
     struct slb_deadline_heap timers; /* calls' deadlines, wait limits and retry backoffs */
     struct slb_loop_stats stats;
     struct slb_loop_log_limits log_limits;
+    struct slb_config_budgets budgets; /* the server's config (defaults until it sets them) */
+    struct slb_budget_state buffers;
     struct slb_list downstreams; /* every app connection (struct slb_downstream.ctx_link) */
     /* app connection caps and timeouts (h2_downstream) */
     struct slb_list downstream_sets; /* one per listener (struct slb_downstream_set.ctx_link) */
@@ -86,6 +105,8 @@ struct slb_loop_ctx {
 
 /* 0 or SLB_ENOMEM. on_timer: a call's timer (slb_deadline) expired. */
 int slb_loop_ctx_init(struct slb_loop_ctx *ctx, uv_loop_t *loop, void (*on_timer)(struct slb_deadline *d));
+/* The buffer budgets and per-turn read limit (NULL: the defaults; init sets those). */
+void slb_loop_ctx_set_budgets(struct slb_loop_ctx *ctx, const struct slb_config_budgets *b);
 /* Closes every app connection and upstream connection this context owns. */
 void slb_loop_ctx_close_connections(struct slb_loop_ctx *ctx);
 /* Closes the context's handles; on_closed runs once every counted handle closed. */

@@ -172,6 +172,7 @@ int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struc
     srv->ctx.up_handler = &slb_call_upstream_handler;
     srv->ctx.call_io = &slb_call_h2_transport;
     set_app_conn_cap(srv);
+    slb_loop_ctx_set_budgets(&srv->ctx, &cfg->budgets);
     uv_timer_init(loop, &srv->stop_timer);
     uv_timer_init(loop, &srv->goaway_timer);
     slb_conn_ctx_handle_opened(&srv->ctx.io);

@@ -34,6 +34,7 @@ static struct {
     uint32_t reset_code, rst_code;
     size_t consumed_down, consumed_up;           /* stream windows reopened */
     size_t conn_consumed_down, conn_consumed_up; /* connection windows reopened */
+    size_t app_conn_consumed;                    /* ... of the app's connection, after the budget held them */
     char timeout[32];
     int32_t next_sid;
 } F;
@@ -79,6 +80,11 @@ static void fake_consume_connection(struct slb_h2_stream *s, size_t n)
         F.conn_consumed_up += n;
     else
         F.conn_consumed_down += n;
+}
+
+static void fake_consume_downstream(struct slb_downstream *dc, size_t n)
+{
+    F.app_conn_consumed += n;
 }
 
 static struct slb_upstream_pool *fake_pool_of(struct slb_loop_ctx *ctx, struct slb_backend *be,
@@ -144,6 +150,7 @@ static const struct slb_call_transport fake_io = {
     .resume = fake_resume,
     .consume_connection = fake_consume_connection,
     .consume_stream = fake_consume_stream,
+    .consume_downstream = fake_consume_downstream,
     .pool = fake_pool_of,
     .in_backoff = fake_in_backoff,
     .queue = fake_queue,
@@ -301,12 +308,15 @@ static void setup(void)
     memset(&T.dc, 0, sizeof(T.dc));
     T.dc.ctx = &T.ctx;
     T.dc.routes = &T.routes;
+    slb_list_init(&T.dc.streams);
+    slb_list_init(&T.dc.ctx_link);
     T.next_down_sid = 1;
     hf_init();
 }
 
 static void teardown(void)
 {
+    slb_list_remove(&T.dc.ctx_link);
     hf_free();
     slb_cluster_dispose(&T.cl);
     slb_loop_ctx_close(&T.ctx, NULL);
@@ -325,6 +335,7 @@ static struct slb_call *open_call(void)
     s->conn = (struct slb_conn *)&F.fake_down_conn;
     s->sid = T.next_down_sid += 2;
     s->open = 1;
+    slb_list_push_back(&T.dc.streams, &s->link); /* as the transport binds it */
     return slb_container_of(s, struct slb_call, down);
 }
 
@@ -336,6 +347,7 @@ static void close_down(struct slb_call *call, uint32_t code)
     F.consumed_down += s->ops->take_unconsumed(s);
     s->conn = NULL;
     s->open = 0;
+    slb_list_remove(&s->link);
     slb_call_downstream_handler.on_close(s, code);
 }
 
@@ -908,6 +920,195 @@ START_TEST(response_after_the_app_is_gone_is_dropped_and_window_returned)
 }
 END_TEST
 
+/* ---- buffer budgets ---- */
+
+static uint8_t big[160 * 1024];
+
+/* n bytes of request body from the app, in frames of 16 KiB. */
+static void send_body(struct slb_call *call, size_t n)
+{
+    while (n > 0) {
+        size_t k = n < 16384 ? n : 16384;
+        ck_assert_int_eq(slb_call_downstream_handler.on_data(&call->down, big, k), 0);
+        n -= k;
+    }
+}
+
+/* The backend-side transport takes up to n request bytes. */
+static size_t send_upstream(struct slb_call *call, size_t n)
+{
+    const uint8_t *p;
+    size_t total = 0, k;
+    int end;
+
+    while (total < n && (k = call->up.ops->peek(&call->up, &p, &end)) > 0) {
+        if (k > n - total)
+            k = n - total;
+        call->up.ops->sent(&call->up, k);
+        total += k;
+    }
+    return total;
+}
+
+START_TEST(request_past_the_call_retry_budget_is_not_retried)
+{
+    struct slb_call *call = open_call();
+
+    /* gRFC A6: a request larger than the per-call retry buffer commits the
+     * call, even though the backend took only part of it */
+    send_headers(call, "/t.Retry/M", NULL, 0);
+    stream_ready(call);
+    send_body(call, 300 * 1024); /* > budgets.call_retry_bytes (256 KiB by default) */
+    ck_assert_uint_eq(send_upstream(call, 16384), 16384);
+    ck_assert(!call->req.retain);
+    ck_assert_uint_eq(T.ctx.stats.retry_buffer_dropped, 1);
+    respond_status_only(call, "14");
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING); /* not BACKOFF: no retry */
+    ck_assert_int_eq(F.status, 14);
+    ck_assert_int_eq(call->retries, 0);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+    ck_assert_uint_eq(T.ctx.buffers.buffered, 0);
+
+    /* below the limit the same call is retried */
+    call = open_call();
+    send_headers(call, "/t.Retry/M", NULL, 0);
+    stream_ready(call);
+    send_body(call, 100 * 1024);
+    send_upstream(call, 16384);
+    ck_assert(call->req.retain);
+    respond_status_only(call, "14");
+    ck_assert_int_eq(call->state, SLB_CALL_BACKOFF);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(connection_over_budget_holds_back_its_windows)
+{
+    struct slb_call *calls[8];
+    size_t got, withheld;
+
+    T.ctx.budgets.connection_bytes = 1 << 20;
+    for (int i = 0; i < 8; i++) {
+        calls[i] = open_call();
+        send_headers(calls[i], "/t.Retry/M", NULL, 0);
+        stream_ready(calls[i]);
+    }
+    /* 8 x 160 KiB the backends do not read yet: 1.25 MiB > 1 MiB */
+    for (int i = 0; i < 8; i++)
+        send_body(calls[i], sizeof(big));
+    ck_assert_uint_eq(T.dc.buffered, 8 * sizeof(big));
+    ck_assert_uint_eq(T.ctx.buffers.buffered, 8 * sizeof(big));
+    ck_assert_int_eq(T.dc.held_back, 1);
+    ck_assert_uint_eq(T.ctx.stats.budget_conn_backpressure, 1);
+    ck_assert_uint_eq(T.ctx.buffers.n_held_back, 1);
+    /* replay copies went first: none is kept any more */
+    ck_assert_uint_eq(T.ctx.stats.retry_buffer_dropped, 8);
+    for (int i = 0; i < 8; i++)
+        ck_assert(!calls[i]->req.retain);
+    /* the app's connection window stopped reopening when it went over */
+    withheld = 8 * sizeof(big) - F.conn_consumed_down;
+    ck_assert_uint_eq(T.dc.window_withheld, withheld);
+    ck_assert_uint_gt(withheld, 0);
+    ck_assert_uint_le(F.conn_consumed_down, (1 << 20) + 16384);
+
+    /* the backends take some: no stream window reopens while over budget */
+    got = send_upstream(calls[0], sizeof(big)) + send_upstream(calls[1], 64 * 1024);
+    ck_assert_uint_eq(got, sizeof(big) + 64 * 1024);
+    ck_assert_int_eq(T.dc.held_back, 1); /* 1.02 MiB > 7/8 MiB */
+    ck_assert_uint_eq(F.consumed_down, 0);
+    ck_assert_uint_eq(F.app_conn_consumed, 0);
+    /* ... and below 7/8 of the budget everything held back reopens */
+    got += send_upstream(calls[2], sizeof(big));
+    ck_assert_int_eq(T.dc.held_back, 0);
+    ck_assert_uint_eq(T.ctx.buffers.n_held_back, 0);
+    ck_assert_uint_eq(F.consumed_down, got);
+    ck_assert_uint_eq(F.app_conn_consumed, withheld);
+    ck_assert_uint_eq(T.dc.window_withheld, 0);
+    /* back under budget, new bytes reopen windows at once again */
+    send_upstream(calls[3], 1000);
+    ck_assert_uint_eq(F.consumed_down, got + 1000);
+    for (int i = 0; i < 8; i++)
+        close_down(calls[i], NGHTTP2_CANCEL);
+    ck_assert_uint_eq(T.dc.buffered, 0);
+    ck_assert_uint_eq(T.ctx.buffers.buffered, 0);
+    ck_assert_uint_eq(T.ctx.buffers.n_buffering, 0);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(responses_the_app_does_not_take_hold_back_backend_streams)
+{
+    struct slb_call *calls[8];
+    int end;
+
+    T.ctx.budgets.connection_bytes = 1 << 20;
+    for (int i = 0; i < 8; i++) {
+        calls[i] = open_call();
+        send_headers(calls[i], "/t.S/M", NULL, 1);
+        stream_ready(calls[i]);
+        respond_headers(calls[i]);
+    }
+    for (int i = 0; i < 8; i++)
+        for (size_t n = 0; n < sizeof(big); n += 16384)
+            ck_assert_int_eq(slb_call_upstream_handler.on_data(&calls[i]->up, big, 16384), 0);
+    ck_assert_int_eq(T.dc.held_back, 1);
+    ck_assert_uint_eq(F.conn_consumed_up, 8 * sizeof(big)); /* the shared backend connection never waits */
+    /* the app takes two calls' bytes: their backend streams stay closed while over budget */
+    ck_assert_uint_eq(drain_response(calls[0], &end, NULL), sizeof(big));
+    ck_assert_uint_eq(drain_response(calls[1], &end, NULL), sizeof(big));
+    ck_assert_int_eq(T.dc.held_back, 1);
+    ck_assert_uint_eq(F.consumed_up, 0);
+    ck_assert_uint_eq(drain_response(calls[2], &end, NULL), sizeof(big));
+    ck_assert_int_eq(T.dc.held_back, 0);
+    ck_assert_uint_eq(F.consumed_up, 3 * sizeof(big));
+    for (int i = 0; i < 8; i++)
+        close_down(calls[i], NGHTTP2_CANCEL);
+    ck_assert_uint_eq(T.ctx.buffers.buffered, 0);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(total_over_budget_drops_replay_copies_first)
+{
+    struct slb_call *a, *b, *c;
+
+    slb_list_push_back(&T.ctx.downstreams, &T.dc.ctx_link);
+    T.ctx.budgets.connection_bytes = 4 << 20;
+    T.ctx.budgets.total_bytes = 1 << 20;
+    a = open_call();
+    send_headers(a, "/t.Retry/M", NULL, 0);
+    stream_ready(a);
+    send_body(a, 200 * 1024);
+    send_upstream(a, 200 * 1024); /* all sent: 200 KiB kept only as a replay copy */
+    ck_assert(a->req.retain);
+    ck_assert_uint_eq(T.ctx.buffers.buffered, 200 * 1024);
+    b = open_call();
+    send_headers(b, "/t.S/M", NULL, 0);
+    for (int i = 0; i < 7; i++)
+        send_body(b, sizeof(big)); /* 1.1 MiB waiting for a backend */
+    ck_assert_int_eq(T.ctx.buffers.total_over, 1);
+    /* it bit at 1 MiB, dropping a's copy took it below 7/8; then b alone went over again */
+    ck_assert_uint_eq(T.ctx.stats.budget_total_exceeded, 2);
+    ck_assert(!a->req.retain); /* a's replay copy went first */
+    ck_assert(!b->req.retain);
+    /* new calls keep none while the total is over */
+    c = open_call();
+    ck_assert(!c->req.retain);
+    /* one connection holding it all is over its share: held back */
+    ck_assert_int_eq(T.dc.held_back, 1);
+    close_down(b, NGHTTP2_CANCEL);
+    ck_assert_int_eq(T.ctx.buffers.total_over, 0);
+    ck_assert_int_eq(T.dc.held_back, 0);
+    ck_assert_uint_eq(F.app_conn_consumed + F.conn_consumed_down, 200 * 1024 + 7 * sizeof(big));
+    close_down(a, NGHTTP2_CANCEL);
+    close_down(c, NGHTTP2_CANCEL);
+    ck_assert_uint_eq(T.ctx.buffers.buffered, 0);
+    assert_all_released();
+}
+END_TEST
+
 Suite *call_suite(void)
 {
     Suite *s = suite_create("call");
@@ -931,6 +1132,10 @@ Suite *call_suite(void)
     tcase_add_test(tc, full_pool_queue_sends_the_call_elsewhere_then_fails);
     tcase_add_test(tc, queue_timeout_sends_the_call_elsewhere_then_fails);
     tcase_add_test(tc, response_after_the_app_is_gone_is_dropped_and_window_returned);
+    tcase_add_test(tc, request_past_the_call_retry_budget_is_not_retried);
+    tcase_add_test(tc, connection_over_budget_holds_back_its_windows);
+    tcase_add_test(tc, responses_the_app_does_not_take_hold_back_backend_streams);
+    tcase_add_test(tc, total_over_budget_drops_replay_copies_first);
     suite_add_tcase(s, tc);
     return s;
 }

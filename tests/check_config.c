@@ -374,7 +374,40 @@ START_TEST(err_unknown_top_key)
 {
     expect_error("{\n" LISTENER_OK CLUSTER_OK ",  \"clsuters\": []\n}\n",
                  "t.json:4:4: clsuters: unknown key (expected one of: log_level, etcd, listeners, clusters, register, "
-                 "admin, max_app_connections)");
+                 "admin, max_app_connections, budgets)");
+}
+END_TEST
+
+START_TEST(test_budgets)
+{
+    struct slb_config *cfg = expect_ok("{\n" LISTENER_OK CLUSTER_OK "}\n");
+
+    ck_assert_uint_eq(cfg->budgets.connection_bytes, 16u << 20);
+    ck_assert_uint_eq(cfg->budgets.total_bytes, 256u << 20);
+    ck_assert_uint_eq(cfg->budgets.call_retry_bytes, 256u << 10);
+    ck_assert_uint_eq(cfg->budgets.read_bytes_per_turn, 256u << 10);
+    slb_config_free(cfg);
+    cfg = expect_ok("{\n" LISTENER_OK CLUSTER_OK
+                    ", \"budgets\": {\"connection_bytes\": 2097152, \"total_bytes\": 4194304,\n"
+                    "  \"call_retry_bytes\": 0, \"read_bytes_per_turn\": 0}\n}\n");
+    ck_assert_uint_eq(cfg->budgets.connection_bytes, 2u << 20);
+    ck_assert_uint_eq(cfg->budgets.total_bytes, 4u << 20);
+    ck_assert_uint_eq(cfg->budgets.call_retry_bytes, 0);
+    ck_assert_uint_eq(cfg->budgets.read_bytes_per_turn, 0);
+    slb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(err_budgets)
+{
+    expect_error("{\n" LISTENER_OK CLUSTER_OK ", \"budgets\": {\"connection_bytes\": 1000}\n}\n",
+                 "t.json:4:35: budgets.connection_bytes: 1000 is out of range (1048576..4294967295)");
+    expect_error("{\n" LISTENER_OK CLUSTER_OK
+                 ", \"budgets\": {\"connection_bytes\": 33554432, \"total_bytes\": 16777216}\n}\n",
+                 "t.json:4:");
+    expect_error("{\n" LISTENER_OK CLUSTER_OK ", \"budgets\": {\"read_bytes_per_turn\": 100}\n}\n", "t.json:4:");
+    expect_error("{\n" LISTENER_OK CLUSTER_OK ", \"budgets\": {\"conection_bytes\": 1}\n}\n",
+                 "t.json:4:15: budgets.conection_bytes: unknown key");
 }
 END_TEST
 
@@ -809,6 +842,8 @@ Suite *config_suite(void)
     tcase_add_test(tc, err_duplicate_key);
     tcase_add_test(tc, err_root_not_object);
     tcase_add_test(tc, err_unknown_top_key);
+    tcase_add_test(tc, test_budgets);
+    tcase_add_test(tc, err_budgets);
     tcase_add_test(tc, err_unknown_listener_key);
     tcase_add_test(tc, err_missing_listeners);
     tcase_add_test(tc, err_empty_listeners);

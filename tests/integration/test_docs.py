@@ -71,3 +71,14 @@ def test_every_listener_and_top_level_key_is_documented():
         assert len(keys) >= 6, keys
         for key in keys:
             assert "`%s`" % key in doc, "%s key %s is not documented" % (fn, key)
+
+
+def test_every_budgets_key_is_documented():
+    """Each key config.c accepts under budgets appears in docs/config.md."""
+    src = open(os.path.join(peers.REPO_ROOT, "lib", "config.c")).read()
+    keys = re.findall(r'"(\w+)"', re.search(r"load_budgets\(.*?keys\[\] = \{(.*?)NULL\}", src, re.S).group(1))
+    doc = open(os.path.join(peers.REPO_ROOT, "docs", "config.md")).read()
+    table = doc.split("## `budgets`", 1)[1].split("\n## ", 1)[0]
+    assert len(keys) == 4, keys
+    for key in keys:
+        assert "| `%s` |" % key in table, "budgets.%s has no row in docs/config.md" % key
