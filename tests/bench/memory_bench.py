@@ -20,7 +20,7 @@ for i in range(N):
     c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     c.initiate_connection(); s.sendall(c.data_to_send())
     socks.append((s, c))
-time.sleep(1.0)
+time.sleep(3.0)  # idle app connections give their pages back after 1 s (the 1 s sweep)
 idle = rss_kb(slb.pid)
 # one call on each connection, then idle again
 for s, c in socks:
@@ -30,7 +30,7 @@ for s, c in socks:
     import struct
     c.send_data(sid, struct.pack(">BI",0,len(body))+body, end_stream=True)
     s.sendall(c.data_to_send())
-time.sleep(2.0)
+time.sleep(3.0)
 used = rss_kb(slb.pid)
 print("RSS base %d KiB; +%d idle h2 connections: +%.1f KiB/conn; after one call on each: +%.1f KiB/conn" % (base, N, (idle-base)/N, (used-base)/N))
 for s, c in socks: s.close()
