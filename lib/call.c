@@ -750,16 +750,19 @@ static void down_on_headers_done(struct slb_h2_stream *s, int trailer, int end_s
         }
     }
     if (cl->lb.ops->uses_hash) {
-        const char *hname = cl->cfg->lb.hash_header;
-        if (hname[0] != '\0') {
-            const uint8_t *v = slb_hdrs_get(&call->req_hdrs, hname, &len);
-            if (v != NULL) {
-                call->hash = slb_hash64(v, len);
-                call->has_hash = 1;
-            }
-        } else {
-            call->hash = call->dc->peer_hash;
-            call->has_hash = 1;
+        const struct slb_lb_options *o = &cl->cfg->lb;
+        const uint8_t *v = NULL;
+        size_t vlen = 0;
+        if (o->hash_on == SLB_LB_HASH_ON_HEADER)
+            v = slb_hdrs_get(&call->req_hdrs, o->hash_header, &vlen);
+        call->has_hash = (uint8_t)slb_lb_hash_key(o, &call->dc->peer_keys, v, vlen, &call->hash);
+        if (SLB_UNLIKELY(o->hash_on == SLB_LB_HASH_ON_SOURCE_IP && call->dc->peer_keys.loopback &&
+                         !cl->logged_shared_key)) {
+            cl->logged_shared_key = 1;
+            slb_notice("cluster %s: %s keys on the app's address, and apps on this host all connect from "
+                       "loopback: they share one key, so all their calls go to one backend (\"hash_on\": "
+                       "\"source_ip_port\" keys each app connection, \"header\" a request header)",
+                       cl->cfg->name, cl->cfg->policy);
         }
     }
     call_dispatch(call);

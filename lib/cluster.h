@@ -46,6 +46,7 @@ struct slb_cluster {
     uint32_t n_calls;                /* calls routed here and not finished (max_calls) */
     uv_timer_t outlier_timer;
     uint8_t has_outlier_timer;
+    uint8_t logged_shared_key; /* the hash_on source_ip loopback note was logged (once per cluster) */
     uint32_t n_by_state[SLB_BACKEND_SHUTDOWN + 1]; /* listed backends per connectivity state */
     uint8_t state;           /* aggregate (gRPC): READY if any is, else CONNECTING, else IDLE, else TRANSIENT_FAILURE */
     struct slb_list waiters; /* struct slb_cluster_waiter, oldest first */

@@ -758,14 +758,50 @@ static int is_prime(uint32_t n)
     return 1;
 }
 
+/*
+ * A hash policy's "hash_on" -> lb->hash_on. The default keeps what each
+ * policy keyed on before the option existed: source_ip_hash the app's
+ * address, ring_hash and maglev a header. "hash_header" is only accepted
+ * with "hash_on": "header", where it is read.
+ */
+static int load_hash_on(struct vctx *c, json_t *opts, const char *p, const char *name, struct slb_lb_options *lb)
+{
+    char sp[PATH_MAX_LEN];
+    char *v = NULL;
+    int on;
+
+    lb->hash_on = strcmp(name, "source_ip_hash") == 0 ? SLB_LB_HASH_ON_SOURCE_IP : SLB_LB_HASH_ON_HEADER;
+    if (get_str(c, opts, p, "hash_on", 0, &v) != 0)
+        return -1;
+    if (v != NULL) {
+        join(sp, p, "hash_on");
+        if ((on = slb_lb_hash_on_parse(v)) < 0) {
+            int r = fail(c, sp, 0, "unknown value \"%s\" (known: " SLB_LB_HASH_ON_NAMES ")", v);
+            free(v);
+            return r;
+        }
+        free(v);
+        lb->hash_on = (uint8_t)on;
+    }
+    if (lb->hash_on != SLB_LB_HASH_ON_HEADER && json_object_get(opts, "hash_header") != NULL) {
+        join(sp, p, "hash_header");
+        return fail(c, sp, 1, "only used with \"hash_on\": \"header\" (hash_on is \"%s\"%s)",
+                    slb_lb_hash_on_name(lb->hash_on),
+                    json_object_get(opts, "hash_on") == NULL ? ", the default of this policy" : "");
+    }
+    return 0;
+}
+
 /* "policy": {"<name>": {options}} -> cl->policy + cl->lb. */
 static int load_policy(struct vctx *c, json_t *o, const char *cpath, struct slb_config_cluster *cl)
 {
     static const char *const k_plain[] = {"slow_start", "panic_threshold_percent", NULL};
     static const char *const k_lr[] = {"choice_count", "slow_start", "panic_threshold_percent", NULL};
-    static const char *const k_ring[] = {"hash_header", "min_ring_size",           "max_ring_size",
-                                         "slow_start",  "panic_threshold_percent", NULL};
-    static const char *const k_maglev[] = {"hash_header", "table_size", "slow_start", "panic_threshold_percent", NULL};
+    static const char *const k_iph[] = {"hash_on", "hash_header", "slow_start", "panic_threshold_percent", NULL};
+    static const char *const k_ring[] = {
+        "hash_on", "hash_header", "min_ring_size", "max_ring_size", "slow_start", "panic_threshold_percent", NULL};
+    static const char *const k_maglev[] = {
+        "hash_on", "hash_header", "table_size", "slow_start", "panic_threshold_percent", NULL};
     static const char *const k_slow[] = {"window_ms", "aggression", "min_weight_percent", NULL};
     char path[PATH_MAX_LEN], p[PATH_MAX_LEN], sp[PATH_MAX_LEN];
     struct slb_lb_options *lb = &cl->lb;
@@ -796,9 +832,11 @@ static int load_policy(struct vctx *c, json_t *o, const char *cpath, struct slb_
         return fail(c, p, 0, "expected an object of policy options, got %s", jtype(opts));
 
     int ring = strcmp(name, "ring_hash") == 0, maglev = strcmp(name, "maglev") == 0;
+    int iph = strcmp(name, "source_ip_hash") == 0;
     if (check_keys(c, opts, p,
                    ring                                 ? k_ring
                    : maglev                             ? k_maglev
+                   : iph                                ? k_iph
                    : strcmp(name, "least_request") == 0 ? k_lr
                                                         : k_plain) != 0)
         return -1;
@@ -808,9 +846,16 @@ static int load_policy(struct vctx *c, json_t *o, const char *cpath, struct slb_
         join(sp, p, "choice_count");
         return fail(c, sp, 0, "must be 0 (scan all) or 2..100");
     }
-    if (ring || maglev) {
+    if ((ring || maglev || iph) && load_hash_on(c, opts, p, name, lb) != 0)
+        return -1;
+    if (lb->hash_on == SLB_LB_HASH_ON_HEADER) {
         char *hh = NULL;
-        if (require(c, opts, p, "hash_header") != 0 || get_str(c, opts, p, "hash_header", 1, &hh) != 0)
+        if (json_object_get(opts, "hash_header") == NULL)
+            return fail(c, p, 0,
+                        "missing required key \"hash_header\" (hash_on is \"header\"%s: the request header whose "
+                        "value is the key)",
+                        json_object_get(opts, "hash_on") == NULL ? ", the default of this policy" : "");
+        if (get_str(c, opts, p, "hash_header", 1, &hh) != 0)
             return -1;
         join(sp, p, "hash_header");
         size_t n = strlen(hh);

@@ -338,12 +338,10 @@ int slb_downstream_accept(struct slb_downstream_set *set, uv_stream_t *server,
         slb_conn_close(&dc->conn, rv);
         return rv;
     }
-    if (uv_tcp_getpeername(&dc->conn.tcp, (struct sockaddr *)&peer, &peerlen) == 0) {
-        if (peer.ss_family == AF_INET)
-            dc->peer_hash = slb_hash64(&((struct sockaddr_in *)&peer)->sin_addr, 4);
-        else if (peer.ss_family == AF_INET6)
-            dc->peer_hash = slb_hash64(&((struct sockaddr_in6 *)&peer)->sin6_addr, 16);
-    }
+    /* the hash policies' keys, once per connection (hash_on source_ip / source_ip_port) */
+    slb_lb_peer_keys_init(&dc->peer_keys, uv_tcp_getpeername(&dc->conn.tcp, (struct sockaddr *)&peer, &peerlen) == 0
+                                              ? (const struct sockaddr *)&peer
+                                              : NULL);
     nghttp2_submit_settings(dc->conn.session, NGHTTP2_FLAG_NONE, iv, SLB_ARRAY_SIZE(iv));
     nghttp2_session_set_local_window_size(dc->conn.session, NGHTTP2_FLAG_NONE, 0,
                                           ctx->budgets.connection_bytes / 4 < DOWNSTREAM_CONN_WINDOW

@@ -34,6 +34,7 @@
 
 #include "h2_conn.h"
 #include "h2_mem.h"
+#include "lb.h"
 #include "list.h"
 
 struct slb_routes;
@@ -101,7 +102,8 @@ struct slb_downstream {
     const struct slb_routes *routes; /* the listener's, for its requests */
     struct slb_list streams;         /* bound slb_h2_stream (requests in progress) */
     uint32_t n_streams;
-    uint64_t peer_hash;              /* hash of the peer address (source_ip_hash) */
+    /* the hash policies' per-connection keys (hash_on), set at accept */
+    struct slb_lb_peer_keys peer_keys;
     uint32_t max_premature_resets;   /* the listener's budget (0 = none) */
     uint32_t streams_opened;         /* request streams the app opened */
     uint32_t premature_resets;       /* ... and reset before their response ended */

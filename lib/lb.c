@@ -1,11 +1,13 @@
 /*
  * The policy registry and what every policy shares: option defaults, the
  * generic pick wrapper (stale-table refresh, Envoy-style panic mode), slow
- * start weights, the O(n) fallback scan and the key hash.
+ * start weights, the O(n) fallback scan, the key hash and the choice of a
+ * call's key (hash_on).
  */
 #include "lb.h"
 
 #include <math.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -214,4 +216,68 @@ int slb__lb_cmp_name(const void *a, const void *b)
 uint64_t slb_hash64(const void *data, size_t len)
 {
     return XXH64(data, len, 0);
+}
+
+static const char *const hash_on_names[] = {
+    [SLB_LB_HASH_ON_SOURCE_IP] = "source_ip",
+    [SLB_LB_HASH_ON_SOURCE_IP_PORT] = "source_ip_port",
+    [SLB_LB_HASH_ON_HEADER] = "header",
+};
+
+const char *slb_lb_hash_on_name(int hash_on)
+{
+    return hash_on >= 0 && (size_t)hash_on < SLB_ARRAY_SIZE(hash_on_names) ? hash_on_names[hash_on] : NULL;
+}
+
+int slb_lb_hash_on_parse(const char *name)
+{
+    for (size_t i = 0; name != NULL && i < SLB_ARRAY_SIZE(hash_on_names); i++)
+        if (strcmp(name, hash_on_names[i]) == 0)
+            return (int)i;
+    return -1;
+}
+
+void slb_lb_peer_keys_init(struct slb_lb_peer_keys *k, const struct sockaddr *peer)
+{
+    uint8_t buf[18]; /* an IPv6 address and a port */
+    size_t alen;
+
+    memset(k, 0, sizeof(*k));
+    if (peer != NULL && peer->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)peer;
+        alen = sizeof(in->sin_addr);
+        memcpy(buf, &in->sin_addr, alen);
+        memcpy(buf + alen, &in->sin_port, 2);
+        k->loopback = buf[0] == 127;
+    } else if (peer != NULL && peer->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)peer;
+        alen = sizeof(in6->sin6_addr);
+        memcpy(buf, &in6->sin6_addr, alen);
+        memcpy(buf + alen, &in6->sin6_port, 2);
+        k->loopback =
+            IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr) || (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && buf[12] == 127);
+    } else {
+        return;
+    }
+    k->ip = slb_hash64(buf, alen);
+    k->ip_port = slb_hash64(buf, alen + 2);
+}
+
+int slb_lb_hash_key(const struct slb_lb_options *o, const struct slb_lb_peer_keys *peer, const uint8_t *hdr,
+                    size_t hdr_len, uint64_t *key)
+{
+    switch (o->hash_on) {
+    case SLB_LB_HASH_ON_SOURCE_IP:
+        *key = peer->ip;
+        return 1;
+    case SLB_LB_HASH_ON_SOURCE_IP_PORT:
+        *key = peer->ip_port;
+        return 1;
+    case SLB_LB_HASH_ON_HEADER:
+        if (hdr == NULL)
+            return 0;
+        *key = slb_hash64(hdr, hdr_len);
+        return 1;
+    }
+    return 0;
 }

@@ -22,6 +22,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "backend.h"
 #include "rng.h"
@@ -58,10 +59,57 @@ struct slb_pick_ctx {
     const struct slb_tried *tried; /* may be NULL */
 };
 
+/*
+ * What the hash policies (source_ip_hash, ring_hash, maglev) key a call on:
+ * policy option "hash_on". A sidecar's apps all connect from the host's own
+ * address (127.0.0.1), so SOURCE_IP gives every app of the host one key, and
+ * one backend; SOURCE_IP_PORT keys each app connection apart (a gRPC channel
+ * keeps its connection, so its calls stay on one backend); HEADER keys on a
+ * request header's value, whatever connection carries it.
+ */
+enum slb_lb_hash_on {
+    SLB_LB_HASH_ON_SOURCE_IP = 0,  /* the app's address (source_ip_hash's default) */
+    SLB_LB_HASH_ON_SOURCE_IP_PORT, /* the app's address and port: one key per app connection */
+    SLB_LB_HASH_ON_HEADER,         /* request header hash_header (ring_hash's and maglev's default) */
+};
+
+/* "source_ip", "source_ip_port", "header"; NULL for anything else. */
+const char *slb_lb_hash_on_name(int hash_on);
+/* The enum for a name, or -1 if unknown. */
+int slb_lb_hash_on_parse(const char *name);
+/* The names, comma-separated (for error messages). */
+#define SLB_LB_HASH_ON_NAMES "source_ip, source_ip_port, header"
+
+/*
+ * The keys of one app connection, computed once when it is accepted, so a
+ * call's key costs a field read. Owner: the downstream connection (embedded).
+ */
+struct slb_lb_peer_keys {
+    uint64_t ip;      /* XXH64 of the peer's address (4 or 16 bytes) */
+    uint64_t ip_port; /* XXH64 of the address followed by the port (network order) */
+    uint8_t loopback; /* the peer is on this host (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104) */
+};
+
+/* Fills k from an AF_INET or AF_INET6 peer address; other families (or NULL) give zeros. */
+void slb_lb_peer_keys_init(struct slb_lb_peer_keys *k, const struct sockaddr *peer);
+
+struct slb_lb_options;
+
+/*
+ * One call's hash key per o->hash_on: the connection's ip or ip_port key, or
+ * the XXH64 of the request header's value (hdr: the value of o->hash_header,
+ * NULL when the call has none). Returns 1 with *key set, or 0 when the call
+ * has no key (its header is missing), which makes the pick random. No
+ * allocation.
+ */
+int slb_lb_hash_key(const struct slb_lb_options *o, const struct slb_lb_peer_keys *peer, const uint8_t *hdr,
+                    size_t hdr_len, uint64_t *key);
+
 /* Policy options, parsed by config.c from "policy": {"<name>": {...}}. */
 struct slb_lb_options {
     uint32_t choice_count;                /* least_request: 2 by default; 0 = full scan */
-    char hash_header[64];                 /* ring_hash / maglev: request header holding the key */
+    uint8_t hash_on;                      /* enum slb_lb_hash_on (hash policies) */
+    char hash_header[64];                 /* hash_on header: the request header holding the key */
     uint32_t min_ring_size;               /* ring_hash, default 1024 */
     uint32_t max_ring_size;               /* ring_hash, default 8388608 (gRFC A42 cap 8M) */
     uint32_t maglev_table_size;           /* maglev: prime, default 65537 */

@@ -1,7 +1,10 @@
 /*
  * source_ip_hash: the downstream peer's address picks the backend, so one
  * application instance keeps talking to one backend (nginx ip_hash, with
- * weights). ctx->hash is the hashed peer address; it is mapped onto the
+ * weights). ctx->hash is the hashed peer address by default; "hash_on" may
+ * make it the address and port (one key per app connection: on a sidecar
+ * every local app shares the address 127.0.0.1) or a header (the call's key
+ * is chosen by slb_lb_hash_key(), lib/lb.c). The key is mapped onto the
  * weight line [0, total) by multiply-shift and the owning backend is found
  * by binary search over prefix sums: O(log n). Backends are laid out sorted
  * by name, so every sidecar maps a given client to the same backend whatever

@@ -4,6 +4,7 @@
  * "NAME:LINE:COL: PATH: message" line (multi-line JSON, so positions matter).
  */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -150,6 +151,7 @@ START_TEST(test_full)
     ck_assert_uint_eq(c->n_static, 0);
     ck_assert_str_eq(c->policy, "ring_hash");
     ck_assert_str_eq(c->lb.hash_header, "x-user"); /* lower-cased like HTTP/2 names */
+    ck_assert_int_eq(c->lb.hash_on, SLB_LB_HASH_ON_HEADER);
     ck_assert_uint_eq(c->lb.min_ring_size, 64);
     ck_assert_uint_eq(c->lb.max_ring_size, 4096);
     ck_assert_double_eq(c->lb.panic_threshold_percent, 50);
@@ -543,6 +545,64 @@ START_TEST(err_ring_hash_needs_header)
 }
 END_TEST
 
+#define POLICY_CLUSTER(pol)                                                                                            \
+    "  \"clusters\": [{\"name\": \"a\", \"discovery\": {\"static\": [\"127.0.0.1:1\"]},\n"                             \
+    "     \"policy\": " pol "}]\n"
+
+/* hash_on: each hash policy's default, and every value on every hash policy. */
+START_TEST(test_hash_on)
+{
+    static const char *const ok[][3] = {
+        /* policy options, hash_on, hash_header */
+        {"{\"source_ip_hash\": {}}", "source_ip", ""},
+        {"{\"source_ip_hash\": {\"hash_on\": \"source_ip_port\"}}", "source_ip_port", ""},
+        {"{\"source_ip_hash\": {\"hash_on\": \"header\", \"hash_header\": \"X-App\"}}", "header", "x-app"},
+        {"{\"ring_hash\": {\"hash_header\": \"k\"}}", "header", "k"},
+        {"{\"ring_hash\": {\"hash_on\": \"source_ip_port\"}}", "source_ip_port", ""},
+        {"{\"ring_hash\": {\"hash_on\": \"source_ip\"}}", "source_ip", ""},
+        {"{\"maglev\": {\"hash_on\": \"header\", \"hash_header\": \"k\"}}", "header", "k"},
+        {"{\"maglev\": {\"hash_on\": \"source_ip_port\", \"table_size\": 251}}", "source_ip_port", ""},
+    };
+    char json[1024];
+    for (size_t i = 0; i < SLB_ARRAY_SIZE(ok); i++) {
+        snprintf(json, sizeof(json), "{\n" LISTENER_OK POLICY_CLUSTER("%s") "}\n", ok[i][0]);
+        struct slb_config *cfg = expect_ok(json);
+        ck_assert_str_eq(slb_lb_hash_on_name(cfg->clusters[0].lb.hash_on), ok[i][1]);
+        ck_assert_str_eq(cfg->clusters[0].lb.hash_header, ok[i][2]);
+        slb_config_free(cfg);
+    }
+}
+END_TEST
+
+START_TEST(err_hash_on)
+{
+    /* an unknown value, named with the known ones */
+    expect_error("{\n" LISTENER_OK POLICY_CLUSTER("{\"source_ip_hash\": {\"hash_on\": \"source_port\"}}") "}\n",
+                 "t.json:4:47: clusters[0].policy.source_ip_hash.hash_on: unknown value \"source_port\" (known: "
+                 "source_ip, source_ip_port, header)");
+    expect_error("{\n" LISTENER_OK POLICY_CLUSTER("{\"maglev\": {\"hash_on\": 1}}") "}\n",
+                 "t.json:4:39: clusters[0].policy.maglev.hash_on: expected a string, got an integer");
+    /* header without hash_header */
+    expect_error("{\n" LISTENER_OK POLICY_CLUSTER("{\"source_ip_hash\": {\"hash_on\": \"header\"}}") "}\n",
+                 "t.json:4:35: clusters[0].policy.source_ip_hash: missing required key \"hash_header\" (hash_on is "
+                 "\"header\": the request header whose value is the key)");
+    expect_error("{\n" LISTENER_OK POLICY_CLUSTER("{\"maglev\": {}}") "}\n",
+                 "t.json:4:27: clusters[0].policy.maglev: missing required key \"hash_header\" (hash_on is "
+                 "\"header\", the default of this policy");
+    /* hash_header where it would be ignored */
+    expect_error("{\n" LISTENER_OK POLICY_CLUSTER("{\"source_ip_hash\": {\"hash_header\": \"x\"}}") "}\n",
+                 "t.json:4:36: clusters[0].policy.source_ip_hash.hash_header: only used with \"hash_on\": "
+                 "\"header\" (hash_on is \"source_ip\", the default of this policy)");
+    expect_error("{\n" LISTENER_OK POLICY_CLUSTER(
+                     "{\"ring_hash\": {\"hash_on\": \"source_ip_port\", \"hash_header\": \"x\"}}") "}\n",
+                 "t.json:4:60: clusters[0].policy.ring_hash.hash_header: only used with \"hash_on\": \"header\" "
+                 "(hash_on is \"source_ip_port\")");
+    /* not a hash policy */
+    expect_error("{\n" LISTENER_OK POLICY_CLUSTER("{\"random\": {\"hash_on\": \"source_ip\"}}") "}\n",
+                 "t.json:4:28: clusters[0].policy.random.hash_on: unknown key");
+}
+END_TEST
+
 START_TEST(err_maglev_not_prime)
 {
     expect_error("{\n" LISTENER_OK
@@ -857,6 +917,8 @@ Suite *config_suite(void)
     tcase_add_test(tc, err_two_policies);
     tcase_add_test(tc, err_policy_option_not_for_policy);
     tcase_add_test(tc, err_ring_hash_needs_header);
+    tcase_add_test(tc, test_hash_on);
+    tcase_add_test(tc, err_hash_on);
     tcase_add_test(tc, err_maglev_not_prime);
     tcase_add_test(tc, err_slow_start_window);
     tcase_add_test(tc, err_duplicate_cluster);

@@ -576,6 +576,148 @@ START_TEST(test_hash_same_key)
 }
 END_TEST
 
+static void peer_v4(struct sockaddr_in *sa, const char *ip, uint16_t port)
+{
+    memset(sa, 0, sizeof(*sa));
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons(port);
+    ck_assert_int_eq(inet_pton(AF_INET, ip, &sa->sin_addr), 1);
+}
+
+static void peer_v6(struct sockaddr_in6 *sa, const char *ip, uint16_t port)
+{
+    memset(sa, 0, sizeof(*sa));
+    sa->sin6_family = AF_INET6;
+    sa->sin6_port = htons(port);
+    ck_assert_int_eq(inet_pton(AF_INET6, ip, &sa->sin6_addr), 1);
+}
+
+/* The per-connection keys: address alone (as before hash_on), address and port. */
+START_TEST(test_peer_keys)
+{
+    struct sockaddr_in a, b, c;
+    struct sockaddr_in6 d, e, f;
+    struct slb_lb_peer_keys ka, kb, kc, kd, ke, kf;
+
+    peer_v4(&a, "127.0.0.1", 40000);
+    peer_v4(&b, "127.0.0.1", 40001);
+    peer_v4(&c, "10.1.2.3", 40000);
+    peer_v6(&d, "::1", 40000);
+    peer_v6(&e, "::1", 40001);
+    peer_v6(&f, "::ffff:127.0.0.2", 40000);
+    slb_lb_peer_keys_init(&ka, (struct sockaddr *)&a);
+    slb_lb_peer_keys_init(&kb, (struct sockaddr *)&b);
+    slb_lb_peer_keys_init(&kc, (struct sockaddr *)&c);
+    slb_lb_peer_keys_init(&kd, (struct sockaddr *)&d);
+    slb_lb_peer_keys_init(&ke, (struct sockaddr *)&e);
+    slb_lb_peer_keys_init(&kf, (struct sockaddr *)&f);
+
+    /* two apps of one host: one address key, two connection keys */
+    ck_assert_uint_eq(ka.ip, kb.ip);
+    ck_assert_uint_ne(ka.ip_port, kb.ip_port);
+    ck_assert_uint_eq(kd.ip, ke.ip);
+    ck_assert_uint_ne(kd.ip_port, ke.ip_port);
+    ck_assert_uint_ne(ka.ip, kc.ip);
+    ck_assert_uint_ne(ka.ip_port, kc.ip_port);
+    /* the address key is what source_ip_hash always hashed (XXH64 of the raw
+     * address), so an upgrade keeps every app on its backend */
+    ck_assert_uint_eq(ka.ip, slb_hash64(&a.sin_addr, 4));
+    ck_assert_uint_eq(kd.ip, slb_hash64(&d.sin6_addr, 16));
+    uint8_t raw[6];
+    memcpy(raw, &b.sin_addr, 4);
+    memcpy(raw + 4, &b.sin_port, 2);
+    ck_assert_uint_eq(kb.ip_port, slb_hash64(raw, 6));
+    ck_assert_int_eq(ka.loopback, 1);
+    ck_assert_int_eq(kc.loopback, 0);
+    ck_assert_int_eq(kd.loopback, 1);
+    ck_assert_int_eq(kf.loopback, 1);
+    peer_v6(&f, "2001:db8::1", 1);
+    slb_lb_peer_keys_init(&kf, (struct sockaddr *)&f);
+    ck_assert_int_eq(kf.loopback, 0);
+
+    /* no address (getpeername failed): zeros, not garbage */
+    memset(&kf, 0xff, sizeof(kf));
+    slb_lb_peer_keys_init(&kf, NULL);
+    ck_assert_uint_eq(kf.ip, 0);
+    ck_assert_uint_eq(kf.ip_port, 0);
+    ck_assert_int_eq(kf.loopback, 0);
+}
+END_TEST
+
+/* hash_on picks the call's key: the address, the connection, or a header (absent: no key). */
+START_TEST(test_hash_key_selection)
+{
+    struct slb_lb_peer_keys peer = {.ip = 111, .ip_port = 222, .loopback = 1};
+    const uint8_t v[] = "alice";
+    uint64_t key = 0;
+
+    ck_assert_int_eq(opts.hash_on, SLB_LB_HASH_ON_SOURCE_IP); /* the default */
+    ck_assert_int_eq(slb_lb_hash_key(&opts, &peer, NULL, 0, &key), 1);
+    ck_assert_uint_eq(key, 111);
+    opts.hash_on = SLB_LB_HASH_ON_SOURCE_IP_PORT;
+    ck_assert_int_eq(slb_lb_hash_key(&opts, &peer, v, 5, &key), 1); /* a header does not matter */
+    ck_assert_uint_eq(key, 222);
+    opts.hash_on = SLB_LB_HASH_ON_HEADER;
+    ck_assert_int_eq(slb_lb_hash_key(&opts, &peer, v, 5, &key), 1);
+    ck_assert_uint_eq(key, slb_hash64("alice", 5));
+    key = 7;
+    ck_assert_int_eq(slb_lb_hash_key(&opts, &peer, NULL, 0, &key), 0); /* no header: random pick */
+    ck_assert_uint_eq(key, 7);
+    ck_assert_int_eq(slb_lb_hash_key(&opts, &peer, v, 0, &key), 1); /* an empty value is a key */
+    ck_assert_uint_eq(key, slb_hash64("", 0));
+
+    ck_assert_str_eq(slb_lb_hash_on_name(SLB_LB_HASH_ON_SOURCE_IP), "source_ip");
+    ck_assert_str_eq(slb_lb_hash_on_name(SLB_LB_HASH_ON_SOURCE_IP_PORT), "source_ip_port");
+    ck_assert_str_eq(slb_lb_hash_on_name(SLB_LB_HASH_ON_HEADER), "header");
+    ck_assert_ptr_null(slb_lb_hash_on_name(3));
+    ck_assert_ptr_null(slb_lb_hash_on_name(-1));
+    ck_assert_int_eq(slb_lb_hash_on_parse("source_ip_port"), SLB_LB_HASH_ON_SOURCE_IP_PORT);
+    ck_assert_int_eq(slb_lb_hash_on_parse("header"), SLB_LB_HASH_ON_HEADER);
+    ck_assert_int_eq(slb_lb_hash_on_parse("source_port"), -1);
+    ck_assert_int_eq(slb_lb_hash_on_parse(NULL), -1);
+}
+END_TEST
+
+/*
+ * 12 apps of one host (127.0.0.1, ports 40000..40011) through each hash
+ * policy with 3 backends: keyed on the address they all share one backend;
+ * keyed on address and port each app sticks to one backend and together they
+ * use all three (deterministic: the keys are fixed).
+ */
+START_TEST(test_hash_on_spreads_one_host)
+{
+    static const char *const hashes[] = {"source_ip_hash", "ring_hash", "maglev"};
+    int by_ip[12], by_port[12], used[3] = {0};
+
+    setup(hashes[_i], 3, NULL);
+    for (int on = SLB_LB_HASH_ON_SOURCE_IP; on <= SLB_LB_HASH_ON_SOURCE_IP_PORT; on++) {
+        opts.hash_on = (uint8_t)on;
+        for (int app = 0; app < 12; app++) {
+            struct sockaddr_in sa;
+            struct slb_lb_peer_keys k;
+            struct slb_pick_ctx ctx = {.now_ms = NOW};
+            peer_v4(&sa, "127.0.0.1", (uint16_t)(40000 + app));
+            slb_lb_peer_keys_init(&k, (struct sockaddr *)&sa);
+            for (int call = 0; call < 5; call++) {
+                ctx.random = rnd();
+                ctx.has_hash = (uint8_t)slb_lb_hash_key(&opts, &k, NULL, 0, &ctx.hash);
+                int id = id_of(slb_lb_pick(&lb, &ctx));
+                int *where = on == SLB_LB_HASH_ON_SOURCE_IP ? by_ip : by_port;
+                if (call == 0)
+                    where[app] = id;
+                ck_assert_int_eq(id, where[app]); /* every call of the app: one backend */
+            }
+        }
+    }
+    for (int app = 0; app < 12; app++) {
+        ck_assert_int_eq(by_ip[app], by_ip[0]);
+        used[by_port[app]]++;
+    }
+    ck_assert_msg(used[0] > 0 && used[1] > 0 && used[2] > 0, "%s: %d %d %d", hashes[_i], used[0], used[1], used[2]);
+    teardown();
+}
+END_TEST
+
 /*
  * Every sidecar, of every version, must build the same ring and table: these
  * owners of the first keys were computed with the code of before lib/rng.h
@@ -725,6 +867,9 @@ Suite *lb_suite(void)
     tcase_add_loop_test(tc, test_consistent_remove, 0, 2);
     tcase_add_loop_test(tc, test_hash_same_key, 0, 3);
     tcase_add_loop_test(tc, test_hash_tables_pinned, 0, 2);
+    tcase_add_test(tc, test_peer_keys);
+    tcase_add_test(tc, test_hash_key_selection);
+    tcase_add_loop_test(tc, test_hash_on_spreads_one_host, 0, 3);
     tcase_add_test(tc, test_pick_first);
     tcase_add_test(tc, test_slow_start_weight);
     tcase_add_loop_test(tc, test_slow_start_ramp, 0, 3);
