@@ -48,7 +48,9 @@ struct slb_backend {
     uint8_t health;            /* enum slb_backend_health */
     uint8_t draining;          /* removed from discovery: no new calls */
     uint64_t ejected_until_ms; /* outlier ejection: no new calls before this time */
-    uint32_t times_ejected;
+    uint32_t times_ejected;    /* outlier ejection time multiplier (gRFC A50): +1 per ejection, decays */
+    uint32_t ejections;        /* ejections since it was listed (the metric) */
+    uint8_t ejected_in_interval; /* ejected at some time in the current outlier interval (no decay) */
     uint64_t usable_since_ms; /* slow start: when it (re)joined the usable set */
 
     uint32_t outstanding; /* calls in flight (least_request) */

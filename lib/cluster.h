@@ -44,7 +44,8 @@ struct slb_cluster {
     struct slb_discovery *discovery; /* when fed by etcd */
     struct slb_method_table methods; /* from cfg->service_config_json */
     uint32_t n_calls;                /* calls routed here and not finished (max_calls) */
-    uv_timer_t outlier_timer;
+    uv_timer_t outlier_timer;           /* the next interval evaluation or ejection end, whichever is first */
+    uint64_t outlier_next_interval_ms; /* when the current outlier interval ends */
     uint8_t has_outlier_timer;
     uint32_t n_by_state[SLB_BACKEND_SHUTDOWN + 1]; /* listed backends per connectivity state */
     uint8_t state;           /* aggregate (gRPC): READY if any is, else CONNECTING, else IDLE, else TRANSIENT_FAILURE */
