@@ -178,6 +178,10 @@ static uint64_t v_ejections(const struct slb_backend *be, uint64_t now)
 {
     return be->ejections;
 }
+static uint64_t v_ejections_capped(const struct slb_backend *be, uint64_t now)
+{
+    return be->ejections_capped;
+}
 static uint64_t v_ejection_multiplier(const struct slb_backend *be, uint64_t now)
 {
     return be->times_ejected;
@@ -328,6 +332,8 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
                    v_ejected);
     backend_family(o, srv, now, "sidelb_backend_ejections_total", "counter",
                    "Times outlier detection ejected the backend.", v_ejections);
+    backend_family(o, srv, now, "sidelb_backend_ejections_capped_total", "counter",
+                   "Ejections of the backend that max_ejection_percent prevented.", v_ejections_capped);
     backend_family(o, srv, now, "sidelb_backend_ejection_multiplier", "gauge",
                    "Outlier ejection time multiplier (gRFC A50): the next ejection lasts base_ejection_ms times it "
                    "plus one; it decays by one per interval_ms the backend stays in.",
@@ -372,12 +378,12 @@ static json_t *render_clusters(const struct slb_server *srv, uint64_t now)
             goto fail;
         for (uint32_t j = 0; j < cl->set.n; j++) {
             const struct slb_backend *be = cl->set.items[j];
-            json_t *b =
-                json_pack("{s:o, s:I, s:o, s:s, s:s, s:b, s:b, s:I, s:b, s:I, s:I}", "address", jstr(be->name), "weight",
-                          (json_int_t)be->weight, "zone", jstr(be->zone), "state", slb_backend_state_name(be->state),
-                          "health", slb_health_status_name(be->health), "healthy", slb_backend_usable(be, now),
-                          "ejected", be->ejected_until_ms > now, "ejections", (json_int_t)be->ejections, "draining", be->draining != 0, "outstanding",
-                          (json_int_t)be->outstanding, "connections", (json_int_t)backend_connections(be));
+            json_t *b = json_pack("{s:o, s:I, s:o, s:s, s:s, s:b, s:b, s:I, s:b, s:I, s:I}", "address", jstr(be->name),
+                                  "weight", (json_int_t)be->weight, "zone", jstr(be->zone), "state",
+                                  slb_backend_state_name(be->state), "health", slb_health_status_name(be->health),
+                                  "healthy", slb_backend_usable(be, now), "ejected", be->ejected_until_ms > now,
+                                  "ejections", (json_int_t)be->ejections, "draining", be->draining != 0, "outstanding",
+                                  (json_int_t)be->outstanding, "connections", (json_int_t)backend_connections(be));
             if (b == NULL || json_array_append_new(bes, b) != 0)
                 goto fail;
         }

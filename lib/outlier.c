@@ -51,9 +51,21 @@ int slb_outlier_eject(const struct slb_outlier_options *opts, struct slb_backend
                       uint64_t now_ms)
 {
     uint64_t ms, cap;
+    uint32_t out, max;
 
-    if (slb_outlier_ejected(be, now_ms) || count_ejected(set, now_ms) >= max_ejectable(opts, set->n))
+    if (slb_outlier_ejected(be, now_ms))
         return 0;
+    if ((out = count_ejected(set, now_ms)) >= (max = max_ejectable(opts, set->n))) {
+        be->ejections_capped++;
+        if (!be->eject_capped_logged) {
+            be->eject_capped_logged = 1;
+            slb_notice("backend %s: an outlier, not ejected: %u of %u backends are out, max_ejection_percent (%u) "
+                       "allows %u (logged once until it is ejected; sidelb_backend_ejections_capped_total)",
+                       be->name, out, set->n, opts->max_ejection_percent, max);
+        }
+        return 0;
+    }
+    be->eject_capped_logged = 0;
     be->times_ejected++;
     be->ejections++;
     be->ejected_in_interval = 1;

@@ -47,15 +47,15 @@
 
 /* Mirrors struct slb_config_outlier (config.h); owned by the cluster's config. */
 struct slb_outlier_options {
-    uint32_t consecutive_failures;        /* default 5 */
-    uint32_t base_ejection_ms;            /* default 30000 */
-    uint32_t max_ejection_ms;             /* default 300000 */
-    uint32_t max_ejection_percent;        /* default 10 */
-    uint32_t interval_ms;                 /* default 10000 */
-    uint32_t success_rate_minimum_hosts;  /* default 5 */
-    uint32_t success_rate_request_volume; /* default 100 */
-    double success_rate_stdev_factor;     /* default 1.9 */
-    uint32_t enforcing_success_rate;      /* default 100 (%); 0 = no success-rate ejection */
+    uint32_t consecutive_failures;              /* default 5 */
+    uint32_t base_ejection_ms;                  /* default 30000 */
+    uint32_t max_ejection_ms;                   /* default 300000 */
+    uint32_t max_ejection_percent;              /* default 10 */
+    uint32_t interval_ms;                       /* default 10000 */
+    uint32_t success_rate_minimum_hosts;        /* default 5 */
+    uint32_t success_rate_request_volume;       /* default 100 */
+    double success_rate_stdev_factor;           /* default 1.9 */
+    uint32_t enforcing_success_rate;            /* default 100 (%); 0 = no success-rate ejection */
     uint32_t failure_percentage_threshold;      /* default 85 (%) */
     uint32_t failure_percentage_minimum_hosts;  /* default 5 */
     uint32_t failure_percentage_request_volume; /* default 50 */

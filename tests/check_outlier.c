@@ -314,6 +314,9 @@ START_TEST(test_max_ejection_percent_in_interval)
     for (int i = 0; i < 10; i++)
         out += !slb_backend_usable(bes[i], T0);
     ck_assert_int_eq(out, 3);
+    ck_assert_uint_eq(bes[2]->ejections_capped + bes[3]->ejections_capped + bes[4]->ejections_capped +
+                          bes[5]->ejections_capped,
+                      4); /* 6 outliers, 2 went: 4 kept in by the cap */
     slb_backend_set_dispose(&set);
 }
 END_TEST
@@ -342,13 +345,9 @@ static struct {
     uint64_t t0;
 } W;
 
-static void on_call_timer(struct slb_deadline *d)
-{
-}
+static void on_call_timer(struct slb_deadline *d) {}
 
-static void no_wake(struct slb_cluster_waiter *w)
-{
-}
+static void no_wake(struct slb_cluster_waiter *w) {}
 
 static void world_up(const char *outlier_json, int n)
 {
