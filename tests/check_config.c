@@ -491,6 +491,13 @@ START_TEST(err_out_of_range)
                  "     \"max_pending_per_backend\": 0}]\n"
                  "}\n",
                  "t.json:4:33: clusters[0].max_pending_per_backend: 0 is out of range (1..2147483647)");
+    /* A50: percentages are at most 100 */
+    expect_error("{\n" LISTENER_OK
+                 "  \"clusters\": [{\"name\": \"a\", \"discovery\": {\"static\": [\"127.0.0.1:1\"]},\n"
+                 "     \"outlier_detection\": {\"enforcing_failure_percentage\": 101}}]\n"
+                 "}\n",
+                 "t.json:4:60: clusters[0].outlier_detection.enforcing_failure_percentage: 101 is out of range "
+                 "(0..100)");
 }
 END_TEST
 
