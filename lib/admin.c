@@ -174,7 +174,15 @@ static uint64_t v_queued(const struct slb_backend *be, uint64_t now)
     const struct slb_upstream_pool *pool = be->pool;
     return pool != NULL ? pool->n_waiting : 0;
 }
-static uint64_t v_times_ejected(const struct slb_backend *be, uint64_t now)
+static uint64_t v_ejections(const struct slb_backend *be, uint64_t now)
+{
+    return be->ejections;
+}
+static uint64_t v_ejections_capped(const struct slb_backend *be, uint64_t now)
+{
+    return be->ejections_capped;
+}
+static uint64_t v_ejection_multiplier(const struct slb_backend *be, uint64_t now)
 {
     return be->times_ejected;
 }
@@ -323,7 +331,13 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
     backend_family(o, srv, now, "sidelb_backend_ejected", "gauge", "1 while outlier detection ejects the backend.",
                    v_ejected);
     backend_family(o, srv, now, "sidelb_backend_ejections_total", "counter",
-                   "Times outlier detection ejected the backend.", v_times_ejected);
+                   "Times outlier detection ejected the backend.", v_ejections);
+    backend_family(o, srv, now, "sidelb_backend_ejections_capped_total", "counter",
+                   "Ejections of the backend that max_ejection_percent prevented.", v_ejections_capped);
+    backend_family(o, srv, now, "sidelb_backend_ejection_multiplier", "gauge",
+                   "Outlier ejection time multiplier (gRFC A50): the next ejection lasts base_ejection_ms times it "
+                   "plus one; it decays by one per interval_ms the backend stays in.",
+                   v_ejection_multiplier);
     backend_family(o, srv, now, "sidelb_backend_weight", "gauge", "Load-balancing weight of the backend.", v_weight);
     backend_family(o, srv, now, "sidelb_backend_connections", "gauge", "Open HTTP/2 connections to the backend.",
                    v_connections);
@@ -364,12 +378,12 @@ static json_t *render_clusters(const struct slb_server *srv, uint64_t now)
             goto fail;
         for (uint32_t j = 0; j < cl->set.n; j++) {
             const struct slb_backend *be = cl->set.items[j];
-            json_t *b =
-                json_pack("{s:o, s:I, s:o, s:s, s:s, s:b, s:b, s:b, s:I, s:I}", "address", jstr(be->name), "weight",
-                          (json_int_t)be->weight, "zone", jstr(be->zone), "state", slb_backend_state_name(be->state),
-                          "health", slb_health_status_name(be->health), "healthy", slb_backend_usable(be, now),
-                          "ejected", be->ejected_until_ms > now, "draining", be->draining != 0, "outstanding",
-                          (json_int_t)be->outstanding, "connections", (json_int_t)backend_connections(be));
+            json_t *b = json_pack("{s:o, s:I, s:o, s:s, s:s, s:b, s:b, s:I, s:b, s:I, s:I}", "address", jstr(be->name),
+                                  "weight", (json_int_t)be->weight, "zone", jstr(be->zone), "state",
+                                  slb_backend_state_name(be->state), "health", slb_health_status_name(be->health),
+                                  "healthy", slb_backend_usable(be, now), "ejected", be->ejected_until_ms > now,
+                                  "ejections", (json_int_t)be->ejections, "draining", be->draining != 0, "outstanding",
+                                  (json_int_t)be->outstanding, "connections", (json_int_t)backend_connections(be));
             if (b == NULL || json_array_append_new(bes, b) != 0)
                 goto fail;
         }

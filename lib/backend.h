@@ -44,12 +44,16 @@ struct slb_backend {
     uint32_t weight; /* >= 1; from config or the etcd value */
     uint32_t index;  /* slot in its set (policies index their own arrays by it); UINT32_MAX when not listed */
 
-    uint8_t state;             /* enum slb_backend_state */
-    uint8_t health;            /* enum slb_backend_health */
-    uint8_t draining;          /* removed from discovery: no new calls */
-    uint64_t ejected_until_ms; /* outlier ejection: no new calls before this time */
-    uint32_t times_ejected;
-    uint64_t usable_since_ms; /* slow start: when it (re)joined the usable set */
+    uint8_t state;               /* enum slb_backend_state */
+    uint8_t health;              /* enum slb_backend_health */
+    uint8_t draining;            /* removed from discovery: no new calls */
+    uint64_t ejected_until_ms;   /* outlier ejection: no new calls before this time */
+    uint32_t times_ejected;      /* outlier ejection time multiplier (gRFC A50): +1 per ejection, decays */
+    uint32_t ejections;          /* ejections since it was listed (the metric) */
+    uint8_t ejected_in_interval; /* ejected at some time in the current outlier interval (no decay) */
+    uint8_t eject_capped_logged; /* the max_ejection_percent line was logged since its last ejection */
+    uint32_t ejections_capped;   /* ejections max_ejection_percent prevented (the metric) */
+    uint64_t usable_since_ms;    /* slow start: when it (re)joined the usable set */
 
     uint32_t outstanding; /* calls in flight (least_request) */
     /* passive outlier detection counters */

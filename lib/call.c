@@ -337,7 +337,11 @@ static void call_free(struct slb_call *call)
 
 /* ---- small pieces ---- */
 
-/* Passive outlier detection hears how each attempt went. */
+/* Passive outlier detection hears how each attempt went (once per attempt
+ * that reached a backend or failed to connect): a success, or a failure
+ * (slb_outlier_status_failed(): a reset, a lost connection, a connect
+ * failure, DEADLINE_EXCEEDED whoever ended it, and the other 5xx-like
+ * statuses). An attempt the app cancelled is not counted. */
 static void call_report(struct slb_call *call, int success)
 {
     if (call->be != NULL && call->cluster != NULL)
@@ -611,7 +615,7 @@ static int call_try_retry(struct slb_call *call, int status, int report)
     if (call->deadline_ms != 0 && now + wait >= call->deadline_ms)
         return 0;
     if (report) /* the attempt's outcome, for outlier detection, before the backend is let go */
-        call_report(call, status != SLB_GRPC_UNAVAILABLE);
+        call_report(call, !slb_outlier_status_failed(status));
     slb_debug("call %d: attempt %u on %s ended with %s; retrying in %llu ms", call->down.sid, call->attempts,
               call->be ? call->be->name : "?", slb_grpc_status_name(status), (unsigned long long)wait);
     call->retries++;
@@ -631,6 +635,8 @@ void slb_call_on_timer(struct slb_deadline *d)
 
     if (call->deadline_ms != 0 && now >= call->deadline_ms) {
         slb_debug("call %d: deadline exceeded in %s", call->down.sid, slb_call_state_name(call->state));
+        if (call->up.open && (call->state == SLB_CALL_SENT || call->state == SLB_CALL_STREAMING))
+            call_report(call, 0); /* the attempt on the backend ends DEADLINE_EXCEEDED: a failure (A50) */
         call_fail(call, SLB_GRPC_DEADLINE_EXCEEDED, "sidelb: deadline exceeded");
         call_discard_request(call);
         return;
@@ -1015,7 +1021,7 @@ static void up_on_close(struct slb_h2_stream *s, uint32_t error_code)
         call->counted = 0;
     }
     if (error_code != NGHTTP2_REFUSED_STREAM)
-        call_report(call, call->state == SLB_CALL_FINISHING && call->upstream_status != SLB_GRPC_UNAVAILABLE);
+        call_report(call, call->state == SLB_CALL_FINISHING && !slb_outlier_status_failed(call->upstream_status));
     if (call->state == SLB_CALL_SENT && error_code == NGHTTP2_REFUSED_STREAM && call->req.retain &&
         call->attempts < SLB_MAX_ATTEMPTS) {
         /* The backend did not process it (GOAWAY or refused): replay on a fresh stream. */

@@ -100,24 +100,50 @@ void slb_cluster_unwait(struct slb_cluster_waiter *w)
 
 /* ---- outlier detection ---- */
 
+static void on_outlier_timer(uv_timer_t *t);
+
+/* Arms the outlier timer for the next interval evaluation or the earliest ejection end, whichever is first. */
+static void outlier_arm(struct slb_cluster *cl, uint64_t now)
+{
+    uint64_t due = cl->outlier_next_interval_ms, u = slb_outlier_next_uneject(&cl->set);
+
+    if (!cl->has_outlier_timer)
+        return;
+    if (u != 0 && u < due)
+        due = u;
+    uv_timer_start(&cl->outlier_timer, on_outlier_timer, due > now ? due - now : 0, 0);
+}
+
 static void on_outlier_timer(uv_timer_t *t)
 {
     struct slb_cluster *cl = t->data;
-    uint32_t unejected = 0;
+    const struct slb_outlier_options *opts = &cl->cfg->outlier.opts;
+    uint64_t now = uv_now(cl->ctx->loop);
+    uint32_t unejected = slb_outlier_uneject(&cl->set, now);
 
-    slb_outlier_tick(&cl->cfg->outlier.opts, &cl->set, uv_now(cl->ctx->loop), &unejected);
+    if (now >= cl->outlier_next_interval_ms) {
+        /* gRFC A50's interval timer: judge the interval that ended, start the next */
+        if (slb_outlier_interval(opts, &cl->set, now, &cl->ctx->rng) > 0)
+            cl->set.usable_version++;
+        cl->outlier_next_interval_ms = now + opts->interval_ms;
+    }
     if (unejected > 0) {
         cl->set.usable_version++; /* slow start sees the returning backends */
         cluster_wake(cl);
     }
+    outlier_arm(cl, now);
 }
 
 void slb_cluster_report(struct slb_cluster *cl, struct slb_backend *be, int success)
 {
+    uint64_t now = uv_now(cl->ctx->loop);
+
     if (!cl->cfg->outlier.enabled || be->draining)
         return;
-    if (slb_outlier_on_result(&cl->cfg->outlier.opts, &cl->set, be, success, uv_now(cl->ctx->loop)))
+    if (slb_outlier_on_result(&cl->cfg->outlier.opts, &cl->set, be, success, now)) {
         cl->set.usable_version++;
+        outlier_arm(cl, now); /* its ejection may end before the next interval */
+    }
 }
 
 /* ---- aggregate connectivity state ---- */
@@ -262,8 +288,9 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const str
         uv_timer_init(ctx->loop, &cl->outlier_timer);
         slb_conn_ctx_handle_opened(&ctx->io);
         cl->outlier_timer.data = cl;
-        /* a short period so an ejection ends on time; success rate uses interval_ms inside */
-        uv_timer_start(&cl->outlier_timer, on_outlier_timer, 100, 100);
+        /* one timer: each interval_ms (A50), and at each ejection's end so it ends on time */
+        cl->outlier_next_interval_ms = uv_now(ctx->loop) + cfg->outlier.opts.interval_ms;
+        uv_timer_start(&cl->outlier_timer, on_outlier_timer, cfg->outlier.opts.interval_ms, 0);
         uv_unref((uv_handle_t *)&cl->outlier_timer);
         cl->has_outlier_timer = 1;
     }

@@ -41,10 +41,11 @@ struct slb_cluster {
     const struct slb_config_cluster *cfg;
     struct slb_backend_set set;
     struct slb_lb lb;
-    struct slb_discovery *discovery; /* when fed by etcd */
-    struct slb_method_table methods; /* from cfg->service_config_json */
-    uint32_t n_calls;                /* calls routed here and not finished (max_calls) */
-    uv_timer_t outlier_timer;
+    struct slb_discovery *discovery;   /* when fed by etcd */
+    struct slb_method_table methods;   /* from cfg->service_config_json */
+    uint32_t n_calls;                  /* calls routed here and not finished (max_calls) */
+    uv_timer_t outlier_timer;          /* the next interval evaluation or ejection end, whichever is first */
+    uint64_t outlier_next_interval_ms; /* when the current outlier interval ends */
     uint8_t has_outlier_timer;
     uint8_t logged_shared_key; /* the hash_on source_ip loopback note was logged (once per cluster) */
     uint32_t n_by_state[SLB_BACKEND_SHUTDOWN + 1]; /* listed backends per connectivity state */

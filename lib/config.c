@@ -1177,6 +1177,11 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
                                           "success_rate_minimum_hosts",
                                           "success_rate_request_volume",
                                           "success_rate_stdev_factor",
+                                          "enforcing_success_rate",
+                                          "failure_percentage_threshold",
+                                          "failure_percentage_minimum_hosts",
+                                          "failure_percentage_request_volume",
+                                          "enforcing_failure_percentage",
                                           NULL};
     struct slb_config_backoff *bo = &cl->backoff;
     struct slb_config_outlier *od = &cl->outlier;
@@ -1240,7 +1245,14 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
             get_u32(c, v, p, "success_rate_minimum_hosts", &od->opts.success_rate_minimum_hosts, 5, 1, 1000000) != 0 ||
             get_u32(c, v, p, "success_rate_request_volume", &od->opts.success_rate_request_volume, 100, 1, 100000000) !=
                 0 ||
-            get_num(c, v, p, "success_rate_stdev_factor", &od->opts.success_rate_stdev_factor, 1.9, 0, 1, 100) != 0)
+            get_num(c, v, p, "success_rate_stdev_factor", &od->opts.success_rate_stdev_factor, 1.9, 0, 1, 100) != 0 ||
+            get_u32(c, v, p, "enforcing_success_rate", &od->opts.enforcing_success_rate, 100, 0, 100) != 0 ||
+            get_u32(c, v, p, "failure_percentage_threshold", &od->opts.failure_percentage_threshold, 85, 0, 100) != 0 ||
+            get_u32(c, v, p, "failure_percentage_minimum_hosts", &od->opts.failure_percentage_minimum_hosts, 5, 1,
+                    1000000) != 0 ||
+            get_u32(c, v, p, "failure_percentage_request_volume", &od->opts.failure_percentage_request_volume, 50, 1,
+                    100000000) != 0 ||
+            get_u32(c, v, p, "enforcing_failure_percentage", &od->opts.enforcing_failure_percentage, 0, 0, 100) != 0)
             return -1;
         if (od->opts.max_ejection_ms < od->opts.base_ejection_ms) {
             join(q, p, "max_ejection_ms");

@@ -285,7 +285,8 @@ static struct {
 static const char config_json[] =
     "{\"listeners\":[{\"address\":\"127.0.0.1:1\",\"default_cluster\":\"c\"}],"
     "\"clusters\":[{\"name\":\"c\",\"discovery\":{\"static\":[\"127.0.0.1:1\",\"127.0.0.1:2\"]},"
-    "\"policy\":{\"round_robin\":{}},\"wait_for_ready_ms\":5000,\"service_config\":{\"methodConfig\":[{"
+    "\"policy\":{\"round_robin\":{}},\"wait_for_ready_ms\":5000,"
+    "\"outlier_detection\":{\"consecutive_failures\":1000000},\"service_config\":{\"methodConfig\":[{"
     "\"name\":[{\"service\":\"t.Retry\"}],\"retryPolicy\":{\"maxAttempts\":3,\"initialBackoff\":\"0.01s\","
     "\"maxBackoff\":\"0.01s\",\"backoffMultiplier\":1,\"retryableStatusCodes\":[\"UNAVAILABLE\"]}}]}}]}";
 
@@ -702,6 +703,84 @@ START_TEST(deadline_expires_in_every_waiting_state)
         close_down(call, NGHTTP2_NO_ERROR);
         assert_all_released();
     }
+}
+END_TEST
+
+/* Outlier detection's failures and successes, summed over both backends. */
+static uint32_t od_failures(void)
+{
+    return T.cl.set.items[0]->interval_failure + T.cl.set.items[1]->interval_failure;
+}
+static uint32_t od_successes(void)
+{
+    return T.cl.set.items[0]->interval_success + T.cl.set.items[1]->interval_success;
+}
+
+/*
+ * What outlier detection hears of each attempt (gRFC A50 counts call results
+ * as the client sees them): sidelb's own deadline ending an attempt on a
+ * backend, a backend's DEADLINE_EXCEEDED and a reset are failures; an
+ * application error is an answer; a deadline before any backend had the call
+ * and an app's cancel are not counted.
+ */
+START_TEST(outlier_detection_counts_attempt_outcomes)
+{
+    static const int states[] = {SLB_CALL_QUEUED, SLB_CALL_SENT, SLB_CALL_STREAMING};
+    struct slb_call *call;
+    int end, status;
+
+    for (size_t i = 0; i < SLB_ARRAY_SIZE(states); i++) {
+        uint32_t f = od_failures(), ok = od_successes();
+        call = open_call();
+        send_headers(call, "/t.S/M", "30m", 1);
+        if (states[i] >= SLB_CALL_SENT)
+            stream_ready(call);
+        if (states[i] >= SLB_CALL_STREAMING)
+            respond_headers(call);
+        run_until_state(call, SLB_CALL_FINISHING, 2000);
+        drain_response(call, &end, &status);
+        ck_assert_uint_eq(od_failures(), f + (states[i] >= SLB_CALL_SENT)); /* queued: no backend had it */
+        ck_assert_uint_eq(od_successes(), ok);
+        close_down(call, NGHTTP2_NO_ERROR);
+        assert_all_released();
+    }
+
+    /* the backend's own DEADLINE_EXCEEDED */
+    uint32_t f = od_failures(), ok = od_successes();
+    call = open_call();
+    send_headers(call, "/t.S/M", NULL, 1);
+    stream_ready(call);
+    respond_status_only(call, "4");
+    call->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_NO_ERROR);
+    ck_assert_uint_eq(od_failures(), f + 1);
+    close_down(call, NGHTTP2_NO_ERROR);
+
+    /* an application error: the backend works */
+    call = open_call();
+    send_headers(call, "/t.S/M", NULL, 1);
+    stream_ready(call);
+    respond_status_only(call, "5");
+    call->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_NO_ERROR);
+    ck_assert_uint_eq(od_failures(), f + 1);
+    ck_assert_uint_eq(od_successes(), ok + 1);
+    close_down(call, NGHTTP2_NO_ERROR);
+
+    /* a reset while streaming */
+    call = call_in_state(SLB_CALL_STREAMING);
+    call->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_INTERNAL_ERROR);
+    ck_assert_uint_eq(od_failures(), f + 2);
+    drain_response(call, &end, &status);
+    close_down(call, NGHTTP2_NO_ERROR);
+
+    /* the app cancels: nothing is said about the backend */
+    call = call_in_state(SLB_CALL_SENT);
+    close_down(call, NGHTTP2_CANCEL);
+    ck_assert_uint_eq(od_failures(), f + 2);
+    ck_assert_uint_eq(od_successes(), ok + 1);
+    assert_all_released();
 }
 END_TEST
 
@@ -1123,6 +1202,7 @@ Suite *call_suite(void)
     tcase_add_test(tc, cancel_from_the_app_in_every_state);
     tcase_add_test(tc, cancel_from_the_backend_in_every_state_with_a_stream);
     tcase_add_test(tc, deadline_expires_in_every_waiting_state);
+    tcase_add_test(tc, outlier_detection_counts_attempt_outcomes);
     tcase_add_test(tc, request_trailers_change_nothing);
     tcase_add_test(tc, header_list_too_large_before_routing_fails_the_call);
     tcase_add_test(tc, trailers_too_large_before_the_response_fail_the_call);

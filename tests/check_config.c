@@ -73,7 +73,9 @@ static const char *full_config =
     "        \"max_ejection_ms\": 9000, \"max_ejection_percent\": 50, \"interval_ms\": "
     "2000,\n"
     "        \"success_rate_minimum_hosts\": 3, \"success_rate_request_volume\": 20,\n"
-    "        \"success_rate_stdev_factor\": 1.5},\n"
+    "        \"success_rate_stdev_factor\": 1.5, \"enforcing_success_rate\": 90,\n"
+    "        \"failure_percentage_threshold\": 70, \"failure_percentage_minimum_hosts\": 4,\n"
+    "        \"failure_percentage_request_volume\": 30, \"enforcing_failure_percentage\": 100},\n"
     "     \"service_config\": {\"methodConfig\": [{\"name\": [{\"service\": "
     "\"x.Greeter\"}],\n"
     "        \"timeout\": \"2s\", \"waitForReady\": true,\n"
@@ -184,6 +186,11 @@ START_TEST(test_full)
     ck_assert_uint_eq(c->outlier.opts.success_rate_minimum_hosts, 3);
     ck_assert_uint_eq(c->outlier.opts.success_rate_request_volume, 20);
     ck_assert_double_eq(c->outlier.opts.success_rate_stdev_factor, 1.5);
+    ck_assert_uint_eq(c->outlier.opts.enforcing_success_rate, 90);
+    ck_assert_uint_eq(c->outlier.opts.failure_percentage_threshold, 70);
+    ck_assert_uint_eq(c->outlier.opts.failure_percentage_minimum_hosts, 4);
+    ck_assert_uint_eq(c->outlier.opts.failure_percentage_request_volume, 30);
+    ck_assert_uint_eq(c->outlier.opts.enforcing_failure_percentage, 100);
     ck_assert_ptr_nonnull(c->service_config_json);
     ck_assert_ptr_nonnull(strstr(c->service_config_json, "\"retryPolicy\":{\"maxAttempts\":3,"));
     ck_assert_ptr_null(strchr(c->service_config_json, '\n')); /* compact */
@@ -275,6 +282,11 @@ START_TEST(test_defaults)
     ck_assert_uint_eq(c->outlier.opts.success_rate_minimum_hosts, 5);
     ck_assert_uint_eq(c->outlier.opts.success_rate_request_volume, 100);
     ck_assert_double_eq(c->outlier.opts.success_rate_stdev_factor, 1.9);
+    ck_assert_uint_eq(c->outlier.opts.enforcing_success_rate, 100);
+    ck_assert_uint_eq(c->outlier.opts.failure_percentage_threshold, 85);
+    ck_assert_uint_eq(c->outlier.opts.failure_percentage_minimum_hosts, 5);
+    ck_assert_uint_eq(c->outlier.opts.failure_percentage_request_volume, 50);
+    ck_assert_uint_eq(c->outlier.opts.enforcing_failure_percentage, 0);
     ck_assert_ptr_null(c->service_config_json);
     ck_assert_uint_eq(c->static_backends[0].weight, 1);
     slb_config_free(cfg);
@@ -481,6 +493,13 @@ START_TEST(err_out_of_range)
                  "     \"max_pending_per_backend\": 0}]\n"
                  "}\n",
                  "t.json:4:33: clusters[0].max_pending_per_backend: 0 is out of range (1..2147483647)");
+    /* A50: percentages are at most 100 */
+    expect_error("{\n" LISTENER_OK
+                 "  \"clusters\": [{\"name\": \"a\", \"discovery\": {\"static\": [\"127.0.0.1:1\"]},\n"
+                 "     \"outlier_detection\": {\"enforcing_failure_percentage\": 101}}]\n"
+                 "}\n",
+                 "t.json:4:60: clusters[0].outlier_detection.enforcing_failure_percentage: 101 is out of range "
+                 "(0..100)");
 }
 END_TEST
 

@@ -493,7 +493,9 @@ static void on_delay(uv_timer_t *t)
 static void answer_later(struct tb_stream *s, Sidelb__Test__EchoRequest *req)
 {
     req->delay_ms += tb_srv.opt.extra_delay_ms;
-    if (tb_srv.opt.fail_status > 0 && req->status_code == 0) {
+    static unsigned long long fail_count; /* Echo calls seen while --fail-status is set */
+    if (tb_srv.opt.fail_status > 0 && req->status_code == 0 &&
+        fail_count++ % (tb_srv.opt.fail_every ? tb_srv.opt.fail_every : 1) == 0) {
         char msg[96];
         snprintf(msg, sizeof(msg), "backend %s broken", tb_srv.opt.id ? tb_srv.opt.id : "?");
         req->status_code = tb_srv.opt.fail_status;

@@ -70,6 +70,7 @@ struct tb_opts {
     unsigned goaway_after;   /* per connection: GOAWAY after this many calls, 0 = never */
     unsigned extra_delay_ms; /* added to every request's delay_ms (a slow backend) */
     int fail_status;         /* > 0: every Echo call ends with this grpc-status (a broken backend) */
+    unsigned fail_every;     /* with fail_status: only every Nth Echo call fails (1 = all; 2 = every other) */
     int health;              /* GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__* */
     int health_unimplemented_watch;
     unsigned drain_ms; /* on SIGTERM: how long to let calls finish after GOAWAY */

@@ -23,6 +23,8 @@
  * NOT_SERVING, SIGUSR2 -> SERVING; Watch streams get an update on each change.
  *
  * --fail-status CODE: every Echo call ends with this grpc-status ("backend %s broken").
+ * --fail-every N: with --fail-status, only every Nth Echo call does (the 1st, N+1th, ...;
+ * 2 = half of the calls fail).
  * --extra-delay-ms N: every reply waits N ms more (a uniformly slow backend).
  * --goaway-after N: per connection, after N calls a graceful GOAWAY (last
  * stream id = the Nth call); the connection closes when its streams finish.
@@ -60,7 +62,7 @@ static void usage(FILE *f)
         "usage: test_backend --port N [--id NAME] [--health SERVING|NOT_SERVING] "
         "[--health-unimplemented-watch]\n"
         "       [--max-concurrent-streams N] [--window N] [--conn-window N] [--goaway-after N] [--extra-delay-ms N]\n"
-        "       [--fail-status CODE]\n"
+        "       [--fail-status CODE] [--fail-every N]\n"
         "       [--stats-file PATH] [--drain-ms N] [--verbose]\n");
 }
 
@@ -220,6 +222,10 @@ static int parse_args(int argc, char **argv, struct tb_opts *o)
             if (parse_uint(a, val, 16, &v) < 0)
                 return -1;
             o->fail_status = (int)v;
+        } else if (strcmp(a, "--fail-every") == 0) {
+            if (parse_uint(a, val, 1000000, &v) < 0 || v == 0)
+                return -1;
+            o->fail_every = (unsigned)v;
         } else if (strcmp(a, "--extra-delay-ms") == 0) {
             if (parse_uint(a, val, 3600000, &v) < 0)
                 return -1;
