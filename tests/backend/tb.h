@@ -72,6 +72,7 @@ struct tb_opts {
     int fail_status;         /* > 0: every Echo call ends with this grpc-status (a broken backend) */
     int health;              /* GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__* */
     int health_unimplemented_watch;
+    int no_health;     /* --no-health: Watch and Check answer UNIMPLEMENTED */
     unsigned drain_ms; /* on SIGTERM: how long to let calls finish after GOAWAY */
     int verbose;
 };
