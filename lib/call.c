@@ -417,7 +417,7 @@ static void call_fail_local(struct slb_call *call, int grpc_status, const char *
 static void call_dispatch(struct slb_call *call);
 static void call_reset_attempt(struct slb_call *call);
 
-/* No backend can take the call now: wait (wait-for-ready) or fail. */
+/* No backend can take the call now: wait (wait-for-ready, or health not known yet) or fail. */
 static void call_no_backend(struct slb_call *call)
 {
     struct slb_cluster *cl = call->cluster;
@@ -430,6 +430,17 @@ static void call_no_backend(struct slb_call *call)
         call->wait_until_ms = wfr == 0 ? now : now + cl->cfg->wait_for_ready_ms;
         if (wfr == 1 && call->deadline_ms != 0)
             call->wait_until_ms = call->deadline_ms;
+        if (call->deadline_ms != 0 && call->deadline_ms < call->wait_until_ms)
+            call->wait_until_ms = call->deadline_ms;
+    }
+    if (cl->n_health_pending > 0 && call->wait_until_ms <= now) {
+        /* gRFC A17: a backend whose health check has not answered yet is
+         * CONNECTING, and gRPC queues every call (wait-for-ready or not) until
+         * the first answer, which comes (or times out) within a few timeout_ms:
+         * wait one more timeout_ms, never past the deadline. The last first
+         * answer wakes the call. */
+        uint32_t t = cl->cfg->health_check.timeout_ms != 0 ? cl->cfg->health_check.timeout_ms : 1000;
+        call->wait_until_ms = now + t;
         if (call->deadline_ms != 0 && call->deadline_ms < call->wait_until_ms)
             call->wait_until_ms = call->deadline_ms;
     }
