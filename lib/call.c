@@ -424,6 +424,11 @@ static void call_no_backend(struct slb_call *call)
     uint64_t now = call_now(call);
     char msg[200];
 
+    if (call->wait_health && cl->n_health_pending == 0) {
+        /* every first health answer is in: from here the wait-for-ready rule applies */
+        call->wait_health = 0;
+        call->wait_until_ms = 0;
+    }
     if (call->wait_until_ms == 0) {
         /* the method's waitForReady, else the cluster's wait_for_ready_ms; never past the deadline */
         int wfr = call->mc != NULL ? call->mc->wait_for_ready : -1;
@@ -438,11 +443,13 @@ static void call_no_backend(struct slb_call *call)
          * CONNECTING, and gRPC queues every call (wait-for-ready or not) until
          * the first answer, which comes (or times out) within a few timeout_ms:
          * wait one more timeout_ms, never past the deadline. The last first
-         * answer wakes the call. */
+         * answer wakes the call; then the wait-for-ready limit is computed
+         * afresh (waitForReady false: it fails at once). */
         uint32_t t = cl->cfg->health_check.timeout_ms != 0 ? cl->cfg->health_check.timeout_ms : 1000;
         call->wait_until_ms = now + t;
         if (call->deadline_ms != 0 && call->deadline_ms < call->wait_until_ms)
             call->wait_until_ms = call->deadline_ms;
+        call->wait_health = 1;
     }
     if (call->attempts < SLB_MAX_ATTEMPTS && now < call->wait_until_ms) {
         if (slb_cluster_wait(cl, &call->wait) == 0) {

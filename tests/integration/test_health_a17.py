@@ -163,3 +163,20 @@ def test_reload_keeps_calls_flowing():
     assert len(after) > 20
     print("reload: %d calls after SIGHUP, max latency %.1f ms" % (len(after), 1000 * max(after)))
     assert max(after) < 0.5
+
+
+@pytest.mark.timeout(60)
+def test_no_wait_for_ready_fails_once_first_answer_is_not_serving():
+    """waitForReady false: the call waits only for the first answer; when that
+    is NOT_SERVING it fails at once (not after the check's timeout_ms)."""
+    bad = peers.start_py_backend("bad", extra_args=["--health", "NOT_SERVING", "--health-delay-ms", "800"])
+    sc = {"methodConfig": [{"name": [{"service": "sidelb.test.Echo"}], "waitForReady": False}]}
+    cfg = simple_config([bad.addr], health_check={"interval_ms": 500, "timeout_ms": 3000}, service_config=sc)
+    slb = start_sidelb(cfg)
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as e:
+        peers.echo_stub(slb.addr).Unary(req(payload=b"x"), timeout=10)
+    elapsed = time.monotonic() - t0
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert 0.4 <= elapsed < 1.8, elapsed
+    assert bad.stats()["by_method"]["Unary"] == 0
