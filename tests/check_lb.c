@@ -859,10 +859,12 @@ START_TEST(test_panic)
     for (int i = 4; i < 6; i++)
         bes[i]->ejected_until_ms = NOW + 100000; /* 40 % usable: panic */
     bes[9]->draining = 1;
+    bes[8]->health = SLB_HEALTH_PENDING;
     memset(counts, 0, sizeof(counts));
     for (int i = 0; i < 5000; i++)
         counts[id_of(pick_at(NOW + 1, NULL))]++;
     ck_assert_uint_eq(counts[9], 0); /* draining: never, even in panic */
+    ck_assert_uint_eq(counts[8], 0); /* health not known yet: never, even in panic */
     if (strcmp(all_policies[_i], "pick_first") != 0) {
         unsigned unusable = 0;
         for (int i = 0; i < 6; i++)
