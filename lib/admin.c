@@ -157,6 +157,14 @@ static uint64_t v_healthy(const struct slb_backend *be, uint64_t now)
 {
     return slb_backend_usable(be, now) ? 1 : 0;
 }
+static uint64_t v_health_check_off(const struct slb_backend *be, uint64_t now)
+{
+    return be->health == SLB_HEALTH_UNIMPLEMENTED ? 1 : 0;
+}
+static uint64_t v_health_pending(const struct slb_backend *be, uint64_t now)
+{
+    return be->health == SLB_HEALTH_PENDING ? 1 : 0;
+}
 static uint64_t v_ejected(const struct slb_backend *be, uint64_t now)
 {
     return be->ejected_until_ms > now ? 1 : 0;
@@ -268,6 +276,10 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
         {"sidelb_upstream_no_streams_total",
          "Backend connections that could carry no call: the backend advertised SETTINGS_MAX_CONCURRENT_STREAMS 0.",
          offsetof(struct slb_loop_stats, upstream_no_streams)},
+        {"sidelb_health_check_unimplemented_total",
+         "Backends found not to implement grpc.health.v1 (Check answered UNIMPLEMENTED): health checking is off for "
+         "them and they take calls (gRFC A17). Counted once per listed backend.",
+         offsetof(struct slb_loop_stats, health_check_unimplemented)},
         {"sidelb_buffer_backpressure_total",
          "Times an application connection went over its buffer budget (budgets.connection_bytes, or its share of "
          "budgets.total_bytes) and its flow-control windows were held back.",
@@ -326,6 +338,12 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
     backend_family(o, srv, now, "sidelb_backend_healthy", "gauge",
                    "1 if the backend may take new calls now (connectivity, health check, ejection, draining).",
                    v_healthy);
+    backend_family(o, srv, now, "sidelb_backend_health_check_off", "gauge",
+                   "1 while health checking is off for the backend: it does not implement grpc.health.v1 (gRFC A17).",
+                   v_health_check_off);
+    backend_family(o, srv, now, "sidelb_backend_health_pending", "gauge",
+                   "1 while the backend's health check has not answered yet (no new calls until it does).",
+                   v_health_pending);
     backend_family(o, srv, now, "sidelb_backend_outstanding_calls", "gauge", "Calls in flight on the backend.",
                    v_outstanding);
     backend_family(o, srv, now, "sidelb_backend_ejected", "gauge", "1 while outlier detection ejects the backend.",

@@ -22,12 +22,21 @@ enum slb_backend_state {
     SLB_BACKEND_SHUTDOWN,
 };
 
-/* Active health (grpc.health.v1); UNKNOWN = no check configured or no answer yet. */
+/*
+ * Active health (grpc.health.v1, gRFC A17). UNKNOWN: no check configured
+ * (usable). PENDING: a check runs but has not answered yet: not usable, like
+ * a gRPC subchannel that stays CONNECTING until its first SERVING; calls wait
+ * for it rather than go to an unchecked backend. UNIMPLEMENTED: the backend
+ * does not serve grpc.health.v1 (Check answered UNIMPLEMENTED): health
+ * checking is off for it and it counts as healthy (A17).
+ */
 enum slb_backend_health {
     SLB_HEALTH_UNKNOWN = 0,
     SLB_HEALTH_SERVING,
     SLB_HEALTH_NOT_SERVING,
     SLB_HEALTH_SERVICE_UNKNOWN,
+    SLB_HEALTH_PENDING,
+    SLB_HEALTH_UNIMPLEMENTED,
 };
 
 #define SLB_BACKEND_NAME_MAX 96
@@ -44,16 +53,17 @@ struct slb_backend {
     uint32_t weight; /* >= 1; from config or the etcd value */
     uint32_t index;  /* slot in its set (policies index their own arrays by it); UINT32_MAX when not listed */
 
-    uint8_t state;               /* enum slb_backend_state */
-    uint8_t health;              /* enum slb_backend_health */
-    uint8_t draining;            /* removed from discovery: no new calls */
-    uint64_t ejected_until_ms;   /* outlier ejection: no new calls before this time */
-    uint32_t times_ejected;      /* outlier ejection time multiplier (gRFC A50): +1 per ejection, decays */
-    uint32_t ejections;          /* ejections since it was listed (the metric) */
-    uint8_t ejected_in_interval; /* ejected at some time in the current outlier interval (no decay) */
-    uint8_t eject_capped_logged; /* the max_ejection_percent line was logged since its last ejection */
-    uint32_t ejections_capped;   /* ejections max_ejection_percent prevented (the metric) */
-    uint64_t usable_since_ms;    /* slow start: when it (re)joined the usable set */
+    uint8_t state;                /* enum slb_backend_state */
+    uint8_t health;               /* enum slb_backend_health */
+    uint8_t draining;             /* removed from discovery: no new calls */
+    uint8_t health_unimpl_logged; /* the "does not implement grpc.health.v1" error was logged (once) */
+    uint64_t ejected_until_ms;    /* outlier ejection: no new calls before this time */
+    uint32_t times_ejected;       /* outlier ejection time multiplier (gRFC A50): +1 per ejection, decays */
+    uint32_t ejections;           /* ejections since it was listed (the metric) */
+    uint8_t ejected_in_interval;  /* ejected at some time in the current outlier interval (no decay) */
+    uint8_t eject_capped_logged;  /* the max_ejection_percent line was logged since its last ejection */
+    uint32_t ejections_capped;    /* ejections max_ejection_percent prevented (the metric) */
+    uint64_t usable_since_ms;     /* slow start: when it (re)joined the usable set */
 
     uint32_t outstanding; /* calls in flight (least_request) */
     /* passive outlier detection counters */
@@ -84,7 +94,9 @@ void slb_backend_set_state(struct slb_backend *be, int state);
 static inline int slb_backend_usable(const struct slb_backend *be, uint64_t now_ms)
 {
     return !be->draining && be->state != SLB_BACKEND_TRANSIENT_FAILURE && be->state != SLB_BACKEND_SHUTDOWN &&
-           (be->health == SLB_HEALTH_UNKNOWN || be->health == SLB_HEALTH_SERVING) && be->ejected_until_ms <= now_ms;
+           (be->health == SLB_HEALTH_UNKNOWN || be->health == SLB_HEALTH_SERVING ||
+            be->health == SLB_HEALTH_UNIMPLEMENTED) &&
+           be->ejected_until_ms <= now_ms;
 }
 
 /*

@@ -421,13 +421,18 @@ static void call_fail_local(struct slb_call *call, int grpc_status, const char *
 static void call_dispatch(struct slb_call *call);
 static void call_reset_attempt(struct slb_call *call);
 
-/* No backend can take the call now: wait (wait-for-ready) or fail. */
+/* No backend can take the call now: wait (wait-for-ready, or health not known yet) or fail. */
 static void call_no_backend(struct slb_call *call)
 {
     struct slb_cluster *cl = call->cluster;
     uint64_t now = call_now(call);
     char msg[200];
 
+    if (call->wait_health && cl->n_health_pending == 0) {
+        /* every first health answer is in: from here the wait-for-ready rule applies */
+        call->wait_health = 0;
+        call->wait_until_ms = 0;
+    }
     if (call->wait_until_ms == 0) {
         /* the method's waitForReady, else the cluster's wait_for_ready_ms; never past the deadline */
         int wfr = call->mc != NULL ? call->mc->wait_for_ready : -1;
@@ -436,6 +441,19 @@ static void call_no_backend(struct slb_call *call)
             call->wait_until_ms = call->deadline_ms;
         if (call->deadline_ms != 0 && call->deadline_ms < call->wait_until_ms)
             call->wait_until_ms = call->deadline_ms;
+    }
+    if (cl->n_health_pending > 0 && call->wait_until_ms <= now) {
+        /* gRFC A17: a backend whose health check has not answered yet is
+         * CONNECTING, and gRPC queues every call (wait-for-ready or not) until
+         * the first answer, which comes (or times out) within a few timeout_ms:
+         * wait one more timeout_ms, never past the deadline. The last first
+         * answer wakes the call; then the wait-for-ready limit is computed
+         * afresh (waitForReady false: it fails at once). */
+        uint32_t t = cl->cfg->health_check.timeout_ms != 0 ? cl->cfg->health_check.timeout_ms : 1000;
+        call->wait_until_ms = now + t;
+        if (call->deadline_ms != 0 && call->deadline_ms < call->wait_until_ms)
+            call->wait_until_ms = call->deadline_ms;
+        call->wait_health = 1;
     }
     if (call->attempts < SLB_MAX_ATTEMPTS && now < call->wait_until_ms) {
         if (slb_cluster_wait(cl, &call->wait) == 0) {

@@ -152,6 +152,7 @@ struct slb_call {
     uint8_t req_end;            /* the app sent END_STREAM */
     uint8_t resp_headers_sent;  /* a header block (or a trailers-only reply) went to the app */
     uint8_t upstream_done;      /* no backend will read more request bytes */
+    uint8_t wait_health;        /* wait_until_ms is a wait for first health answers (gRFC A17), not wait-for-ready */
 };
 
 #endif

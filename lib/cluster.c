@@ -179,20 +179,39 @@ static void on_backend_state(struct slb_backend *be, int old)
 
 /* ---- active health (grpc.health.v1) ---- */
 
+static int health_usable(int health)
+{
+    return health == SLB_HEALTH_SERVING || health == SLB_HEALTH_UNIMPLEMENTED;
+}
+
 static void on_health(struct slb_health_check *hc, int status, void *user)
 {
     struct slb_backend *be = user;
     struct slb_cluster *cl = be->cluster;
+    const char *service = cl->cfg->health_check.service;
+    int old = be->health;
 
-    if (be->health == status)
+    if (old == status)
         return;
-    slb_notice("cluster %s: backend %s is %s%s", cl->cfg->name, be->name, slb_health_status_name(status),
-               status == SLB_HEALTH_SERVING ? "" : ": no new calls");
-    if (status == SLB_HEALTH_SERVING)
+    if (status == SLB_HEALTH_UNIMPLEMENTED && !be->health_unimpl_logged) {
+        /* gRFC A17: once per backend at ERROR (a misconfiguration to fix), later reconnects at INFO */
+        be->health_unimpl_logged = 1;
+        cl->ctx->stats.health_check_unimplemented++;
+        slb_error("cluster %s: backend %s does not implement grpc.health.v1 (health check of service \"%s\" answered "
+                  "UNIMPLEMENTED): health checking is off for it and it takes calls as if SERVING (gRFC A17)",
+                  cl->cfg->name, be->name, service != NULL ? service : "");
+    } else {
+        slb_log(status == SLB_HEALTH_UNIMPLEMENTED ? SLB_LOG_INFO : SLB_LOG_NOTICE, "cluster %s: backend %s is %s%s",
+                cl->cfg->name, be->name, slb_health_status_name(status), health_usable(status) ? "" : ": no new calls");
+    }
+    if (old == SLB_HEALTH_PENDING)
+        cl->n_health_pending--;
+    if (health_usable(status) && !health_usable(old))
         be->usable_since_ms = uv_now(cl->ctx->loop); /* slow start ramps from here */
     be->health = (uint8_t)status;
     cl->set.usable_version++; /* the ring is not rebuilt: picks skip unusable owners */
-    if (status == SLB_HEALTH_SERVING)
+    /* a usable backend, or the last first answer (calls waiting only for it may fail now) */
+    if (health_usable(status) || (old == SLB_HEALTH_PENDING && cl->n_health_pending == 0))
         cluster_wake(cl);
 }
 
@@ -204,12 +223,22 @@ static void health_start(struct slb_cluster *cl, struct slb_backend *be)
         return;
     be->health_check = slb_health_start(cl->ctx->loop, &cl->ctx->io, be->name, hc->service ? hc->service : "",
                                         hc->interval_ms, hc->timeout_ms, on_health, be);
-    if (be->health_check == NULL)
-        slb_warn("cluster %s: cannot health-check %s", cl->cfg->name, be->name);
+    if (be->health_check == NULL) {
+        slb_warn("cluster %s: cannot health-check %s; it takes calls unchecked", cl->cfg->name, be->name);
+        return;
+    }
+    /* not picked until the first answer (a gRPC subchannel stays CONNECTING until then) */
+    be->health = SLB_HEALTH_PENDING;
+    cl->n_health_pending++;
+    cl->set.usable_version++;
 }
 
-static void health_stop(struct slb_backend *be)
+static void health_stop(struct slb_cluster *cl, struct slb_backend *be)
 {
+    if (be->health == SLB_HEALTH_PENDING) {
+        be->health = SLB_HEALTH_UNKNOWN;
+        cl->n_health_pending--;
+    }
     if (be->health_check != NULL) {
         slb_health_stop(be->health_check);
         be->health_check = NULL;
@@ -385,7 +414,7 @@ void slb_cluster_remove(struct slb_cluster *cl, const char *addr)
                be->outstanding);
     slb_backend_ref(be);
     be->draining = 1;
-    health_stop(be);
+    health_stop(cl, be);
     be->on_state_change = NULL; /* a draining backend no longer counts */
     cl->n_by_state[be->state]--;
     update_aggregate(cl);

@@ -5,6 +5,9 @@
  * cluster's waiter list and are woken (cl->wake, on the next loop turn) by
  * events that may make one usable: a backend added, leaving connection
  * backoff, turning healthy, or coming back from ejection. No polling.
+ * A backend whose health check has not answered yet (SLB_HEALTH_PENDING) is
+ * not picked; calls that find only such backends wait for the first answer
+ * (even without wait-for-ready, as gRPC queues calls while CONNECTING).
  *
  * The cluster never sees the call: it holds only the slb_cluster_waiter its
  * user embedded.
@@ -52,7 +55,8 @@ struct slb_cluster {
     uint8_t state;           /* aggregate (gRPC): READY if any is, else CONNECTING, else IDLE, else TRANSIENT_FAILURE */
     struct slb_list waiters; /* struct slb_cluster_waiter, oldest first */
     uint32_t n_waiting;
-    uv_timer_t wake_timer;                      /* wakes the waiters on the next loop turn */
+    uint32_t n_health_pending; /* listed backends whose health check has not answered yet (SLB_HEALTH_PENDING) */
+    uv_timer_t wake_timer;     /* wakes the waiters on the next loop turn */
     void (*wake)(struct slb_cluster_waiter *w); /* its user's: try again (w is unlinked) */
     struct slb_backend **_index;                /* address -> backend (chained through be->_hash_next) */
     uint32_t _index_size;

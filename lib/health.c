@@ -16,10 +16,11 @@ enum hc_phase {
     HC_WATCH,      /* Watch stream open (or requested) */
     HC_CHECK,      /* a Check call in flight */
     HC_CHECK_WAIT, /* connected; waiting to send the next Check */
+    HC_OFF,        /* connected; Check is UNIMPLEMENTED: no more calls, only keepalive PINGs (gRFC A17) */
     HC_STOPPED,
 };
 
-static const char *const phase_names[] = {"IDLE", "CONNECTING", "WATCH", "CHECK", "CHECK_WAIT", "STOPPED"};
+static const char *const phase_names[] = {"IDLE", "CONNECTING", "WATCH", "CHECK", "CHECK_WAIT", "OFF", "STOPPED"};
 
 struct hc_conn;
 
@@ -88,6 +89,10 @@ const char *slb_health_status_name(int status)
         return "NOT_SERVING";
     case SLB_HEALTH_SERVICE_UNKNOWN:
         return "SERVICE_UNKNOWN";
+    case SLB_HEALTH_PENDING:
+        return "PENDING";
+    case SLB_HEALTH_UNIMPLEMENTED:
+        return "UNIMPLEMENTED";
     default:
         return "UNKNOWN";
     }
@@ -341,6 +346,15 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
         return 0;
     }
     /* Check */
+    if (hcc->grpc_status == SLB_GRPC_UNIMPLEMENTED) {
+        /* gRFC A17: no health service: checking is off on this connection.
+         * PINGs keep proving the peer alive; a new connection tries Watch again. */
+        set_phase(hc, HC_OFF);
+        hc->ping_out = 0;
+        uv_timer_start(&hc->tick, on_tick, hc->interval_ms, hc->interval_ms);
+        report(hc, SLB_HEALTH_UNIMPLEMENTED);
+        return 0;
+    }
     if (hcc->grpc_status == SLB_GRPC_OK && hcc->last_msg >= 0) {
         status = slb__health_map(hcc->last_msg);
     } else if (hcc->grpc_status == SLB_GRPC_NOT_FOUND) {
@@ -466,7 +480,7 @@ static void on_tick(uv_timer_t *t)
         }
     } else if (hc->phase == HC_CHECK_WAIT) {
         submit_call(hc, 1);
-    } else if (hc->phase == HC_WATCH && hc->conn->connected && !hc->ping_out &&
+    } else if ((hc->phase == HC_WATCH || hc->phase == HC_OFF) && hc->conn->connected && !hc->ping_out &&
                !uv_is_active((uv_handle_t *)&hc->deadline)) {
         if (nghttp2_submit_ping(hc->conn->conn.session, NGHTTP2_FLAG_NONE, NULL) != 0) {
             close_conn(hc, SLB_ENOMEM);

@@ -14,6 +14,10 @@
  *  - If Watch ends with UNIMPLEMENTED it polls /grpc.health.v1.Health/Check
  *    every interval_ms, each with a timeout_ms deadline (grpc-timeout header
  *    and a local timer). Check answering NOT_FOUND -> SLB_HEALTH_SERVICE_UNKNOWN.
+ *  - If Check ends with UNIMPLEMENTED too, the peer has no health service
+ *    (gRFC A17): SLB_HEALTH_UNIMPLEMENTED, and no more health calls on this
+ *    connection; keepalive PINGs go on, and a new connection (after a loss)
+ *    starts again with Watch.
  *  - Connection refused or lost, a Watch that ends with another status, a
  *    Check that fails, or a timeout -> SLB_HEALTH_NOT_SERVING; then it
  *    reconnects with backoff (200 ms, doubling, at most interval_ms).
@@ -34,7 +38,7 @@
 
 struct slb_health_check;
 
-/* status: enum slb_backend_health (backend.h), never SLB_HEALTH_UNKNOWN. */
+/* status: enum slb_backend_health (backend.h), never SLB_HEALTH_UNKNOWN or SLB_HEALTH_PENDING. */
 typedef void (*slb_health_cb)(struct slb_health_check *hc, int status, void *user);
 
 #define SLB_HEALTH_BACKOFF_INITIAL_MS 200

@@ -172,10 +172,11 @@ uint64_t slb_hash64(const void *data, size_t len);
  * For the policy files (lib/lb_*.c) only.
  */
 
-/* Whether a pick may choose be: usable, or merely not draining in panic mode. */
+/* Whether a pick may choose be: usable, or in panic mode merely not draining
+ * and not waiting for its first health answer (gRFC A17: calls wait for it). */
 static inline int slb__lb_usable(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms)
 {
-    return lb->_panic ? !be->draining : slb_backend_usable(be, now_ms);
+    return lb->_panic ? !be->draining && be->health != SLB_HEALTH_PENDING : slb_backend_usable(be, now_ms);
 }
 
 /*

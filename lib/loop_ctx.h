@@ -37,18 +37,19 @@ struct slb_call;
 
 struct slb_loop_stats {
     uint64_t calls_total, calls_failed_local, downstream_conns_total, upstream_conns_total;
-    uint64_t rapid_reset_closes;      /* app connections closed for resetting too many streams */
-    uint64_t refused_streams;         /* app streams refused past max_concurrent_streams */
-    uint64_t header_lists_too_large;  /* app header blocks past max_header_list_size */
-    uint64_t conns_evicted;           /* idle app connections closed at a cap to admit a new one */
-    uint64_t conns_refused;           /* app connections refused at a cap (none idle) */
-    uint64_t handshake_timeouts;      /* app connections closed without preface + SETTINGS in time */
-    uint64_t idle_timeouts;           /* app connections closed after idle_timeout_ms without streams */
-    uint64_t stream_idle_timeouts;    /* app streams ended after stream_idle_timeout_ms without frames */
-    uint64_t pool_queue_overflows;    /* calls a backend's pool turned away at max_pending_per_backend */
-    uint64_t pool_queue_timeouts;     /* calls that waited queue_timeout_ms in a pool for a stream */
-    uint64_t upstream_conns_recycled; /* replaced: max_requests_per_connection, max age, stream ids */
-    uint64_t upstream_no_streams;     /* connections closed: the backend allows 0 concurrent streams */
+    uint64_t rapid_reset_closes;         /* app connections closed for resetting too many streams */
+    uint64_t refused_streams;            /* app streams refused past max_concurrent_streams */
+    uint64_t header_lists_too_large;     /* app header blocks past max_header_list_size */
+    uint64_t conns_evicted;              /* idle app connections closed at a cap to admit a new one */
+    uint64_t conns_refused;              /* app connections refused at a cap (none idle) */
+    uint64_t handshake_timeouts;         /* app connections closed without preface + SETTINGS in time */
+    uint64_t idle_timeouts;              /* app connections closed after idle_timeout_ms without streams */
+    uint64_t stream_idle_timeouts;       /* app streams ended after stream_idle_timeout_ms without frames */
+    uint64_t pool_queue_overflows;       /* calls a backend's pool turned away at max_pending_per_backend */
+    uint64_t pool_queue_timeouts;        /* calls that waited queue_timeout_ms in a pool for a stream */
+    uint64_t upstream_conns_recycled;    /* replaced: max_requests_per_connection, max age, stream ids */
+    uint64_t upstream_no_streams;        /* connections closed: the backend allows 0 concurrent streams */
+    uint64_t health_check_unimplemented; /* backends found without grpc.health.v1 (checking off, gRFC A17) */
     /* buffer budgets (lib/call.c) */
     uint64_t budget_conn_backpressure; /* times an app connection went over its share and was held back */
     uint64_t budget_total_exceeded;    /* times the calls of the loop together went over budgets.total_bytes */

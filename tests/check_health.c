@@ -227,6 +227,32 @@ START_TEST(test_check_fallback)
 }
 END_TEST
 
+/* gRFC A17: no health service at all (Watch and Check UNIMPLEMENTED) ->
+ * UNIMPLEMENTED once, no more calls on that connection; a lost connection is
+ * still noticed, and a restarted peer is asked again. */
+START_TEST(test_no_health_service)
+{
+    int port, port2;
+    const uint32_t interval = 200;
+    pid_t pid = start_backend(0, "--no-health", NULL, &port);
+
+    start_hc(port, "some.Svc", interval, 1000);
+    ck_assert_msg(wait_status(SLB_HEALTH_UNIMPLEMENTED, 3000), "no UNIMPLEMENTED (status %d)", t.status);
+    run_for(4 * interval); /* no more polls, no flapping */
+    ck_assert_int_eq(t.ncb, 1);
+
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    peer_forget(pid);
+    ck_assert_msg(wait_status(SLB_HEALTH_NOT_SERVING, 1000), "lost backend not seen within 1 s");
+    start_backend(port, "--no-health", NULL, &port2);
+    ck_assert_int_eq(port2, port);
+    ck_assert_msg(wait_status(SLB_HEALTH_UNIMPLEMENTED, interval + 1000), "restarted backend not asked again");
+    ck_assert_int_eq(t.ncb, 3);
+    finish();
+}
+END_TEST
+
 START_TEST(test_killed_and_restarted)
 {
     int port, port2;
@@ -401,6 +427,7 @@ Suite *health_suite(void)
     tcase_add_test(tc, test_watch_flips);
     tcase_add_test(tc, test_watch_not_serving_at_start);
     tcase_add_test(tc, test_check_fallback);
+    tcase_add_test(tc, test_no_health_service);
     tcase_add_test(tc, test_killed_and_restarted);
     tcase_add_test(tc, test_check_fallback_killed);
     tcase_add_test(tc, test_refused);

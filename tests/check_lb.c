@@ -215,6 +215,40 @@ START_TEST(test_none_usable)
 }
 END_TEST
 
+/* gRFC A17 in every policy: a backend whose health check has not answered
+ * (PENDING) is never picked while one known SERVING is there; one without a
+ * health service (UNIMPLEMENTED) is picked like a SERVING one. */
+START_TEST(test_health_pending_and_unimplemented)
+{
+    int seen[3] = {0};
+
+    setup(all_policies[_i], 3, NULL);
+    bes[0]->health = SLB_HEALTH_PENDING;
+    bes[1]->health = SLB_HEALTH_SERVING;
+    bes[2]->health = SLB_HEALTH_PENDING;
+    for (int i = 0; i < 1000; i++)
+        ck_assert_ptr_eq(pick(NULL), bes[1]);
+    bes[1]->health = SLB_HEALTH_PENDING;
+    ck_assert(!slb_backend_usable(bes[1], NOW));
+    for (int i = 0; i < 100; i++)
+        ck_assert_ptr_null(pick(NULL));
+    bes[0]->health = bes[1]->health = SLB_HEALTH_UNIMPLEMENTED;
+    bes[2]->health = SLB_HEALTH_SERVING;
+    for (int i = 0; i < 3000; i++) {
+        struct slb_tried t = {0};
+        struct slb_backend *be;
+        /* a call with a key and its retries: every usable backend may come up */
+        slb_tried_add(&t, bes[i % 3]);
+        be = pick(&t);
+        ck_assert_ptr_nonnull(be);
+        seen[be->index]++;
+    }
+    for (int k = 0; k < 3; k++)
+        ck_assert_int_gt(seen[k], 0);
+    teardown();
+}
+END_TEST
+
 START_TEST(test_unusable_skipped)
 {
     unsigned counts[MAXB] = {0};
@@ -825,10 +859,12 @@ START_TEST(test_panic)
     for (int i = 4; i < 6; i++)
         bes[i]->ejected_until_ms = NOW + 100000; /* 40 % usable: panic */
     bes[9]->draining = 1;
+    bes[8]->health = SLB_HEALTH_PENDING;
     memset(counts, 0, sizeof(counts));
     for (int i = 0; i < 5000; i++)
         counts[id_of(pick_at(NOW + 1, NULL))]++;
     ck_assert_uint_eq(counts[9], 0); /* draining: never, even in panic */
+    ck_assert_uint_eq(counts[8], 0); /* health not known yet: never, even in panic */
     if (strcmp(all_policies[_i], "pick_first") != 0) {
         unsigned unusable = 0;
         for (int i = 0; i < 6; i++)
@@ -852,6 +888,7 @@ Suite *lb_suite(void)
     tcase_add_loop_test(tc, test_empty_and_one, 0, np);
     tcase_add_loop_test(tc, test_none_usable, 0, np);
     tcase_add_loop_test(tc, test_unusable_skipped, 0, np);
+    tcase_add_loop_test(tc, test_health_pending_and_unimplemented, 0, np);
     tcase_add_loop_test(tc, test_tried, 0, np);
     tcase_add_loop_test(tc, test_update, 0, np);
     tcase_add_loop_test(tc, test_panic, 0, np);

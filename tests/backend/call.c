@@ -531,6 +531,13 @@ void tb_call_start(struct tb_stream *s, int end_stream)
         submit_trailers_only(s);
         return;
     }
+    if ((s->method == TB_M_HEALTH_WATCH || s->method == TB_M_HEALTH_CHECK) && tb_srv.opt.no_health) {
+        s->status = 12; /* no grpc.health.v1 service at all (like the grpc-go interop server) */
+        s->finishing = 1;
+        s->status_msg = strdup("unknown service grpc.health.v1.Health");
+        submit_trailers_only(s);
+        return;
+    }
     if (s->method == TB_M_HEALTH_WATCH && tb_srv.opt.health_unimplemented_watch) {
         s->status = 12;
         s->finishing = 1;

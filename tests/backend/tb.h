@@ -73,6 +73,7 @@ struct tb_opts {
     unsigned fail_every;     /* with fail_status: only every Nth Echo call fails (1 = all; 2 = every other) */
     int health;              /* GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__* */
     int health_unimplemented_watch;
+    int no_health;     /* --no-health: Watch and Check answer UNIMPLEMENTED */
     unsigned drain_ms; /* on SIGTERM: how long to let calls finish after GOAWAY */
     int verbose;
 };

@@ -3,7 +3,7 @@
  * nghttp2 + protobuf-c). Serves sidelb.test.Echo and grpc.health.v1.Health.
  *
  *   test_backend --port N [--id NAME] [--health SERVING|NOT_SERVING]
- *                [--health-unimplemented-watch] [--max-concurrent-streams N]
+ *                [--health-unimplemented-watch] [--no-health] [--max-concurrent-streams N]
  *                [--window N] [--conn-window N] [--goaway-after N]
  *                [--stats-file PATH] [--drain-ms N] [--verbose]
  *
@@ -21,6 +21,7 @@
  *
  * Health: one status for every service name, --health at start, SIGUSR1 ->
  * NOT_SERVING, SIGUSR2 -> SERVING; Watch streams get an update on each change.
+ * --no-health: no grpc.health.v1 service (Watch and Check answer UNIMPLEMENTED).
  *
  * --fail-status CODE: every Echo call ends with this grpc-status ("backend %s broken").
  * --fail-every N: with --fail-status, only every Nth Echo call does (the 1st, N+1th, ...;
@@ -60,7 +61,7 @@ static void usage(FILE *f)
     fprintf(
         f,
         "usage: test_backend --port N [--id NAME] [--health SERVING|NOT_SERVING] "
-        "[--health-unimplemented-watch]\n"
+        "[--health-unimplemented-watch] [--no-health]\n"
         "       [--max-concurrent-streams N] [--window N] [--conn-window N] [--goaway-after N] [--extra-delay-ms N]\n"
         "       [--fail-status CODE] [--fail-every N]\n"
         "       [--stats-file PATH] [--drain-ms N] [--verbose]\n");
@@ -177,6 +178,9 @@ static int parse_args(int argc, char **argv, struct tb_opts *o)
             exit(0);
         } else if (strcmp(a, "--health-unimplemented-watch") == 0) {
             o->health_unimplemented_watch = 1;
+            continue;
+        } else if (strcmp(a, "--no-health") == 0) {
+            o->no_health = 1;
             continue;
         } else if (strcmp(a, "--verbose") == 0) {
             o->verbose = 1;

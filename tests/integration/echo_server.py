@@ -2,7 +2,12 @@
 """grpcio twin of tests/backend/test_backend (same Echo/Health semantics).
 
     echo_server.py --port N [--id NAME] [--health SERVING|NOT_SERVING]
-                   [--health-unimplemented-watch] [--stats-file PATH] [--workers N]
+                   [--health-unimplemented-watch] [--no-health] [--health-delay-ms N]
+                   [--stats-file PATH] [--workers N]
+
+--no-health: no grpc.health.v1 service at all (like the grpc-go interop
+server: Watch and Check answer UNIMPLEMENTED). --health-delay-ms N: every
+Check, and the first answer of every Watch, comes N ms late.
 
 Prints "ready <port>" once serving (--port 0 picks one). SIGUSR1 ->
 NOT_SERVING, SIGUSR2 -> SERVING, SIGHUP writes stats, SIGTERM writes stats
@@ -206,6 +211,7 @@ class Health(hpbg.HealthServicer):
 
     @tracked("HealthCheck")
     def Check(self, request, context):
+        time.sleep(self.st.args.health_delay_ms / 1000.0)
         with self.st.lock:
             return hpb.HealthCheckResponse(status=self.st.health)
 
@@ -217,6 +223,7 @@ class Health(hpbg.HealthServicer):
             context._tb_status = 12
             yield (None, context)
             return
+        time.sleep(self.st.args.health_delay_ms / 1000.0)
         last = None
         while context.is_active():
             with self.st.cond:
@@ -233,6 +240,8 @@ def main():
     ap.add_argument("--id", default="echo_server")
     ap.add_argument("--health", default="SERVING", choices=["SERVING", "NOT_SERVING"])
     ap.add_argument("--health-unimplemented-watch", action="store_true")
+    ap.add_argument("--no-health", action="store_true")
+    ap.add_argument("--health-delay-ms", type=int, default=0)
     ap.add_argument("--stats-file")
     ap.add_argument("--workers", type=int, default=64)
     args = ap.parse_args()
@@ -243,7 +252,8 @@ def main():
                                   ("grpc.max_receive_message_length", peers.MAX_MSG),
                                   ("grpc.so_reuseport", 0)])
     pbg.add_EchoServicer_to_server(Echo(st), server)
-    hpbg.add_HealthServicer_to_server(Health(st), server)
+    if not args.no_health:
+        hpbg.add_HealthServicer_to_server(Health(st), server)
     port = server.add_insecure_port("127.0.0.1:%d" % args.port)
     if port == 0:
         sys.stderr.write("echo_server: cannot listen on 127.0.0.1:%d\n" % args.port)

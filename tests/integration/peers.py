@@ -27,7 +27,8 @@ calls it after each test, even a failing one):
         for benchmarks (the stats file is rewritten after every call).
     start_py_backend(id, port=None, extra_args=())  -> Backend
         echo_server.py, the grpcio twin with the same semantics and options
-        (--health, --health-unimplemented-watch, --stats-file).
+        (--health, --health-unimplemented-watch, --stats-file); also
+        --no-health (no grpc.health.v1) and --health-delay-ms N.
     Backend.stats()  the backend's stats JSON (dict): calls, ok, failed,
         cancelled, active, connections, by_method, cancelled_by_method.
     Backend.wait_stats(pred, timeout=5)  polls stats() until pred(stats).
