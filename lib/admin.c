@@ -260,6 +260,13 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
         {"sidelb_upstream_no_streams_total",
          "Backend connections that could carry no call: the backend advertised SETTINGS_MAX_CONCURRENT_STREAMS 0.",
          offsetof(struct slb_loop_stats, upstream_no_streams)},
+        {"sidelb_upstream_probes_total",
+         "Early connect attempts to backends in connection backoff while calls waited for a usable backend "
+         "(backoff.probe_interval_ms).",
+         offsetof(struct slb_loop_stats, upstream_probes)},
+        {"sidelb_upstream_probe_recoveries_total",
+         "Early connect attempts that connected: a backend was back before its connection backoff ended.",
+         offsetof(struct slb_loop_stats, upstream_probe_recoveries)},
         {"sidelb_buffer_backpressure_total",
          "Times an application connection went over its buffer budget (budgets.connection_bytes, or its share of "
          "budgets.total_bytes) and its flow-control windows were held back.",
