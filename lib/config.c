@@ -1122,8 +1122,8 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
                                        "outlier_detection",
                                        "service_config",
                                        NULL};
-    static const char *const bo_keys[] = {"initial_ms",        "multiplier", "jitter", "max_ms", "min_connect_timeout_ms",
-                                          "probe_interval_ms", NULL};
+    static const char *const bo_keys[] = {
+        "initial_ms", "multiplier", "jitter", "max_ms", "min_connect_timeout_ms", "probe_interval_ms", NULL};
     static const char *const od_keys[] = {"consecutive_failures",
                                           "base_ejection_ms",
                                           "max_ejection_ms",

@@ -87,7 +87,7 @@ struct slb_upstream {
     uint8_t connected;            /* TCP up and the backend's first SETTINGS received: it takes streams */
     uint8_t goaway;               /* draining (backend GOAWAY, recycled): no new streams; closes when idle */
     uint8_t listed;
-    uint8_t probe; /* an early attempt during backoff (slb_upstream_pool_probe) */
+    uint8_t probe;            /* an early attempt during backoff (slb_upstream_pool_probe) */
     uint32_t n_requests;      /* streams opened on it (max_requests_per_connection) */
     uint64_t retire_at_ms;    /* drained and replaced then (max_connection_age_ms); 0 = never */
     uint8_t ping_outstanding; /* keepalive PING sent, no answer yet */
