@@ -280,6 +280,13 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
          "Backends found not to implement grpc.health.v1 (Check answered UNIMPLEMENTED): health checking is off for "
          "them and they take calls (gRFC A17). Counted once per listed backend.",
          offsetof(struct slb_loop_stats, health_check_unimplemented)},
+        {"sidelb_upstream_probes_total",
+         "Early connect attempts to backends in connection backoff while calls waited for a usable backend "
+         "(backoff.probe_interval_ms).",
+         offsetof(struct slb_loop_stats, upstream_probes)},
+        {"sidelb_upstream_probe_recoveries_total",
+         "Early connect attempts that connected: a backend was back before its connection backoff ended.",
+         offsetof(struct slb_loop_stats, upstream_probe_recoveries)},
         {"sidelb_buffer_backpressure_total",
          "Times an application connection went over its buffer budget (budgets.connection_bytes, or its share of "
          "budgets.total_bytes) and its flow-control windows were held back.",

@@ -79,6 +79,46 @@ static void cluster_wake(struct slb_cluster *cl)
         uv_timer_start(&cl->wake_timer, on_wake_timer, 0, 0);
 }
 
+/*
+ * Faster recovery: while calls wait, backends in connection backoff get
+ * early connect attempts (probes), so one that comes back is found within
+ * about probe_interval_ms instead of at the end of its backoff (up to
+ * backoff.max_ms). Each pool bounds and jitters its own probes; this timer
+ * only visits them, at most every probe_interval_ms, and stops as soon as no
+ * call waits (idle apps cause no connect storm against a dead backend).
+ */
+static void on_probe_timer(uv_timer_t *t)
+{
+    struct slb_cluster *cl = slb_container_of(t, struct slb_cluster, probe_timer);
+    struct slb_loop_ctx *ctx = cl->ctx;
+    uint64_t now = uv_now(ctx->loop), next = now + cl->cfg->backoff.probe_interval_ms;
+    uint64_t probes = ctx->stats.upstream_probes, skipped;
+
+    if (cl->n_waiting == 0 || cl->n_by_state[SLB_BACKEND_TRANSIENT_FAILURE] == 0 || ctx->stopping)
+        return; /* stopped: probe_start() starts it again */
+    for (uint32_t i = 0; i < cl->set.n; i++) {
+        struct slb_backend *be = cl->set.items[i];
+        uint64_t due;
+        if (be->pool == NULL || be->state != SLB_BACKEND_TRANSIENT_FAILURE)
+            continue;
+        if ((due = slb_upstream_pool_probe(be->pool)) < next)
+            next = due;
+    }
+    if (ctx->stats.upstream_probes != probes && slb_log_limit_pass(&cl->probe_log, now, SLB_LOG_LIMIT_MS, &skipped))
+        slb_notice("cluster %s: no usable backend and %u calls wait: trying backends in connection backoff early "
+                   "(each at most every %u ms while calls wait)",
+                   cl->cfg->name, cl->n_waiting, cl->cfg->backoff.probe_interval_ms);
+    uv_timer_start(&cl->probe_timer, on_probe_timer, next > now ? next - now : 1, 0);
+}
+
+/* Calls wait and a backend is in backoff: probes begin on the next loop turn (whoever is due). */
+static void probe_start(struct slb_cluster *cl)
+{
+    if (cl->n_waiting > 0 && cl->n_by_state[SLB_BACKEND_TRANSIENT_FAILURE] > 0 &&
+        cl->cfg->backoff.probe_interval_ms != 0 && !uv_is_active((uv_handle_t *)&cl->probe_timer))
+        uv_timer_start(&cl->probe_timer, on_probe_timer, 0, 0);
+}
+
 int slb_cluster_wait(struct slb_cluster *cl, struct slb_cluster_waiter *w)
 {
     if (cl->n_waiting >= cl->cfg->max_waiting_calls)
@@ -86,6 +126,7 @@ int slb_cluster_wait(struct slb_cluster *cl, struct slb_cluster_waiter *w)
     slb_list_push_back(&cl->waiters, &w->link);
     w->cluster = cl;
     cl->n_waiting++;
+    probe_start(cl);
     return 0;
 }
 
@@ -175,6 +216,8 @@ static void on_backend_state(struct slb_backend *be, int old)
     update_aggregate(cl);
     if (old == SLB_BACKEND_TRANSIENT_FAILURE && be->state != SLB_BACKEND_SHUTDOWN)
         cluster_wake(cl); /* out of connection backoff */
+    else if (be->state == SLB_BACKEND_TRANSIENT_FAILURE)
+        probe_start(cl);
 }
 
 /* ---- active health (grpc.health.v1) ---- */
@@ -305,7 +348,9 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const str
     cl->state = SLB_BACKEND_TRANSIENT_FAILURE; /* no backend yet */
     slb_backend_set_init(&cl->set);
     slb_list_init(&cl->waiters);
-    uv_timer_init(ctx->loop, &cl->wake_timer); /* first: slb_cluster_dispose() always closes it */
+    uv_timer_init(ctx->loop, &cl->wake_timer); /* first: slb_cluster_dispose() always closes them */
+    slb_conn_ctx_handle_opened(&ctx->io);
+    uv_timer_init(ctx->loop, &cl->probe_timer);
     slb_conn_ctx_handle_opened(&ctx->io);
     if ((rv = index_grow(cl)) != 0)
         return rv;
@@ -345,6 +390,7 @@ void slb_cluster_dispose(struct slb_cluster *cl)
         cl->discovery = NULL;
     }
     slb_conn_ctx_close_handle(&cl->ctx->io, (uv_handle_t *)&cl->wake_timer);
+    slb_conn_ctx_close_handle(&cl->ctx->io, (uv_handle_t *)&cl->probe_timer);
     if (cl->has_outlier_timer) {
         slb_conn_ctx_close_handle(&cl->ctx->io, (uv_handle_t *)&cl->outlier_timer);
         cl->has_outlier_timer = 0;

@@ -4,7 +4,12 @@
  * one per attempt. Requests that find no usable backend wait on the
  * cluster's waiter list and are woken (cl->wake, on the next loop turn) by
  * events that may make one usable: a backend added, leaving connection
- * backoff, turning healthy, or coming back from ejection. No polling.
+ * backoff, turning healthy, or coming back from ejection. While any wait,
+ * the cluster's probe timer asks the pools of backends in connection
+ * backoff for early connect attempts (slb_upstream_pool_probe, at most one
+ * per backend per backoff.probe_interval_ms), so a backend that comes back
+ * takes the waiting calls within about that long; with none waiting, the
+ * timer stops and the backoff alone applies.
  * A backend whose health check has not answered yet (SLB_HEALTH_PENDING) is
  * not picked; calls that find only such backends wait for the first answer
  * (even without wait-for-ready, as gRPC queues calls while CONNECTING).
@@ -25,6 +30,7 @@
 #include "backend.h"
 #include "lb.h"
 #include "list.h"
+#include "log.h"
 #include "outlier.h"
 #include "method_config.h"
 
@@ -55,8 +61,10 @@ struct slb_cluster {
     uint8_t state;           /* aggregate (gRPC): READY if any is, else CONNECTING, else IDLE, else TRANSIENT_FAILURE */
     struct slb_list waiters; /* struct slb_cluster_waiter, oldest first */
     uint32_t n_waiting;
-    uint32_t n_health_pending; /* listed backends whose health check has not answered yet (SLB_HEALTH_PENDING) */
-    uv_timer_t wake_timer;     /* wakes the waiters on the next loop turn */
+    uint32_t n_health_pending;      /* listed backends whose health check has not answered yet (SLB_HEALTH_PENDING) */
+    uv_timer_t wake_timer;          /* wakes the waiters on the next loop turn */
+    uv_timer_t probe_timer;         /* while calls wait: early connect attempts (probe_interval_ms) */
+    struct slb_log_limit probe_log; /* "probing" logged once per SLB_LOG_LIMIT_MS */
     void (*wake)(struct slb_cluster_waiter *w); /* its user's: try again (w is unlinked) */
     struct slb_backend **_index;                /* address -> backend (chained through be->_hash_next) */
     uint32_t _index_size;

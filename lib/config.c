@@ -1167,8 +1167,8 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
                                        "outlier_detection",
                                        "service_config",
                                        NULL};
-    static const char *const bo_keys[] = {"initial_ms", "multiplier", "jitter", "max_ms", "min_connect_timeout_ms",
-                                          NULL};
+    static const char *const bo_keys[] = {
+        "initial_ms", "multiplier", "jitter", "max_ms", "min_connect_timeout_ms", "probe_interval_ms", NULL};
     static const char *const od_keys[] = {"consecutive_failures",
                                           "base_ejection_ms",
                                           "max_ejection_ms",
@@ -1211,6 +1211,7 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
     bo->jitter = 0.2;
     bo->max_ms = 120000;
     bo->min_connect_timeout_ms = 20000;
+    bo->probe_interval_ms = 50;
     if (get_obj(c, o, path, "backoff", &v) != 0)
         return -1;
     if (v != NULL) {
@@ -1220,11 +1221,17 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
             get_num(c, v, p, "multiplier", &bo->multiplier, 1.6, 1, 0, 100) != 0 ||
             get_num(c, v, p, "jitter", &bo->jitter, 0.2, 0, 0, 1) != 0 ||
             get_u32(c, v, p, "max_ms", &bo->max_ms, 120000, 1, 86400000) != 0 ||
-            get_u32(c, v, p, "min_connect_timeout_ms", &bo->min_connect_timeout_ms, 20000, 1, 600000) != 0)
+            get_u32(c, v, p, "min_connect_timeout_ms", &bo->min_connect_timeout_ms, 20000, 1, 600000) != 0 ||
+            get_u32(c, v, p, "probe_interval_ms", &bo->probe_interval_ms, 50, 0, 60000) != 0)
             return -1;
         if (bo->max_ms < bo->initial_ms) {
             join(q, p, "max_ms");
             return fail(c, q, 0, "%u is less than initial_ms %u", bo->max_ms, bo->initial_ms);
+        }
+        if (bo->probe_interval_ms != 0 && bo->probe_interval_ms < 10) {
+            /* a connect attempt per backend every few ms is a storm, not a probe */
+            join(q, p, "probe_interval_ms");
+            return fail(c, q, 0, "%u must be 0 (off) or at least 10", bo->probe_interval_ms);
         }
     }
     if (load_health(c, o, path, "health_check", &cl->health_check) != 0)

@@ -56,6 +56,7 @@ struct slb_config_backoff {
     double jitter;                   /* 0.2 */
     uint32_t max_ms;                 /* 120000 */
     uint32_t min_connect_timeout_ms; /* 20000 */
+    uint32_t probe_interval_ms;      /* 50: early connect attempts while calls wait for a usable backend; 0 = off */
 };
 
 struct slb_config_static_backend {

@@ -213,7 +213,7 @@ void slb_upstream_release(struct slb_h2_stream *s, uint32_t rst_code)
     upstream_stream_done(uc);
 }
 
-static int upstream_connect(struct slb_upstream_pool *pool, struct slb_upstream **out)
+static int upstream_connect(struct slb_upstream_pool *pool, int probe, struct slb_upstream **out)
 {
     struct slb_loop_ctx *ctx = pool->ctx;
     struct slb_backend *be = pool->be;
@@ -231,6 +231,7 @@ static int upstream_connect(struct slb_upstream_pool *pool, struct slb_upstream 
         return rv;
     }
     uc->pool = pool;
+    uc->probe = (uint8_t)probe;
     slb_list_init(&uc->streams);
     slb_list_init(&uc->link);
     slb_backend_ref(be); /* dropped in upstream_on_free */
@@ -255,8 +256,12 @@ static int upstream_connect(struct slb_upstream_pool *pool, struct slb_upstream 
             limit = pool->backoff_ms;
         uc->connect_deadline_ms = now + limit;
         uc->patience_ms = now + pool->cfg->connect_timeout_ms;
+        /* probes keep their distance from every attempt, jittered so that
+         * the sidelbs of many hosts do not knock on a backend in step */
+        pool->probe_at_ms =
+            now + (uint64_t)((double)pool->cfg->backoff.probe_interval_ms * (1.0 + 0.5 * slb_rng_unit(&ctx->rng)));
     }
-    if (be->state != SLB_BACKEND_READY)
+    if (be->state != SLB_BACKEND_READY && !probe) /* a probe leaves it TRANSIENT_FAILURE until it connects */
         slb_backend_set_state(be, SLB_BACKEND_CONNECTING);
     slb_debug("backend %s: connecting (%u connections)", be->name, pool->n_conns);
     *out = uc;
@@ -292,8 +297,11 @@ static void upstream_ready(struct slb_upstream *uc)
     uc->connected = 1;
     pool->backoff_ms = pool->cfg->backoff.initial_ms;
     pool->backoff_until_ms = 0;
+    if (uc->probe)
+        pool->ctx->stats.upstream_probe_recoveries++;
     if (pool->failures > 0)
-        slb_notice("backend %s: connected after %u failed attempts", pool->be->name, pool->failures);
+        slb_notice("backend %s: connected after %u failed attempts%s", pool->be->name, pool->failures,
+                   uc->probe ? " (an early probe, while calls waited)" : "");
     pool->failures = 0;
     uc->last_recv_ms = uv_now(pool->ctx->loop);
     if (pool->cfg->max_connection_age_ms != 0) {
@@ -344,12 +352,27 @@ static void keepalive_check(struct slb_upstream *uc, uint64_t now)
     uc->ping_sent_ms = now;
 }
 
-/* Opens a connection when requests wait, none is coming up, and the backend is not in backoff. */
-static void pool_maybe_connect(struct slb_upstream_pool *pool)
+/* Opens one connection (a probe: during backoff). 0 or < 0 (logged). */
+static int pool_open(struct slb_upstream_pool *pool, int probe)
 {
     struct slb_upstream *uc;
     int rv;
 
+    if ((rv = upstream_connect(pool, probe, &uc)) != 0) {
+        slb_warn("backend %s: cannot connect: %s", pool->be->name, slb_strerror(rv));
+        return rv;
+    }
+    if ((rv = uv_tcp_connect(&uc->creq, &uc->conn.tcp, (const struct sockaddr *)&pool->be->addr, on_connect)) != 0) {
+        slb_conn_close(&uc->conn, rv);
+        return rv;
+    }
+    pool_arm_timer(pool);
+    return 0;
+}
+
+/* Opens a connection when requests wait, none is coming up, and the backend is not in backoff. */
+static void pool_maybe_connect(struct slb_upstream_pool *pool)
+{
     if (pool->n_waiting == 0 || pool->n_connecting > 0 || pool->ctx->stopping || pool->be->draining)
         return;
     if (pool->n_conns - pool->n_draining >= pool->cfg->max_connections_per_backend ||
@@ -357,15 +380,27 @@ static void pool_maybe_connect(struct slb_upstream_pool *pool)
         return; /* they wait for a stream slot (draining connections are replaced, within a bound) */
     if (slb_upstream_pool_in_backoff(pool))
         return; /* the pool timer ends the backoff; waiters were sent elsewhere */
-    if ((rv = upstream_connect(pool, &uc)) != 0) {
-        slb_warn("backend %s: cannot connect: %s", pool->be->name, slb_strerror(rv));
-        return;
-    }
-    if ((rv = uv_tcp_connect(&uc->creq, &uc->conn.tcp, (const struct sockaddr *)&pool->be->addr, on_connect)) != 0) {
-        slb_conn_close(&uc->conn, rv);
-        return;
-    }
-    pool_arm_timer(pool);
+    pool_open(pool, 0);
+}
+
+uint64_t slb_upstream_pool_probe(struct slb_upstream_pool *pool)
+{
+    uint64_t now = uv_now(pool->ctx->loop), interval = pool->cfg->backoff.probe_interval_ms;
+
+    if (interval == 0 || pool->ctx->stopping || pool->be->draining ||
+        pool->be->state != SLB_BACKEND_TRANSIENT_FAILURE || !slb_upstream_pool_in_backoff(pool))
+        return UINT64_MAX; /* off, or nothing to hurry: the pool timer ends the backoff */
+    if (pool->n_connecting > 0 || pool->n_conns - pool->n_draining >= pool->cfg->max_connections_per_backend ||
+        pool->n_conns >= 2 * pool->cfg->max_connections_per_backend)
+        return now + interval; /* an attempt is on its way already, or no room for one */
+    if (pool->probe_at_ms > now)
+        return pool->probe_at_ms;
+    pool->ctx->stats.upstream_probes++;
+    slb_debug("backend %s: probing early (backoff ends in %llu ms)", pool->be->name,
+              (unsigned long long)(pool->backoff_until_ms - now));
+    if (pool_open(pool, 1) != 0)
+        pool->probe_at_ms = now + interval; /* not again before the interval */
+    return pool->probe_at_ms;
 }
 
 /* Waiters this backend cannot serve now go back to their users. */
@@ -503,7 +538,8 @@ static void pool_arm_timer(struct slb_upstream_pool *pool)
         if (pool->be->state != SLB_BACKEND_TRANSIENT_FAILURE && uc->patience_ms < next)
             next = uc->patience_ms;
     }
-    if (pool->be->state == SLB_BACKEND_TRANSIENT_FAILURE && pool->backoff_until_ms < next)
+    /* with an attempt (a probe) on its way, its end decides: the backoff's would only spin */
+    if (pool->be->state == SLB_BACKEND_TRANSIENT_FAILURE && pool->n_connecting == 0 && pool->backoff_until_ms < next)
         next = pool->backoff_until_ms;
     if (next == UINT64_MAX) {
         uv_timer_stop(&pool->timer);
@@ -562,7 +598,13 @@ static void upstream_on_close(struct slb_conn *c, int err)
     }
     if (pool->ctx->stopping)
         return;
-    if (connect_failed) {
+    if (connect_failed && uc->probe && pool->be->state == SLB_BACKEND_TRANSIENT_FAILURE &&
+        slb_upstream_pool_in_backoff(pool)) {
+        /* an early attempt failed: the backoff goes on as it was (debug only: no line per probe) */
+        pool->failures++;
+        slb_debug("backend %s: probe failed: %s", pool->be->name, slb_strerror(err != 0 ? err : SLB_EPROTO));
+        pool_arm_timer(pool);
+    } else if (connect_failed) {
         /* no SETTINGS from the backend before the connection ended (refused,
          * reset, or a protocol error nghttp2 ended with a GOAWAY of its own) */
         pool_connect_failed(pool, err != 0 ? err : SLB_EPROTO);

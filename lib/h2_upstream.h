@@ -21,7 +21,11 @@
  *
  * The pool also runs the backend's connectivity state (IDLE, CONNECTING,
  * READY, TRANSIENT_FAILURE) with gRPC's connection backoff: while a backend
- * is in backoff no connection is attempted, whoever picks it.
+ * is in backoff no connection is attempted, whoever picks it. The one
+ * exception is a probe (slb_upstream_pool_probe): while calls wait on the
+ * cluster for a usable backend, the cluster asks for an early attempt, at
+ * most one per backoff.probe_interval_ms; it fails without touching the
+ * backoff, or connects and ends it.
  *
  * This layer never sees the call: it reports upward through the loop
  * context's slb_upstream_handler, handing back the slb_pool_waiter and
@@ -83,6 +87,7 @@ struct slb_upstream {
     uint8_t connected;            /* TCP up and the backend's first SETTINGS received: it takes streams */
     uint8_t goaway;               /* draining (backend GOAWAY, recycled): no new streams; closes when idle */
     uint8_t listed;
+    uint8_t probe;            /* an early attempt during backoff (slb_upstream_pool_probe) */
     uint32_t n_requests;      /* streams opened on it (max_requests_per_connection) */
     uint64_t retire_at_ms;    /* drained and replaced then (max_connection_age_ms); 0 = never */
     uint8_t ping_outstanding; /* keepalive PING sent, no answer yet */
@@ -104,6 +109,7 @@ struct slb_upstream_pool {
     uint32_t backoff_ms;       /* next backoff (gRPC connection backoff) */
     uint32_t failures;         /* consecutive connect failures (logged loudly once) */
     uint64_t backoff_until_ms; /* TRANSIENT_FAILURE until then: no connection attempt before */
+    uint64_t probe_at_ms;      /* no probe before then: [1, 1.5] x probe_interval_ms after the last attempt began */
     uv_timer_t timer;          /* connect timeouts and backoff end */
     struct slb_list ctx_link;  /* in ctx->pools */
 };
@@ -112,6 +118,19 @@ struct slb_upstream_pool *slb_upstream_pool_get(struct slb_loop_ctx *ctx, struct
                                                 const struct slb_config_cluster *cfg);
 /* Whether the backend is in connection backoff (a new request would only wait). */
 int slb_upstream_pool_in_backoff(const struct slb_upstream_pool *pool);
+/*
+ * A probe: an early connect attempt on a backend in TRANSIENT_FAILURE whose
+ * backoff has not ended, for calls that wait on its cluster with no usable
+ * backend (the cluster's probe timer calls it). At most one attempt per
+ * backend per backoff.probe_interval_ms (each spacing drawn from [1, 1.5] x
+ * it, so many sidelbs do not probe a backend in step), never two at once.
+ * The backend stays TRANSIENT_FAILURE while the probe connects; one that
+ * fails leaves the backoff as it was (it neither grows nor restarts), unless
+ * the backoff ended meanwhile (then it was the regular attempt); one that
+ * connects ends the backoff: READY, and the cluster wakes its waiters.
+ * Returns when to ask again (UINT64_MAX: not in backoff, or probes are off).
+ */
+uint64_t slb_upstream_pool_probe(struct slb_upstream_pool *pool);
 /* Queues w; on_ready / on_unavailable follow (possibly before this returns).
  * SLB_ELIMIT: no stream slot is free and max_pending_per_backend requests
  * wait already; w is not queued and no callback follows. */

@@ -50,6 +50,8 @@ struct slb_loop_stats {
     uint64_t upstream_conns_recycled;    /* replaced: max_requests_per_connection, max age, stream ids */
     uint64_t upstream_no_streams;        /* connections closed: the backend allows 0 concurrent streams */
     uint64_t health_check_unimplemented; /* backends found without grpc.health.v1 (checking off, gRFC A17) */
+    uint64_t upstream_probes; /* early connect attempts in backoff while calls waited (backoff.probe_interval_ms) */
+    uint64_t upstream_probe_recoveries; /* ... that connected: the backend was back before its backoff ended */
     /* buffer budgets (lib/call.c) */
     uint64_t budget_conn_backpressure; /* times an app connection went over its share and was held back */
     uint64_t budget_total_exceeded;    /* times the calls of the loop together went over budgets.total_bytes */

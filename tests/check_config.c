@@ -65,7 +65,7 @@ static const char *full_config =
     "     \"max_pending_per_backend\": 50, \"queue_timeout_ms\": 0,\n"
     "     \"max_requests_per_connection\": 10000, \"max_connection_age_ms\": 600000,\n"
     "     \"backoff\": {\"initial_ms\": 100, \"multiplier\": 2, \"jitter\": 0.1,\n"
-    "                 \"max_ms\": 10000, \"min_connect_timeout_ms\": 1000},\n"
+    "                 \"max_ms\": 10000, \"min_connect_timeout_ms\": 1000, \"probe_interval_ms\": 100},\n"
     "     \"health_check\": {\"service\": \"x.Greeter\", \"interval_ms\": 500, "
     "\"timeout_ms\": 200},\n"
     "     \"outlier_detection\": {\"consecutive_failures\": 3, \"base_ejection_ms\": "
@@ -173,6 +173,7 @@ START_TEST(test_full)
     ck_assert_double_eq(c->backoff.jitter, 0.1);
     ck_assert_uint_eq(c->backoff.max_ms, 10000);
     ck_assert_uint_eq(c->backoff.min_connect_timeout_ms, 1000);
+    ck_assert_uint_eq(c->backoff.probe_interval_ms, 100);
     ck_assert_int_eq(c->health_check.enabled, 1);
     ck_assert_str_eq(c->health_check.service, "x.Greeter");
     ck_assert_uint_eq(c->health_check.interval_ms, 500);
@@ -272,6 +273,7 @@ START_TEST(test_defaults)
     ck_assert_double_eq(c->backoff.jitter, 0.2);
     ck_assert_uint_eq(c->backoff.max_ms, 120000);
     ck_assert_uint_eq(c->backoff.min_connect_timeout_ms, 20000);
+    ck_assert_uint_eq(c->backoff.probe_interval_ms, 50);
     ck_assert_int_eq(c->health_check.enabled, 0);
     ck_assert_int_eq(c->outlier.enabled, 0);
     ck_assert_uint_eq(c->outlier.opts.consecutive_failures, 5);
@@ -896,6 +898,17 @@ START_TEST(err_backoff_max_below_initial)
 }
 END_TEST
 
+/* A probe every few ms would be a connect storm: 0 (off) or >= 10. */
+START_TEST(err_backoff_probe_interval_too_short)
+{
+    expect_error("{\n" LISTENER_OK
+                 "  \"clusters\": [{\"name\": \"a\", \"discovery\": {\"static\": [\"127.0.0.1:1\"]},\n"
+                 "     \"backoff\": {\"probe_interval_ms\": 5}}]\n"
+                 "}\n",
+                 "t.json:4:39: clusters[0].backoff.probe_interval_ms: 5 must be 0 (off) or at least 10");
+}
+END_TEST
+
 START_TEST(err_duplicate_listener_address)
 {
     expect_error("{\n"
@@ -966,6 +979,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, err_admin_unknown_key);
     tcase_add_test(tc, err_connection_limits);
     tcase_add_test(tc, err_backoff_max_below_initial);
+    tcase_add_test(tc, err_backoff_probe_interval_too_short);
     tcase_add_test(tc, err_duplicate_listener_address);
     suite_add_tcase(s, tc);
     return s;

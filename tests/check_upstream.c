@@ -299,6 +299,101 @@ START_TEST(connection_is_replaced_after_max_requests)
 }
 END_TEST
 
+/* Lets the loop's clock pass ms (nothing runs meanwhile). */
+static void clock_reach(uint64_t ms)
+{
+    while (uv_now(&U.loop) < ms) {
+        uv_sleep(2);
+        uv_update_time(&U.loop);
+    }
+}
+
+/* The pool's backend failed its connect (SETTINGS allowing 0 streams): TRANSIENT_FAILURE, in backoff. */
+static struct slb_upstream_pool *world_in_backoff(struct slb_pool_waiter *w)
+{
+    struct slb_upstream_pool *pool;
+
+    settings_no_streams = 1;
+    pool = world_new();
+    slb_list_init(&w->link);
+    w->pool = NULL;
+    ck_assert_int_eq(slb_upstream_pool_queue(pool, w), 0);
+    run_until(&U.unavailable, 1);
+    ck_assert_int_eq(U.be->state, SLB_BACKEND_TRANSIENT_FAILURE);
+    ck_assert(slb_upstream_pool_in_backoff(pool));
+    ck_assert_uint_eq(pool->n_conns, 0);
+    return pool;
+}
+
+/* A probe during the backoff (1 s here) reaches a backend that is back: the
+ * backend stays TRANSIENT_FAILURE while it connects, then READY with its
+ * backoff over. Probes keep their distance from the last attempt and are
+ * never two at once. */
+START_TEST(probe_reaches_a_returning_backend_early)
+{
+    struct slb_pool_waiter w;
+    struct slb_upstream_pool *pool = world_in_backoff(&w);
+    uint64_t due, interval = U.cfg->clusters[0].backoff.probe_interval_ms;
+
+    /* right after the failed attempt: not yet */
+    due = slb_upstream_pool_probe(pool);
+    ck_assert_uint_gt(due, uv_now(&U.loop));
+    ck_assert_uint_le(due, uv_now(&U.loop) + interval * 3 / 2);
+    ck_assert_uint_eq(U.ctx.stats.upstream_probes, 0);
+    ck_assert_uint_eq(pool->n_conns, 0);
+
+    clock_reach(due);
+    settings_no_streams = 0; /* the backend is back */
+    due = slb_upstream_pool_probe(pool);
+    ck_assert_uint_eq(U.ctx.stats.upstream_probes, 1);
+    ck_assert_uint_eq(pool->n_connecting, 1);
+    ck_assert_int_eq(U.be->state, SLB_BACKEND_TRANSIENT_FAILURE); /* until it connects */
+    ck_assert_uint_ge(due, uv_now(&U.loop) + interval);
+    clock_reach(due);
+    slb_upstream_pool_probe(pool); /* one on its way already */
+    ck_assert_uint_eq(U.ctx.stats.upstream_probes, 1);
+    ck_assert_uint_eq(pool->n_conns, 1);
+
+    for (int i = 0; i < 2000 && U.be->state != SLB_BACKEND_READY; i++)
+        uv_run(&U.loop, UV_RUN_ONCE);
+    ck_assert_int_eq(U.be->state, SLB_BACKEND_READY);
+    ck_assert(!slb_upstream_pool_in_backoff(pool));
+    ck_assert_uint_eq(pool->backoff_ms, U.cfg->clusters[0].backoff.initial_ms);
+    ck_assert_uint_eq(U.ctx.stats.upstream_probe_recoveries, 1);
+    ck_assert_uint_eq(slb_upstream_pool_probe(pool), UINT64_MAX); /* nothing to hurry */
+    world_free();
+}
+END_TEST
+
+/* A probe that fails leaves the backoff as it was (no longer, no later),
+ * and probe_interval_ms 0 turns probes off. */
+START_TEST(failed_probe_leaves_the_backoff_alone)
+{
+    struct slb_pool_waiter w;
+    struct slb_upstream_pool *pool = world_in_backoff(&w);
+    uint64_t until = pool->backoff_until_ms, next = pool->backoff_ms;
+
+    clock_reach(pool->probe_at_ms);
+    slb_upstream_pool_probe(pool);
+    ck_assert_uint_eq(U.ctx.stats.upstream_probes, 1);
+    for (int i = 0; i < 2000 && pool->n_conns > 0; i++)
+        uv_run(&U.loop, UV_RUN_ONCE);
+    ck_assert_uint_eq(pool->n_conns, 0);
+    ck_assert_uint_eq(U.ctx.stats.upstream_no_streams, 2); /* the probe heard SETTINGS allowing 0 streams */
+    ck_assert_uint_eq(pool->backoff_until_ms, until);
+    ck_assert_uint_eq(pool->backoff_ms, next);
+    ck_assert_int_eq(U.be->state, SLB_BACKEND_TRANSIENT_FAILURE);
+    ck_assert_uint_eq(U.ctx.stats.upstream_probe_recoveries, 0);
+
+    U.cfg->clusters[0].backoff.probe_interval_ms = 0;
+    clock_reach(pool->probe_at_ms);
+    ck_assert_uint_eq(slb_upstream_pool_probe(pool), UINT64_MAX);
+    ck_assert_uint_eq(U.ctx.stats.upstream_probes, 1);
+    settings_no_streams = 0;
+    world_free();
+}
+END_TEST
+
 Suite *upstream_suite(void)
 {
     Suite *s = suite_create("upstream");
@@ -309,6 +404,8 @@ Suite *upstream_suite(void)
     tcase_add_test(tc, pool_queue_is_bounded);
     tcase_add_test(tc, backend_allowing_no_streams_is_a_connect_failure);
     tcase_add_test(tc, connection_is_replaced_after_max_requests);
+    tcase_add_test(tc, probe_reaches_a_returning_backend_early);
+    tcase_add_test(tc, failed_probe_leaves_the_backoff_alone);
     suite_add_tcase(s, tc);
     return s;
 }
