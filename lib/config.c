@@ -382,11 +382,11 @@ static int check_keys(struct vctx *c, json_t *obj, const char *path, const char 
         for (const char *const *a = allowed; *a != NULL && !ok; a++)
             ok = strcmp(key, *a) == 0;
         if (!ok) {
-            char list[256] = "", p[PATH_MAX_LEN];
+            char list[1024] = "", p[PATH_MAX_LEN];
             size_t o = 0;
-            for (const char *const *a = allowed; *a != NULL; a++)
-                o += (size_t)snprintf(list + o, o < sizeof(list) ? sizeof(list) - o : 0, "%s%s",
-                                      a == allowed ? "" : ", ", *a);
+            /* (a list longer than the buffer is cut, never written past it) */
+            for (const char *const *a = allowed; *a != NULL && o < sizeof(list); a++)
+                o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s", a == allowed ? "" : ", ", *a);
             join(p, path, key);
             return fail(c, p, 1, "unknown key (expected one of: %s)", list);
         }
