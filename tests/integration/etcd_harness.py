@@ -152,12 +152,4 @@ class EtcdServer:
         r = self._post("/v3/lease/timetolive", {"ID": str(lease)})
         return int(r.get("TTL", "0")), int(r.get("grantedTTL", "0"))
 
-    @staticmethod
-    def wait_for(pred, timeout, interval=0.05, what="condition"):
-        start = time.monotonic()
-        while True:
-            if pred():
-                return time.monotonic() - start
-            if time.monotonic() - start > timeout:
-                raise AssertionError("%s not reached within %.1fs" % (what, timeout))
-            time.sleep(interval)
+    wait_for = staticmethod(peers.wait_for)

@@ -39,6 +39,10 @@ Helpers:
     binary(name)          BUILD/name, checked to exist
     free_port()           a currently free 127.0.0.1 port (racy; prefer port=None)
     wait_port(port, timeout=10) -> bool
+    wait_for(pred, timeout=5, interval=0.05, what="condition") -> seconds waited
+                          polls pred() until true; AssertionError naming `what` after timeout
+    RawServer             a raw TCP server on 127.0.0.1 (accept thread, one thread per
+                          connection running .serve(conn)); for peers that break protocols
     channel(addr, **opts) grpc.insecure_channel with 64 MiB message limits
     echo_stub(addr_or_channel), health_stub(addr_or_channel)
     req(**fields)         echo_pb2.EchoRequest(**fields)
@@ -63,6 +67,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import grpc
@@ -120,6 +125,54 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for(pred, timeout=5.0, interval=0.05, what="condition"):
+    start = time.monotonic()
+    while True:
+        if pred():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError("%s not reached within %.1fs" % (what, timeout))
+        time.sleep(interval)
+
+
+class RawServer:
+    """Listens on 127.0.0.1 (a free port); each accepted connection runs
+    self.serve(conn) on its own daemon thread. close() stops accepting and
+    closes every connection. Subclasses implement serve()."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.addr = "127.0.0.1:%d" % self.port
+        self.stopped = False
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self):
+        self.stopped = True
+        self.sock.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def serve(self, conn):
+        raise NotImplementedError
 
 
 def wait_port(port, timeout=10.0):

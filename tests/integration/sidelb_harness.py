@@ -5,6 +5,8 @@
         waits for its "ready" log line; .port is the first listener's port.
     simple_config(backends, port=None, policy="round_robin", **cluster_extra)
         one listener routing sidelb.test.Echo to cluster "echo" with static backends.
+    start_with_admin_listener(config) -> peers.Proc with .admin_port
+        adds an "admin" listener on a free port and waits until it accepts.
     rss_kb(pid)  resident set size from /proc.
 """
 
@@ -24,6 +26,15 @@ def start_sidelb(config, extra_args=(), timeout=10.0, log_level="info", binary=N
     p.config_path = path
     p.port = int(config["listeners"][0]["address"].rsplit(":", 1)[1])
     return p
+
+
+def start_with_admin_listener(config, **kw):
+    port = peers.free_port()
+    config["admin"] = {"address": "127.0.0.1:%d" % port}
+    slb = start_sidelb(config, **kw)
+    slb.admin_port = port
+    assert peers.wait_port(port, 5), "admin port never opened"
+    return slb
 
 
 def simple_config(backends, port=None, policy="round_robin", policy_options=None, default_cluster=False,

@@ -111,6 +111,11 @@ def metrics(slb):
     return parse_metrics(body.decode())
 
 
+def metric(slb, name, **labels):
+    """One sample of /metrics by name and exact label set (0 when absent)."""
+    return metrics(slb).get((name, frozenset(labels.items())), 0)
+
+
 def bm(samples, name, backend, **extra):
     labels = {"cluster": "echo", "backend": backend}
     labels.update(extra)

@@ -2,9 +2,7 @@
 breaks the protocol on purpose): the app always gets a proper gRPC status,
 sidelb never crashes, and calls to good backends keep working."""
 
-import socket
 import struct
-import threading
 import time
 
 import grpc
@@ -19,40 +17,14 @@ from peers import req
 from sidelb_harness import simple_config, start_sidelb
 
 
-class BadBackend:
+class BadBackend(peers.RawServer):
     """Accepts h2c connections and answers every request according to `mode`."""
 
     def __init__(self, mode):
         self.mode = mode
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.addr = "127.0.0.1:%d" % self.port
-        self.stopped = False
-        self.conns = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def close(self):
-        self.stopped = True
-        self.sock.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-
-    def _accept(self):
-        while not self.stopped:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
+    def serve(self, c):
         mode = self.mode
         if mode == "garbage":
             c.recv(65536)

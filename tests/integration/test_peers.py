@@ -6,8 +6,6 @@ against the grpcio twin (echo_server.py) so both peers stay interchangeable.
 
 import os
 import queue
-import signal
-import threading
 import time
 
 import grpc

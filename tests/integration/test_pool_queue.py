@@ -9,31 +9,9 @@ import grpc
 import pytest
 
 import peers
-from peers import req
-from sidelb_harness import simple_config, start_sidelb
-from test_admin import metrics
-
-
-def with_admin(cfg):
-    port = peers.free_port()
-    cfg["admin"] = {"address": "127.0.0.1:%d" % port}
-    slb = start_sidelb(cfg)
-    slb.admin_port = port
-    assert peers.wait_port(port, 5), "admin port never opened"
-    return slb
-
-
-def metric(slb, name, **labels):
-    return metrics(slb).get((name, frozenset(labels.items())), 0)
-
-
-def wait_for(pred, timeout=5.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for " + what)
+from peers import req, wait_for
+from sidelb_harness import simple_config, start_sidelb, start_with_admin_listener
+from test_admin import metric, metrics
 
 
 @pytest.mark.timeout(40)
@@ -58,7 +36,7 @@ def test_backend_allowing_no_streams_holds_no_call():
 @pytest.mark.timeout(40)
 def test_only_a_backend_allowing_no_streams_fails_calls_fast():
     zero = peers.start_c_backend("zero", extra_args=["--max-concurrent-streams", "0"])
-    slb = with_admin(simple_config([zero.addr], wait_for_ready_ms=500))
+    slb = start_with_admin_listener(simple_config([zero.addr], wait_for_ready_ms=500))
     stub = peers.echo_stub(slb.addr)
     for _ in range(3):
         t0 = time.monotonic()
@@ -93,7 +71,7 @@ def saturated_backend():
 @pytest.mark.timeout(40)
 def test_pool_queue_bound_and_timeout():
     sat = saturated_backend()
-    slb = with_admin(simple_config([sat.addr], max_connections_per_backend=1, max_pending_per_backend=2,
+    slb = start_with_admin_listener(simple_config([sat.addr], max_connections_per_backend=1, max_pending_per_backend=2,
                                    queue_timeout_ms=600))
     stub = peers.echo_stub(slb.addr)
     busy = stub.Unary.future(req(payload=b"x", delay_ms=4000), timeout=20)  # holds the only slot
@@ -134,7 +112,7 @@ def test_pool_turns_calls_away_to_another_backend():
     reached the saturated backend, so it goes to one it has not tried."""
     sat = saturated_backend()
     ok = peers.start_c_backend("ok")
-    slb = with_admin(simple_config([sat.addr, ok.addr], policy="pick_first", max_connections_per_backend=1,
+    slb = start_with_admin_listener(simple_config([sat.addr, ok.addr], policy="pick_first", max_connections_per_backend=1,
                                    max_pending_per_backend=2, queue_timeout_ms=600))
     stub = peers.echo_stub(slb.addr)
     busy = stub.Unary.future(req(payload=b"x", delay_ms=4000), timeout=20)
@@ -157,7 +135,7 @@ def test_pool_turns_calls_away_to_another_backend():
 @pytest.mark.timeout(40)
 def test_max_requests_per_connection_recycles_connections():
     be = peers.start_c_backend("b")
-    slb = with_admin(simple_config([be.addr], max_requests_per_connection=10))
+    slb = start_with_admin_listener(simple_config([be.addr], max_requests_per_connection=10))
     stub = peers.echo_stub(slb.addr)
     for i in range(35):
         assert stub.Unary(req(payload=b"%d" % i), timeout=5).payload == b"%d" % i
@@ -173,7 +151,7 @@ def test_max_requests_per_connection_recycles_connections():
 @pytest.mark.timeout(40)
 def test_max_connection_age_recycles_connections_even_idle_ones():
     be = peers.start_c_backend("b")
-    slb = with_admin(simple_config([be.addr], max_connection_age_ms=300))
+    slb = start_with_admin_listener(simple_config([be.addr], max_connection_age_ms=300))
     stub = peers.echo_stub(slb.addr)
     futs = []
     end = time.monotonic() + 1.5

@@ -6,7 +6,6 @@ import queue
 import signal
 import socket
 import subprocess
-import threading
 import time
 
 import grpc

@@ -17,33 +17,11 @@ import grpc
 import pytest
 
 import peers
-from peers import req
-from sidelb_harness import simple_config, start_sidelb
-from test_admin import metrics
+from peers import req, wait_for
+from sidelb_harness import simple_config, start_with_admin_listener
+from test_admin import metric
 
 SANITIZER = bool(os.environ.get("SIDELB_SANITIZER"))
-
-
-def start_with_admin(cfg):
-    port = peers.free_port()
-    cfg["admin"] = {"address": "127.0.0.1:%d" % port}
-    slb = start_sidelb(cfg)
-    slb.admin_port = port
-    assert peers.wait_port(port, 5), "admin port never opened"
-    return slb
-
-
-def metric(slb, name, **labels):
-    return metrics(slb).get((name, frozenset(labels.items())), 0)
-
-
-def wait_for(pred, timeout=5.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.01)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class Load:
@@ -105,7 +83,7 @@ def test_returning_backend_takes_waiting_calls_within_250ms():
     2-core machine. On main the first call went there ~2.5 s after ready, when
     the backoff ended. Every call succeeds."""
     a = peers.start_c_backend("a")
-    slb = start_with_admin(simple_config([a.addr], wait_for_ready_ms=5000,
+    slb = start_with_admin_listener(simple_config([a.addr], wait_for_ready_ms=5000,
                                          backoff={"initial_ms": 3000, "max_ms": 3000, "jitter": 0}))
     stub = peers.echo_stub(slb.addr)
     assert stub.Unary(req(payload=b"warm"), timeout=5).backend_id == "a"
@@ -113,12 +91,12 @@ def test_returning_backend_takes_waiting_calls_within_250ms():
     load = Load(stub, rate=100, timeout=5)
     try:
         # calls wait: the backend failed its connect and is in its 3 s backoff
-        wait_for(lambda: metric(slb, "sidelb_cluster_waiting_calls", cluster="echo") >= 5, 3, "calls to wait")
+        wait_for(lambda: metric(slb, "sidelb_cluster_waiting_calls", cluster="echo") >= 5, 3, 0.01, "calls to wait")
         time.sleep(0.3)
         t_restart = time.monotonic()
         a.restart()
         t_ready = time.monotonic()
-        wait_for(lambda: any(r[2] == "a" and r[1] >= t_restart for r in load.results), 4, "a call served by a")
+        wait_for(lambda: any(r[2] == "a" and r[1] >= t_restart for r in load.results), 4, 0.01, "a call served by a")
         time.sleep(0.2)
     finally:
         results = load.stop()
@@ -142,7 +120,7 @@ def test_no_probes_while_no_call_waits():
     at most one attempt per 50 ms, so ≤ 6 + 1 in 300 ms); once no call waits,
     neither probes nor connections happen (the 3 s backoff alone applies)."""
     a = peers.start_c_backend("a")
-    slb = start_with_admin(simple_config([a.addr], wait_for_ready_ms=5000,
+    slb = start_with_admin_listener(simple_config([a.addr], wait_for_ready_ms=5000,
                                          backoff={"initial_ms": 3000, "max_ms": 3000, "jitter": 0}))
     stub = peers.echo_stub(slb.addr)
     assert stub.Unary(req(payload=b"warm"), timeout=5).backend_id == "a"
@@ -183,7 +161,7 @@ def test_all_backends_down_then_one_back():
     sc = {"methodConfig": [{"name": [{"service": "sidelb.test.Echo"}],
                             "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.1s",
                                             "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}
-    slb = start_with_admin(simple_config([b.addr for b in bes], service_config=sc, backoff={"jitter": 0}))
+    slb = start_with_admin_listener(simple_config([b.addr for b in bes], service_config=sc, backoff={"jitter": 0}))
     stub = peers.echo_stub(slb.addr)
     assert stub.Unary(req(payload=b"warm"), timeout=5)
     load = Load(stub, rate=rate, timeout=deadline)

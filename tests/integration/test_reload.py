@@ -8,7 +8,6 @@ import threading
 import time
 import urllib.request
 
-import grpc
 import pytest
 
 import peers

@@ -3,7 +3,6 @@
 handshake is a connect failure, not a place where calls hang."""
 
 import socket
-import threading
 import time
 
 import grpc
@@ -19,7 +18,7 @@ from peers import req
 from sidelb_harness import simple_config, start_sidelb
 
 
-class LateSettingsBackend:
+class LateSettingsBackend(peers.RawServer):
     """A raw h2c server that sends its SETTINGS (MAX_CONCURRENT_STREAMS 1)
     only `delay` seconds after accepting, records whether request bytes came
     before that, and answers every request with an empty OK reply."""
@@ -29,34 +28,9 @@ class LateSettingsBackend:
         self.early_requests = 0
         self.requests = 0
         self.max_open = 0
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        self.conns = []
-        self.stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def close(self):
-        self.stopped = True
-        self.sock.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-
-    def _accept(self):
-        while not self.stopped:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
+    def serve(self, c):
         early = b""
         c.settimeout(0.05)
         until = time.monotonic() + (30 if self.never else self.delay)
