@@ -130,7 +130,7 @@ unit: $(BUILD)/check_sidelb
 	CK_DEFAULT_TIMEOUT=60 $(BUILD)/check_sidelb
 
 integration: $(TEST_BINS)
-	SIDELB_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	SIDELB_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider --durations=15 tests/integration
 
 demo: deps
 	$(MAKE) $(BUILD)/sidelb $(BUILD)/test_backend

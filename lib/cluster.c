@@ -79,42 +79,58 @@ static void cluster_wake(struct slb_cluster *cl)
         uv_timer_start(&cl->wake_timer, on_wake_timer, 0, 0);
 }
 
+static int health_usable(int health)
+{
+    return health == SLB_HEALTH_SERVING || health == SLB_HEALTH_UNIMPLEMENTED;
+}
+
 /*
  * Faster recovery: while calls wait, backends in connection backoff get
  * early connect attempts (probes), so one that comes back is found within
  * about probe_interval_ms instead of at the end of its backoff (up to
- * backoff.max_ms). Each pool bounds and jitters its own probes; this timer
- * only visits them, at most every probe_interval_ms, and stops as soon as no
- * call waits (idle apps cause no connect storm against a dead backend).
+ * backoff.max_ms). The same holds for health checks waiting to reconnect
+ * after a failure (their backoff reaches interval_ms): a backend that is
+ * back is SERVING (or found to have no health service) as soon. Each pool
+ * and check bounds its own probes; this timer only visits them, at most
+ * every probe_interval_ms, and stops as soon as no call waits or nothing is
+ * in backoff (idle apps cause no connect storm against a dead backend).
  */
 static void on_probe_timer(uv_timer_t *t)
 {
     struct slb_cluster *cl = slb_container_of(t, struct slb_cluster, probe_timer);
     struct slb_loop_ctx *ctx = cl->ctx;
-    uint64_t now = uv_now(ctx->loop), next = now + cl->cfg->backoff.probe_interval_ms;
+    uint32_t interval = cl->cfg->backoff.probe_interval_ms;
+    uint64_t now = uv_now(ctx->loop), next = UINT64_MAX;
     uint64_t probes = ctx->stats.upstream_probes, skipped;
 
-    if (cl->n_waiting == 0 || cl->n_by_state[SLB_BACKEND_TRANSIENT_FAILURE] == 0 || ctx->stopping)
+    if (cl->n_waiting == 0 || ctx->stopping)
         return; /* stopped: probe_start() starts it again */
     for (uint32_t i = 0; i < cl->set.n; i++) {
         struct slb_backend *be = cl->set.items[i];
         uint64_t due;
-        if (be->pool == NULL || be->state != SLB_BACKEND_TRANSIENT_FAILURE)
-            continue;
-        if ((due = slb_upstream_pool_probe(be->pool)) < next)
+        if (be->pool != NULL && be->state == SLB_BACKEND_TRANSIENT_FAILURE &&
+            (due = slb_upstream_pool_probe(be->pool)) < next)
+            next = due;
+        if (be->health_check != NULL && !health_usable(be->health) &&
+            (due = slb_health_probe(be->health_check, interval)) < next)
             next = due;
     }
     if (ctx->stats.upstream_probes != probes && slb_log_limit_pass(&cl->probe_log, now, SLB_LOG_LIMIT_MS, &skipped))
         slb_notice("cluster %s: no usable backend and %u calls wait: trying backends in connection backoff early "
                    "(each at most every %u ms while calls wait)",
-                   cl->cfg->name, cl->n_waiting, cl->cfg->backoff.probe_interval_ms);
+                   cl->cfg->name, cl->n_waiting, interval);
+    if (next == UINT64_MAX)
+        return; /* nothing in backoff: a failure later calls probe_start() */
+    if (next > now + interval)
+        next = now + interval;
     uv_timer_start(&cl->probe_timer, on_probe_timer, next > now ? next - now : 1, 0);
 }
 
-/* Calls wait and a backend is in backoff: probes begin on the next loop turn (whoever is due). */
+/* Calls wait and a backend (or its health check) may be in backoff: probes
+ * begin on the next loop turn (whoever is due). */
 static void probe_start(struct slb_cluster *cl)
 {
-    if (cl->n_waiting > 0 && cl->n_by_state[SLB_BACKEND_TRANSIENT_FAILURE] > 0 &&
+    if (cl->n_waiting > 0 && (cl->n_by_state[SLB_BACKEND_TRANSIENT_FAILURE] > 0 || cl->cfg->health_check.enabled) &&
         cl->cfg->backoff.probe_interval_ms != 0 && !uv_is_active((uv_handle_t *)&cl->probe_timer))
         uv_timer_start(&cl->probe_timer, on_probe_timer, 0, 0);
 }
@@ -222,11 +238,6 @@ static void on_backend_state(struct slb_backend *be, int old)
 
 /* ---- active health (grpc.health.v1) ---- */
 
-static int health_usable(int health)
-{
-    return health == SLB_HEALTH_SERVING || health == SLB_HEALTH_UNIMPLEMENTED;
-}
-
 static void on_health(struct slb_health_check *hc, int status, void *user)
 {
     struct slb_backend *be = user;
@@ -256,6 +267,8 @@ static void on_health(struct slb_health_check *hc, int status, void *user)
     /* a usable backend, or the last first answer (calls waiting only for it may fail now) */
     if (health_usable(status) || (old == SLB_HEALTH_PENDING && cl->n_health_pending == 0))
         cluster_wake(cl);
+    if (!health_usable(status))
+        probe_start(cl); /* calls that wait hurry its reconnect */
 }
 
 static void health_start(struct slb_cluster *cl, struct slb_backend *be)

@@ -46,6 +46,7 @@ struct slb_health_check {
     uint8_t stopped;
     uint8_t ping_out; /* a keepalive PING is unanswered */
     unsigned refs;
+    uint64_t connect_ms;  /* loop time of the last connection attempt */
     uv_timer_t tick;      /* reconnect backoff, next Check, next keepalive PING */
     uv_timer_t deadline;  /* connect + first answer, one Check, one PING */
     struct hc_conn *conn; /* current connection, NULL when none */
@@ -440,6 +441,7 @@ static int hc_connect(struct slb_health_check *hc)
     hcc->sid = -1;
     hc->refs++;
     hc->conn = hcc;
+    hc->connect_ms = uv_now(hc->loop);
     set_phase(hc, HC_CONNECTING);
     uv_timer_start(&hc->deadline, on_deadline, hc->timeout_ms, 0);
     if (nghttp2_session_callbacks_new(&cbs) != 0) {
@@ -490,6 +492,20 @@ static void on_tick(uv_timer_t *t)
         uv_timer_start(&hc->deadline, on_deadline, hc->timeout_ms, 0);
         slb_conn_mark_dirty(&hc->conn->conn);
     }
+}
+
+uint64_t slb_health_probe(struct slb_health_check *hc, uint32_t interval_ms)
+{
+    uint64_t now = uv_now(hc->loop);
+
+    if (hc->stopped || hc->phase != HC_IDLE || hc->conn != NULL)
+        return UINT64_MAX; /* connected or connecting: its answers come by themselves */
+    if (hc->connect_ms + interval_ms > now)
+        return hc->connect_ms + interval_ms;
+    slb_debug("health %s %s: probing early (calls wait for this backend)", hc->addr, svc_name(hc));
+    uv_timer_stop(&hc->tick);
+    on_tick(&hc->tick); /* reconnects; a failure schedules the usual backoff */
+    return now + interval_ms;
 }
 
 static void on_deadline(uv_timer_t *t)

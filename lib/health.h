@@ -55,6 +55,15 @@ struct slb_health_check *slb_health_start(uv_loop_t *loop, struct slb_conn_ctx *
                                           const char *service, uint32_t interval_ms, uint32_t timeout_ms,
                                           slb_health_cb cb, void *user);
 
+/*
+ * Calls wait for this backend (faster recovery): if the check is in its
+ * reconnect backoff after a failure, it reconnects now, unless its last
+ * attempt is less than interval_ms old. Returns the loop time at which it
+ * may be hurried again, or UINT64_MAX when there is nothing to hurry (it is
+ * connected or connecting, or stopped).
+ */
+uint64_t slb_health_probe(struct slb_health_check *hc, uint32_t interval_ms);
+
 /* Stops the check: cb is not called after this returns (also when called
  * from cb). The memory is freed from the loop once its handles are closed. */
 void slb_health_stop(struct slb_health_check *hc);

@@ -41,6 +41,8 @@ Helpers:
     wait_port(port, timeout=10) -> bool
     wait_for(pred, timeout=5, interval=0.05, what="condition") -> seconds waited
                           polls pred() until true; AssertionError naming `what` after timeout
+    RateLoad(stub, rate, timeout)  unary calls at a steady rate from a thread;
+                          .stop() -> [(issued, done, backend_id or status name)]
     RawServer             a raw TCP server on 127.0.0.1 (accept thread, one thread per
                           connection running .serve(conn)); for peers that break protocols
     channel(addr, **opts) grpc.insecure_channel with 64 MiB message limits
@@ -135,6 +137,56 @@ def wait_for(pred, timeout=5.0, interval=0.05, what="condition"):
         if time.monotonic() - start > timeout:
             raise AssertionError("%s not reached within %.1fs" % (what, timeout))
         time.sleep(interval)
+
+
+class RateLoad:
+    """Unary Echo calls at `rate` per second from a thread, each with a
+    `timeout` s deadline, recorded in .results as (issued, done, backend_id
+    or status code name); stop() waits for every outcome and returns them."""
+
+    def __init__(self, stub, rate, timeout):
+        self.stub, self.rate, self.timeout = stub, rate, timeout
+        self.results = []
+        self.lock = threading.Lock()
+        self.futs = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _done(self, issued):
+        def cb(f):
+            now = time.monotonic()
+            try:
+                what = f.result().backend_id
+            except grpc.RpcError as e:
+                what = e.code().name
+            with self.lock:
+                self.results.append((issued, now, what))
+        return cb
+
+    def _run(self):
+        t0 = time.monotonic()
+        i = 0
+        while not self.stopped.is_set():
+            delay = t0 + i / self.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            f = self.stub.Unary.future(req(payload=b"%d" % i), timeout=self.timeout)
+            f.add_done_callback(self._done(time.monotonic()))
+            self.futs.append(f)
+            i += 1
+
+    def stop(self):
+        """Stops issuing and waits for every call's outcome."""
+        self.stopped.set()
+        self.thread.join(5)
+        end = time.monotonic() + self.timeout + 5
+        while time.monotonic() < end:
+            with self.lock:
+                if len(self.results) == len(self.futs):
+                    return list(self.results)
+            time.sleep(0.02)
+        raise AssertionError("calls never finished")
 
 
 class RawServer:
