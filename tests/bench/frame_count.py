@@ -308,7 +308,7 @@ def measure(name, calls=200, warmup=100, payload=100, client="h2load", conns=1, 
             raise RuntimeError("relay: %s" % "; ".join(relay.errors))
         res = {"target": name, "client": client, "backend": backend, "calls": calls, "payload": payload,
                "up": per_call(up0, up1, calls), "down": per_call(down0, down1, calls),
-               "new_connections": conns1 - conns0, "request_frame": len(bench.grpc_frame(payload)),
+               "new_connections": conns1 - conns0, "connections": conns1, "request_frame": len(bench.grpc_frame(payload)),
                "reply_frame": bench.reply_frame_len(be.addr, payload)}
         if keep_headers:
             res["headers"] = {d: relay.headers[d][-3:] for d in (UP, DOWN)}
@@ -340,7 +340,9 @@ def format_table(results):
     lines.append("%-24s" % "header block bytes" + "".join("%16.1f" % c[2]["header_bytes"] for c in cols))
     lines.append("%-24s" % "DATA payload bytes" + "".join("%16.1f" % c[2]["data_bytes"] for c in cols))
     lines.append("%-24s" % "all bytes" + "".join("%16.1f" % c[2]["bytes"] for c in cols))
-    lines.append("%-24s" % "new backend conns" + "".join("%16d" % c[3]["new_connections"] for c in cols))
+    lines.append("%-24s" % "backend conns (new)" + "".join("%16s" % ("%d (%d)" % (c[3]["connections"],
+                                                                                  c[3]["new_connections"]))
+                                                          for c in cols))
     return "\n".join(lines)
 
 
