@@ -28,13 +28,16 @@ def test_small_unary_call_is_two_frames_to_the_backend_and_three_back():
     res = frame_count.measure("sidelb", calls=60, warmup=20, payload=100, client="grpc", stop=False)
     check_parser(res)
     up, down = res["up"], res["down"]
-    # request: HEADERS + one DATA (END_STREAM); no WINDOW_UPDATE, SETTINGS or PING per call
-    assert up["frames"] == {"HEADERS": 1.0, "DATA": 1.0}, up
+    # request: HEADERS + one DATA (END_STREAM); no WINDOW_UPDATE, SETTINGS or PING per call. (2.000 in
+    # every run; the margin is for an app whose END_STREAM came in a later read, forwarded on its own.)
+    assert up["frames"]["HEADERS"] == 1.0, up
+    assert up["frames_total"] <= 2.05 and set(up["frames"]) == {"HEADERS", "DATA"}, up
     # every field indexed in the backend's HPACK table but :path (libnghttp2 never indexes it):
     # 27 bytes measured with grpcio 1.51 (its user-agent, grpc-accept-encoding, grpc-timeout)
     assert up["header_bytes"] <= 28, up
     # reply: HEADERS, DATA, trailers; the backend needs no WINDOW_UPDATE from us
-    assert down["frames"] == {"HEADERS": 2.0, "DATA": 1.0}, down
+    assert down["frames"]["HEADERS"] == 2.0 and down["frames_total"] <= 3.05, down
+    assert set(down["frames"]) == {"HEADERS", "DATA"}, down
 
 
 @pytest.mark.timeout(60)
