@@ -3,13 +3,16 @@
 
     SIDELB_BUILD=build /usr/bin/python3 tests/bench/bench.py [--quick] [--rounds R] [--n N]
         [--conns C] [--streams M] [--payload BYTES] [--no-pin] [--targets direct,sidelb,haproxy,nginx]
-        [--before PATH/TO/OTHER/sidelb]   (also $SIDELB_BEFORE: before/after figures in one run)
+        [--before PATH/TO/OTHER/sidelb]   (also $SIDELB_BEFORE: before/after figures in one run) [--no-frames]
 
 One run, same 3 C test backends (tests/backend, no stats file) behind every
 proxy; h2load (nghttp2-client) drives sidelb.test.Echo/Unary with a real gRPC
 frame as the request body. Targets are interleaved round by round. Per target:
 calls/s, p50/p99 latency (from h2load --log-file), the proxy's CPU time per
-call (/proc/PID/stat utime+stime delta / calls) and ratios vs direct.
+call (/proc/PID/stat utime+stime delta / calls) and ratios vs direct; read()/write()
+system calls per call of the backends (/proc/PID/io: the C backends use read/write, HAProxy
+send/recv, which it does not count); then frames and header bytes per call between proxy and
+backend, sidelb vs HAProxy (frame_count.py: a counting relay, calls one at a time).
 
 h2load only sees HTTP statuses, so gRPC success is checked twice: every h2load
 run must receive exactly one reply message per call (DATA bytes = calls x the
@@ -54,6 +57,21 @@ def cpu_ticks(pid):
         data = f.read()
     fields = data[data.rindex(")") + 2:].split()
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
+
+
+def syscalls(pid):
+    """(read, write) system calls of pid so far (/proc/PID/io syscr, syscw)."""
+    r = w = 0
+    try:
+        with open("/proc/%d/io" % pid) as f:
+            for line in f:
+                if line.startswith("syscr:"):
+                    r = int(line.split()[1])
+                elif line.startswith("syscw:"):
+                    w = int(line.split()[1])
+    except OSError:
+        pass
+    return r, w
 
 
 def pin(pid, cpu, enabled):
@@ -220,10 +238,13 @@ def run_h2load(args, target, body_path, tmp, n, backends, expect_data):
     argv = ["h2load", "-n", str(n), "-c", str(args.conns), "-m", str(args.streams), "-t", "1",
             "-d", body_path, "-H", "content-type: application/grpc", "-H", "te: trailers",
             "--log-file", logf, "http://127.0.0.1:%d%s" % (target.port, PATH)]
+    for h in getattr(args, "headers", ()):  # more request headers (frame_count.py --header)
+        argv[1:1] = ["-H", h]
     if args.pin and NCPU >= 2:
         argv = ["taskset", "-c", "1"] + argv
     pcpu0 = cpu_ticks(target.pid) if target.pid else 0
     bcpu0 = sum(cpu_ticks(b.pid) for b in backends)
+    bsys0 = [sum(x) for x in zip((0, 0), *(syscalls(b.pid) for b in backends))]
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -239,6 +260,7 @@ def run_h2load(args, target, body_path, tmp, n, backends, expect_data):
     wall = time.monotonic() - t0
     pcpu1 = cpu_ticks(target.pid) if target.pid else 0
     bcpu1 = sum(cpu_ticks(b.pid) for b in backends)
+    bsys1 = [sum(x) for x in zip((0, 0), *(syscalls(b.pid) for b in backends))]
     out = out.decode("utf-8", "replace")
     r = {"ok": False, "out": out, "wall": wall}
     m_req, m_fin = RE_REQUESTS.search(out), RE_FINISHED.search(out)
@@ -273,6 +295,9 @@ def run_h2load(args, target, body_path, tmp, n, backends, expect_data):
     r["calls"] = r["succeeded"]
     r["proxy_us_per_call"] = ((pcpu1 - pcpu0) / CLK_TCK * 1e6 / r["calls"]) if (target.pid and r["calls"]) else None
     r["backend_us_per_call"] = (bcpu1 - bcpu0) / CLK_TCK * 1e6 / r["calls"] if r["calls"] else None
+    # read/write system calls per call: the backends read what the proxy writes
+    r["backend_reads_per_call"] = (bsys1[0] - bsys0[0]) / r["calls"] if r["calls"] else None
+    r["backend_writes_per_call"] = (bsys1[1] - bsys0[1]) / r["calls"] if r["calls"] else None
     problems = []
     if r["succeeded"] != n or r["failed"]:
         problems.append("%d/%d succeeded, %d failed" % (r["succeeded"], n, r["failed"]))
@@ -322,6 +347,37 @@ def fmt_cpu(v):
     return "-" if v is None else "%.1fus" % v
 
 
+def log_syscalls_table(targets, summary):
+    """read()/write() system calls of the backends per call (medians): they read what the proxy
+    writes, so fewer, fuller writes cost them less (/proc/PID/io counts read/write, not recv/send:
+    right for the C backends, which use libuv's read/write)."""
+    log("")
+    log("%-8s %14s %14s" % ("target", "backend reads", "backend writes"))
+    for t in targets:
+        s = summary.get(t.name)
+        if s:
+            log("%-8s %14s %14s" % (t.name, *("-" if s[k] is None else "%.3f/call" % s[k] for k in (
+                "backend_reads_per_call", "backend_writes_per_call"))))
+
+
+def log_frames_table(args, names):
+    """Frames and header bytes per call between the proxy and a backend, sidelb vs HAProxy
+    (tests/bench/frame_count.py: a counting relay, calls one at a time, so the counts are exact)."""
+    import frame_count
+
+    names = [n for n in ("sidelb", "before", "haproxy") if n in names]
+    if not names or not args.frames:
+        return []
+    calls = min(args.n, 2000)
+    results = [frame_count.measure(n, calls=calls, warmup=200, payload=args.payload,
+                                   binary=args.before if n == "before" else None) for n in names]
+    log("")
+    log("frames per call to and from a backend (%d calls one at a time after 200 warm-up, payload %d B;"
+        " tests/bench/frame_count.py):" % (calls, args.payload))
+    log(frame_count.format_table(results))
+    return results
+
+
 def median(vals):
     vals = sorted(v for v in vals if v is not None)
     if not vals:
@@ -341,6 +397,8 @@ def main():
     ap.add_argument("--targets", default="direct,sidelb,haproxy,nginx")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="no taskset pinning")
     ap.add_argument("--run-timeout", type=int, default=60, help="seconds per h2load run")
+    ap.add_argument("--no-frames", dest="frames", action="store_false",
+                    help="skip the frames-per-call table (frame_count.py)")
     ap.add_argument("--before", default=os.environ.get("SIDELB_BEFORE"),
                     help="path of another sidelb binary to run as target 'before' (default $SIDELB_BEFORE)")
     args = ap.parse_args()
@@ -430,7 +488,8 @@ def main():
             if not ok:
                 continue
             s = {k: median([r.get(k) for r in ok]) for k in
-                 ("rps", "p50_us", "p99_us", "mean_us", "proxy_us_per_call", "backend_us_per_call")}
+                 ("rps", "p50_us", "p99_us", "mean_us", "proxy_us_per_call", "backend_us_per_call",
+                  "backend_reads_per_call", "backend_writes_per_call")}
             summary[t.name] = s
             if t.name == "direct":
                 direct = s
@@ -447,6 +506,7 @@ def main():
                 t.name, s["rps"], fmt_us(s["p50_us"]), fmt_us(s["p99_us"]), fmt_us(s["mean_us"]),
                 fmt_cpu(s["proxy_us_per_call"]), fmt_cpu(s["backend_us_per_call"]),
                 rr, pr, vtxt))
+        log_syscalls_table(targets, summary)
         parts = []
         for name in ("sidelb", "before", "haproxy", "nginx"):
             s = summary.get(name)
@@ -471,6 +531,7 @@ def main():
             s, b = summary["sidelb"], summary["before"]
             log("sidelb vs before: calls/s x%.3f, CPU/call x%.3f" % (
                 s["rps"] / b["rps"], s["proxy_us_per_call"] / max(b["proxy_us_per_call"], 1e-9)))
+        log_frames_table(args, [t.name for t in targets])
         log("(medians of %d rounds; latency from h2load --log-file; CPU from /proc/PID/stat; %.0fs total)"
             % (args.rounds, time.monotonic() - t_start))
     except KeyboardInterrupt:
