@@ -4,19 +4,25 @@
  */
 #include "metrics.h"
 
+#include <dirent.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "buf.h"
 #include "cluster.h"
 #include "common.h"
 #include "h2_upstream.h"
+#include "access_log.h"
+#include "grpc.h"
 #include "health.h"
+#include "loop_ctx.h"
 #include "server.h"
+#include "stats.h"
 
 #define BODY_LIMIT ((size_t)64 << 20)
 
@@ -154,6 +160,11 @@ static uint64_t v_ejection_multiplier(const struct slb_backend *be, uint64_t now
     return be->times_ejected;
 }
 
+static uint64_t v_health_changes(const struct slb_backend *be, uint64_t now)
+{
+    return be->stats.health_changes;
+}
+
 static void backend_family(struct out *o, const struct slb_server *srv, uint64_t now, const char *name,
                            const char *type, const char *help, backend_value_fn fn)
 {
@@ -186,13 +197,236 @@ static void put_listener_conns(struct out *o, const struct slb_listener *l)
     putf(o, "\"} %u\n", l->set.n_conns);
 }
 
+/* ---- per-call counters (lib/stats.h), added up here ---- */
+
+const uint64_t slb_stats_bucket_ns[SLB_STATS_BUCKETS] = {
+    100000,    250000,    500000,    1000000,    2500000,     5000000,     10000000,     25000000,     50000000,
+    100000000, 250000000, 500000000, 1000000000, 2500000000u, 5000000000u, 10000000000u, 30000000000u,
+};
+
+static const char *const bucket_le[SLB_STATS_BUCKETS] = {
+    "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
+    "0.1",    "0.25",    "0.5",    "1",     "2.5",    "5",     "10",   "30",
+};
+
+/* `name_bucket{labels,le="..."} n` lines, _sum and _count; labels is `cluster="c"` etc. (already escaped). */
+static void put_hist(struct out *o, const char *name, const char *labels, const struct slb_stats_hist *h)
+{
+    uint64_t cum = 0;
+
+    for (int i = 0; i <= SLB_STATS_BUCKETS; i++) {
+        cum += h->counts[i];
+        putf(o, "%s_bucket{%s,le=\"%s\"} %llu\n", name, labels, i < SLB_STATS_BUCKETS ? bucket_le[i] : "+Inf",
+             (unsigned long long)cum);
+    }
+    putf(o, "%s_sum{%s} %.9f\n", name, labels, (double)h->sum_ns / 1e9);
+    putf(o, "%s_count{%s} %llu\n", name, labels, (unsigned long long)cum);
+}
+
+/* An escaped label value into a fixed buffer (label sets of histograms are printed many times). */
+static void escape_into(char *dst, size_t cap, const char *s)
+{
+    size_t n = 0;
+    for (; *s && n + 3 < cap; s++) {
+        if (*s == '\\' || *s == '"' || *s == '\n') {
+            dst[n++] = '\\';
+            dst[n++] = *s == '\n' ? 'n' : *s;
+        } else {
+            dst[n++] = *s;
+        }
+    }
+    dst[n] = '\0';
+}
+
+static void render_call_stats(struct out *o, const struct slb_server *srv)
+{
+    const struct slb_loop_stats *st = &srv->ctx.stats;
+    char cname[256], bname[2 * SLB_BACKEND_NAME_MAX + 8], labels[600];
+
+    put_family(o, "sidelb_calls_total", "counter",
+               "Calls that ended, by listener, cluster (\"\" when none was routed) and the gRPC status the app got.");
+    for (uint32_t li = 0; st->calls_by_code != NULL && li < st->calls_n_listeners && li < srv->n_listeners; li++) {
+        for (uint32_t ci = 0; ci <= st->calls_n_clusters; ci++) {
+            const uint64_t *row =
+                st->calls_by_code + ((size_t)li * (st->calls_n_clusters + 1) + ci) * SLB_STATS_GRPC_CODES;
+            for (int code = 0; code < SLB_STATS_GRPC_CODES; code++) {
+                if (row[code] == 0)
+                    continue;
+                puts_(o, "sidelb_calls_total{listener=\"");
+                put_label_value(o, srv->listeners[li].cfg->name);
+                puts_(o, "\",cluster=\"");
+                if (ci < srv->n_clusters)
+                    put_label_value(o, srv->clusters[ci].cfg->name);
+                putf(o, "\",grpc_code=\"%s\"} %llu\n", slb_grpc_status_name(code), (unsigned long long)row[code]);
+            }
+        }
+    }
+    put_family(o, "sidelb_call_duration_seconds", "histogram",
+               "Calls routed to the cluster, from the app's request headers to the end of its stream.");
+    for (size_t i = 0; i < srv->n_clusters; i++) {
+        escape_into(cname, sizeof(cname), srv->clusters[i].cfg->name);
+        snprintf(labels, sizeof(labels), "cluster=\"%s\"", cname);
+        put_hist(o, "sidelb_call_duration_seconds", labels, &srv->clusters[i].stats.call_duration);
+    }
+
+    static const struct {
+        const char *name, *type, *help;
+        size_t off;
+    } per_cluster[] = {
+        {"sidelb_upstream_retries_total", "counter", "gRFC A6 retries: attempts made after a retryable status.",
+         offsetof(struct slb_cluster_stats, retries)},
+        {"sidelb_upstream_hedges_total", "counter",
+         "Hedged attempts (gRFC A6 hedging); 0 until hedging is wired to slb_cluster_stats_hedge().",
+         offsetof(struct slb_cluster_stats, hedges)},
+        {"sidelb_request_bytes_total", "counter", "Request body bytes (gRPC frames) received from the apps.",
+         offsetof(struct slb_cluster_stats, request_bytes)},
+        {"sidelb_response_bytes_total", "counter",
+         "Response body bytes (gRPC frames) of the calls' final attempts, received from the backends.",
+         offsetof(struct slb_cluster_stats, response_bytes)},
+    };
+    for (size_t f = 0; f < SLB_ARRAY_SIZE(per_cluster); f++) {
+        put_family(o, per_cluster[f].name, per_cluster[f].type, per_cluster[f].help);
+        for (size_t i = 0; i < srv->n_clusters; i++) {
+            uint64_t v;
+            memcpy(&v, (const char *)&srv->clusters[i].stats + per_cluster[f].off, sizeof(v));
+            puts_(o, per_cluster[f].name);
+            puts_(o, "{cluster=\"");
+            put_label_value(o, srv->clusters[i].cfg->name);
+            putf(o, "\"} %llu\n", (unsigned long long)v);
+        }
+    }
+    put_family(o, "sidelb_cluster_limit_rejections_total", "counter",
+               "Calls refused with RESOURCE_EXHAUSTED at a cluster limit (max_calls, max_waiting_calls).");
+    for (size_t i = 0; i < srv->n_clusters; i++) {
+        const struct slb_cluster *cl = &srv->clusters[i];
+        escape_into(cname, sizeof(cname), cl->cfg->name);
+        putf(o, "sidelb_cluster_limit_rejections_total{cluster=\"%s\",limit=\"max_calls\"} %llu\n", cname,
+             (unsigned long long)cl->stats.rejected_max_calls);
+        putf(o, "sidelb_cluster_limit_rejections_total{cluster=\"%s\",limit=\"max_waiting_calls\"} %llu\n", cname,
+             (unsigned long long)cl->stats.rejected_max_waiting);
+    }
+
+    put_family(o, "sidelb_upstream_attempts_total", "counter",
+               "Attempts that ended on a backend (connect failures included), by the status they ended with.");
+    for (size_t i = 0; i < srv->n_clusters; i++) {
+        const struct slb_cluster *cl = &srv->clusters[i];
+        for (uint32_t j = 0; j < cl->set.n; j++) {
+            const struct slb_backend *be = cl->set.items[j];
+            for (int code = 0; code < SLB_STATS_GRPC_CODES; code++) {
+                if (be->stats.attempts[code] == 0)
+                    continue;
+                put_backend_labels(o, "sidelb_upstream_attempts_total", cl, be);
+                putf(o, ",grpc_code=\"%s\"} %llu\n", slb_grpc_status_name(code),
+                     (unsigned long long)be->stats.attempts[code]);
+            }
+        }
+    }
+    put_family(o, "sidelb_upstream_attempt_duration_seconds", "histogram",
+               "Attempts, from being handed to the backend's connection pool to their end.");
+    for (size_t i = 0; i < srv->n_clusters; i++) {
+        const struct slb_cluster *cl = &srv->clusters[i];
+        escape_into(cname, sizeof(cname), cl->cfg->name);
+        for (uint32_t j = 0; j < cl->set.n; j++) {
+            escape_into(bname, sizeof(bname), cl->set.items[j]->name);
+            snprintf(labels, sizeof(labels), "cluster=\"%s\",backend=\"%s\"", cname, bname);
+            put_hist(o, "sidelb_upstream_attempt_duration_seconds", labels, &cl->set.items[j]->stats.attempt_duration);
+        }
+    }
+}
+
+static uint32_t upstream_connections(const struct slb_server *srv)
+{
+    uint32_t n = 0;
+    for (const struct slb_list *it = srv->ctx.pools.next; it != &srv->ctx.pools; it = it->next)
+        n += slb_list_entry(it, struct slb_upstream_pool, ctx_link)->n_conns;
+    return n;
+}
+
+static void render_access_log(struct out *o, const struct slb_server *srv)
+{
+    static const struct slb_access_log_stats none;
+    const struct slb_access_log_stats *s = srv->ctx.access_log ? slb_access_log_stats(srv->ctx.access_log) : &none;
+
+    put_family(o, "sidelb_access_log_lines_total", "counter", "Access log lines written.");
+    putf(o, "sidelb_access_log_lines_total %llu\n", (unsigned long long)s->lines);
+    put_family(o, "sidelb_access_log_rate_limited_total", "counter",
+               "Access log lines not written: past access_log.max_lines_per_second.");
+    putf(o, "sidelb_access_log_rate_limited_total %llu\n", (unsigned long long)s->rate_limited);
+    put_family(o, "sidelb_access_log_dropped_total", "counter",
+               "Access log lines not written: both buffers were waiting for the disk.");
+    putf(o, "sidelb_access_log_dropped_total %llu\n", (unsigned long long)s->dropped);
+    put_family(o, "sidelb_access_log_errors_total", "counter", "Access log writes or reopens that failed.");
+    putf(o, "sidelb_access_log_errors_total %llu\n", (unsigned long long)s->write_errors);
+}
+
+/* Open file descriptors, resident bytes, seconds since the process started (Linux /proc). */
+static void render_process(struct out *o)
+{
+    long page = sysconf(_SC_PAGESIZE), ticks = sysconf(_SC_CLK_TCK);
+    unsigned long long size = 0, rss = 0, start = 0;
+    double up = 0, sys_up = 0;
+    unsigned n_fds = 0;
+    char buf[1024];
+    FILE *f;
+    DIR *d;
+
+    if ((d = opendir("/proc/self/fd")) != NULL) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL)
+            if (e->d_name[0] != '.')
+                n_fds++;
+        closedir(d);
+        n_fds--; /* the directory's own */
+    }
+    if ((f = fopen("/proc/self/statm", "r")) != NULL) {
+        if (fscanf(f, "%llu %llu", &size, &rss) != 2)
+            rss = 0;
+        fclose(f);
+    }
+    if ((f = fopen("/proc/self/stat", "r")) != NULL) {
+        /* field 22, starttime in clock ticks after boot; the command (field 2) may hold spaces */
+        if (fgets(buf, sizeof(buf), f) != NULL) {
+            const char *p = strrchr(buf, ')');
+            int field = 2;
+            for (; p != NULL && *p && field < 22; p++)
+                if (*p == ' ')
+                    field++;
+            if (p != NULL)
+                start = strtoull(p, NULL, 10);
+        }
+        fclose(f);
+    }
+    if ((f = fopen("/proc/uptime", "r")) != NULL) {
+        if (fscanf(f, "%lf", &sys_up) != 1)
+            sys_up = 0;
+        fclose(f);
+    }
+    if (ticks > 0 && sys_up > 0)
+        up = sys_up - (double)start / (double)ticks;
+    put_family(o, "sidelb_process_open_fds", "gauge", "Open file descriptors.");
+    putf(o, "sidelb_process_open_fds %u\n", n_fds);
+    put_family(o, "sidelb_process_resident_memory_bytes", "gauge", "Resident set size.");
+    putf(o, "sidelb_process_resident_memory_bytes %llu\n", rss * (unsigned long long)(page > 0 ? page : 4096));
+    put_family(o, "sidelb_process_uptime_seconds", "gauge", "Seconds since the process started.");
+    putf(o, "sidelb_process_uptime_seconds %.2f\n", up > 0 ? up : 0);
+    put_family(o, "sidelb_build_info", "gauge", "Always 1; the labels say which sidelb this is.");
+    putf(o, "sidelb_build_info{version=\"%s\"} 1\n", SLB_VERSION);
+}
+
 static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t now)
 {
     static const struct {
         const char *name, *help;
         size_t off;
     } counters[] = {
-        {"sidelb_calls_total", "Calls accepted from local applications.", offsetof(struct slb_loop_stats, calls_total)},
+        {"sidelb_calls_started_total",
+         "Calls accepted from local applications (sidelb_calls_total counts them when "
+         "they end).",
+         offsetof(struct slb_loop_stats, calls_total)},
+        {"sidelb_downstream_connections_closed_total", "Application connections closed.",
+         offsetof(struct slb_loop_stats, downstream_conns_closed)},
+        {"sidelb_upstream_connections_closed_total", "Backend connections closed (connect failures included).",
+         offsetof(struct slb_loop_stats, upstream_conns_closed)},
         {"sidelb_calls_failed_local_total", "Calls failed by sidelb itself (no route, no backend, limits).",
          offsetof(struct slb_loop_stats, calls_failed_local)},
         {"sidelb_downstream_connections_total", "Connections accepted from local applications.",
@@ -327,6 +561,13 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
                    v_connections);
     backend_family(o, srv, now, "sidelb_backend_queued_calls", "gauge",
                    "Calls waiting in the backend's pool for a stream slot (max_pending_per_backend).", v_queued);
+    backend_family(o, srv, now, "sidelb_backend_health_changes_total", "counter",
+                   "Changes of the backend's health check status (gRFC A17).", v_health_changes);
+    put_family(o, "sidelb_upstream_connections", "gauge", "Open HTTP/2 connections to backends.");
+    putf(o, "sidelb_upstream_connections %u\n", upstream_connections(srv));
+    render_call_stats(o, srv);
+    render_access_log(o, srv);
+    render_process(o);
 }
 int slb_metrics_render(struct slb_outbuf *b, const struct slb_server *srv, uint64_t now)
 {
