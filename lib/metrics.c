@@ -15,12 +15,16 @@
 #include "backend.h"
 #include "buf.h"
 #include "cluster.h"
+#include "config.h"
+#include "discovery.h"
+#include "etcd.h"
 #include "common.h"
 #include "h2_upstream.h"
 #include "access_log.h"
 #include "grpc.h"
 #include "health.h"
 #include "loop_ctx.h"
+#include "register.h"
 #include "server.h"
 #include "stats.h"
 
@@ -359,6 +363,60 @@ static void render_access_log(struct out *o, const struct slb_server *srv)
     putf(o, "sidelb_access_log_errors_total %llu\n", (unsigned long long)s->write_errors);
 }
 
+/* The etcd client (only with "etcd"): endpoint, contact, events, errors; watch revisions; registrations. */
+static void render_etcd(struct out *o, const struct slb_server *srv, uint64_t now)
+{
+    static const char *const kinds[SLB_ETCD_ERR_KINDS] = {"transport", "etcd", "protocol"};
+    const struct slb_etcd_stats *st;
+
+    if (srv->etcd == NULL)
+        return;
+    st = slb_etcd_stats(srv->etcd);
+    put_family(o, "sidelb_etcd_endpoint", "gauge", "1 for the etcd endpoint requests go to now.");
+    puts_(o, "sidelb_etcd_endpoint{endpoint=\"");
+    put_label_value(o, slb_etcd_endpoint(srv->etcd));
+    puts_(o, "\"} 1\n");
+    put_family(o, "sidelb_etcd_last_contact_age_seconds", "gauge",
+               "Seconds since etcd last answered (any request or watch message); absent before the first answer.");
+    if (st->last_ok_ms != 0)
+        putf(o, "sidelb_etcd_last_contact_age_seconds %.3f\n",
+             now > st->last_ok_ms ? (double)(now - st->last_ok_ms) / 1000.0 : 0.0);
+    put_family(o, "sidelb_etcd_events_total", "counter", "Watch events received and applied by discovery.");
+    putf(o, "sidelb_etcd_events_total %llu\n", (unsigned long long)st->events);
+    put_family(o, "sidelb_etcd_errors_total", "counter",
+               "etcd failures by kind: transport (no answer, a broken watch stream), etcd (an error answer, a "
+               "canceled watch), protocol (not a gateway answer, too large).");
+    for (int k = 0; k < SLB_ETCD_ERR_KINDS; k++)
+        putf(o, "sidelb_etcd_errors_total{kind=\"%s\"} %llu\n", kinds[k], (unsigned long long)st->errors[k]);
+    put_family(o, "sidelb_etcd_watch_revision", "gauge",
+               "etcd revision up to which the cluster's watch has delivered everything.");
+    for (size_t i = 0; i < srv->n_clusters; i++) {
+        const struct slb_cluster *cl = &srv->clusters[i];
+        if (cl->discovery == NULL)
+            continue;
+        puts_(o, "sidelb_etcd_watch_revision{cluster=\"");
+        put_label_value(o, cl->cfg->name);
+        puts_(o, "\",prefix=\"");
+        put_label_value(o, cl->cfg->etcd_prefix ? cl->cfg->etcd_prefix : "");
+        putf(o, "\"} %lld\n", (long long)slb_discovery_revision(cl->discovery));
+    }
+    if (srv->registrar == NULL)
+        return;
+    put_family(o, "sidelb_registration_state", "gauge",
+               "State of each register[] entry (one-hot): REGISTERED while its key is in etcd under a live lease.");
+    for (size_t i = 0; i < slb_registrar_count(srv->registrar) && i < srv->cfg->n_registers; i++) {
+        const struct slb_config_register *reg = &srv->cfg->registers[i];
+        int cur = slb_registrar_state(srv->registrar, i);
+        for (int s = SLB_REGISTRAR_IDLE; s <= SLB_REGISTRAR_STOPPED; s++) {
+            puts_(o, "sidelb_registration_state{prefix=\"");
+            put_label_value(o, reg->prefix);
+            puts_(o, "\",address=\"");
+            put_label_value(o, reg->address);
+            putf(o, "\",state=\"%s\"} %d\n", slb_registrar_state_name(s), s == cur ? 1 : 0);
+        }
+    }
+}
+
 /* Open file descriptors, resident bytes, seconds since the process started (Linux /proc). */
 static void render_process(struct out *o)
 {
@@ -567,6 +625,7 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
     putf(o, "sidelb_upstream_connections %u\n", upstream_connections(srv));
     render_call_stats(o, srv);
     render_access_log(o, srv);
+    render_etcd(o, srv, now);
     render_process(o);
 }
 int slb_metrics_render(struct slb_outbuf *b, const struct slb_server *srv, uint64_t now)

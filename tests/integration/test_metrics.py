@@ -150,3 +150,46 @@ def test_limit_rejections_are_counted():
     m = parse_metrics(scrape(admin))
     assert value(m, "sidelb_cluster_limit_rejections_total", cluster="c", limit="max_calls") == 1
     assert codes(m, "sidelb_calls_total", cluster="c") == {"OK": 1, "RESOURCE_EXHAUSTED": 1}
+
+
+def test_etcd_and_registration_metrics(tmp_path):
+    from etcd_harness import EtcdServer
+
+    etcd = EtcdServer()
+    b = peers.start_c_backend("reg")
+    others = [peers.start_c_backend("d%d" % i) for i in range(2)]
+    cfg, admin = config([("disc", [], {})])
+    cfg["clusters"][0]["discovery"] = {"etcd_prefix": "/m/disc/"}
+    cfg["etcd"] = {"endpoints": [etcd.url]}
+    cfg["register"] = [{"prefix": "/m/reg/", "address": b.addr, "ttl_s": 5}]
+    start_sidelb(cfg)
+
+    def m():
+        return parse_metrics(scrape(admin))
+
+    EtcdServer.wait_for(lambda: value(m(), "sidelb_registration_state", prefix="/m/reg/", address=b.addr,
+                                      state="REGISTERED") == 1, 10, what="registered")
+    EtcdServer.wait_for(lambda: value(m(), "sidelb_etcd_watch_revision", cluster="disc", prefix="/m/disc/") > 0, 10,
+                        what="watch listed")
+    rev = 0
+    for o in others:
+        rev = int(etcd.put("/m/disc/" + o.addr, o.addr)["header"]["revision"])
+    EtcdServer.wait_for(lambda: value(m(), "sidelb_etcd_watch_revision", cluster="disc", prefix="/m/disc/") >= rev, 10,
+                        what="watch at revision %d" % rev)
+    s = m()
+    assert value(s, "sidelb_etcd_events_total") == 2
+    assert value(s, "sidelb_cluster_backends", cluster="disc") == 2
+    assert value(s, "sidelb_etcd_endpoint", endpoint=etcd.url) == 1
+    assert 0 <= value(s, "sidelb_etcd_last_contact_age_seconds") < 10
+    assert value(s, "sidelb_etcd_errors_total", kind="transport") == 0
+    assert sum(v for (n, lab), v in s.items() if n == "sidelb_registration_state") == 1
+    text = scrape(admin)
+    f = tmp_path / "metrics.txt"
+    f.write_text(text)
+    r = subprocess.run(["promtool", "check", "metrics"], stdin=open(f), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", (r.stdout, r.stderr)
+
+    etcd.stop()  # the watch stream breaks, requests find nobody: transport errors, contact ages
+    EtcdServer.wait_for(lambda: value(m(), "sidelb_etcd_errors_total", kind="transport") >= 1, 15,
+                        what="transport errors counted")
+    EtcdServer.wait_for(lambda: value(m(), "sidelb_etcd_last_contact_age_seconds") >= 1, 15, what="contact ages")
