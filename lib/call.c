@@ -380,6 +380,11 @@ static void call_count_end(struct slb_call *call)
             st->calls_by_code[((size_t)li * (st->calls_n_clusters + 1) + ci) * SLB_STATS_GRPC_CODES +
                               slb_stats_code(status)]++;
     }
+    if (cl != NULL && call->method_slot != 0) {
+        struct slb_method_stat *ms = &cl->method_stats.items[call->method_slot - 1];
+        ms->calls[slb_stats_code(status)]++;
+        slb_stats_observe(&ms->duration, ns);
+    }
     if (cl != NULL) {
         slb_stats_observe(&cl->stats.call_duration, ns);
         cl->stats.request_bytes += call->req_received;
@@ -857,6 +862,8 @@ static void down_on_headers_done(struct slb_h2_stream *s, int trailer, int end_s
     call->cluster = cl;
     cl->n_calls++;
     call->counted_in_cluster = 1;
+    if (SLB_UNLIKELY(cl->method_stats.cap != 0))
+        call->method_slot = (uint16_t)slb_method_stats_slot(&cl->method_stats, path, len);
     if ((call->mc = slb_method_lookup(&cl->methods, path, len)) != NULL) {
         call->retry = call->mc->has_retry ? &call->mc->retry : NULL;
         if (call->mc->timeout_ms != 0) {

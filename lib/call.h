@@ -156,6 +156,7 @@ struct slb_call {
 
     /* stats (lib/stats.h) and the access log */
     uint8_t attempt_open;          /* the attempt on be is counted when it ends (call_end_attempt) */
+    uint16_t method_slot;          /* its method's counters in cluster->method_stats (1-based), 0 = none */
     int16_t local_status;          /* the grpc-status sidelb ended the call with itself (call_fail), -1 */
     uint64_t start_ns;             /* uv_hrtime() when the app's stream opened */
     uint64_t attempt_start_ns;     /* when the current attempt was handed to its backend's pool */

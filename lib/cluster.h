@@ -28,6 +28,7 @@
 #include <uv.h>
 
 #include "backend.h"
+#include "method_stats.h"
 #include "lb.h"
 #include "list.h"
 #include "log.h"
@@ -67,6 +68,7 @@ struct slb_cluster {
     struct slb_log_limit probe_log; /* "probing" logged once per SLB_LOG_LIMIT_MS */
     void (*wake)(struct slb_cluster_waiter *w); /* its user's: try again (w is unlinked) */
     struct slb_cluster_stats stats;             /* calls, latency, bytes, retries, hedges, limits (lib/stats.h) */
+    struct slb_method_stats method_stats;       /* per method, when "metrics".max_methods is set (the server's) */
     uint32_t index;                             /* position in the server's clusters (the loop's stats arrays) */
     struct slb_backend **_index;                /* address -> backend (chained through be->_hash_next) */
     uint32_t _index_size;

@@ -1463,10 +1463,25 @@ static int load_access_log(struct vctx *c, json_t *root, struct slb_config_acces
     return 0;
 }
 
+static int load_metrics(struct vctx *c, json_t *root, struct slb_config *cfg)
+{
+    static const char *const keys[] = {"max_methods", NULL};
+    json_t *o;
+
+    if (get_obj(c, root, "", "metrics", &o) != 0)
+        return -1;
+    if (o == NULL)
+        return 0;
+    return check_keys(c, o, "metrics", keys) != 0 ||
+                   get_u32(c, o, "metrics", "max_methods", &cfg->metrics_max_methods, 0, 0, 1000) != 0
+               ? -1
+               : 0;
+}
+
 static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
 {
     static const char *const keys[] = {"log_level",           "etcd",    "listeners",  "clusters", "register", "admin",
-                                       "max_app_connections", "budgets", "access_log", NULL};
+                                       "max_app_connections", "budgets", "access_log", "metrics",  NULL};
     static const char *const admin_keys[] = {"address", NULL};
     char *level = NULL;
     json_t *admin;
@@ -1485,7 +1500,8 @@ static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
     }
     if (load_etcd(c, root, cfg) != 0 || load_listeners(c, root, cfg) != 0 || load_clusters(c, root, cfg) != 0 ||
         resolve_routes(c, cfg) != 0 || load_registers(c, root, cfg) != 0 || load_budgets(c, root, &cfg->budgets) != 0 ||
-        load_access_log(c, root, &cfg->access_log) != 0 || get_obj(c, root, "", "admin", &admin))
+        load_access_log(c, root, &cfg->access_log) != 0 || load_metrics(c, root, cfg) != 0 ||
+        get_obj(c, root, "", "admin", &admin))
         return -1;
     if (admin != NULL && (check_keys(c, admin, "admin", admin_keys) != 0 ||
                           get_addr(c, admin, "admin", "address", 1, &cfg->admin_address) != 0))

@@ -148,6 +148,7 @@ struct slb_config {
     uint32_t max_app_connections; /* over all listeners; 0 = derived from RLIMIT_NOFILE (the server's default) */
     struct slb_config_budgets budgets;
     struct slb_config_access_log access_log;
+    uint32_t metrics_max_methods; /* "metrics": per-method counters for at most this many methods; 0 = off */
 };
 
 /* The defaults of struct slb_config_budgets (also what a loop context starts with). */

@@ -338,6 +338,53 @@ static void render_call_stats(struct out *o, const struct slb_server *srv)
     }
 }
 
+static uint64_t hist_count(const struct slb_stats_hist *h)
+{
+    uint64_t n = 0;
+    for (int i = 0; i <= SLB_STATS_BUCKETS; i++)
+        n += h->counts[i];
+    return n;
+}
+
+/* "metrics".max_methods: calls and latency per cluster and method (method="other" past the cap). */
+static void render_method_stats(struct out *o, const struct slb_server *srv)
+{
+    char cname[256], mname[1100], labels[1400];
+
+    if (srv->cfg->metrics_max_methods == 0)
+        return;
+    put_family(o, "sidelb_method_calls_total", "counter",
+               "Calls that ended, per cluster, gRPC method (\"other\" past metrics.max_methods) and code.");
+    for (size_t i = 0; i < srv->n_clusters; i++) {
+        const struct slb_method_stats *ms = &srv->clusters[i].method_stats;
+        escape_into(cname, sizeof(cname), srv->clusters[i].cfg->name);
+        for (uint32_t j = 0; j <= ms->cap; j++) {
+            if (j == ms->n && j < ms->cap)
+                j = ms->cap; /* unused slots; "other" last */
+            escape_into(mname, sizeof(mname), ms->items[j].name ? ms->items[j].name : "other");
+            for (int code = 0; code < SLB_STATS_GRPC_CODES; code++)
+                if (ms->items[j].calls[code] != 0)
+                    putf(o, "sidelb_method_calls_total{cluster=\"%s\",method=\"%s\",grpc_code=\"%s\"} %llu\n", cname,
+                         mname, slb_grpc_status_name(code), (unsigned long long)ms->items[j].calls[code]);
+        }
+    }
+    put_family(o, "sidelb_method_call_duration_seconds", "histogram",
+               "Calls per cluster and gRPC method (\"other\" past metrics.max_methods), headers to stream end.");
+    for (size_t i = 0; i < srv->n_clusters; i++) {
+        const struct slb_method_stats *ms = &srv->clusters[i].method_stats;
+        escape_into(cname, sizeof(cname), srv->clusters[i].cfg->name);
+        for (uint32_t j = 0; j <= ms->cap; j++) {
+            if (j == ms->n && j < ms->cap)
+                j = ms->cap;
+            if (j == ms->cap && hist_count(&ms->items[j].duration) == 0)
+                continue; /* "other" never used */
+            escape_into(mname, sizeof(mname), ms->items[j].name ? ms->items[j].name : "other");
+            snprintf(labels, sizeof(labels), "cluster=\"%s\",method=\"%s\"", cname, mname);
+            put_hist(o, "sidelb_method_call_duration_seconds", labels, &ms->items[j].duration);
+        }
+    }
+}
+
 static uint32_t upstream_connections(const struct slb_server *srv)
 {
     uint32_t n = 0;
@@ -624,6 +671,7 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
     put_family(o, "sidelb_upstream_connections", "gauge", "Open HTTP/2 connections to backends.");
     putf(o, "sidelb_upstream_connections %u\n", upstream_connections(srv));
     render_call_stats(o, srv);
+    render_method_stats(o, srv);
     render_access_log(o, srv);
     render_etcd(o, srv, now);
     render_process(o);

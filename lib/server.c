@@ -207,6 +207,10 @@ int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struc
             return rv;
         }
         srv->clusters[i].index = (uint32_t)i;
+        if ((rv = slb_method_stats_init(&srv->clusters[i].method_stats, cfg->metrics_max_methods)) != 0) {
+            snprintf(err, errlen, "out of memory");
+            return rv;
+        }
     }
     if ((rv = alloc_call_stats(srv)) != 0) {
         snprintf(err, errlen, "out of memory");
@@ -381,6 +385,8 @@ void slb_server_dispose(struct slb_server *srv)
     free(srv->ctx.stats.calls_by_code);
     srv->ctx.stats.calls_by_code = NULL;
     slb_loop_ctx_dispose(&srv->ctx);
+    for (size_t i = 0; i < srv->n_clusters; i++)
+        slb_method_stats_dispose(&srv->clusters[i].method_stats);
     free(srv->clusters);
     for (size_t i = 0; i < srv->n_listeners; i++)
         free(srv->listeners[i].routes.v);

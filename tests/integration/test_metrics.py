@@ -193,3 +193,66 @@ def test_etcd_and_registration_metrics(tmp_path):
     EtcdServer.wait_for(lambda: value(m(), "sidelb_etcd_errors_total", kind="transport") >= 1, 15,
                         what="transport errors counted")
     EtcdServer.wait_for(lambda: value(m(), "sidelb_etcd_last_contact_age_seconds") >= 1, 15, what="contact ages")
+
+
+def test_method_labels_are_capped(tmp_path):
+    b = peers.start_c_backend("m")
+    cfg, admin = config([("c", [b.addr], {})])
+    cfg["metrics"] = {"max_methods": 2}
+    start_sidelb(cfg)
+    addr = cfg["listeners"][0]["address"]
+    ch = peers.channel(addr)
+    methods = ["/sidelb.test.Echo/Unary", "/sidelb.test.Echo/M1", "/sidelb.test.Echo/M2", "/sidelb.test.Echo/M3"]
+    seen = {}
+    for method, n in zip(methods, (3, 2, 1, 1)):
+        call = ch.unary_unary(method, request_serializer=lambda m: m.SerializeToString(),
+                              response_deserializer=lambda x: x)
+        for _ in range(n):
+            try:
+                call(req(payload=b"m"), timeout=5)
+                code = "OK"
+            except grpc.RpcError as e:
+                code = e.code().name
+            seen[method] = code
+    ch.close()
+    assert seen["/sidelb.test.Echo/Unary"] == "OK" and seen["/sidelb.test.Echo/M1"] == "UNIMPLEMENTED"
+    text = scrape(admin)
+    m = parse_metrics(text)
+    assert codes(m, "sidelb_method_calls_total", cluster="c", method="/sidelb.test.Echo/Unary") == {"OK": 3}
+    assert codes(m, "sidelb_method_calls_total", cluster="c", method="/sidelb.test.Echo/M1") == {"UNIMPLEMENTED": 2}
+    # past 2 distinct methods: "other"
+    assert codes(m, "sidelb_method_calls_total", cluster="c", method="other") == {"UNIMPLEMENTED": 2}
+    assert {dict(lab)["method"] for (n, lab) in m if n == "sidelb_method_calls_total"} == \
+        {"/sidelb.test.Echo/Unary", "/sidelb.test.Echo/M1", "other"}
+    assert value(m, "sidelb_method_call_duration_seconds_count", cluster="c", method="other") == 2
+    assert value(m, "sidelb_method_call_duration_seconds_count", cluster="c", method="/sidelb.test.Echo/Unary") == 3
+    assert value(m, "sidelb_calls_total", listener="l-c", cluster="c", grpc_code="OK") == 3
+    f = tmp_path / "metrics.txt"
+    f.write_text(text)
+    r = subprocess.run(["promtool", "check", "metrics"], stdin=open(f), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", (r.stdout, r.stderr)
+
+
+def test_method_labels_are_off_by_default():
+    b = peers.start_c_backend("m")
+    cfg, admin = config([("c", [b.addr], {})])
+    start_sidelb(cfg)
+    assert call_n(cfg["listeners"][0]["address"], 2) == [grpc.StatusCode.OK] * 2
+    assert "sidelb_method_" not in scrape(admin)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"metrics": {"max_methods": 1001}}, "metrics.max_methods: 1001 is out of range"),
+    ({"metrics": {"per_method": True}}, "metrics.per_method: unknown key"),
+    ({"access_log": {"path": "relative.log"}}, "access_log.path: \"relative.log\" is not an absolute path"),
+    ({"access_log": {"path": "/tmp/x.log", "sample_rate": 1.5}}, "access_log.sample_rate: 1.5 must be <= 1"),
+    ({"access_log": {"path": "/tmp/x.log", "max_lines_per_second": 0}}, "access_log.max_lines_per_second: 0 is out"),
+    ({"access_log": {}}, "access_log: missing required key \"path\""),
+])
+def test_bad_metrics_and_access_log_keys_are_rejected(tmp_path, bad, message):
+    cfg, _ = config([("c", ["127.0.0.1:1"], {})])
+    cfg.update(bad)
+    f = tmp_path / "c.json"
+    f.write_text(__import__("json").dumps(cfg))
+    r = subprocess.run([peers.binary("sidelb"), "--check-config", str(f)], capture_output=True, text=True)
+    assert r.returncode != 0 and message in r.stderr, r.stderr
