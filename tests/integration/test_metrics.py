@@ -3,6 +3,8 @@ cluster and gRPC code, attempts per backend, retries, latency histograms and
 bytes; the whole exposition passes `promtool check metrics` (Debian's
 prometheus package)."""
 
+import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -53,6 +55,17 @@ def codes(m, name, **labels):
         if n == name and all(d.get(k) == x for k, x in labels.items()):
             out[d["grpc_code"]] = out.get(d["grpc_code"], 0) + v
     return out
+
+
+def promtool_and_docs(tmp_path, text):
+    """promtool accepts the exposition, and docs/metrics.md lists every family in it."""
+    f = tmp_path / "metrics.txt"
+    f.write_text(text)
+    r = subprocess.run(["promtool", "check", "metrics"], stdin=open(f), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", (r.stdout, r.stderr)
+    doc = open(os.path.join(peers.REPO_ROOT, "docs", "metrics.md")).read()
+    for name in re.findall(r"^# TYPE (\S+) ", text, re.M):
+        assert "`%s`" % name in doc, "%s is not in docs/metrics.md" % name
 
 
 def call_n(addr, n, payload=b"12345678"):
@@ -126,10 +139,7 @@ def test_counters_per_code_histograms_and_promtool(tmp_path):
     assert value(m, "sidelb_process_uptime_seconds") > 0
     assert value(m, "sidelb_build_info", version="0.1.0") == 1
 
-    f = tmp_path / "metrics.txt"
-    f.write_text(text)
-    r = subprocess.run(["promtool", "check", "metrics"], stdin=open(f), capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", (r.stdout, r.stderr)
+    promtool_and_docs(tmp_path, text)
 
 
 def test_limit_rejections_are_counted():
@@ -184,10 +194,7 @@ def test_etcd_and_registration_metrics(tmp_path):
     assert value(s, "sidelb_etcd_errors_total", kind="transport") == 0
     assert sum(v for (n, lab), v in s.items() if n == "sidelb_registration_state") == 1
     text = scrape(admin)
-    f = tmp_path / "metrics.txt"
-    f.write_text(text)
-    r = subprocess.run(["promtool", "check", "metrics"], stdin=open(f), capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", (r.stdout, r.stderr)
+    promtool_and_docs(tmp_path, text)
 
     etcd.stop()  # the watch stream breaks, requests find nobody: transport errors, contact ages
     EtcdServer.wait_for(lambda: value(m(), "sidelb_etcd_errors_total", kind="transport") >= 1, 15,
@@ -227,10 +234,7 @@ def test_method_labels_are_capped(tmp_path):
     assert value(m, "sidelb_method_call_duration_seconds_count", cluster="c", method="other") == 2
     assert value(m, "sidelb_method_call_duration_seconds_count", cluster="c", method="/sidelb.test.Echo/Unary") == 3
     assert value(m, "sidelb_calls_total", listener="l-c", cluster="c", grpc_code="OK") == 3
-    f = tmp_path / "metrics.txt"
-    f.write_text(text)
-    r = subprocess.run(["promtool", "check", "metrics"], stdin=open(f), capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", (r.stdout, r.stderr)
+    promtool_and_docs(tmp_path, text)
 
 
 def test_method_labels_are_off_by_default():
