@@ -7,7 +7,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +44,8 @@ struct slb_access_log {
     uv_timer_t timer;
     struct slb_log_limit error_log;
     struct slb_access_log_stats stats;
+    time_t text_second; /* second_text is this second's "YYYY-MM-DDTHH:MM:SS" */
+    char second_text[64];
 };
 
 static void flush(struct slb_access_log *log);
@@ -53,9 +54,11 @@ static void maybe_free(struct slb_access_log *log)
 {
     if (!log->closing || log->writing || log->reopening || !log->timer_closed)
         return;
-    if (log->fill_len > 0 && log->fd >= 0) /* the last lines, at exit: nothing else runs now */
-        if (write(log->fd, log->bufs[log->fill], log->fill_len) < 0)
-            log->stats.write_errors++;
+    if (log->fill_len > 0 && log->fd >= 0) { /* the last lines: on the thread pool too (a reload keeps serving) */
+        flush(log);
+        if (log->writing)
+            return;
+    }
     if (log->path != NULL && log->fd >= 0)
         close(log->fd);
     if (log->old_fd >= 0)
@@ -196,7 +199,7 @@ int slb_access_log_admit(struct slb_access_log *log, uint64_t now_ms, uint64_t r
     return 1;
 }
 
-/* ---- formatting ---- */
+/* ---- formatting: by hand, no printf per line (the log may see every call) ---- */
 
 struct line {
     char *p;
@@ -211,81 +214,108 @@ static void add(struct line *l, const char *s, size_t n)
     l->len += n;
 }
 
-static void addf(struct line *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void addf(struct line *l, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
+#define ADD_LIT(l, lit) add(l, lit, sizeof(lit) - 1)
 
-    va_start(ap, fmt);
-    n = vsnprintf(l->p + l->len, l->cap - l->len, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        l->len += (size_t)n < l->cap - l->len ? (size_t)n : l->cap - l->len - 1;
+static void add_u64(struct line *l, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[sizeof(tmp) - 1 - n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    add(l, tmp + sizeof(tmp) - n, n);
 }
 
-/* "key":"value" with the value JSON-escaped (untrusted: the app's method, its address); bytes
+/* ns as seconds with 6 decimals ("0.001234"). */
+static void add_seconds(struct line *l, uint64_t ns)
+{
+    uint64_t us = ns / 1000;
+    char frac[7];
+
+    add_u64(l, us / 1000000);
+    frac[0] = '.';
+    for (int i = 6; i >= 1; i--, us /= 10)
+        frac[i] = (char)('0' + us % 10);
+    add(l, frac, 7);
+}
+
+/* ,"key":"value" with the value JSON-escaped (untrusted: the app's method, its address); bytes
  * that are not printable ASCII become \u00XX, so every line is valid JSON (and UTF-8). */
-static void add_string(struct line *l, const char *key, const char *s, size_t n)
+static void add_string(struct line *l, const char *key, size_t key_len, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
+    size_t run = 0;
 
-    addf(l, ",\"%s\":", key);
+    add(l, key, key_len);
     if (s == NULL) {
-        add(l, "null", 4);
+        ADD_LIT(l, "null");
         return;
     }
     if (n > STRING_MAX_BYTES)
         n = STRING_MAX_BYTES;
-    add(l, "\"", 1);
+    ADD_LIT(l, "\"");
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\')
+            continue;
+        add(l, s + run, i - run);
+        run = i + 1;
         if (ch == '"' || ch == '\\') {
             char e[2] = {'\\', (char)ch};
             add(l, e, 2);
-        } else if (ch < 0x20 || ch >= 0x7f) {
+        } else {
             char e[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
             add(l, e, 6);
-        } else {
-            add(l, (const char *)&ch, 1);
         }
     }
-    add(l, "\"", 1);
+    add(l, s + run, n - run);
+    ADD_LIT(l, "\"");
 }
+
+#define ADD_STRING(l, lit, s, n) add_string(l, lit, sizeof(lit) - 1, s, n)
 
 static void add_peer(struct line *l, const uv_tcp_t *tcp)
 {
     struct sockaddr_storage ss;
     int len = sizeof(ss);
-    char host[64] = "";
-    int port = 0;
+    char text[80];
+    size_t n = 0;
 
     if (tcp != NULL && uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) == 0) {
-        if (ss.ss_family == AF_INET) {
-            uv_ip4_name((const struct sockaddr_in *)&ss, host, sizeof(host));
-            port = ntohs(((const struct sockaddr_in *)&ss)->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            host[0] = '[';
-            uv_ip6_name((const struct sockaddr_in6 *)&ss, host + 1, sizeof(host) - 3);
-            strcat(host, "]");
-            port = ntohs(((const struct sockaddr_in6 *)&ss)->sin6_port);
+        if (ss.ss_family == AF_INET && uv_ip4_name((const struct sockaddr_in *)&ss, text, 64) == 0) {
+            n = strlen(text);
+            n +=
+                (size_t)snprintf(text + n, sizeof(text) - n, ":%u", ntohs(((const struct sockaddr_in *)&ss)->sin_port));
+        } else if (ss.ss_family == AF_INET6 && uv_ip6_name((const struct sockaddr_in6 *)&ss, text + 1, 64) == 0) {
+            text[0] = '[';
+            n = strlen(text);
+            n += (size_t)snprintf(text + n, sizeof(text) - n, "]:%u",
+                                  ntohs(((const struct sockaddr_in6 *)&ss)->sin6_port));
         }
     }
-    if (host[0] == '\0') {
-        add_string(l, "peer", NULL, 0);
-        return;
+    ADD_STRING(l, ",\"peer\":", n > 0 ? text : NULL, n);
+}
+
+/* "YYYY-MM-DDTHH:MM:SS" of unix second secs, formatted once per second. */
+static const char *second_text(struct slb_access_log *log, time_t secs)
+{
+    if (secs != log->text_second) {
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        snprintf(log->second_text, sizeof(log->second_text), "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        log->text_second = secs;
     }
-    char text[80];
-    int n = snprintf(text, sizeof(text), "%s:%d", host, port);
-    add_string(l, "peer", text, n > 0 ? (size_t)n : 0);
+    return log->second_text;
 }
 
 void slb_access_log_write(struct slb_access_log *log, const struct slb_access_record *r)
 {
     struct timespec now;
-    struct tm tm;
-    uint64_t start_ns, wall_ns;
-    char *dst;
+    uint64_t start_ns, usec;
+    const char *code, *sec;
+    char *dst, frac[9];
     struct line l;
 
     if (BUF_SIZE - log->fill_len < LINE_MAX_BYTES) {
@@ -298,23 +328,37 @@ void slb_access_log_write(struct slb_access_log *log, const struct slb_access_re
     dst = log->bufs[log->fill] + log->fill_len;
     l = (struct line){dst, 0, LINE_MAX_BYTES - 2};
     clock_gettime(CLOCK_REALTIME, &now);
-    wall_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
-    start_ns = wall_ns - r->duration_ns;
-    time_t secs = (time_t)(start_ns / 1000000000u);
-    gmtime_r(&secs, &tm);
-    addf(&l, "{\"start_time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%06uZ\"", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-         tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)(start_ns % 1000000000u / 1000));
-    add_string(&l, "listener", r->listener, r->listener ? strlen(r->listener) : 0);
+    start_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec - r->duration_ns;
+    ADD_LIT(&l, "{\"start_time\":\"");
+    sec = second_text(log, (time_t)(start_ns / 1000000000u));
+    add(&l, sec, strlen(sec));
+    usec = start_ns % 1000000000u / 1000;
+    frac[0] = '.';
+    for (int i = 6; i >= 1; i--, usec /= 10)
+        frac[i] = (char)('0' + usec % 10);
+    frac[7] = 'Z';
+    frac[8] = '"';
+    add(&l, frac, 9);
+    ADD_STRING(&l, ",\"listener\":", r->listener, r->listener ? strlen(r->listener) : 0);
     add_peer(&l, r->peer);
-    add_string(&l, "method", r->method, r->method_len);
-    add_string(&l, "cluster", r->cluster, r->cluster ? strlen(r->cluster) : 0);
-    add_string(&l, "backend", r->backend, r->backend ? strlen(r->backend) : 0);
-    addf(&l, ",\"attempts\":%u,\"grpc_status\":%d,\"grpc_code\":\"%s\"", r->attempts, r->grpc_status,
-         slb_grpc_status_name(r->grpc_status));
-    addf(&l, ",\"duration_s\":%.6f,\"upstream_duration_s\":%.6f", (double)r->duration_ns / 1e9,
-         (double)r->upstream_ns / 1e9);
-    addf(&l, ",\"request_bytes\":%llu,\"response_bytes\":%llu}", (unsigned long long)r->request_bytes,
-         (unsigned long long)r->response_bytes);
+    ADD_STRING(&l, ",\"method\":", r->method, r->method_len);
+    ADD_STRING(&l, ",\"cluster\":", r->cluster, r->cluster ? strlen(r->cluster) : 0);
+    ADD_STRING(&l, ",\"backend\":", r->backend, r->backend ? strlen(r->backend) : 0);
+    ADD_LIT(&l, ",\"attempts\":");
+    add_u64(&l, r->attempts);
+    ADD_LIT(&l, ",\"grpc_status\":");
+    add_u64(&l, (uint64_t)(r->grpc_status >= 0 ? r->grpc_status : 2));
+    code = slb_grpc_status_name(r->grpc_status);
+    ADD_STRING(&l, ",\"grpc_code\":", code, strlen(code));
+    ADD_LIT(&l, ",\"duration_s\":");
+    add_seconds(&l, r->duration_ns);
+    ADD_LIT(&l, ",\"upstream_duration_s\":");
+    add_seconds(&l, r->upstream_ns);
+    ADD_LIT(&l, ",\"request_bytes\":");
+    add_u64(&l, r->request_bytes);
+    ADD_LIT(&l, ",\"response_bytes\":");
+    add_u64(&l, r->response_bytes);
+    ADD_LIT(&l, "}");
     dst[l.len++] = '\n'; /* cap leaves room for it */
     log->fill_len += l.len;
     log->stats.lines++;

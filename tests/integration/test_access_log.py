@@ -154,3 +154,37 @@ def test_lines_per_second_cap_holds(tmp_path):
     # at most 5 per second of the loop's clock over the seconds the calls spanned
     assert 5 <= written <= 5 * (int(elapsed) + 2), (written, elapsed)
     assert len(wait_lines(path, int(written))) == written
+
+
+def test_lines_buffered_at_sigterm_are_written_before_exit(tmp_path):
+    path = str(tmp_path / "access.log")
+    ok = peers.start_c_backend("ok")
+    cfg = config([("ok", [ok.addr])], {"path": path})
+    slb = start_sidelb(cfg)
+    addr = cfg["listeners"][0]["address"]
+    for _ in range(5):
+        assert unary(addr) == grpc.StatusCode.OK
+    slb.signal(signal.SIGTERM)  # at once: the lines may still sit in the buffer
+    assert slb.wait(10) == 0
+    lines = open(path).read().splitlines()
+    assert len(lines) == 5 and all(json.loads(line)["grpc_code"] == "OK" for line in lines)
+
+
+def test_reload_keeps_logging_to_the_same_file(tmp_path):
+    path = str(tmp_path / "access.log")
+    ok = peers.start_c_backend("ok")
+    cfg = config([("ok", [ok.addr])], {"path": path})
+    slb = start_sidelb(cfg)
+    addr = cfg["listeners"][0]["address"]
+    for _ in range(3):
+        assert unary(addr) == grpc.StatusCode.OK
+    slb.signal(signal.SIGHUP)
+    end = time.monotonic() + 10
+    while "reloaded" not in slb.log():
+        assert time.monotonic() < end, "no reload"
+        time.sleep(0.02)
+    for _ in range(3):
+        assert unary(addr) == grpc.StatusCode.OK
+    lines = wait_lines(path, 6)
+    assert len(lines) == 6 and all(json.loads(line)["grpc_code"] == "OK" for line in lines)
+    assert slb.alive()
