@@ -30,7 +30,7 @@ DEB_BUILD := build-essential pkg-config clang clang-format libclang-rt-14-dev li
              libcurl4-openssl-dev libjansson-dev libxxhash-dev check
 DEB_TEST  := etcd-server etcd-client nghttp2-client nghttp2-server python3 python3-grpcio python3-grpc-tools python3-protobuf \
              python3-pytest python3-h2 curl procps openssl prometheus
-DEB_BENCH := haproxy nginx
+DEB_BENCH := haproxy nginx valgrind
 DEB_ALL   := $(DEB_BUILD) $(DEB_TEST) $(DEB_BENCH)
 
 LIB_PROTOS  := proto/health.proto
