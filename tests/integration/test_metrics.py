@@ -260,3 +260,16 @@ def test_bad_metrics_and_access_log_keys_are_rejected(tmp_path, bad, message):
     f.write_text(__import__("json").dumps(cfg))
     r = subprocess.run([peers.binary("sidelb"), "--check-config", str(f)], capture_output=True, text=True)
     assert r.returncode != 0 and message in r.stderr, r.stderr
+
+
+def test_health_changes_are_counted():
+    b = peers.start_c_backend("h", extra_args=["--health", "NOT_SERVING"])
+    cfg, admin = config([("c", [b.addr], {"health_check": {"service": "", "interval_ms": 200, "timeout_ms": 500}})])
+    start_sidelb(cfg)
+    end = time.monotonic() + 10
+    while value(parse_metrics(scrape(admin)), "sidelb_backend_health_changes_total", cluster="c", backend=b.addr) < 1:
+        assert time.monotonic() < end, "PENDING -> NOT_SERVING not counted"
+        time.sleep(0.05)
+    m = parse_metrics(scrape(admin))
+    assert value(m, "sidelb_backend_health_changes_total", cluster="c", backend=b.addr) == 1
+    assert value(m, "sidelb_backend_healthy", cluster="c", backend=b.addr) == 0
