@@ -29,8 +29,8 @@ CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 DEB_BUILD := build-essential pkg-config clang clang-format libclang-rt-14-dev libuv1-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler \
              libcurl4-openssl-dev libjansson-dev libxxhash-dev check
 DEB_TEST  := etcd-server etcd-client nghttp2-client nghttp2-server python3 python3-grpcio python3-grpc-tools python3-protobuf \
-             python3-pytest python3-h2 curl procps openssl
-DEB_BENCH := haproxy nginx
+             python3-pytest python3-h2 curl procps openssl prometheus
+DEB_BENCH := haproxy nginx valgrind
 DEB_ALL   := $(DEB_BUILD) $(DEB_TEST) $(DEB_BENCH)
 
 LIB_PROTOS  := proto/health.proto

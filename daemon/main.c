@@ -12,11 +12,12 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "common.h"
 #include "config.h"
 #include "log.h"
 #include "server.h"
 
-#define SIDELB_VERSION   "0.1.0"
+#define SIDELB_VERSION   SLB_VERSION
 #define DEFAULT_GRACE_MS 5000
 
 /* The running server and its config; a reload replaces both. */
@@ -24,7 +25,7 @@ static struct slb_server *server;
 static struct slb_config *config;
 static const char *config_path;
 static uv_loop_t *loop;
-static uv_signal_t sig_term, sig_int, sig_hup;
+static uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
 static uint64_t grace_ms = DEFAULT_GRACE_MS;
 static int cli_log_level = -1; /* -l overrides the config's log_level, also across reloads */
 
@@ -68,6 +69,7 @@ static void on_stopped(struct slb_server *srv)
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_hup, NULL);
+    uv_close((uv_handle_t *)&sig_usr1, NULL);
 }
 
 /* A retired server (replaced by a reload, or one whose start failed) is
@@ -128,6 +130,10 @@ static void on_signal(uv_signal_t *h, int signum)
     if (signum == SIGHUP) {
         if (!server->stopping)
             reload();
+        return;
+    }
+    if (signum == SIGUSR1) { /* logrotate moved the access log */
+        slb_server_reopen_logs(server);
         return;
     }
     if (server->stopping) {
@@ -218,6 +224,8 @@ int main(int argc, char **argv)
     uv_signal_start(&sig_term, on_signal, SIGTERM);
     uv_signal_start(&sig_int, on_signal, SIGINT);
     uv_signal_start(&sig_hup, on_signal, SIGHUP);
+    uv_signal_init(loop, &sig_usr1);
+    uv_signal_start(&sig_usr1, on_signal, SIGUSR1);
     /* always printed, whatever the level: supervisors and tests wait for it */
     slb_log_write(SLB_LOG_NOTICE, "sidelb %s ready (%zu listeners, %zu clusters)", SIDELB_VERSION, cfg->n_listeners,
                   cfg->n_clusters);

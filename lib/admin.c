@@ -14,7 +14,6 @@
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <netinet/in.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +28,7 @@
 #include "health.h"
 #include "list.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 
 #define LINGER_MS  2000
@@ -79,295 +79,10 @@ static void puts_(struct out *o, const char *s)
     put(o, s, strlen(s));
 }
 
-static void putf(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void putf(struct out *o, const char *fmt, ...)
-{
-    char tmp[512];
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        o->err = SLB_ENOMEM;
-    } else if ((size_t)n < sizeof(tmp)) {
-        put(o, tmp, (size_t)n);
-    } else {
-        char *big = malloc((size_t)n + 1);
-        if (big == NULL) {
-            o->err = SLB_ENOMEM;
-            return;
-        }
-        va_start(ap, fmt);
-        vsnprintf(big, (size_t)n + 1, fmt, ap);
-        va_end(ap);
-        put(o, big, (size_t)n);
-        free(big);
-    }
-}
-
-/* A label value, escaped per the text format: \\, \" and \n. */
-static void put_label_value(struct out *o, const char *s)
-{
-    const char *run = s;
-    for (; *s; s++) {
-        const char *esc = *s == '\\' ? "\\\\" : *s == '"' ? "\\\"" : *s == '\n' ? "\\n" : NULL;
-        if (esc) {
-            put(o, run, (size_t)(s - run));
-            puts_(o, esc);
-            run = s + 1;
-        }
-    }
-    put(o, run, (size_t)(s - run));
-}
-
-static void put_family(struct out *o, const char *name, const char *type, const char *help)
-{
-    putf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-/* `name{cluster="c",backend="b"` (no closing brace). */
-static void put_backend_labels(struct out *o, const char *name, const struct slb_cluster *cl,
-                               const struct slb_backend *be)
-{
-    puts_(o, name);
-    puts_(o, "{cluster=\"");
-    put_label_value(o, cl->cfg->name);
-    puts_(o, "\",backend=\"");
-    put_label_value(o, be->name);
-    puts_(o, "\"");
-}
-
-/* ---- /metrics ---- */
-
 static uint32_t backend_connections(const struct slb_backend *be)
 {
     const struct slb_upstream_pool *pool = be->pool;
     return pool ? pool->n_conns : 0;
-}
-
-typedef uint64_t (*backend_value_fn)(const struct slb_backend *be, uint64_t now);
-
-static uint64_t v_outstanding(const struct slb_backend *be, uint64_t now)
-{
-    return be->outstanding;
-}
-static uint64_t v_healthy(const struct slb_backend *be, uint64_t now)
-{
-    return slb_backend_usable(be, now) ? 1 : 0;
-}
-static uint64_t v_health_check_off(const struct slb_backend *be, uint64_t now)
-{
-    return be->health == SLB_HEALTH_UNIMPLEMENTED ? 1 : 0;
-}
-static uint64_t v_health_pending(const struct slb_backend *be, uint64_t now)
-{
-    return be->health == SLB_HEALTH_PENDING ? 1 : 0;
-}
-static uint64_t v_ejected(const struct slb_backend *be, uint64_t now)
-{
-    return be->ejected_until_ms > now ? 1 : 0;
-}
-static uint64_t v_weight(const struct slb_backend *be, uint64_t now)
-{
-    return be->weight;
-}
-static uint64_t v_connections(const struct slb_backend *be, uint64_t now)
-{
-    return backend_connections(be);
-}
-static uint64_t v_queued(const struct slb_backend *be, uint64_t now)
-{
-    const struct slb_upstream_pool *pool = be->pool;
-    return pool != NULL ? pool->n_waiting : 0;
-}
-static uint64_t v_ejections(const struct slb_backend *be, uint64_t now)
-{
-    return be->ejections;
-}
-static uint64_t v_ejections_capped(const struct slb_backend *be, uint64_t now)
-{
-    return be->ejections_capped;
-}
-static uint64_t v_ejection_multiplier(const struct slb_backend *be, uint64_t now)
-{
-    return be->times_ejected;
-}
-
-static void backend_family(struct out *o, const struct slb_server *srv, uint64_t now, const char *name,
-                           const char *type, const char *help, backend_value_fn fn)
-{
-    put_family(o, name, type, help);
-    for (size_t i = 0; i < srv->n_clusters; i++) {
-        const struct slb_cluster *cl = &srv->clusters[i];
-        for (uint32_t j = 0; j < cl->set.n; j++) {
-            put_backend_labels(o, name, cl, cl->set.items[j]);
-            putf(o, "} %llu\n", (unsigned long long)fn(cl->set.items[j], now));
-        }
-    }
-}
-
-static void cluster_family(struct out *o, const struct slb_server *srv, const char *name, const char *help, int waiting)
-{
-    put_family(o, name, "gauge", help);
-    for (size_t i = 0; i < srv->n_clusters; i++) {
-        const struct slb_cluster *cl = &srv->clusters[i];
-        puts_(o, name);
-        puts_(o, "{cluster=\"");
-        put_label_value(o, cl->cfg->name);
-        putf(o, "\"} %u\n", waiting ? cl->n_waiting : cl->set.n);
-    }
-}
-
-static void put_listener_conns(struct out *o, const struct slb_listener *l)
-{
-    puts_(o, "sidelb_listener_connections{listener=\"");
-    put_label_value(o, l->cfg->name);
-    putf(o, "\"} %u\n", l->set.n_conns);
-}
-
-static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t now)
-{
-    static const struct {
-        const char *name, *help;
-        size_t off;
-    } counters[] = {
-        {"sidelb_calls_total", "Calls accepted from local applications.", offsetof(struct slb_loop_stats, calls_total)},
-        {"sidelb_calls_failed_local_total", "Calls failed by sidelb itself (no route, no backend, limits).",
-         offsetof(struct slb_loop_stats, calls_failed_local)},
-        {"sidelb_downstream_connections_total", "Connections accepted from local applications.",
-         offsetof(struct slb_loop_stats, downstream_conns_total)},
-        {"sidelb_upstream_connections_total", "Connections opened to backends.",
-         offsetof(struct slb_loop_stats, upstream_conns_total)},
-        {"sidelb_downstream_rapid_reset_closes_total",
-         "Application connections closed for resetting too many streams before their response (rapid reset).",
-         offsetof(struct slb_loop_stats, rapid_reset_closes)},
-        {"sidelb_downstream_refused_streams_total",
-         "Application streams refused with REFUSED_STREAM for being past the listener's max_concurrent_streams.",
-         offsetof(struct slb_loop_stats, refused_streams)},
-        {"sidelb_downstream_header_lists_too_large_total",
-         "Application header blocks (request headers or trailers) larger than the listener's max_header_list_size.",
-         offsetof(struct slb_loop_stats, header_lists_too_large)},
-        {"sidelb_downstream_connections_evicted_total",
-         "Idle application connections closed at a connection cap to admit a new one.",
-         offsetof(struct slb_loop_stats, conns_evicted)},
-        {"sidelb_downstream_connections_refused_total",
-         "Application connections refused at a connection cap (no idle connection to close).",
-         offsetof(struct slb_loop_stats, conns_refused)},
-        {"sidelb_downstream_handshake_timeouts_total",
-         "Application connections closed without the HTTP/2 preface and SETTINGS within handshake_timeout_ms.",
-         offsetof(struct slb_loop_stats, handshake_timeouts)},
-        {"sidelb_downstream_idle_timeouts_total",
-         "Application connections closed after idle_timeout_ms without streams.",
-         offsetof(struct slb_loop_stats, idle_timeouts)},
-        {"sidelb_downstream_stream_idle_timeouts_total",
-         "Application streams ended after stream_idle_timeout_ms without frames either way.",
-         offsetof(struct slb_loop_stats, stream_idle_timeouts)},
-        {"sidelb_upstream_queue_overflows_total",
-         "Calls a backend's pool turned away because max_pending_per_backend calls waited for a stream.",
-         offsetof(struct slb_loop_stats, pool_queue_overflows)},
-        {"sidelb_upstream_queue_timeouts_total",
-         "Calls that waited queue_timeout_ms in a backend's pool for a stream (then tried elsewhere or failed).",
-         offsetof(struct slb_loop_stats, pool_queue_timeouts)},
-        {"sidelb_upstream_connections_recycled_total",
-         "Backend connections drained and replaced (max_requests_per_connection, max_connection_age_ms, stream ids).",
-         offsetof(struct slb_loop_stats, upstream_conns_recycled)},
-        {"sidelb_upstream_no_streams_total",
-         "Backend connections that could carry no call: the backend advertised SETTINGS_MAX_CONCURRENT_STREAMS 0.",
-         offsetof(struct slb_loop_stats, upstream_no_streams)},
-        {"sidelb_health_check_unimplemented_total",
-         "Backends found not to implement grpc.health.v1 (Check answered UNIMPLEMENTED): health checking is off for "
-         "them and they take calls (gRFC A17). Counted once per listed backend.",
-         offsetof(struct slb_loop_stats, health_check_unimplemented)},
-        {"sidelb_upstream_probes_total",
-         "Early connect attempts to backends in connection backoff while calls waited for a usable backend "
-         "(backoff.probe_interval_ms).",
-         offsetof(struct slb_loop_stats, upstream_probes)},
-        {"sidelb_upstream_probe_recoveries_total",
-         "Early connect attempts that connected: a backend was back before its connection backoff ended.",
-         offsetof(struct slb_loop_stats, upstream_probe_recoveries)},
-        {"sidelb_buffer_backpressure_total",
-         "Times an application connection went over its buffer budget (budgets.connection_bytes, or its share of "
-         "budgets.total_bytes) and its flow-control windows were held back.",
-         offsetof(struct slb_loop_stats, budget_conn_backpressure)},
-        {"sidelb_buffer_total_exceeded_total", "Times the calls together went over budgets.total_bytes.",
-         offsetof(struct slb_loop_stats, budget_total_exceeded)},
-        {"sidelb_retry_buffer_dropped_total",
-         "Calls that lost their replay copy (no more retries): past budgets.call_retry_bytes, or under buffer "
-         "pressure.",
-         offsetof(struct slb_loop_stats, retry_buffer_dropped)},
-    };
-
-    for (size_t i = 0; i < SLB_ARRAY_SIZE(counters); i++) {
-        uint64_t v;
-        memcpy(&v, (const char *)&srv->ctx.stats + counters[i].off, sizeof(v));
-        put_family(o, counters[i].name, "counter", counters[i].help);
-        putf(o, "%s %llu\n", counters[i].name, (unsigned long long)v);
-    }
-    put_family(o, "sidelb_calls_in_flight", "gauge", "Calls in progress.");
-    putf(o, "sidelb_calls_in_flight %u\n", srv->ctx.n_calls);
-    put_family(o, "sidelb_downstream_connections", "gauge", "Open application connections.");
-    putf(o, "sidelb_downstream_connections %u\n", srv->ctx.n_app_conns);
-    put_family(o, "sidelb_downstream_connections_max", "gauge",
-               "Cap on open application connections over all listeners (max_app_connections).");
-    putf(o, "sidelb_downstream_connections_max %u\n", srv->ctx.max_app_conns);
-    put_family(o, "sidelb_listener_connections", "gauge", "Open application connections per listener.");
-    for (size_t i = 0; i < srv->n_listeners; i++)
-        put_listener_conns(o, &srv->listeners[i]);
-    put_family(o, "sidelb_buffered_bytes", "gauge",
-               "Bytes calls hold: request bytes not yet sent, replay copies, response bytes the apps have not taken.");
-    putf(o, "sidelb_buffered_bytes %llu\n", (unsigned long long)srv->ctx.buffers.buffered);
-    put_family(o, "sidelb_buffer_held_back_connections", "gauge",
-               "Application connections over their buffer budget now (their windows are held back).");
-    putf(o, "sidelb_buffer_held_back_connections %u\n", srv->ctx.buffers.n_held_back);
-    put_family(o, "sidelb_read_pauses_total", "counter",
-               "Times a connection read budgets.read_bytes_per_turn in one loop turn and waited for the next.");
-    putf(o, "sidelb_read_pauses_total %llu\n", (unsigned long long)srv->ctx.io.read_pauses);
-    put_family(o, "sidelb_draining", "gauge", "1 once the server is stopping (draining calls).");
-    putf(o, "sidelb_draining %d\n", srv->stopping ? 1 : 0);
-
-    cluster_family(o, srv, "sidelb_cluster_backends", "Backends listed in the cluster.", 0);
-    cluster_family(o, srv, "sidelb_cluster_waiting_calls", "Calls waiting for a usable backend.", 1);
-
-    put_family(o, "sidelb_backend_state", "gauge",
-               "Connectivity state of the backend (one-hot: 1 for the current state, 0 for the others).");
-    for (size_t i = 0; i < srv->n_clusters; i++) {
-        const struct slb_cluster *cl = &srv->clusters[i];
-        for (uint32_t j = 0; j < cl->set.n; j++) {
-            const struct slb_backend *be = cl->set.items[j];
-            for (int s = SLB_BACKEND_IDLE; s <= SLB_BACKEND_SHUTDOWN; s++) {
-                put_backend_labels(o, "sidelb_backend_state", cl, be);
-                putf(o, ",state=\"%s\"} %d\n", slb_backend_state_name(s), be->state == s ? 1 : 0);
-            }
-        }
-    }
-    backend_family(o, srv, now, "sidelb_backend_healthy", "gauge",
-                   "1 if the backend may take new calls now (connectivity, health check, ejection, draining).",
-                   v_healthy);
-    backend_family(o, srv, now, "sidelb_backend_health_check_off", "gauge",
-                   "1 while health checking is off for the backend: it does not implement grpc.health.v1 (gRFC A17).",
-                   v_health_check_off);
-    backend_family(o, srv, now, "sidelb_backend_health_pending", "gauge",
-                   "1 while the backend's health check has not answered yet (no new calls until it does).",
-                   v_health_pending);
-    backend_family(o, srv, now, "sidelb_backend_outstanding_calls", "gauge", "Calls in flight on the backend.",
-                   v_outstanding);
-    backend_family(o, srv, now, "sidelb_backend_ejected", "gauge", "1 while outlier detection ejects the backend.",
-                   v_ejected);
-    backend_family(o, srv, now, "sidelb_backend_ejections_total", "counter",
-                   "Times outlier detection ejected the backend.", v_ejections);
-    backend_family(o, srv, now, "sidelb_backend_ejections_capped_total", "counter",
-                   "Ejections of the backend that max_ejection_percent prevented.", v_ejections_capped);
-    backend_family(o, srv, now, "sidelb_backend_ejection_multiplier", "gauge",
-                   "Outlier ejection time multiplier (gRFC A50): the next ejection lasts base_ejection_ms times it "
-                   "plus one; it decays by one per interval_ms the backend stays in.",
-                   v_ejection_multiplier);
-    backend_family(o, srv, now, "sidelb_backend_weight", "gauge", "Load-balancing weight of the backend.", v_weight);
-    backend_family(o, srv, now, "sidelb_backend_connections", "gauge", "Open HTTP/2 connections to the backend.",
-                   v_connections);
-    backend_family(o, srv, now, "sidelb_backend_queued_calls", "gauge",
-                   "Calls waiting in the backend's pool for a stream slot (max_pending_per_backend).", v_queued);
 }
 
 /* ---- /clusters ---- */
@@ -578,10 +293,9 @@ static void handle_request(struct admin_conn *c, size_t n)
         else
             respond_text(c, 200, "ok\n", NULL, head_only);
     } else if (PATH_IS("/metrics")) {
-        struct out o = {&c->body, 0};
-        render_metrics(&o, srv, now);
-        if (o.err != 0) {
-            slb_warn("admin: /metrics: %s", slb_strerror(o.err));
+        int err = slb_metrics_render(&c->body, srv, now);
+        if (err != 0) {
+            slb_warn("admin: /metrics: %s", slb_strerror(err));
             respond_text(c, 500, "out of memory\n", NULL, head_only);
         } else {
             respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, head_only);

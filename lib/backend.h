@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "stats.h"
+
 /* Connectivity states, with gRPC's names and meanings. */
 enum slb_backend_state {
     SLB_BACKEND_IDLE = 0,
@@ -69,6 +71,8 @@ struct slb_backend {
     /* passive outlier detection counters */
     uint32_t consecutive_failures;
     uint32_t interval_success, interval_failure;
+
+    struct slb_backend_stats stats; /* attempts, attempt latency, health changes (lib/stats.h) */
 
     uint32_t discovery_keys;        /* etcd keys naming this address (two keys may) */
     struct slb_backend *_hash_next; /* in the cluster's name index */

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "access_log.h"
 #include "common.h"
 #include "config.h"
 #include "log.h"
@@ -253,6 +254,8 @@ static struct slb_call *call_new(struct slb_loop_ctx *ctx, struct slb_downstream
     call->state = SLB_CALL_HEADERS;
     call->synth_status = -1;
     call->upstream_status = -1;
+    call->local_status = -1;
+    call->start_ns = uv_hrtime();
     slb_h2_stream_init(&call->down, &down_stream_ops);
     slb_h2_stream_init(&call->up, &up_stream_ops);
     slb_list_init(&call->pool_wait.link);
@@ -310,13 +313,97 @@ static void call_stop_waiting(struct slb_call *call)
     slb_cluster_unwait(&call->wait);
 }
 
+/* The attempt on call->be is over with status: counted per backend (status and duration). */
+static void call_end_attempt(struct slb_call *call, int status)
+{
+    struct slb_backend *be = call->be;
+    uint64_t ns;
+
+    if (!call->attempt_open || be == NULL)
+        return;
+    call->attempt_open = 0;
+    ns = uv_hrtime() - call->attempt_start_ns;
+    call->upstream_ns += ns;
+    be->stats.attempts[slb_stats_code(status)]++;
+    slb_stats_observe(&be->stats.attempt_duration, ns);
+    if (SLB_UNLIKELY(call->ctx->access_log != NULL) && call->logged_be != be) {
+        /* the access log names the final attempt's backend, which may be gone by then */
+        slb_backend_ref(be);
+        if (call->logged_be != NULL)
+            slb_backend_unref(call->logged_be);
+        call->logged_be = be;
+    }
+}
+
+/* The status the app got: sidelb's own, else the backend's; none means the app's stream went first. */
+static int call_final_status(const struct slb_call *call)
+{
+    if (call->local_status >= 0)
+        return call->local_status;
+    return call->upstream_status >= 0 ? call->upstream_status : SLB_GRPC_CANCELLED;
+}
+
+/* The access log's line for the call (when it is sampled and under the rate cap). */
+static void call_log(struct slb_call *call, int status, uint64_t ns)
+{
+    struct slb_access_log *log = call->ctx->access_log;
+    struct slb_access_record r;
+
+    if (!slb_access_log_admit(log, call_now(call), slb_loop_random(call->ctx)))
+        return;
+    memset(&r, 0, sizeof(r));
+    r.listener = call->dc != NULL && call->dc->set != NULL ? call->dc->set->name : NULL;
+    r.peer = call->dc != NULL ? &call->dc->conn.tcp : NULL;
+    r.method = (const char *)slb_hdrs_get(&call->req_hdrs, ":path", &r.method_len);
+    r.cluster = call->cluster != NULL ? call->cluster->cfg->name : NULL;
+    r.backend = call->logged_be != NULL ? call->logged_be->name : NULL;
+    r.grpc_status = status;
+    r.attempts = call->attempts;
+    r.duration_ns = ns;
+    r.upstream_ns = call->upstream_ns;
+    r.request_bytes = call->req_received;
+    r.response_bytes = call->resp_received;
+    slb_access_log_write(log, &r);
+}
+
+/* The app's stream closed: the call is counted (listener, cluster, code; latency; bytes) and logged. */
+static void call_count_end(struct slb_call *call)
+{
+    struct slb_loop_stats *st = &call->ctx->stats;
+    struct slb_cluster *cl = call->cluster;
+    int status = call_final_status(call);
+    uint64_t ns = uv_hrtime() - call->start_ns;
+
+    if (st->calls_by_code != NULL && call->dc != NULL && call->dc->set != NULL) {
+        uint32_t li = call->dc->set->index, ci = cl != NULL ? cl->index : st->calls_n_clusters;
+        if (li < st->calls_n_listeners && ci <= st->calls_n_clusters)
+            st->calls_by_code[((size_t)li * (st->calls_n_clusters + 1) + ci) * SLB_STATS_GRPC_CODES +
+                              slb_stats_code(status)]++;
+    }
+    if (cl != NULL && call->method_slot != 0) {
+        struct slb_method_stat *ms = &cl->method_stats.items[call->method_slot - 1];
+        ms->calls[slb_stats_code(status)]++;
+        slb_stats_observe(&ms->duration, ns);
+    }
+    if (cl != NULL) {
+        slb_stats_observe(&cl->stats.call_duration, ns);
+        cl->stats.request_bytes += call->req_received;
+        cl->stats.response_bytes += call->resp_received;
+    }
+    if (SLB_UNLIKELY(call->ctx->access_log != NULL))
+        call_log(call, status, ns);
+}
+
 static void call_free(struct slb_call *call)
 {
     struct slb_loop_ctx *ctx = call->ctx;
 
     call_stop_waiting(call);
+    call_end_attempt(call, SLB_GRPC_CANCELLED); /* the app went away first */
     call_release_upstream(call, NGHTTP2_CANCEL);
     call_unbind_backend(call);
+    if (call->logged_be != NULL)
+        slb_backend_unref(call->logged_be);
     slb_deadline_remove(&ctx->timers, &call->timer);
     if (call->counted_in_cluster)
         call->cluster->n_calls--;
@@ -385,6 +472,9 @@ static void call_fail(struct slb_call *call, int grpc_status, const char *messag
     if (call->state == SLB_CALL_CLOSED)
         return;
     call_stop_waiting(call);
+    call_end_attempt(call, grpc_status);
+    if (call->state != SLB_CALL_FINISHING)
+        call->local_status = (int16_t)grpc_status;
     if (call->up.open)
         call_release_upstream(call, NGHTTP2_CANCEL);
     if (call->up.conn == NULL)
@@ -461,6 +551,7 @@ static void call_no_backend(struct slb_call *call)
             call_arm_timer(call);
             return;
         }
+        cl->stats.rejected_max_waiting++;
         snprintf(msg, sizeof(msg), "sidelb: cluster %s has no usable backend and max_waiting_calls (%u) wait",
                  cl->cfg->name, cl->cfg->max_waiting_calls);
         call_fail_local(call, SLB_GRPC_RESOURCE_EXHAUSTED, msg);
@@ -509,6 +600,7 @@ static void call_queue_refused(struct slb_call *call, int why)
     if (slb_log_limit_pass(limit, call_now(call), SLB_LOG_LIMIT_MS, &skipped))
         slb_warn("cluster %s: %s: the call goes to another backend, or fails (%llu more since the last such line)",
                  cfg->name, call->synth_msg + 8, (unsigned long long)skipped);
+    call->attempt_open = 0; /* not an attempt: counted as the pool's overflow or timeout */
     call_unbind_backend(call);
     call->attempts--;
     call->queue_refused = (uint8_t)why;
@@ -534,6 +626,8 @@ static void call_queue(struct slb_call *call)
     uint32_t timeout_ms = call->cluster->cfg->queue_timeout_ms;
 
     call->attempts++;
+    call->attempt_open = 1;
+    call->attempt_start_ns = uv_hrtime();
     call->be->outstanding++;
     call->counted = 1;
     call->queue_refused = 0;
@@ -637,6 +731,8 @@ static int call_try_retry(struct slb_call *call, int status, int report)
     slb_debug("call %d: attempt %u on %s ended with %s; retrying in %llu ms", call->down.sid, call->attempts,
               call->be ? call->be->name : "?", slb_grpc_status_name(status), (unsigned long long)wait);
     call->retries++;
+    call->cluster->stats.retries++;
+    call_end_attempt(call, status);
     call_release_upstream(call, NGHTTP2_CANCEL);
     call_unbind_backend(call);
     call_reset_attempt(call);
@@ -755,8 +851,10 @@ static void down_on_headers_done(struct slb_h2_stream *s, int trailer, int end_s
         call_fail(call, SLB_GRPC_UNIMPLEMENTED, msg);
         return;
     }
+    call->cluster = cl; /* counted under its cluster from here */
     if (cl->cfg->max_calls != 0 && cl->n_calls >= cl->cfg->max_calls) {
         char msg[200];
+        cl->stats.rejected_max_calls++;
         snprintf(msg, sizeof(msg), "sidelb: cluster %s is at max_calls (%u)", cl->cfg->name, cl->cfg->max_calls);
         call_fail_local(call, SLB_GRPC_RESOURCE_EXHAUSTED, msg);
         return;
@@ -764,6 +862,8 @@ static void down_on_headers_done(struct slb_h2_stream *s, int trailer, int end_s
     call->cluster = cl;
     cl->n_calls++;
     call->counted_in_cluster = 1;
+    if (SLB_UNLIKELY(cl->method_stats.cap != 0))
+        call->method_slot = (uint16_t)slb_method_stats_slot(&cl->method_stats, path, len);
     if ((call->mc = slb_method_lookup(&cl->methods, path, len)) != NULL) {
         call->retry = call->mc->has_retry ? &call->mc->retry : NULL;
         if (call->mc->timeout_ms != 0) {
@@ -859,6 +959,8 @@ static void down_on_close(struct slb_h2_stream *s, uint32_t error_code)
 
     call_set_state(call, SLB_CALL_CLOSED);
     call_unaccount(call);
+    call_end_attempt(call, SLB_GRPC_CANCELLED); /* still open: the app cancelled it */
+    call_count_end(call);
     call->dc = NULL;
     /* A cancel from the app (or sidelb's own reply) reaches the backend. */
     call_release_upstream(call, error_code != NGHTTP2_NO_ERROR ? error_code : NGHTTP2_CANCEL);
@@ -916,6 +1018,7 @@ static void up_on_ready(struct slb_pool_waiter *w, struct slb_upstream *uc)
     if (call->io->request(uc, &call->up, nv, n, has_body) != 0) {
         char msg[160];
         call_report(call, 0);
+        call_end_attempt(call, SLB_GRPC_UNAVAILABLE);
         snprintf(msg, sizeof(msg), "sidelb: cannot send the call to backend %s", call->io->backend_name(uc));
         call_discard_request(call);
         call_fail(call, SLB_GRPC_UNAVAILABLE, msg);
@@ -936,6 +1039,7 @@ static void up_on_unavailable(struct slb_pool_waiter *w, int err)
         return;
     call->queue_until_ms = 0;
     call_report(call, 0);
+    call_end_attempt(call, SLB_GRPC_UNAVAILABLE); /* counted: the backend could not be reached */
     call_unbind_backend(call);
     call->attempts--;
     call_reset_attempt(call);
@@ -1038,6 +1142,9 @@ static void up_on_close(struct slb_h2_stream *s, uint32_t error_code)
         call->be->outstanding--;
         call->counted = 0;
     }
+    call_end_attempt(call, call->upstream_status >= 0 && error_code == NGHTTP2_NO_ERROR
+                               ? call->upstream_status
+                               : slb_grpc_status_from_h2(error_code));
     if (error_code != NGHTTP2_REFUSED_STREAM)
         call_report(call, call->state == SLB_CALL_FINISHING && !slb_outlier_status_failed(call->upstream_status));
     if (call->state == SLB_CALL_SENT && error_code == NGHTTP2_REFUSED_STREAM && call->req.retain &&
@@ -1068,6 +1175,8 @@ static void up_on_lost(struct slb_h2_stream *s, int err)
 {
     struct slb_call *call = call_of_up(s);
 
+    call_end_attempt(call, call->state == SLB_CALL_FINISHING && call->upstream_status >= 0 ? call->upstream_status
+                                                                                           : SLB_GRPC_UNAVAILABLE);
     if (call->state != SLB_CALL_FINISHING) {
         char msg[160];
         call_report(call, 0);

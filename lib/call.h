@@ -153,6 +153,15 @@ struct slb_call {
     uint8_t resp_headers_sent;  /* a header block (or a trailers-only reply) went to the app */
     uint8_t upstream_done;      /* no backend will read more request bytes */
     uint8_t wait_health;        /* wait_until_ms is a wait for first health answers (gRFC A17), not wait-for-ready */
+
+    /* stats (lib/stats.h) and the access log */
+    uint8_t attempt_open;          /* the attempt on be is counted when it ends (call_end_attempt) */
+    uint16_t method_slot;          /* its method's counters in cluster->method_stats (1-based), 0 = none */
+    int16_t local_status;          /* the grpc-status sidelb ended the call with itself (call_fail), -1 */
+    uint64_t start_ns;             /* uv_hrtime() when the app's stream opened */
+    uint64_t attempt_start_ns;     /* when the current attempt was handed to its backend's pool */
+    uint64_t upstream_ns;          /* the attempts' durations, summed */
+    struct slb_backend *logged_be; /* access log on: the final attempt's backend (referenced) */
 };
 
 #endif

@@ -263,6 +263,7 @@ static void on_health(struct slb_health_check *hc, int status, void *user)
     if (health_usable(status) && !health_usable(old))
         be->usable_since_ms = uv_now(cl->ctx->loop); /* slow start ramps from here */
     be->health = (uint8_t)status;
+    be->stats.health_changes++;
     cl->set.usable_version++; /* the ring is not rebuilt: picks skip unusable owners */
     /* a usable backend, or the last first answer (calls waiting only for it may fail now) */
     if (health_usable(status) || (old == SLB_HEALTH_PENDING && cl->n_health_pending == 0))

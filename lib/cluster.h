@@ -28,6 +28,7 @@
 #include <uv.h>
 
 #include "backend.h"
+#include "method_stats.h"
 #include "lb.h"
 #include "list.h"
 #include "log.h"
@@ -66,6 +67,9 @@ struct slb_cluster {
     uv_timer_t probe_timer;         /* while calls wait: early connect attempts (probe_interval_ms) */
     struct slb_log_limit probe_log; /* "probing" logged once per SLB_LOG_LIMIT_MS */
     void (*wake)(struct slb_cluster_waiter *w); /* its user's: try again (w is unlinked) */
+    struct slb_cluster_stats stats;             /* calls, latency, bytes, retries, hedges, limits (lib/stats.h) */
+    struct slb_method_stats method_stats;       /* per method, when "metrics".max_methods is set (the server's) */
+    uint32_t index;                             /* position in the server's clusters (the loop's stats arrays) */
     struct slb_backend **_index;                /* address -> backend (chained through be->_hash_next) */
     uint32_t _index_size;
 };
@@ -91,5 +95,12 @@ void slb_cluster_remove(struct slb_cluster *cl, const char *addr);
 /* Picks a backend for an attempt, honouring the tried set; NULL when none can take it. */
 struct slb_backend *slb_cluster_pick(struct slb_cluster *cl, uint64_t hash, int has_hash,
                                      const struct slb_tried *tried);
+
+/* Counts a hedged attempt (sidelb_upstream_hedges_total): the hook for hedging, called once per extra
+ * attempt it starts. Nothing calls it yet, so the metric stays 0 until hedging is wired. */
+static inline void slb_cluster_stats_hedge(struct slb_cluster *cl)
+{
+    cl->stats.hedges++;
+}
 
 #endif

@@ -10,9 +10,12 @@
 #include <stdint.h>
 
 #define slb_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-#define SLB_ARRAY_SIZE(a)                   (sizeof(a) / sizeof((a)[0]))
-#define SLB_LIKELY(x)                       __builtin_expect(!!(x), 1)
-#define SLB_UNLIKELY(x)                     __builtin_expect(!!(x), 0)
+/* The release (sidelb --version, sidelb_build_info). */
+#define SLB_VERSION "0.1.0"
+
+#define SLB_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define SLB_LIKELY(x)     __builtin_expect(!!(x), 1)
+#define SLB_UNLIKELY(x)   __builtin_expect(!!(x), 0)
 
 #ifdef SLB_UNIT_TEST
 #define SLB_STATIC

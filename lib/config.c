@@ -1442,10 +1442,46 @@ static int load_budgets(struct vctx *c, json_t *root, struct slb_config_budgets 
     return 0;
 }
 
+static int load_access_log(struct vctx *c, json_t *root, struct slb_config_access_log *a)
+{
+    static const char *const keys[] = {"path", "sample_rate", "max_lines_per_second", NULL};
+    json_t *o;
+
+    a->sample_rate = 1;
+    a->max_lines_per_second = 10000;
+    if (get_obj(c, root, "", "access_log", &o) != 0)
+        return -1;
+    if (o == NULL)
+        return 0;
+    if (check_keys(c, o, "access_log", keys) != 0 || require(c, o, "access_log", "path") != 0 ||
+        get_str(c, o, "access_log", "path", 1, &a->path) != 0 ||
+        get_num(c, o, "access_log", "sample_rate", &a->sample_rate, 1, 0, 0, 1) != 0 ||
+        get_u32(c, o, "access_log", "max_lines_per_second", &a->max_lines_per_second, 10000, 1, 1000000) != 0)
+        return -1;
+    if (strcmp(a->path, "-") != 0 && a->path[0] != '/')
+        return fail(c, "access_log.path", 0, "\"%s\" is not an absolute path (or \"-\" for stderr)", a->path);
+    return 0;
+}
+
+static int load_metrics(struct vctx *c, json_t *root, struct slb_config *cfg)
+{
+    static const char *const keys[] = {"max_methods", NULL};
+    json_t *o;
+
+    if (get_obj(c, root, "", "metrics", &o) != 0)
+        return -1;
+    if (o == NULL)
+        return 0;
+    return check_keys(c, o, "metrics", keys) != 0 ||
+                   get_u32(c, o, "metrics", "max_methods", &cfg->metrics_max_methods, 0, 0, 1000) != 0
+               ? -1
+               : 0;
+}
+
 static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
 {
-    static const char *const keys[] = {"log_level",           "etcd",    "listeners", "clusters", "register", "admin",
-                                       "max_app_connections", "budgets", NULL};
+    static const char *const keys[] = {"log_level",           "etcd",    "listeners",  "clusters", "register", "admin",
+                                       "max_app_connections", "budgets", "access_log", "metrics",  NULL};
     static const char *const admin_keys[] = {"address", NULL};
     char *level = NULL;
     json_t *admin;
@@ -1464,6 +1500,7 @@ static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
     }
     if (load_etcd(c, root, cfg) != 0 || load_listeners(c, root, cfg) != 0 || load_clusters(c, root, cfg) != 0 ||
         resolve_routes(c, cfg) != 0 || load_registers(c, root, cfg) != 0 || load_budgets(c, root, &cfg->budgets) != 0 ||
+        load_access_log(c, root, &cfg->access_log) != 0 || load_metrics(c, root, cfg) != 0 ||
         get_obj(c, root, "", "admin", &admin))
         return -1;
     if (admin != NULL && (check_keys(c, admin, "admin", admin_keys) != 0 ||
@@ -1615,6 +1652,7 @@ void slb_config_free(struct slb_config *cfg)
     }
     free(cfg->registers);
     free(cfg->admin_address);
+    free(cfg->access_log.path);
     free(cfg->path);
     free(cfg);
 }

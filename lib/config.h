@@ -126,6 +126,13 @@ struct slb_config_budgets {
     uint32_t read_bytes_per_turn; /* bytes one connection may read per loop turn, default 256 KiB; 0 = no limit */
 };
 
+/* The access log (lib/access_log.h); off unless "access_log" is given. */
+struct slb_config_access_log {
+    char *path;                    /* NULL = off; "-" = stderr */
+    double sample_rate;            /* share of calls logged, 0..1, default 1 */
+    uint32_t max_lines_per_second; /* lines past it in one second are counted, not written; default 10000 */
+};
+
 struct slb_config {
     char *path; /* file it came from */
     int log_level;
@@ -140,6 +147,8 @@ struct slb_config {
     char *admin_address;          /* NULL = no admin listener */
     uint32_t max_app_connections; /* over all listeners; 0 = derived from RLIMIT_NOFILE (the server's default) */
     struct slb_config_budgets budgets;
+    struct slb_config_access_log access_log;
+    uint32_t metrics_max_methods; /* "metrics": per-method counters for at most this many methods; 0 = off */
 };
 
 /* The defaults of struct slb_config_budgets (also what a loop context starts with). */

@@ -259,6 +259,11 @@ const struct slb_etcd_endpoint *slb_discovery_get(const struct slb_discovery *d,
     return e ? &e->ep : NULL;
 }
 
+int64_t slb_discovery_revision(const struct slb_discovery *d)
+{
+    return d->watch != NULL ? slb_etcd_watch_revision(d->watch) : 0;
+}
+
 int slb_discovery_synced(const struct slb_discovery *d)
 {
     return d->synced;

@@ -39,6 +39,8 @@ size_t slb_discovery_size(const struct slb_discovery *d);
 const struct slb_etcd_endpoint *slb_discovery_get(const struct slb_discovery *d, const char *key);
 /* Whether the first listing has been applied. */
 int slb_discovery_synced(const struct slb_discovery *d);
+/* The etcd revision up to which the watch delivered everything (0 when detached). */
+int64_t slb_discovery_revision(const struct slb_discovery *d);
 
 /* For tests and the benchmark: apply a snapshot / events as the watch would. */
 void slb_discovery_apply_reset(struct slb_discovery *d, const struct slb_etcd_range_result *snap);

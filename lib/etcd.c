@@ -87,6 +87,7 @@ struct slb_etcd {
     struct slb_list reqs;    /* struct req */
     struct slb_list watches; /* struct slb_etcd_watch */
     struct slb_rng rng;      /* watch retry jitter */
+    struct slb_etcd_stats stats;
 };
 
 #define WATCH_BACKOFF_MIN_MS 100
@@ -467,6 +468,10 @@ static void req_done(CURL *easy, CURLcode result, void *ud)
     }
     if (result == CURLE_OK && status != 0) {
         root = json_loadb(r->resp ? r->resp : "", r->resp_len, 0, NULL);
+        if (json_is_object(root))
+            e->stats.last_ok_ms = uv_now(e->loop);
+        else
+            e->stats.errors[SLB_ETCD_ERR_PROTOCOL]++;
         if (!json_is_object(root)) {
             slb_warn("etcd %s%s: HTTP %ld: not an etcd answer (%zu bytes)", e->endpoints[r->ep], r->path, status,
                      r->resp_len);
@@ -476,6 +481,8 @@ static void req_done(CURL *easy, CURLcode result, void *ud)
         }
     }
     if (result != CURLE_OK) {
+        if (result != CURLE_WEIRD_SERVER_REPLY)
+            e->stats.errors[r->overflow ? SLB_ETCD_ERR_PROTOCOL : SLB_ETCD_ERR_TRANSPORT]++;
         if (r->overflow) {
             slb_warn("etcd %s%s: response larger than %u bytes", e->endpoints[r->ep], r->path, SLB_ETCD_MAX_RESPONSE);
             req_fail(r, SLB_ELIMIT);
@@ -535,6 +542,7 @@ static void req_done(CURL *easy, CURLcode result, void *ud)
         slb_warn("etcd %s%s: HTTP %ld: unexpected answer (%zu bytes)", e->endpoints[r->ep], r->path, status,
                  r->resp_len);
     err = root == NULL || status == 200 ? SLB_EPROTO : code == 5 ? SLB_ENOTFOUND : SLB_EETCD;
+    e->stats.errors[err == SLB_EPROTO ? SLB_ETCD_ERR_PROTOCOL : SLB_ETCD_ERR_ETCD]++;
     json_decref(root);
     req_fail(r, err);
 }
@@ -756,6 +764,11 @@ void slb_etcd_free(struct slb_etcd *e)
     free(e);
 }
 
+const struct slb_etcd_stats *slb_etcd_stats(const struct slb_etcd *e)
+{
+    return &e->stats;
+}
+
 const char *slb_etcd_endpoint(const struct slb_etcd *e)
 {
     return e->endpoints[e->cur];
@@ -878,12 +891,15 @@ static int watch_message(struct slb_etcd_watch *w, const char *line, size_t len)
 
     if (!json_is_object(root)) {
         json_decref(root);
+        w->etcd->stats.errors[SLB_ETCD_ERR_PROTOCOL]++;
         slb_warn("etcd watch %.*s: %s sent garbage: %.*s", (int)w->prefix_len, w->prefix, w->etcd->endpoints[w->ep],
                  (int)(len > 80 ? 80 : len), line);
         return SLB_EPROTO;
     }
+    w->etcd->stats.last_ok_ms = uv_now(w->etcd->loop);
     res = json_object_get(root, "result");
     if (!json_is_object(res)) {
+        w->etcd->stats.errors[SLB_ETCD_ERR_ETCD]++;
         json_t *e = json_object_get(root, "error");
         json_t *m = json_is_object(e) ? json_object_get(e, "message") : NULL;
         slb_warn("etcd watch %.*s: %s: %s", (int)w->prefix_len, w->prefix, w->etcd->endpoints[w->ep],
@@ -900,6 +916,7 @@ static int watch_message(struct slb_etcd_watch *w, const char *line, size_t len)
             w->relist = 1;
         } else {
             json_t *why = json_object_get(res, "cancel_reason");
+            w->etcd->stats.errors[SLB_ETCD_ERR_ETCD]++;
             slb_warn("etcd watch %.*s: %s: watch canceled: %s", (int)w->prefix_len, w->prefix,
                      w->etcd->endpoints[w->ep], json_is_string(why) ? json_string_value(why) : "no reason given");
             if (w->etcd->username != NULL) {
@@ -937,6 +954,7 @@ static int watch_message(struct slb_etcd_watch *w, const char *line, size_t len)
         if (err == 0) {
             if (rev == 0)
                 rev = ev[n - 1].kv.mod_revision;
+            w->etcd->stats.events += n;
             w->cbs.events(w->user, rev, ev, n);
         }
         for (i = 0; i < n; i++)
@@ -959,6 +977,7 @@ static size_t watch_write(char *p, size_t size, size_t n, void *ud)
     if (status != 200) {
         slb_warn("etcd watch %.*s: %s: HTTP %ld: %.*s", (int)w->prefix_len, w->prefix, w->etcd->endpoints[w->ep],
                  status, (int)(len > 120 ? 120 : len), p);
+        w->etcd->stats.errors[SLB_ETCD_ERR_ETCD]++;
         w->abort_err = SLB_EETCD;
         return 0;
     }
@@ -969,6 +988,7 @@ static size_t watch_write(char *p, size_t size, size_t n, void *ud)
         if (w->line_len + chunk > SLB_ETCD_MAX_WATCH_MSG) {
             slb_warn("etcd watch %.*s: message larger than %u bytes", (int)w->prefix_len, w->prefix,
                      SLB_ETCD_MAX_WATCH_MSG);
+            w->etcd->stats.errors[SLB_ETCD_ERR_PROTOCOL]++;
             w->abort_err = SLB_ELIMIT;
             break;
         }
@@ -1038,6 +1058,8 @@ static void watch_done(CURL *easy, CURLcode result, void *ud)
         snprintf(why, sizeof(why), "%s", w->errbuf[0] ? w->errbuf : curl_easy_strerror(result));
     else
         snprintf(why, sizeof(why), "stream ended");
+    if (w->abort_err == 0)
+        w->etcd->stats.errors[SLB_ETCD_ERR_TRANSPORT]++; /* the stream broke or ended (aborts are counted already) */
     watch_retry(w, 1, why);
 }
 

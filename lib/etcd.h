@@ -32,6 +32,21 @@
 struct slb_etcd;
 struct slb_etcd_watch;
 
+/* Kinds of failure (sidelb_etcd_errors_total{kind}). */
+enum slb_etcd_error_kind {
+    SLB_ETCD_ERR_TRANSPORT = 0, /* no answer: connect, TLS, timeout, a watch stream that broke */
+    SLB_ETCD_ERR_ETCD,          /* etcd answered with an error (permissions, auth, a canceled watch, ...) */
+    SLB_ETCD_ERR_PROTOCOL,      /* the answer was not what the gateway sends (garbage, too large) */
+    SLB_ETCD_ERR_KINDS,
+};
+
+/* Counted by the client, read by /metrics. Owner: the etcd client. */
+struct slb_etcd_stats {
+    uint64_t last_ok_ms;                 /* uv_now() of the last answer from etcd; 0 = none yet */
+    uint64_t events;                     /* watch events delivered to the watchers */
+    uint64_t errors[SLB_ETCD_ERR_KINDS]; /* by enum slb_etcd_error_kind */
+};
+
 struct slb_etcd_kv {
     char *key; /* NUL-terminated (keys and values may hold other NULs; use the lengths) */
     size_t key_len;
@@ -70,6 +85,7 @@ int slb_etcd_new(uv_loop_t *loop, const struct slb_config_etcd *cfg, struct slb_
 void slb_etcd_free(struct slb_etcd *etcd);
 /* The endpoint requests currently go to. */
 const char *slb_etcd_endpoint(const struct slb_etcd *etcd);
+const struct slb_etcd_stats *slb_etcd_stats(const struct slb_etcd *etcd);
 
 /* Range of one key, or of every key under it when prefix != 0. 0 or SLB_ENOMEM. */
 int slb_etcd_range(struct slb_etcd *etcd, const char *key, size_t key_len, int prefix, slb_etcd_range_cb cb,

@@ -491,6 +491,7 @@ static void downstream_on_close(struct slb_conn *c, int err)
     slb_list_remove(&dc->set_link);
     dc->set->n_conns--;
     dc->ctx->n_app_conns--;
+    dc->ctx->stats.downstream_conns_closed++;
 }
 
 static void downstream_on_free(struct slb_conn *c)

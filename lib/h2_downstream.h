@@ -81,6 +81,7 @@ struct slb_downstream_set {
     uint32_t max_connections;                                               /* 0 = none */
     uint32_t handshake_timeout_ms, idle_timeout_ms, stream_idle_timeout_ms; /* 0 = off */
     uint32_t n_conns;                                                       /* open connections */
+    uint32_t index;              /* the listener's position in the server (the loop's stats arrays) */
     struct slb_list handshaking; /* preface + SETTINGS not in yet; oldest accept first */
     struct slb_list idle;        /* no streams; longest idle first (eviction, idle timeout) */
     struct slb_list busy;        /* with streams (stream idle timeout) */

@@ -585,6 +585,7 @@ static void upstream_on_close(struct slb_conn *c, int err)
     slb_list_remove(&uc->link);
     uc->listed = 0;
     pool->n_conns--;
+    pool->ctx->stats.upstream_conns_closed++;
     if (uc->goaway)
         pool->n_draining--;
     if (connect_failed)

@@ -34,6 +34,7 @@ struct slb_downstream_handler;
 struct slb_upstream_handler;
 struct slb_call_transport;
 struct slb_call;
+struct slb_access_log;
 
 struct slb_loop_stats {
     uint64_t calls_total, calls_failed_local, downstream_conns_total, upstream_conns_total;
@@ -56,6 +57,12 @@ struct slb_loop_stats {
     uint64_t budget_conn_backpressure; /* times an app connection went over its share and was held back */
     uint64_t budget_total_exceeded;    /* times the calls of the loop together went over budgets.total_bytes */
     uint64_t retry_buffer_dropped;     /* calls that lost their replay copy (call_retry_bytes or the total budget) */
+    /* connection closes per side (opens: downstream_conns_total, upstream_conns_total) */
+    uint64_t downstream_conns_closed, upstream_conns_closed;
+    /* calls that ended, [listener][cluster, or n_clusters for calls without one][grpc code] (lib/stats.h);
+     * the server allocates it (NULL: not counted, as in unit tests) */
+    uint64_t *calls_by_code;
+    uint32_t calls_n_listeners, calls_n_clusters;
 };
 
 /* Rate-limited log lines, one per kind of event (SLB_LOG_LIMIT_MS apart). */
@@ -102,6 +109,7 @@ struct slb_loop_ctx {
     const struct slb_downstream_handler *down_handler;
     const struct slb_upstream_handler *up_handler;
     const struct slb_call_transport *call_io; /* what calls use to reach the transports */
+    struct slb_access_log *access_log;        /* NULL: off (the server's) */
     uint8_t stopping;                         /* no new upstream connections */
     void (*on_closed)(struct slb_loop_ctx *ctx);
 };

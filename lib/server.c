@@ -7,6 +7,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "access_log.h"
 #include "admin.h"
 #include "buf.h"
 #include "call.h"
@@ -53,6 +54,19 @@ static int inherited_fd(const struct slb_server *old, const char *address)
     return -1;
 }
 
+/* The loop's calls-by-code table: one row of gRPC codes per listener and cluster (and "no cluster"). */
+static int alloc_call_stats(struct slb_server *srv)
+{
+    struct slb_loop_stats *st = &srv->ctx.stats;
+    size_t rows = srv->cfg->n_listeners * (srv->n_clusters + 1);
+
+    st->calls_n_listeners = (uint32_t)srv->cfg->n_listeners;
+    st->calls_n_clusters = (uint32_t)srv->n_clusters;
+    if ((st->calls_by_code = calloc(rows > 0 ? rows : 1, SLB_STATS_GRPC_CODES * sizeof(uint64_t))) == NULL)
+        return SLB_ENOMEM;
+    return 0;
+}
+
 static int listener_start(struct slb_server *srv, struct slb_listener *l, const struct slb_config_listener *cfg,
                           const struct slb_server *old, char *err, size_t errlen)
 {
@@ -72,6 +86,7 @@ static int listener_start(struct slb_server *srv, struct slb_listener *l, const 
     }
     l->routes.default_cluster = cfg->default_cluster_index >= 0 ? &srv->clusters[cfg->default_cluster_index] : NULL;
     slb_downstream_set_init(&l->set, &srv->ctx, cfg->name, &l->routes);
+    l->set.index = (uint32_t)(l - srv->listeners);
     l->set.max_concurrent_streams = cfg->max_concurrent_streams;
     l->set.max_premature_resets = cfg->max_premature_resets;
     l->set.max_header_list_size = cfg->max_header_list_size;
@@ -191,6 +206,15 @@ int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struc
             snprintf(err, errlen, "cluster %s: %s", cfg->clusters[i].name, slb_strerror(rv));
             return rv;
         }
+        srv->clusters[i].index = (uint32_t)i;
+        if ((rv = slb_method_stats_init(&srv->clusters[i].method_stats, cfg->metrics_max_methods)) != 0) {
+            snprintf(err, errlen, "out of memory");
+            return rv;
+        }
+    }
+    if ((rv = alloc_call_stats(srv)) != 0) {
+        snprintf(err, errlen, "out of memory");
+        return rv;
     }
     if (cfg->has_etcd) {
         if ((rv = slb_etcd_new(loop, &cfg->etcd, &srv->etcd)) != 0) {
@@ -213,6 +237,9 @@ int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struc
             return rv;
     if (cfg->admin_address != NULL && (rv = slb_admin_start(&srv->admin, srv, cfg->admin_address, err, errlen)) != 0)
         return rv;
+    if (cfg->access_log.path != NULL &&
+        (rv = slb_access_log_open(&srv->ctx.access_log, loop, &cfg->access_log, err, errlen)) != 0)
+        return rv;
     /* Last: advertise the host's services once everything else is up. */
     if (cfg->n_registers > 0 && srv->etcd != NULL &&
         (srv->registrar = slb_registrar_new(loop, srv->etcd, &srv->ctx.io, cfg->registers, cfg->n_registers)) == NULL) {
@@ -228,6 +255,8 @@ static void on_ctx_closed(struct slb_loop_ctx *ctx)
     void (*cb)(struct slb_server *) = srv->on_stopped;
 
     srv->on_stopped = NULL;
+    slb_access_log_close(srv->ctx.access_log); /* every call is gone: its last lines are in */
+    srv->ctx.access_log = NULL;
     if (cb != NULL)
         cb(srv); /* may free srv */
 }
@@ -345,10 +374,19 @@ void slb_server_retire(struct slb_server *old, const struct slb_config *next, ui
     slb_server_stop(old, grace_ms, on_stopped);
 }
 
+void slb_server_reopen_logs(struct slb_server *srv)
+{
+    slb_access_log_reopen(srv->ctx.access_log);
+}
+
 void slb_server_dispose(struct slb_server *srv)
 {
     slb_call_free_list_drain(&srv->ctx);
+    free(srv->ctx.stats.calls_by_code);
+    srv->ctx.stats.calls_by_code = NULL;
     slb_loop_ctx_dispose(&srv->ctx);
+    for (size_t i = 0; i < srv->n_clusters; i++)
+        slb_method_stats_dispose(&srv->clusters[i].method_stats);
     free(srv->clusters);
     for (size_t i = 0; i < srv->n_listeners; i++)
         free(srv->listeners[i].routes.v);

@@ -79,6 +79,8 @@ void slb_server_retire(struct slb_server *old, const struct slb_config *next, ui
 /* Stop accepting, drain calls (up to grace_ms), then close everything this
  * server owns (wherever its backends went) and call on_stopped. */
 void slb_server_stop(struct slb_server *srv, uint64_t grace_ms, void (*on_stopped)(struct slb_server *));
+/* Reopens the access log (SIGUSR1: logrotate moved it). */
+void slb_server_reopen_logs(struct slb_server *srv);
 /* Frees what the server allocated (after on_stopped). */
 void slb_server_dispose(struct slb_server *srv);
 

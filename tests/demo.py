@@ -315,7 +315,7 @@ def static_act(demo):
     counts = collections.Counter(stub.Unary(peers.req(payload=b"hi"), timeout=5).backend_id for _ in range(30))
     say("30 calls on one channel: %s" % ", ".join("%s %d" % kv for kv in sorted(counts.items())))
     metrics = urllib.request.urlopen("http://127.0.0.1:9901/metrics", timeout=5).read().decode()
-    say("admin /metrics: " + [l for l in metrics.splitlines() if l.startswith("sidelb_calls_total")][0])
+    say("admin /metrics: " + [l for l in metrics.splitlines() if l.startswith("sidelb_calls_total{")][0])
     if counts != {"static-A": 10, "static-B": 10, "static-C": 10}:
         raise StepFailed("static round robin gave %r" % dict(counts))
     demo.results.append(("conf/sidelb.json: 30 calls -> 10/10/10", True, ""))

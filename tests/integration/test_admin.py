@@ -84,13 +84,14 @@ def parse_metrics(text):
             continue
         if line.startswith("# TYPE "):
             _, _, name, typ = line.split(" ")
-            assert typ in ("counter", "gauge") and name not in typed
+            assert typ in ("counter", "gauge", "histogram") and name not in typed
             typed.add(name)
             continue
         m = SAMPLE.match(line)
         assert m, "bad sample line %r" % line
         name, labels, value = m.groups()
-        assert name in typed, "%s has no TYPE line before it" % name
+        assert name in typed or re.sub(r"_(bucket|sum|count)$", "", name) in typed, \
+            "%s has no TYPE line before it" % name
         lab = {}
         pos = 0
         while labels and pos < len(labels):
@@ -139,7 +140,8 @@ def test_metrics_after_30_calls_over_3_backends():
     counts = collections.Counter(stub.Unary(req(payload=b"x"), timeout=5).backend_id for _ in range(30))
     assert counts == {"b0": 10, "b1": 10, "b2": 10}
     m = metrics(slb)
-    assert m[("sidelb_calls_total", frozenset())] == 30
+    assert m[("sidelb_calls_total", frozenset({"listener": "test", "cluster": "echo", "grpc_code": "OK"}.items()))] == 30
+    assert m[("sidelb_calls_started_total", frozenset())] == 30
     assert m[("sidelb_calls_failed_local_total", frozenset())] == 0
     assert m[("sidelb_calls_in_flight", frozenset())] == 0
     assert m[("sidelb_downstream_connections_total", frozenset())] >= 1
