@@ -88,6 +88,17 @@ int slb_cluster_wait(struct slb_cluster *cl, struct slb_cluster_waiter *w);
 void slb_cluster_unwait(struct slb_cluster_waiter *w);
 /* Removes a backend: no new calls, in-flight calls finish (draining). */
 void slb_cluster_remove(struct slb_cluster *cl, const char *addr);
+/*
+ * Sets (on) or clears one source (enum slb_drain_source) of an operator's
+ * drain. While any source is set the backend takes no new calls (every
+ * policy skips it) and its calls in flight finish; clearing the last one
+ * wakes calls waiting for a usable backend. Logged when it changes.
+ */
+void slb_cluster_set_drain(struct slb_cluster *cl, struct slb_backend *be, int source, int on);
+/* Ends be's outlier ejection now (its multiplier is kept). 1 if it was ejected, else 0. */
+int slb_cluster_clear_ejection(struct slb_cluster *cl, struct slb_backend *be);
+/* Whether the cluster's first discovery is done: static at once, etcd after its first listing. */
+int slb_cluster_discovered(const struct slb_cluster *cl);
 /* Picks a backend for an attempt, honouring the tried set; NULL when none can take it. */
 struct slb_backend *slb_cluster_pick(struct slb_cluster *cl, uint64_t hash, int has_hash,
                                      const struct slb_tried *tried);

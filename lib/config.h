@@ -100,7 +100,9 @@ struct slb_config_etcd {
     size_t n_endpoints;
     uint32_t dial_timeout_ms;             /* default 2000 */
     uint32_t request_timeout_ms;          /* default 5000 */
-    char *username, *password;            /* optional auth */
+    char *username, *password;            /* optional auth (password: from "password" or "password_file") */
+    char *password_file;                  /* path as configured (before ${CREDENTIALS_DIRECTORY} expansion) */
+    int allow_insecure_password;          /* a password may go to http:// endpoints */
     char *ca_file, *cert_file, *key_file; /* optional TLS */
 };
 
@@ -140,6 +142,7 @@ struct slb_config {
     char *admin_address;          /* NULL = no admin listener */
     uint32_t max_app_connections; /* over all listeners; 0 = derived from RLIMIT_NOFILE (the server's default) */
     struct slb_config_budgets budgets;
+    char *redacted_json; /* the accepted document, secrets replaced by "<redacted>" (admin GET /config) */
 };
 
 /* The defaults of struct slb_config_budgets (also what a loop context starts with). */
