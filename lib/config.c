@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <jansson.h>
 
@@ -616,6 +617,7 @@ static int valid_endpoint(const char *s)
 static int read_password_file(struct vctx *c, const char *path, char **out)
 {
     char full[PATH_MAX_LEN + 256], *buf;
+    struct stat st;
     size_t n;
     FILE *f;
 
@@ -632,6 +634,10 @@ static int read_password_file(struct vctx *c, const char *path, char **out)
     }
     if ((f = fopen(full, "rb")) == NULL)
         return fail(c, "etcd.password_file", 0, "cannot open \"%s\": %s", full, strerror(errno));
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) { /* never block on a FIFO or a terminal */
+        fclose(f);
+        return fail(c, "etcd.password_file", 0, "\"%s\" is not a regular file", full);
+    }
     if ((buf = malloc(PASSWORD_FILE_MAX + 1)) == NULL) {
         fclose(f);
         return fail(c, "etcd.password_file", 0, "out of memory");

@@ -799,6 +799,10 @@ START_TEST(etcd_password_rules)
                  "    \"username\": \"u\", \"password\": \"a\", \"password_file\": \"/x\"},\n" LISTENER_OK CLUSTER_OK
                  "}\n",
                  "t.json:3:39: etcd.password_file: give \"password\" or \"password_file\", not both");
+    expect_error("{\n"
+                 "  \"etcd\": {\"endpoints\": [\"https://127.0.0.1:2379\"],\n"
+                 "    \"username\": \"u\", \"password_file\": \"/dev/null\"},\n" LISTENER_OK CLUSTER_OK "}\n",
+                 "t.json:3:39: etcd.password_file: \"/dev/null\" is not a regular file");
 }
 END_TEST
 

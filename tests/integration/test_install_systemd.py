@@ -22,7 +22,9 @@ BUILD = os.path.dirname(peers.binary("sidelb"))
 
 
 def make_install(*args):
-    r = subprocess.run(["make", "-s", "-C", REPO, "BUILD=%s" % BUILD] + list(args), capture_output=True, text=True,
+    # -o: install what the test runs (a sanitizer build too), never rebuild it with other flags
+    r = subprocess.run(["make", "-s", "-C", REPO, "BUILD=%s" % BUILD, "-o", os.path.join(BUILD, "sidelb"),
+                        "-o", os.path.join(BUILD, "libsidelb.a")] + list(args), capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
