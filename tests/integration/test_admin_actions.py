@@ -7,26 +7,24 @@ import concurrent.futures
 import json
 import signal
 import socket
-import time
 
 import grpc
 import pytest
 
 import peers
-from peers import req
-from sidelb_harness import simple_config, start_sidelb
-from test_admin import http, http_raw
+from peers import req, wait_for
+from sidelb_harness import simple_config, start_sidelb, start_with_admin_listener
+from test_admin import http
 
 
-def start_with_admin(backends, admin_host="127.0.0.1", extra=None, **kw):
+def start_with_admin(backends, admin_host="127.0.0.1", **kw):
     cfg = simple_config([b.addr for b in backends], **kw)
+    if admin_host == "127.0.0.1":
+        return start_with_admin_listener(cfg)
     admin_port = peers.free_port()
     cfg["admin"] = {"address": "%s:%d" % (admin_host, admin_port)}
-    if extra:
-        cfg.update(extra)
     slb = start_sidelb(cfg)
     slb.admin_port = admin_port
-    slb.admin_host = admin_host
     return slb
 
 
@@ -40,16 +38,6 @@ def backends(slb):
     return {b["address"]: b for b in json.loads(body)[0]["backends"]}
 
 
-def wait_for(pred, timeout, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
-
-
 def test_drain_lets_calls_in_flight_finish_and_new_calls_avoid_it():
     b0, b1 = peers.start_c_backend("b0"), peers.start_c_backend("b1")
     slb = start_with_admin([b0, b1])
@@ -58,7 +46,7 @@ def test_drain_lets_calls_in_flight_finish_and_new_calls_avoid_it():
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         # two slow calls: round robin puts one on each backend
         slow = [pool.submit(stub.Unary, req(delay_ms=1500), timeout=20) for _ in range(2)]
-        assert wait_for(lambda: backends(slb)[b0.addr]["outstanding"] == 1, 10)
+        wait_for(lambda: backends(slb)[b0.addr]["outstanding"] == 1, 10)
         status, _, body = post(slb, "/clusters/echo/backends/%s/drain" % b0.addr)
         assert status == 200, body
         assert b"drained (1 calls in flight finish there)" in body
@@ -115,7 +103,7 @@ def test_clear_ejection():
             stub.Unary(req(), timeout=5)
         except grpc.RpcError:
             pass
-    assert wait_for(lambda: backends(slb)[bad.addr]["ejected"], 10)
+    wait_for(lambda: backends(slb)[bad.addr]["ejected"], 10)
     calls_before = bad.stats()["calls"]
     assert post(slb, "/clusters/echo/backends/%s/clear_ejection" % good.addr)[2].endswith(b"was not ejected\n")
     status, _, body = post(slb, "/clusters/echo/backends/%s/clear_ejection" % bad.addr)
@@ -208,15 +196,14 @@ def test_ready_waits_for_etcd_while_healthz_answers_at_once():
         cfg = simple_config([b0.addr])
         cfg["clusters"].append({"name": "remote", "discovery": {"etcd_prefix": "/ready-test/"}})
         cfg["etcd"] = {"endpoints": [etcd.url], "dial_timeout_ms": 200, "request_timeout_ms": 500}
-        admin_port = peers.free_port()
-        cfg["admin"] = {"address": "127.0.0.1:%d" % admin_port}
-        slb = start_sidelb(cfg)
+        slb = start_with_admin_listener(cfg)
+        admin_port = slb.admin_port
         assert http(admin_port, "GET", "/healthz")[:3:2] == (200, b"ok\n")
         status, _, body = http(admin_port, "GET", "/ready")
         assert (status, body) == (503, b"not ready: cluster remote has no answer from etcd yet\n")
         assert http(admin_port, "HEAD", "/ready")[0] == 503
         etcd.start()
-        assert wait_for(lambda: http(admin_port, "GET", "/ready")[0] == 200, 30), slb.log()
+        wait_for(lambda: http(admin_port, "GET", "/ready")[0] == 200, 30, what="/ready 200 after etcd answered")
         assert http(admin_port, "GET", "/ready")[2] == b"ready\n"
     finally:
         etcd.destroy()
@@ -229,9 +216,9 @@ def test_ready_at_once_with_static_clusters_and_503_when_stopping():
     stub = peers.echo_stub(slb.addr)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(stub.Unary, req(delay_ms=2000), timeout=20)
-        assert wait_for(lambda: backends(slb)[b0.addr]["outstanding"] == 1, 10)
+        wait_for(lambda: backends(slb)[b0.addr]["outstanding"] == 1, 10)
         slb.signal(signal.SIGTERM)
-        assert wait_for(lambda: http(slb.admin_port, "GET", "/ready")[0] == 503, 10)
+        wait_for(lambda: http(slb.admin_port, "GET", "/ready")[0] == 503, 10)
         assert http(slb.admin_port, "GET", "/ready")[2] == b"not ready: stopping\n"
         assert slow.result().backend_id == "b0"
     assert slb.wait(10) == 0

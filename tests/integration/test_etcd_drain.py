@@ -13,29 +13,15 @@ import pytest
 
 import peers
 from etcd_harness import EtcdServer
-from peers import req
-from sidelb_harness import simple_config, start_sidelb
-
-
-def wait_for(pred, timeout, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
+from peers import req, wait_for
+from sidelb_harness import simple_config, start_sidelb, start_with_admin_listener
 
 
 def discovering(etcd, prefix):
     cfg = simple_config([])
     cfg["clusters"][0]["discovery"] = {"etcd_prefix": prefix}
     cfg["etcd"] = {"endpoints": [etcd.url]}
-    admin = peers.free_port()
-    cfg["admin"] = {"address": "127.0.0.1:%d" % admin}
-    slb = start_sidelb(cfg)
-    slb.admin_port = admin
-    return slb
+    return start_with_admin_listener(cfg)
 
 
 def backends(slb):
@@ -63,18 +49,20 @@ def test_etcd_drain_flag_stops_new_calls_lets_calls_in_flight_finish():
     slbs = [discovering(etcd, prefix) for _ in range(2)]  # two hosts
     stubs = [peers.echo_stub(s.addr) for s in slbs]
     for s, stub in zip(slbs, stubs):
-        assert wait_for(lambda: len(backends(s)) == 2, 10)
+        wait_for(lambda: len(backends(s)) == 2, 10)
         assert set(spread(stub, 4)) == {"d0", "d1"}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         slow = pool.submit(stubs[0].Unary, req(delay_ms=1500), timeout=20)
-        if not wait_for(lambda: backends(slbs[0])[b0.addr]["outstanding"] == 1, 2):
+        try:
+            wait_for(lambda: backends(slbs[0])[b0.addr]["outstanding"] == 1, 2)
+        except AssertionError:
             slow.result()  # round robin put it on d1: put the next one on d0
             slow = pool.submit(stubs[0].Unary, req(delay_ms=1500), timeout=20)
-            assert wait_for(lambda: backends(slbs[0])[b0.addr]["outstanding"] == 1, 10)
+            wait_for(lambda: backends(slbs[0])[b0.addr]["outstanding"] == 1, 10)
         # the one write: every sidelb stops new calls to d0
         etcd.put(prefix + "b0", json.dumps({"addr": b0.addr, "drain": True}))
         for s in slbs:
-            assert wait_for(lambda: backends(s)[b0.addr]["drained"]["etcd"], 10)
+            wait_for(lambda: backends(s)[b0.addr]["drained"]["etcd"], 10)
         for stub in stubs:
             assert spread(stub, 8) == {"d1": 8}
         assert slow.result().backend_id == "d0"  # its call in flight finished
@@ -84,8 +72,8 @@ def test_etcd_drain_flag_stops_new_calls_lets_calls_in_flight_finish():
     # admin drain and etcd drain are apart: undraining in etcd leaves an admin drain in place
     assert admin_post(slbs[1], "/clusters/echo/backends/%s/drain" % b0.addr)[0] == 200
     etcd.put(prefix + "b0", json.dumps({"addr": b0.addr, "weight": 2}))
-    assert wait_for(lambda: backends(slbs[0])[b0.addr]["weight"] == 2, 10)
-    assert wait_for(lambda: backends(slbs[1])[b0.addr]["weight"] == 2, 10)
+    wait_for(lambda: backends(slbs[0])[b0.addr]["weight"] == 2, 10)
+    wait_for(lambda: backends(slbs[1])[b0.addr]["weight"] == 2, 10)
     assert "d0" in spread(stubs[0], 6)
     assert backends(slbs[1])[b0.addr]["drained"] == {"admin": True, "etcd": False}
     assert spread(stubs[1], 6) == {"d1": 6}
@@ -108,12 +96,12 @@ def test_registration_keeps_an_operators_drain_flag():
     assert lease != 0
     client = discovering(etcd, prefix)
     stub = peers.echo_stub(client.addr)
-    assert wait_for(lambda: len(backends(client)) == 1, 10)
+    wait_for(lambda: len(backends(client)) == 1, 10)
     assert stub.Unary(req(), timeout=5).backend_id == "r0"
 
     # an operator drains it as etcdctl put would: a new value, no lease
     etcd.put(key, json.dumps({"addr": b.addr, "drain": True}))
-    assert wait_for(lambda: backends(client)[b.addr]["drained"]["etcd"], 10)
+    wait_for(lambda: backends(client)[b.addr]["drained"]["etcd"], 10)
     # the registrar puts the key back under its lease, keeping "drain": true
     etcd.wait_for(lambda: etcd.get_kv(key)["lease"] == lease, 10, what="key back under the registration's lease")
     assert json.loads(etcd.get(key)) == {"addr": b.addr, "drain": True}
@@ -126,5 +114,5 @@ def test_registration_keeps_an_operators_drain_flag():
     etcd.put(key, json.dumps({"addr": b.addr}))
     etcd.wait_for(lambda: etcd.get(key) == b.addr and etcd.get_kv(key)["lease"] == lease, 10,
                   what="key restored undrained")
-    assert wait_for(lambda: not backends(client)[b.addr]["drained"]["etcd"], 10)
+    wait_for(lambda: not backends(client)[b.addr]["drained"]["etcd"], 10)
     assert stub.Unary(req(), timeout=5).backend_id == "r0"
