@@ -12,9 +12,10 @@
  * elsewhere for scrapers, and only the host itself may change routing.
  *
  * An admin drain lives on the backend object: it survives etcd updates of
- * the backend (a separate bit from etcd's "drain"), ends when discovery
- * removes the backend, and does not survive a reload (SIGHUP builds new
- * clusters) or a restart; to drain across those, use etcd's "drain": true.
+ * the backend (a separate bit from etcd's "drain") and a reload (the new
+ * cluster of the same name inherits it: slb_cluster_inherit_admin_drains),
+ * ends when discovery removes the backend, and is lost on a restart; to
+ * drain across that, and on every host, use etcd's "drain": true.
  */
 #ifndef SLB_ADMIN_ACTIONS_H
 #define SLB_ADMIN_ACTIONS_H

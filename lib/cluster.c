@@ -403,10 +403,15 @@ void slb_cluster_dispose(struct slb_cluster *cl)
     slb_lb_dispose(&cl->lb);
     slb_method_table_dispose(&cl->methods);
     slb_backend_set_dispose(&cl->set);
+    free(cl->admin_drains_pending);
+    cl->admin_drains_pending = NULL;
+    cl->n_admin_drains_pending = 0;
     free(cl->_index);
     cl->_index = NULL;
     cl->_index_size = 0;
 }
+
+static void apply_pending_admin_drain(struct slb_cluster *cl, struct slb_backend *be);
 
 int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight, const char *zone)
 {
@@ -445,6 +450,8 @@ int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight
     be->_hash_next = *slot;
     *slot = be;
     slb_notice("cluster %s: backend %s added (weight %u)", cl->cfg->name, addr, weight);
+    if (cl->n_admin_drains_pending > 0)
+        apply_pending_admin_drain(cl, be);
     health_start(cl, be);
     cluster_wake(cl);
     return 0;
@@ -514,6 +521,44 @@ int slb_cluster_clear_ejection(struct slb_cluster *cl, struct slb_backend *be)
     cluster_wake(cl);
     outlier_arm(cl, now);
     return 1;
+}
+
+int slb_cluster_inherit_admin_drains(struct slb_cluster *cl, const struct slb_cluster *old)
+{
+    for (uint32_t i = 0; i < old->set.n; i++) {
+        const struct slb_backend *ob = old->set.items[i];
+        struct slb_backend *be;
+        if (!(ob->drained & SLB_DRAIN_ADMIN))
+            continue;
+        if ((be = slb_cluster_find(cl, ob->name)) != NULL) {
+            slb_cluster_set_drain(cl, be, SLB_DRAIN_ADMIN, 1);
+        } else if (cl->cfg->etcd_prefix != NULL) {
+            void *p = realloc(cl->admin_drains_pending, (cl->n_admin_drains_pending + 1) * SLB_BACKEND_NAME_MAX);
+            if (p == NULL)
+                return SLB_ENOMEM;
+            cl->admin_drains_pending = p;
+            snprintf(cl->admin_drains_pending[cl->n_admin_drains_pending++], SLB_BACKEND_NAME_MAX, "%s", ob->name);
+        }
+    }
+    return 0;
+}
+
+/* A backend just added: an admin drain carried over a reload applies to it (first etcd listing only). */
+static void apply_pending_admin_drain(struct slb_cluster *cl, struct slb_backend *be)
+{
+    if (cl->discovery != NULL && slb_discovery_synced(cl->discovery)) {
+        free(cl->admin_drains_pending); /* the first listing is done: what it did not bring is gone */
+        cl->admin_drains_pending = NULL;
+        cl->n_admin_drains_pending = 0;
+        return;
+    }
+    for (uint32_t i = 0; i < cl->n_admin_drains_pending; i++)
+        if (strcmp(cl->admin_drains_pending[i], be->name) == 0) {
+            slb_cluster_set_drain(cl, be, SLB_DRAIN_ADMIN, 1);
+            memcpy(cl->admin_drains_pending[i], cl->admin_drains_pending[--cl->n_admin_drains_pending],
+                   SLB_BACKEND_NAME_MAX);
+            return;
+        }
 }
 
 int slb_cluster_discovered(const struct slb_cluster *cl)

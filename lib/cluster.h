@@ -66,7 +66,11 @@ struct slb_cluster {
     uv_timer_t probe_timer;         /* while calls wait: early connect attempts (probe_interval_ms) */
     struct slb_log_limit probe_log; /* "probing" logged once per SLB_LOG_LIMIT_MS */
     void (*wake)(struct slb_cluster_waiter *w); /* its user's: try again (w is unlinked) */
-    struct slb_backend **_index;                /* address -> backend (chained through be->_hash_next) */
+    /* reload: admin drains of the replaced server's cluster, for backends its first etcd listing
+     * has not brought yet (matched on add, dropped once that listing is done). Owned here. */
+    char (*admin_drains_pending)[SLB_BACKEND_NAME_MAX];
+    uint32_t n_admin_drains_pending;
+    struct slb_backend **_index; /* address -> backend (chained through be->_hash_next) */
     uint32_t _index_size;
 };
 
@@ -95,6 +99,13 @@ void slb_cluster_remove(struct slb_cluster *cl, const char *addr);
  * wakes calls waiting for a usable backend. Logged when it changes.
  */
 void slb_cluster_set_drain(struct slb_cluster *cl, struct slb_backend *be, int source, int on);
+/*
+ * Reload: the admin drains of `old` (the replaced server's cluster of the
+ * same name) carry over, so `systemctl reload` never undrains a backend:
+ * at once for backends listed now, and for an etcd cluster on the backends
+ * its first listing brings. 0 or SLB_ENOMEM.
+ */
+int slb_cluster_inherit_admin_drains(struct slb_cluster *cl, const struct slb_cluster *old);
 /* Ends be's outlier ejection now (its multiplier is kept). 1 if it was ejected, else 0. */
 int slb_cluster_clear_ejection(struct slb_cluster *cl, struct slb_backend *be);
 /* Whether the cluster's first discovery is done: static at once, etcd after its first listing. */

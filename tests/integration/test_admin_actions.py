@@ -222,3 +222,19 @@ def test_ready_at_once_with_static_clusters_and_503_when_stopping():
         assert http(slb.admin_port, "GET", "/ready")[2] == b"not ready: stopping\n"
         assert slow.result().backend_id == "b0"
     assert slb.wait(10) == 0
+
+
+def test_admin_drain_survives_a_reload():
+    b0, b1 = peers.start_c_backend("b0"), peers.start_c_backend("b1")
+    slb = start_with_admin([b0, b1])
+    stub = peers.echo_stub(slb.addr)
+    assert post(slb, "/clusters/echo/backends/%s/drain" % b0.addr)[0] == 200
+    slb.signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded" in slb.log() or "reload:" in slb.log(), 10, what="the reload")
+    assert "reload:" not in slb.log(), slb.log()
+    assert backends(slb)[b0.addr]["drained"] == {"admin": True, "etcd": False}
+    # the old server may take a call or two right after SIGHUP; the new one never sends to b0
+    wait_for(lambda: {stub.Unary(req(), timeout=5).backend_id for _ in range(10)} == {"b1"}, 10,
+             what="calls only to b1 after the reload")
+    assert post(slb, "/clusters/echo/backends/%s/undrain" % b0.addr)[0] == 200
+    assert "b0" in {stub.Unary(req(), timeout=5).backend_id for _ in range(6)}

@@ -6,6 +6,7 @@ operator's drain flag when it re-puts its key."""
 import collections
 import concurrent.futures
 import json
+import signal
 import time
 import urllib.request
 
@@ -116,3 +117,29 @@ def test_registration_keeps_an_operators_drain_flag():
                   what="key restored undrained")
     wait_for(lambda: not backends(client)[b.addr]["drained"]["etcd"], 10)
     assert stub.Unary(req(), timeout=5).backend_id == "r0"
+
+
+@pytest.mark.timeout(60)
+def test_admin_drain_of_an_etcd_backend_survives_a_reload():
+    etcd = EtcdServer()
+    b0, b1 = peers.start_c_backend("h0"), peers.start_c_backend("h1")
+    prefix = "/drain-reload/"
+    etcd.put(prefix + "b0", b0.addr)
+    etcd.put(prefix + "b1", b1.addr)
+    slb = discovering(etcd, prefix)
+    stub = peers.echo_stub(slb.addr)
+    wait_for(lambda: len(backends(slb)) == 2, 10)
+    assert admin_post(slb, "/clusters/echo/backends/%s/drain" % b0.addr)[0] == 200
+    slb.signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded" in slb.log() or "reload:" in slb.log(), 10, what="the reload")
+    assert "reload:" not in slb.log(), slb.log()
+    # the new server's first etcd listing brings b0 back drained
+    wait_for(lambda: len(backends(slb)) == 2 and backends(slb)[b0.addr]["drained"]["admin"], 10,
+             what="b0 drained after the reload")
+    wait_for(lambda: spread(stub, 8) == {"h1": 8}, 10, what="calls only to h1")
+    # a backend that leaves and comes back later is not drained any more (the drain ended with it)
+    etcd.delete(prefix + "b0")
+    wait_for(lambda: b0.addr not in backends(slb), 10)
+    etcd.put(prefix + "b0", b0.addr)
+    wait_for(lambda: b0.addr in backends(slb), 10)
+    assert backends(slb)[b0.addr]["drained"]["admin"] is False
