@@ -168,7 +168,7 @@ UNITDIR     ?= $(PREFIX)/lib/systemd/system
 INSTALL_LIB ?=
 MAN_PAGES   := docs/man/sidelb.8 docs/man/sidelb.json.5
 
-install: $(BUILD)/sidelb
+install: $(BUILD)/sidelb $(if $(INSTALL_LIB),install-lib)
 	install -D -m 0755 $(BUILD)/sidelb $(DESTDIR)$(PREFIX)/bin/sidelb
 	install -D -m 0644 conf/sidelb.json $(DESTDIR)$(SYSCONFDIR)/sidelb/sidelb.json.example
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/sidelb/sidelb.json ]; then \
@@ -180,7 +180,6 @@ install: $(BUILD)/sidelb
 	chmod 0644 $(DESTDIR)$(UNITDIR)/sidelb.service
 	install -D -m 0644 docs/man/sidelb.8 $(DESTDIR)$(MANDIR)/man8/sidelb.8
 	install -D -m 0644 docs/man/sidelb.json.5 $(DESTDIR)$(MANDIR)/man5/sidelb.json.5
-	$(if $(INSTALL_LIB),$(MAKE) install-lib)
 
 install-lib: $(BUILD)/libsidelb.a
 	install -D -m 0644 $(BUILD)/libsidelb.a $(DESTDIR)$(PREFIX)/lib/libsidelb.a
