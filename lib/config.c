@@ -616,22 +616,25 @@ static int valid_endpoint(const char *s)
  */
 static int read_password_file(struct vctx *c, const char *path, char **out)
 {
-    char full[PATH_MAX_LEN + 256], *buf;
+    char full[4096], *buf;
+    const char *dir = "";
     struct stat st;
     size_t n;
     FILE *f;
+    int len;
 
     if (strncmp(path, CREDENTIALS_PREFIX, sizeof(CREDENTIALS_PREFIX) - 1) == 0) {
-        const char *dir = getenv("CREDENTIALS_DIRECTORY");
+        dir = getenv("CREDENTIALS_DIRECTORY");
         if (dir == NULL || dir[0] == '\0')
             return fail(c, "etcd.password_file", 0,
                         "\"%s\" uses ${CREDENTIALS_DIRECTORY}, which is not set (systemd sets it with "
                         "LoadCredential=)",
                         path);
-        bfmt(full, sizeof(full), "%s%s", dir, path + sizeof(CREDENTIALS_PREFIX) - 1);
-    } else {
-        bfmt(full, sizeof(full), "%s", path);
+        path += sizeof(CREDENTIALS_PREFIX) - 1;
     }
+    len = snprintf(full, sizeof(full), "%s%s", dir, path);
+    if (len < 0 || (size_t)len >= sizeof(full))
+        return fail(c, "etcd.password_file", 0, "path longer than %zu bytes", sizeof(full) - 1);
     if ((f = fopen(full, "rb")) == NULL)
         return fail(c, "etcd.password_file", 0, "cannot open \"%s\": %s", full, strerror(errno));
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) { /* never block on a FIFO or a terminal */
