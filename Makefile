@@ -8,7 +8,7 @@
 #   make bench      deps + build + side-by-side benchmark (tests/bench)
 #   make asan       unit + integration again under ASan + UBSan (clang, build-asan/)
 #   make fuzz-smoke build the libFuzzer targets (clang) and run each FUZZ_SECONDS
-#   make install    PREFIX=/usr/local DESTDIR=
+#   make install    PREFIX=/usr/local DESTDIR= (install-lib / INSTALL_LIB=1: libsidelb.a + headers)
 #
 # BUILD=dir puts every output in another directory (parallel builds, asan).
 
@@ -29,7 +29,7 @@ CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 DEB_BUILD := build-essential pkg-config clang clang-format libclang-rt-14-dev libuv1-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler \
              libcurl4-openssl-dev libjansson-dev libxxhash-dev check
 DEB_TEST  := etcd-server etcd-client nghttp2-client nghttp2-server python3 python3-grpcio python3-grpc-tools python3-protobuf \
-             python3-pytest python3-h2 curl procps openssl prometheus
+             python3-pytest python3-h2 curl procps openssl prometheus systemd man-db
 DEB_BENCH := haproxy nginx valgrind
 DEB_ALL   := $(DEB_BUILD) $(DEB_TEST) $(DEB_BENCH)
 
@@ -48,7 +48,7 @@ BACKEND_OBJ := $(patsubst tests/%.c,$(BUILD)/tests/%.o,$(BACKEND_SRC)) \
 BENCH_SRC := $(sort $(wildcard tests/bench/*.c))
 BENCH_BIN := $(patsubst tests/bench/%.c,$(BUILD)/%,$(BENCH_SRC))
 
-.PHONY: all deps check test unit integration demo bench asan install clean format format-check
+.PHONY: all deps check test unit integration demo bench asan install install-lib clean format format-check
 all: $(BUILD)/sidelb $(BUILD)/libsidelb.a
 
 $(BUILD)/libsidelb.a: $(LIB_OBJ)
@@ -158,12 +158,33 @@ asan:
 	$(ASAN_ENV) $(MAKE) $(ASAN_VARS) unit
 	$(ASAN_ENV) $(MAKE) $(ASAN_VARS) integration
 
-install: $(BUILD)/sidelb
+# install: the binary, the systemd unit, the man pages, the example config,
+# and SYSCONFDIR/sidelb/sidelb.json only when there is none (an existing one
+# is never overwritten). The static library and its headers only when asked:
+# make install-lib, or make install INSTALL_LIB=1.
+SYSCONFDIR  ?= /etc
+MANDIR      ?= $(PREFIX)/share/man
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+INSTALL_LIB ?=
+MAN_PAGES   := docs/man/sidelb.8 docs/man/sidelb.json.5
+
+install: $(BUILD)/sidelb $(if $(INSTALL_LIB),install-lib)
 	install -D -m 0755 $(BUILD)/sidelb $(DESTDIR)$(PREFIX)/bin/sidelb
+	install -D -m 0644 conf/sidelb.json $(DESTDIR)$(SYSCONFDIR)/sidelb/sidelb.json.example
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/sidelb/sidelb.json ]; then \
+	  echo "make install: keeping the existing $(DESTDIR)$(SYSCONFDIR)/sidelb/sidelb.json"; \
+	else install -m 0644 conf/sidelb.json $(DESTDIR)$(SYSCONFDIR)/sidelb/sidelb.json; fi
+	install -d $(DESTDIR)$(UNITDIR)
+	sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' systemd/sidelb.service \
+	  > $(DESTDIR)$(UNITDIR)/sidelb.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/sidelb.service
+	install -D -m 0644 docs/man/sidelb.8 $(DESTDIR)$(MANDIR)/man8/sidelb.8
+	install -D -m 0644 docs/man/sidelb.json.5 $(DESTDIR)$(MANDIR)/man5/sidelb.json.5
+
+install-lib: $(BUILD)/libsidelb.a
 	install -D -m 0644 $(BUILD)/libsidelb.a $(DESTDIR)$(PREFIX)/lib/libsidelb.a
-	install -D -m 0644 conf/sidelb.json $(DESTDIR)/etc/sidelb/sidelb.json.example
-	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
-	sed 's|@BINDIR@|$(PREFIX)/bin|g' systemd/sidelb.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/sidelb.service
+	install -d $(DESTDIR)$(PREFIX)/include/sidelb
+	install -m 0644 lib/*.h $(DESTDIR)$(PREFIX)/include/sidelb/
 
 C_SOURCES = $(wildcard lib/*.[ch] daemon/*.c tests/*.[ch] tests/*/*.[ch])
 

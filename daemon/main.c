@@ -28,6 +28,8 @@ static uv_loop_t *loop;
 static uv_signal_t sig_term, sig_int, sig_hup, sig_usr1;
 static uint64_t grace_ms = DEFAULT_GRACE_MS;
 static int cli_log_level = -1; /* -l overrides the config's log_level, also across reloads */
+static uv_timer_t watchdog_timer;
+static int watchdog_on;
 
 /* systemd's notify protocol (sd_notify(3)) without linking libsystemd. */
 static void sd_notify_msg(const char *msg)
@@ -47,6 +49,37 @@ static void sd_notify_msg(const char *msg)
         return;
     (void)sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa, len);
     close(fd);
+}
+
+/*
+ * systemd's watchdog (WatchdogSec=): WATCHDOG=1 from a loop timer at half of
+ * WATCHDOG_USEC, so a loop that is stuck (or stopped) stops the pings and
+ * systemd restarts the service. The timer is unref'd: it never keeps the
+ * loop alive on its own.
+ */
+static void on_watchdog(uv_timer_t *t)
+{
+    sd_notify_msg("WATCHDOG=1");
+}
+
+static void watchdog_start(void)
+{
+    const char *usec = getenv("WATCHDOG_USEC"), *pid = getenv("WATCHDOG_PID");
+    unsigned long long us;
+    char *end;
+
+    if (usec == NULL || (pid != NULL && strtol(pid, NULL, 10) != (long)getpid()))
+        return;
+    us = strtoull(usec, &end, 10);
+    if (*end != '\0' || us == 0) {
+        slb_warn("WATCHDOG_USEC=\"%s\" is not a number of microseconds; no watchdog pings", usec);
+        return;
+    }
+    uv_timer_init(loop, &watchdog_timer);
+    uv_timer_start(&watchdog_timer, on_watchdog, 0, us / 2000 > 0 ? us / 2000 : 1);
+    uv_unref((uv_handle_t *)&watchdog_timer);
+    watchdog_on = 1;
+    slb_info("systemd watchdog: WATCHDOG=1 every %llu ms", us / 2000 > 0 ? us / 2000 : 1);
 }
 
 static void usage(FILE *out)
@@ -70,6 +103,9 @@ static void on_stopped(struct slb_server *srv)
     uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_hup, NULL);
     uv_close((uv_handle_t *)&sig_usr1, NULL);
+    if (watchdog_on)
+        uv_close((uv_handle_t *)&watchdog_timer, NULL);
+    watchdog_on = 0;
 }
 
 /* A retired server (replaced by a reload, or one whose start failed) is
@@ -230,6 +266,7 @@ int main(int argc, char **argv)
     slb_log_write(SLB_LOG_NOTICE, "sidelb %s ready (%zu listeners, %zu clusters)", SIDELB_VERSION, cfg->n_listeners,
                   cfg->n_clusters);
     sd_notify_msg("READY=1");
+    watchdog_start();
     uv_run(loop, UV_RUN_DEFAULT);
     rv = uv_loop_close(loop);
     slb_server_dispose(server);

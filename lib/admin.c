@@ -10,6 +10,7 @@
  * connection bounds READING (slow or idle clients get 408) and LINGERING.
  */
 #include "admin.h"
+#include "admin_actions.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -124,6 +125,10 @@ static json_t *render_clusters(const struct slb_server *srv, uint64_t now)
                                   "healthy", slb_backend_usable(be, now), "ejected", be->ejected_until_ms > now,
                                   "ejections", (json_int_t)be->ejections, "draining", be->draining != 0, "outstanding",
                                   (json_int_t)be->outstanding, "connections", (json_int_t)backend_connections(be));
+            if (b != NULL) /* an operator's drain (admin_actions.h), by source */
+                json_object_set_new(b, "drained",
+                                    json_pack("{s:b, s:b}", "admin", (be->drained & SLB_DRAIN_ADMIN) != 0, "etcd",
+                                              (be->drained & SLB_DRAIN_ETCD) != 0));
             if (b == NULL || json_array_append_new(bes, b) != 0)
                 goto fail;
         }
@@ -143,6 +148,8 @@ static const char *status_text(int status)
         return "OK";
     case 400:
         return "Bad Request";
+    case 403:
+        return "Forbidden";
     case 404:
         return "Not Found";
     case 405:
@@ -263,6 +270,60 @@ static void respond_text(struct admin_conn *c, int status, const char *text, con
     respond(c, status, "text/plain; charset=utf-8", extra, head_only || o.err != 0);
 }
 
+/* Whether the peer of c may use the actions and /config (admin_actions.h). */
+static int peer_trusted(struct admin_conn *c)
+{
+    struct sockaddr_storage ss;
+    int len = (int)sizeof(ss);
+
+    return uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0 &&
+           slb_admin_peer_trusted((const struct sockaddr *)&ss);
+}
+
+/* /ready, /config and the actions under /clusters/<name>/...; 1 when answered. */
+static int handle_ops_request(struct admin_conn *c, const struct request *r, int head_only)
+{
+    struct slb_server *srv = c->admin->srv;
+    int is_get = head_only || (r->method_len == 3 && memcmp(r->method, "GET", 3) == 0);
+    int is_post = r->method_len == 4 && memcmp(r->method, "POST", 4) == 0;
+    struct slb_admin_answer ans;
+
+    if (r->path_len == 6 && memcmp(r->path, "/ready", 6) == 0) {
+        if (!is_get) {
+            respond_text(c, 405, "method not allowed\n", "Allow: GET, HEAD\r\n", 0);
+            return 1;
+        }
+        slb_admin_ready(srv, &ans);
+        respond_text(c, ans.status, ans.body, NULL, head_only);
+        return 1;
+    }
+    if (r->path_len == 7 && memcmp(r->path, "/config", 7) == 0) {
+        struct out o = {&c->body, 0};
+        if (!is_get) {
+            respond_text(c, 405, "method not allowed\n", "Allow: GET, HEAD\r\n", 0);
+        } else if (!peer_trusted(c)) {
+            slb_notice("admin: GET /config refused: the peer is not on loopback");
+            respond_text(c, 403, "forbidden: /config is served over loopback only\n", NULL, head_only);
+        } else {
+            c->body.len = 0;
+            puts_(&o, srv->cfg->redacted_json ? srv->cfg->redacted_json : "{}");
+            puts_(&o, "\n");
+            if (o.err != 0)
+                respond_text(c, 500, "out of memory\n", NULL, head_only);
+            else
+                respond(c, 200, "application/json", NULL, head_only);
+        }
+        return 1;
+    }
+    if (r->path_len > 10 && memcmp(r->path, "/clusters/", 10) == 0) {
+        if (!slb_admin_action(srv, is_post, peer_trusted(c), r->path, r->path_len, &ans))
+            return 0;
+        respond_text(c, ans.status, ans.body, ans.allow, head_only);
+        return 1;
+    }
+    return 0;
+}
+
 static void handle_request(struct admin_conn *c, size_t n)
 {
     struct slb_server *srv = c->admin->srv;
@@ -279,6 +340,8 @@ static void handle_request(struct admin_conn *c, size_t n)
     slb_debug("admin: %.*s %.*s", (int)r.method_len, r.method, (int)r.path_len, r.path);
 
 #define PATH_IS(lit) (r.path_len == sizeof(lit) - 1 && memcmp(r.path, lit, sizeof(lit) - 1) == 0)
+    if (handle_ops_request(c, &r, head_only))
+        return;
     if (!PATH_IS("/healthz") && !PATH_IS("/metrics") && !PATH_IS("/clusters")) {
         respond_text(c, 404, "not found (try /healthz, /metrics, /clusters)\n", NULL, head_only);
         return;

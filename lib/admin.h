@@ -8,14 +8,17 @@
  *   GET /healthz   200 "ok\n" while serving, 503 "draining\n" once stopping
  *   GET /metrics   Prometheus text format 0.0.4 (server, cluster and backend gauges)
  *   GET /clusters  JSON: [{name, policy, waiting, backends: [{address, weight, zone,
- *                  state, health, healthy, ejected, draining, outstanding, connections}]}]
+ *                  state, health, healthy, ejected, draining, drained, outstanding, connections}]}]
+ *   GET /ready, GET /config, POST /clusters/<c>/backends/<addr>/{drain,undrain,clear_ejection}:
+ *                  admin_actions.h (the actions and /config only over loopback)
  *
  * HEAD is accepted wherever GET is. Malformed requests get 400, oversized
  * ones 431, unknown paths 404, other methods 405.
  *
  * Ownership: the server owns the struct slb_admin (created by
  * slb_admin_start, released by slb_admin_stop). The admin reads the server's
- * clusters and stats on each request and never changes them; the server must
+ * clusters and stats on each request and changes them only through the
+ * actions of admin_actions.h (drain, clear an ejection); the server must
  * outlive it until slb_admin_stop() has been called. Memory is freed from the
  * loop once the listener and every admin connection have closed.
  */

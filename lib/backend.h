@@ -59,6 +59,7 @@ struct slb_backend {
     uint8_t health;               /* enum slb_backend_health */
     uint8_t draining;             /* removed from discovery: no new calls */
     uint8_t health_unimpl_logged; /* the "does not implement grpc.health.v1" error was logged (once) */
+    uint8_t drained;              /* SLB_DRAIN_* bits: an operator drains it (no new calls, in flight finish) */
     uint64_t ejected_until_ms;    /* outlier ejection: no new calls before this time */
     uint32_t times_ejected;       /* outlier ejection time multiplier (gRFC A50): +1 per ejection, decays */
     uint32_t ejections;           /* ejections since it was listed (the metric) */
@@ -94,10 +95,21 @@ const char *slb_backend_state_name(int state);
 /* The one setter for the connectivity state: logs old -> new. */
 void slb_backend_set_state(struct slb_backend *be, int state);
 
+/*
+ * An operator's drain, kept apart from discovery's `draining` (removed): the
+ * backend stays listed, takes no new calls, and its calls in flight finish.
+ * Two independent sources, so an etcd update never undoes an admin drain.
+ */
+enum slb_drain_source {
+    SLB_DRAIN_ADMIN = 1, /* POST /clusters/<c>/backends/<addr>/drain on the admin listener */
+    SLB_DRAIN_ETCD = 2,  /* "drain": true in the backend's etcd value */
+};
+
 /* Whether a new call may be sent to this backend at now_ms. */
 static inline int slb_backend_usable(const struct slb_backend *be, uint64_t now_ms)
 {
-    return !be->draining && be->state != SLB_BACKEND_TRANSIENT_FAILURE && be->state != SLB_BACKEND_SHUTDOWN &&
+    return (be->draining | be->drained) == 0 && be->state != SLB_BACKEND_TRANSIENT_FAILURE &&
+           be->state != SLB_BACKEND_SHUTDOWN &&
            (be->health == SLB_HEALTH_UNKNOWN || be->health == SLB_HEALTH_SERVING ||
             be->health == SLB_HEALTH_UNIMPLEMENTED) &&
            be->ejected_until_ms <= now_ms;

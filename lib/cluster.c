@@ -319,13 +319,16 @@ static void sink_upsert(void *user, const char *key, const struct slb_etcd_endpo
     struct slb_backend *be;
 
     if (old != NULL && strcmp(old->addr, ep->addr) == 0) {
-        slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone); /* weight or zone changed */
+        slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone); /* weight, zone or drain changed */
+        if ((be = slb_cluster_find(cl, ep->addr)) != NULL)
+            slb_cluster_set_drain(cl, be, SLB_DRAIN_ETCD, ep->drain);
         return;
     }
     if (slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone) != 0) {
         slb_warn("cluster %s: etcd key %s: unusable address \"%s\"; skipped", cl->cfg->name, key, ep->addr);
     } else if ((be = slb_cluster_find(cl, ep->addr)) != NULL) {
         be->discovery_keys++;
+        slb_cluster_set_drain(cl, be, SLB_DRAIN_ETCD, ep->drain); /* the last key written wins */
     }
     if (old != NULL)
         drop_key(cl, old->addr); /* the key now names another address */
@@ -414,10 +417,15 @@ void slb_cluster_dispose(struct slb_cluster *cl)
     slb_lb_dispose(&cl->lb);
     slb_method_table_dispose(&cl->methods);
     slb_backend_set_dispose(&cl->set);
+    free(cl->admin_drains_pending);
+    cl->admin_drains_pending = NULL;
+    cl->n_admin_drains_pending = 0;
     free(cl->_index);
     cl->_index = NULL;
     cl->_index_size = 0;
 }
+
+static void apply_pending_admin_drain(struct slb_cluster *cl, struct slb_backend *be);
 
 int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight, const char *zone)
 {
@@ -456,6 +464,8 @@ int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight
     be->_hash_next = *slot;
     *slot = be;
     slb_notice("cluster %s: backend %s added (weight %u)", cl->cfg->name, addr, weight);
+    if (cl->n_admin_drains_pending > 0)
+        apply_pending_admin_drain(cl, be);
     health_start(cl, be);
     cluster_wake(cl);
     return 0;
@@ -482,6 +492,92 @@ void slb_cluster_remove(struct slb_cluster *cl, const char *addr)
     if (be->pool != NULL)
         slb_upstream_pool_drain(be->pool);
     slb_backend_unref(be);
+}
+
+/* ---- operator actions: drain, clear an ejection ---- */
+
+void slb_cluster_set_drain(struct slb_cluster *cl, struct slb_backend *be, int source, int on)
+{
+    uint8_t was = be->drained;
+
+    be->drained = on ? (uint8_t)(be->drained | source) : (uint8_t)(be->drained & ~source);
+    if ((was != 0) == (be->drained != 0)) {
+        if (was != be->drained)
+            slb_info("cluster %s: backend %s drain by %s %s", cl->cfg->name, be->name,
+                     source == SLB_DRAIN_ADMIN ? "admin" : "etcd", on ? "set" : "cleared");
+        return;
+    }
+    cl->set.usable_version++; /* policies skip it; the ring and tables are not rebuilt */
+    if (on) {
+        slb_notice("cluster %s: backend %s drained by %s (%u calls in flight finish there)", cl->cfg->name, be->name,
+                   source == SLB_DRAIN_ADMIN ? "admin" : "etcd", be->outstanding);
+    } else {
+        slb_notice("cluster %s: backend %s undrained by %s", cl->cfg->name, be->name,
+                   source == SLB_DRAIN_ADMIN ? "admin" : "etcd");
+        be->usable_since_ms = uv_now(cl->ctx->loop); /* slow start ramps it up again */
+        cluster_wake(cl);
+    }
+}
+
+int slb_cluster_clear_ejection(struct slb_cluster *cl, struct slb_backend *be)
+{
+    uint64_t now = uv_now(cl->ctx->loop);
+
+    be->consecutive_failures = 0;
+    if (be->ejected_until_ms == 0)
+        return 0;
+    /* as slb_outlier_uneject() would at its end, so the interval logic sees the same state */
+    be->ejected_until_ms = 0;
+    be->usable_since_ms = now;
+    cl->set.usable_version++;
+    slb_notice("cluster %s: backend %s ejection cleared by admin (multiplier %u kept)", cl->cfg->name, be->name,
+               be->times_ejected);
+    cluster_wake(cl);
+    outlier_arm(cl, now);
+    return 1;
+}
+
+int slb_cluster_inherit_admin_drains(struct slb_cluster *cl, const struct slb_cluster *old)
+{
+    for (uint32_t i = 0; i < old->set.n; i++) {
+        const struct slb_backend *ob = old->set.items[i];
+        struct slb_backend *be;
+        if (!(ob->drained & SLB_DRAIN_ADMIN))
+            continue;
+        if ((be = slb_cluster_find(cl, ob->name)) != NULL) {
+            slb_cluster_set_drain(cl, be, SLB_DRAIN_ADMIN, 1);
+        } else if (cl->cfg->etcd_prefix != NULL) {
+            void *p = realloc(cl->admin_drains_pending, (cl->n_admin_drains_pending + 1) * SLB_BACKEND_NAME_MAX);
+            if (p == NULL)
+                return SLB_ENOMEM;
+            cl->admin_drains_pending = p;
+            snprintf(cl->admin_drains_pending[cl->n_admin_drains_pending++], SLB_BACKEND_NAME_MAX, "%s", ob->name);
+        }
+    }
+    return 0;
+}
+
+/* A backend just added: an admin drain carried over a reload applies to it (first etcd listing only). */
+static void apply_pending_admin_drain(struct slb_cluster *cl, struct slb_backend *be)
+{
+    if (cl->discovery != NULL && slb_discovery_synced(cl->discovery)) {
+        free(cl->admin_drains_pending); /* the first listing is done: what it did not bring is gone */
+        cl->admin_drains_pending = NULL;
+        cl->n_admin_drains_pending = 0;
+        return;
+    }
+    for (uint32_t i = 0; i < cl->n_admin_drains_pending; i++)
+        if (strcmp(cl->admin_drains_pending[i], be->name) == 0) {
+            slb_cluster_set_drain(cl, be, SLB_DRAIN_ADMIN, 1);
+            memcpy(cl->admin_drains_pending[i], cl->admin_drains_pending[--cl->n_admin_drains_pending],
+                   SLB_BACKEND_NAME_MAX);
+            return;
+        }
+}
+
+int slb_cluster_discovered(const struct slb_cluster *cl)
+{
+    return cl->discovery == NULL ? cl->cfg->etcd_prefix == NULL : slb_discovery_synced(cl->discovery);
 }
 
 struct slb_backend *slb_cluster_pick(struct slb_cluster *cl, uint64_t hash, int has_hash, const struct slb_tried *tried)

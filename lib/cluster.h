@@ -70,7 +70,11 @@ struct slb_cluster {
     struct slb_cluster_stats stats;             /* calls, latency, bytes, retries, hedges, limits (lib/stats.h) */
     struct slb_method_stats method_stats;       /* per method, when "metrics".max_methods is set (the server's) */
     uint32_t index;                             /* position in the server's clusters (the loop's stats arrays) */
-    struct slb_backend **_index;                /* address -> backend (chained through be->_hash_next) */
+    /* reload: admin drains of the replaced server's cluster, for backends its first etcd listing
+     * has not brought yet (matched on add, dropped once that listing is done). Owned here. */
+    char (*admin_drains_pending)[SLB_BACKEND_NAME_MAX];
+    uint32_t n_admin_drains_pending;
+    struct slb_backend **_index; /* address -> backend (chained through be->_hash_next) */
     uint32_t _index_size;
 };
 
@@ -92,6 +96,24 @@ int slb_cluster_wait(struct slb_cluster *cl, struct slb_cluster_waiter *w);
 void slb_cluster_unwait(struct slb_cluster_waiter *w);
 /* Removes a backend: no new calls, in-flight calls finish (draining). */
 void slb_cluster_remove(struct slb_cluster *cl, const char *addr);
+/*
+ * Sets (on) or clears one source (enum slb_drain_source) of an operator's
+ * drain. While any source is set the backend takes no new calls (every
+ * policy skips it) and its calls in flight finish; clearing the last one
+ * wakes calls waiting for a usable backend. Logged when it changes.
+ */
+void slb_cluster_set_drain(struct slb_cluster *cl, struct slb_backend *be, int source, int on);
+/*
+ * Reload: the admin drains of `old` (the replaced server's cluster of the
+ * same name) carry over, so `systemctl reload` never undrains a backend:
+ * at once for backends listed now, and for an etcd cluster on the backends
+ * its first listing brings. 0 or SLB_ENOMEM.
+ */
+int slb_cluster_inherit_admin_drains(struct slb_cluster *cl, const struct slb_cluster *old);
+/* Ends be's outlier ejection now (its multiplier is kept). 1 if it was ejected, else 0. */
+int slb_cluster_clear_ejection(struct slb_cluster *cl, struct slb_backend *be);
+/* Whether the cluster's first discovery is done: static at once, etcd after its first listing. */
+int slb_cluster_discovered(const struct slb_cluster *cl);
 /* Picks a backend for an attempt, honouring the tried set; NULL when none can take it. */
 struct slb_backend *slb_cluster_pick(struct slb_cluster *cl, uint64_t hash, int has_hash,
                                      const struct slb_tried *tried);

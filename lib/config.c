@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <jansson.h>
 
@@ -602,10 +603,94 @@ static int valid_endpoint(const char *s)
     return *end == '\0' || (end[0] == '/' && end[1] == '\0');
 }
 
+/* ---- etcd credentials: password_file, and no password in clear over http:// ---- */
+
+#define PASSWORD_FILE_MAX  4096
+#define CREDENTIALS_PREFIX "${CREDENTIALS_DIRECTORY}"
+
+/*
+ * Reads the etcd password from path into *out: the file's content with its
+ * trailing newlines stripped. A leading ${CREDENTIALS_DIRECTORY} is replaced
+ * by that environment variable (systemd's LoadCredential=). Messages name the
+ * path, never the content. 0 or -1 (message in c).
+ */
+static int read_password_file(struct vctx *c, const char *path, char **out)
+{
+    char full[4096], *buf;
+    const char *dir = "";
+    struct stat st;
+    size_t n;
+    FILE *f;
+    int len;
+
+    if (strncmp(path, CREDENTIALS_PREFIX, sizeof(CREDENTIALS_PREFIX) - 1) == 0) {
+        dir = getenv("CREDENTIALS_DIRECTORY");
+        if (dir == NULL || dir[0] == '\0')
+            return fail(c, "etcd.password_file", 0,
+                        "\"%s\" uses ${CREDENTIALS_DIRECTORY}, which is not set (systemd sets it with "
+                        "LoadCredential=)",
+                        path);
+        path += sizeof(CREDENTIALS_PREFIX) - 1;
+    }
+    len = snprintf(full, sizeof(full), "%s%s", dir, path);
+    if (len < 0 || (size_t)len >= sizeof(full))
+        return fail(c, "etcd.password_file", 0, "path longer than %zu bytes", sizeof(full) - 1);
+    if ((f = fopen(full, "rb")) == NULL)
+        return fail(c, "etcd.password_file", 0, "cannot open \"%s\": %s", full, strerror(errno));
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) { /* never block on a FIFO or a terminal */
+        fclose(f);
+        return fail(c, "etcd.password_file", 0, "\"%s\" is not a regular file", full);
+    }
+    if ((buf = malloc(PASSWORD_FILE_MAX + 1)) == NULL) {
+        fclose(f);
+        return fail(c, "etcd.password_file", 0, "out of memory");
+    }
+    n = fread(buf, 1, PASSWORD_FILE_MAX + 1, f);
+    fclose(f);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        n--;
+    if (n > PASSWORD_FILE_MAX || n == 0 || memchr(buf, '\0', n) != NULL) {
+        free(buf);
+        return fail(c, "etcd.password_file", 0, "\"%s\" must hold one password (1..%d bytes, no NUL)", full,
+                    PASSWORD_FILE_MAX);
+    }
+    buf[n] = '\0';
+    *out = buf;
+    return 0;
+}
+
+static int load_etcd_password(struct vctx *c, json_t *o, struct slb_config_etcd *e)
+{
+    json_t *allow = json_object_get(o, "allow_insecure_password");
+
+    if (get_str(c, o, "etcd", "password_file", 1, &e->password_file) != 0 ||
+        get_bool(c, o, "etcd", "allow_insecure_password") != 0)
+        return -1;
+    e->allow_insecure_password = json_is_true(allow);
+    if (e->password_file != NULL) {
+        if (e->password != NULL)
+            return fail(c, "etcd.password_file", 1, "give \"password\" or \"password_file\", not both");
+        if (e->username == NULL)
+            return fail(c, "etcd.password_file", 1, "a password needs a \"username\"");
+        if (read_password_file(c, e->password_file, &e->password) != 0)
+            return -1;
+    }
+    if (e->password == NULL || e->allow_insecure_password)
+        return 0;
+    for (size_t i = 0; i < e->n_endpoints; i++)
+        if (strncmp(e->endpoints[i], "http://", 7) == 0)
+            return fail(c, e->password_file != NULL ? "etcd.password_file" : "etcd.password", 1,
+                        "the password would be sent in clear to %s: use https:// endpoints, or set "
+                        "\"allow_insecure_password\": true",
+                        e->endpoints[i]);
+    return 0;
+}
+
 static int load_etcd(struct vctx *c, json_t *root, struct slb_config *cfg)
 {
-    static const char *const keys[] = {
-        "endpoints", "dial_timeout_ms", "request_timeout_ms", "username", "password", "tls", NULL};
+    static const char *const keys[] = {"endpoints", "dial_timeout_ms", "request_timeout_ms",      "username",
+                                       "password",  "password_file",   "allow_insecure_password", "tls",
+                                       NULL};
     static const char *const tls_keys[] = {"ca_file", "cert_file", "key_file", NULL};
     struct slb_config_etcd *e = &cfg->etcd;
     json_t *o, *eps, *tls;
@@ -644,6 +729,8 @@ static int load_etcd(struct vctx *c, json_t *root, struct slb_config *cfg)
         return -1;
     if (e->password != NULL && e->username == NULL)
         return fail(c, "etcd.password", 1, "a password needs a \"username\"");
+    if (load_etcd_password(c, o, e) != 0)
+        return -1;
     if (get_obj(c, o, "etcd", "tls", &tls) != 0)
         return -1;
     if (tls != NULL) {
@@ -1511,6 +1598,22 @@ static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
 
 /* ---- entry points ------------------------------------------------------ */
 
+/* The accepted document for admin GET /config: etcd.password replaced (password_file stays: a path). */
+static char *redacted_dump(json_t *root)
+{
+    json_t *copy = json_deep_copy(root), *etcd;
+    char *out;
+
+    if (copy == NULL)
+        return NULL;
+    etcd = json_object_get(copy, "etcd");
+    if (json_is_object(etcd) && json_object_get(etcd, "password") != NULL)
+        json_object_set_new(etcd, "password", json_string("<redacted>"));
+    out = json_dumps(copy, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(copy);
+    return out;
+}
+
 static struct slb_config *load_text(const char *text, size_t len, const char *name, char *err, size_t errlen)
 {
     struct vctx c = {.name = name, .err = err, .errlen = errlen};
@@ -1540,6 +1643,10 @@ static struct slb_config *load_text(const char *text, size_t len, const char *na
     }
     if (load_root(&c, root, cfg) != 0)
         goto fail;
+    if ((cfg->redacted_json = redacted_dump(root)) == NULL) {
+        fail(&c, "", 0, "out of memory");
+        goto fail;
+    }
     json_decref(root);
     index_free(&c.idx);
     return cfg;
@@ -1637,7 +1744,11 @@ void slb_config_free(struct slb_config *cfg)
         free(cfg->etcd.endpoints[i]);
     free(cfg->etcd.endpoints);
     free(cfg->etcd.username);
+    if (cfg->etcd.password != NULL)
+        explicit_bzero(cfg->etcd.password, strlen(cfg->etcd.password));
     free(cfg->etcd.password);
+    free(cfg->etcd.password_file);
+    free(cfg->redacted_json);
     free(cfg->etcd.ca_file);
     free(cfg->etcd.cert_file);
     free(cfg->etcd.key_file);

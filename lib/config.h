@@ -100,7 +100,9 @@ struct slb_config_etcd {
     size_t n_endpoints;
     uint32_t dial_timeout_ms;             /* default 2000 */
     uint32_t request_timeout_ms;          /* default 5000 */
-    char *username, *password;            /* optional auth */
+    char *username, *password;            /* optional auth (password: from "password" or "password_file") */
+    char *password_file;                  /* path as configured (before ${CREDENTIALS_DIRECTORY} expansion) */
+    int allow_insecure_password;          /* a password may go to http:// endpoints */
     char *ca_file, *cert_file, *key_file; /* optional TLS */
 };
 
@@ -149,6 +151,7 @@ struct slb_config {
     struct slb_config_budgets budgets;
     struct slb_config_access_log access_log;
     uint32_t metrics_max_methods; /* "metrics": per-method counters for at most this many methods; 0 = off */
+    char *redacted_json;          /* the accepted document, secrets replaced by "<redacted>" (admin GET /config) */
 };
 
 /* The defaults of struct slb_config_budgets (also what a loop context starts with). */

@@ -15,7 +15,7 @@
 #include "log.h"
 #include "rng.h"
 
-enum req_kind { REQ_RANGE, REQ_PUT, REQ_DELETE, REQ_GRANT, REQ_KEEPALIVE, REQ_REVOKE, REQ_COMPACT };
+enum req_kind { REQ_RANGE, REQ_PUT, REQ_DELETE, REQ_GRANT, REQ_KEEPALIVE, REQ_REVOKE, REQ_COMPACT, REQ_TXN_PUT };
 
 /* One unary request; owned by the client (in etcd->reqs) until its callback has run. */
 struct req {
@@ -359,6 +359,11 @@ static void req_complete(struct req *r, int err, json_t *root)
         r->cb.done(r->user, err, err ? 0 : get_i64(json_object_get(root, "header"), "revision"),
                    err ? 0 : get_i64(root, "deleted"));
         break;
+    case REQ_TXN_PUT: /* grpc-gateway leaves out "succeeded" when it is false */
+        if (err == 0 && !json_is_true(json_object_get(root, "succeeded")))
+            err = SLB_ECONFLICT;
+        r->cb.done(r->user, err, err ? 0 : get_i64(json_object_get(root, "header"), "revision"), 0);
+        break;
     case REQ_GRANT:
     case REQ_KEEPALIVE: {
         json_t *res = r->kind == REQ_KEEPALIVE ? json_object_get(root, "result") : root;
@@ -643,6 +648,37 @@ int slb_etcd_put(struct slb_etcd *e, const char *key, size_t key_len, const char
     }
     req_start(e, REQ_PUT, "/v3/kv/put", j, (void *)cb, user, &err);
     return err;
+}
+
+int slb_etcd_put_if_unchanged(struct slb_etcd *e, const char *key, size_t key_len, const char *value, size_t value_len,
+                              int64_t lease, int64_t mod_revision, slb_etcd_done_cb cb, void *user)
+{
+    json_t *put = key_body(key, key_len, 0), *j = NULL;
+    char *k = b64(key, key_len), *v = b64(value, value_len), s[32];
+    int err;
+
+    if (put == NULL || k == NULL || v == NULL || json_object_set_new(put, "value", json_string(v)) != 0)
+        goto nomem;
+    if (lease != 0) {
+        snprintf(s, sizeof(s), "%lld", (long long)lease);
+        json_object_set_new(put, "lease", json_string(s));
+    }
+    snprintf(s, sizeof(s), "%lld", (long long)mod_revision);
+    /* compare: a missing key has mod_revision 0 */
+    j = json_pack("{s:[{s:s, s:s, s:s, s:s}], s:[{s:O}]}", "compare", "key", k, "target", "MOD", "result", "EQUAL",
+                  "mod_revision", s, "success", "request_put", put);
+    if (j == NULL)
+        goto nomem;
+    json_decref(put);
+    free(k);
+    free(v);
+    req_start(e, REQ_TXN_PUT, "/v3/kv/txn", j, (void *)cb, user, &err);
+    return err;
+nomem:
+    json_decref(put);
+    free(k);
+    free(v);
+    return SLB_ENOMEM;
 }
 
 int slb_etcd_delete(struct slb_etcd *e, const char *key, size_t key_len, int prefix, slb_etcd_done_cb cb, void *user)

@@ -93,6 +93,14 @@ int slb_etcd_range(struct slb_etcd *etcd, const char *key, size_t key_len, int p
 /* lease 0 = none. 0 or SLB_ENOMEM. */
 int slb_etcd_put(struct slb_etcd *etcd, const char *key, size_t key_len, const char *value, size_t value_len,
                  int64_t lease, slb_etcd_done_cb cb, void *user);
+/*
+ * Put only if the key's mod_revision is still mod_revision (0: the key does
+ * not exist), as one etcd transaction: a read-modify-write that never
+ * overwrites a change made after the read. cb gets SLB_ECONFLICT when the
+ * key changed (nothing was written). 0 or SLB_ENOMEM.
+ */
+int slb_etcd_put_if_unchanged(struct slb_etcd *etcd, const char *key, size_t key_len, const char *value,
+                              size_t value_len, int64_t lease, int64_t mod_revision, slb_etcd_done_cb cb, void *user);
 int slb_etcd_delete(struct slb_etcd *etcd, const char *key, size_t key_len, int prefix, slb_etcd_done_cb cb,
                     void *user);
 int slb_etcd_lease_grant(struct slb_etcd *etcd, int64_t ttl_s, slb_etcd_lease_cb cb, void *user);

@@ -120,6 +120,10 @@ static int parse_json(const char *key, json_t *root, struct slb_etcd_endpoint *e
         } else if (strcmp(k, "metadata") == 0) {
             if (!json_is_null(v) && (ep->metadata = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY)) == NULL)
                 return fail(err, errlen, key, "out of memory");
+        } else if (strcmp(k, "drain") == 0) {
+            if (!json_is_boolean(v))
+                return fail(err, errlen, key, "\"drain\" must be true or false");
+            ep->drain = json_is_true(v) ? 1 : 0;
         } else {
             return fail(err, errlen, key, "unknown field \"%s\"", k);
         }
@@ -166,7 +170,8 @@ void slb_etcd_endpoint_dispose(struct slb_etcd_endpoint *ep)
 
 int slb_etcd_endpoint_equal(const struct slb_etcd_endpoint *a, const struct slb_etcd_endpoint *b)
 {
-    if (strcmp(a->addr, b->addr) != 0 || a->weight != b->weight || strcmp(a->zone, b->zone) != 0)
+    if (strcmp(a->addr, b->addr) != 0 || a->weight != b->weight || strcmp(a->zone, b->zone) != 0 ||
+        a->drain != b->drain)
         return 0;
     if (a->metadata == NULL || b->metadata == NULL)
         return a->metadata == b->metadata;
@@ -204,6 +209,8 @@ char *slb_etcd_value_format(const struct slb_etcd_endpoint *ep, int format)
             json_object_set_new(root, "zone", json_string(ep->zone));
         if (root != NULL && md != NULL)
             json_object_set(root, "metadata", md);
+        if (root != NULL && ep->drain)
+            json_object_set_new(root, "drain", json_true());
         json_decref(md);
     }
     out = root ? json_dumps(root, JSON_COMPACT) : NULL;

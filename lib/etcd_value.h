@@ -3,7 +3,8 @@
  * Three formats (DESIGN.md "etcd key formats"):
  *   plain:       host:port
  *   etcd naming: {"Op":0,"Addr":"host:port","Metadata":...}  (Op 1 = delete)
- *   json:        {"addr":"host:port","weight":10,"zone":"a","metadata":{...}}
+ *   json:        {"addr":"host:port","weight":10,"zone":"a","metadata":{...},"drain":true}
+ * ("drain": an operator's drain, docs/config.md "Draining a backend").
  * and the inverse, for the registrar. Pure functions, no I/O.
  */
 #ifndef SLB_ETCD_VALUE_H
@@ -22,6 +23,7 @@ struct slb_etcd_endpoint {
     uint32_t weight;                 /* 1 when absent */
     char zone[32];                   /* "" when absent */
     char *metadata;                  /* compact JSON, or NULL */
+    uint8_t drain;                   /* "drain": true (json format only): no new calls to it */
 };
 
 /*
@@ -32,12 +34,16 @@ struct slb_etcd_endpoint {
 int slb_etcd_value_parse(const char *key, const char *value, size_t len, struct slb_etcd_endpoint *ep, char *err,
                          size_t errlen);
 void slb_etcd_endpoint_dispose(struct slb_etcd_endpoint *ep);
-/* 1 when addr, weight, zone and metadata are equal. */
+/* 1 when addr, weight, zone, metadata and drain are equal. */
 int slb_etcd_endpoint_equal(const struct slb_etcd_endpoint *a, const struct slb_etcd_endpoint *b);
 /* Deep copy into dst (dispose it). 0 or SLB_ENOMEM. */
 int slb_etcd_endpoint_copy(struct slb_etcd_endpoint *dst, const struct slb_etcd_endpoint *src);
 
-/* Formats ep as format (enum slb_register_format in config.h); a malloc'd string or NULL (no memory / bad metadata). */
+/*
+ * Formats ep as format (enum slb_register_format in config.h); a malloc'd
+ * string or NULL (no memory / bad metadata). ep->drain is written only by
+ * the json format (the others cannot carry it).
+ */
 char *slb_etcd_value_format(const struct slb_etcd_endpoint *ep, int format);
 
 #endif

@@ -176,7 +176,8 @@ uint64_t slb_hash64(const void *data, size_t len);
  * and not waiting for its first health answer (gRFC A17: calls wait for it). */
 static inline int slb__lb_usable(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms)
 {
-    return lb->_panic ? !be->draining && be->health != SLB_HEALTH_PENDING : slb_backend_usable(be, now_ms);
+    return lb->_panic ? (be->draining | be->drained) == 0 && be->health != SLB_HEALTH_PENDING
+                      : slb_backend_usable(be, now_ms);
 }
 
 /*

@@ -24,6 +24,9 @@ struct reg {
     struct slb_registrar *r;
     char *key, *value;
     size_t key_len, value_len;
+    char *value_drained; /* the value with an operator's "drain": true (json format, whatever `format` says) */
+    size_t value_drained_len;
+    int drain;                          /* the key carried "drain": true when last read: kept on every re-put */
     char *health_addr, *health_service; /* NULL when not gated */
     uint32_t hc_interval_ms, hc_timeout_ms;
     uint32_t ttl_s;
@@ -117,6 +120,7 @@ static void maybe_release(struct slb_registrar *r)
     for (size_t i = 0; i < r->n; i++) {
         free(r->regs[i].key);
         free(r->regs[i].value);
+        free(r->regs[i].value_drained);
         free(r->regs[i].health_addr);
         free(r->regs[i].health_service);
     }
@@ -186,14 +190,72 @@ static void grant(struct reg *g)
         retry(g, rc);
 }
 
+/*
+ * An operator drains this host's backend everywhere by writing the key's
+ * value with "drain": true (docs/config.md). Every put is a read-modify-write
+ * that keeps that flag: read the key, put our value (with "drain": true if
+ * the key had it) only if the key is unchanged since the read (one etcd
+ * transaction on its mod_revision), else read again. An operator's write
+ * between our read and our put is therefore never lost.
+ */
+static int kv_drained(const struct reg *g, const struct slb_etcd_kv *kv)
+{
+    struct slb_etcd_endpoint ep;
+    size_t al;
+    int drain;
+
+    if (kv == NULL || slb_etcd_value_parse(g->key, kv->value, kv->value_len, &ep, NULL, 0) != 0)
+        return 0;
+    al = strlen(ep.addr);
+    /* only a value naming this registration's own address (the key is prefix + address) */
+    drain = ep.drain && al <= g->key_len && memcmp(g->key + g->key_len - al, ep.addr, al) == 0;
+    slb_etcd_endpoint_dispose(&ep);
+    return drain;
+}
+
+static void on_put_read(void *user, int err, const struct slb_etcd_range_result *res);
+
+/* Puts the value with the drain flag kv carries, if the key is still as kv shows it (kv NULL: absent). */
+static void put_over(struct reg *g, const struct slb_etcd_kv *kv)
+{
+    int drain = kv_drained(g, kv), rc;
+
+    if (drain != g->drain)
+        slb_notice("register %s: %s", g->key,
+                   drain ? "drained by an operator (\"drain\": true in etcd): kept when the key is re-put"
+                         : "no longer drained in etcd");
+    g->drain = drain;
+    rc = sent(g, slb_etcd_put_if_unchanged(g->r->etcd, g->key, g->key_len, drain ? g->value_drained : g->value,
+                                           drain ? g->value_drained_len : g->value_len, g->lease,
+                                           kv != NULL ? kv->mod_revision : 0, on_put, g));
+    if (rc != 0)
+        retry(g, rc);
+}
+
 static void put(struct reg *g)
 {
     int rc;
     if (g->state != SLB_REGISTRAR_REGISTERED) /* a repair keeps REGISTERED */
         set_state(g, SLB_REGISTRAR_PUTTING, 0);
-    rc = sent(g, slb_etcd_put(g->r->etcd, g->key, g->key_len, g->value, g->value_len, g->lease, on_put, g));
-    if (rc != 0)
+    if ((rc = sent(g, slb_etcd_range(g->r->etcd, g->key, g->key_len, 0, on_put_read, g))) != 0)
         retry(g, rc);
+}
+
+static void on_put_read(void *user, int err, const struct slb_etcd_range_result *res)
+{
+    struct reg *g = user;
+
+    if (!answer(g))
+        return;
+    if (!wanted(g)) {
+        step(g);
+        return;
+    }
+    if (err != 0) {
+        retry(g, err);
+        return;
+    }
+    put_over(g, res->n == 1 ? &res->kvs[0] : NULL);
 }
 
 static void lease_revoke(struct reg *g)
@@ -276,6 +338,11 @@ static void on_put(void *user, int err, int64_t rev, int64_t deleted)
 
     if (!answer(g))
         return;
+    if (err == SLB_ECONFLICT && wanted(g)) { /* written by someone else since our read: read it again */
+        slb_info("register %s: the key changed while being put; reading it again", g->key);
+        put(g);
+        return;
+    }
     if (err == SLB_ENOTFOUND && wanted(g)) { /* the lease vanished between grant and put */
         slb_notice("register %s: lease %" PRIx64 " is gone; granting a new one", g->key, (uint64_t)g->lease);
         g->lease = 0;
@@ -307,6 +374,8 @@ static void on_range(void *user, int err, const struct slb_etcd_range_result *re
 {
     struct reg *g = user;
     const struct slb_etcd_kv *kv;
+    const char *want = NULL;
+    size_t want_len = 0;
 
     if (!answer(g))
         return;
@@ -319,14 +388,17 @@ static void on_range(void *user, int err, const struct slb_etcd_range_result *re
         return;
     }
     kv = res->n == 1 ? &res->kvs[0] : NULL;
-    if (kv == NULL || kv->lease != g->lease || kv->value_len != g->value_len ||
-        memcmp(kv->value, g->value, g->value_len) != 0) {
+    if (kv != NULL) { /* what the key should hold: our value, with an operator's drain kept */
+        want = kv_drained(g, kv) ? g->value_drained : g->value;
+        want_len = want == g->value ? g->value_len : g->value_drained_len;
+    }
+    if (kv == NULL || kv->lease != g->lease || kv->value_len != want_len || memcmp(kv->value, want, want_len) != 0) {
         const char *why = kv == NULL ? "deleted"
-                          : kv->value_len != g->value_len || memcmp(kv->value, g->value, g->value_len) != 0
+                          : kv->value_len != want_len || memcmp(kv->value, want, want_len) != 0
                               ? "overwritten"
                               : "bound to another lease";
         slb_notice("register %s: key %s; restoring it", g->key, why);
-        put(g);
+        put_over(g, kv); /* this read is the read of the read-modify-write */
         return;
     }
     schedule_tick(g);
@@ -505,6 +577,10 @@ static int reg_init(struct reg *g, const struct slb_config_register *c)
         return SLB_ECONFIG;
     }
     g->value_len = strlen(g->value);
+    ep.drain = 1;
+    if ((g->value_drained = slb_etcd_value_format(&ep, SLB_REGISTER_JSON)) == NULL)
+        return SLB_ENOMEM;
+    g->value_drained_len = strlen(g->value_drained);
     g->ttl_s = c->ttl_s ? c->ttl_s : 10;
     g->tick_ms = (uint64_t)g->ttl_s * 1000 / 3;
     if (g->tick_ms < 100)

@@ -211,6 +211,12 @@ int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struc
             snprintf(err, errlen, "out of memory");
             return rv;
         }
+        for (size_t j = 0; old != NULL && j < old->n_clusters; j++) /* a reload keeps admin drains */
+            if (strcmp(old->clusters[j].cfg->name, cfg->clusters[i].name) == 0 &&
+                (rv = slb_cluster_inherit_admin_drains(&srv->clusters[i], &old->clusters[j])) != 0) {
+                snprintf(err, errlen, "cluster %s: %s", cfg->clusters[i].name, slb_strerror(rv));
+                return rv;
+            }
     }
     if ((rv = alloc_call_stats(srv)) != 0) {
         snprintf(err, errlen, "out of memory");

@@ -4,6 +4,7 @@
  * "NAME:LINE:COL: PATH: message" line (multi-line JSON, so positions matter).
  */
 #include <check.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,7 +41,7 @@ static const char *full_config =
     "  \"etcd\": {\n"
     "    \"endpoints\": [\"http://127.0.0.1:2379\", \"https://etcd.example:2379\"],\n"
     "    \"dial_timeout_ms\": 1500, \"request_timeout_ms\": 2500,\n"
-    "    \"username\": \"u\", \"password\": \"p\",\n"
+    "    \"username\": \"u\", \"password\": \"p\", \"allow_insecure_password\": true,\n"
     "    \"tls\": {\"ca_file\": \"/ca.pem\", \"cert_file\": \"/c.pem\", \"key_file\": "
     "\"/k.pem\"}\n"
     "  },\n"
@@ -751,6 +752,60 @@ START_TEST(err_etcd_endpoint)
 }
 END_TEST
 
+/* A password goes to http:// endpoints only when allowed; password_file reads the file, trailing newline stripped. */
+START_TEST(etcd_password_rules)
+{
+    char path[] = "/tmp/sidelb-check-pw-XXXXXX", json[1024];
+    struct slb_config *cfg;
+    int fd = mkstemp(path);
+
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, "s3cret\n", 7), 7);
+    close(fd);
+    expect_error("{\n"
+                 "  \"etcd\": {\"endpoints\": [\"https://10.0.0.1:2379\", \"http://127.0.0.1:2379\"],\n"
+                 "    \"username\": \"u\", \"password\": \"s3cret\"},\n" LISTENER_OK CLUSTER_OK "}\n",
+                 "t.json:3:22: etcd.password: the password would be sent in clear to http://127.0.0.1:2379: use "
+                 "https:// endpoints, or set \"allow_insecure_password\": true");
+    snprintf(json, sizeof(json),
+             "{\n  \"etcd\": {\"endpoints\": [\"https://10.0.0.1:2379\"], \"username\": \"u\", "
+             "\"password_file\": \"%s\"},\n" LISTENER_OK CLUSTER_OK "}\n",
+             path);
+    cfg = expect_ok(json);
+    ck_assert_str_eq(cfg->etcd.password, "s3cret");
+    ck_assert_str_eq(cfg->etcd.password_file, path);
+    ck_assert_ptr_null(strstr(cfg->redacted_json, "s3cret"));
+    slb_config_free(cfg);
+    setenv("CREDENTIALS_DIRECTORY", "/tmp", 1);
+    snprintf(json, sizeof(json),
+             "{\n  \"etcd\": {\"endpoints\": [\"http://127.0.0.1:2379\"], \"username\": \"u\", "
+             "\"allow_insecure_password\": true, \"password_file\": \"${CREDENTIALS_DIRECTORY}%s\"},\n" LISTENER_OK
+                 CLUSTER_OK "}\n",
+             path + 4);
+    cfg = expect_ok(json);
+    ck_assert_str_eq(cfg->etcd.password, "s3cret");
+    slb_config_free(cfg);
+    unsetenv("CREDENTIALS_DIRECTORY");
+    cfg = slb_config_load_string(json, "t.json", json + 700, 300);
+    ck_assert_ptr_null(cfg);
+    ck_assert_ptr_nonnull(strstr(json + 700, "uses ${CREDENTIALS_DIRECTORY}, which is not set"));
+    unlink(path);
+    expect_error("{\n"
+                 "  \"etcd\": {\"endpoints\": [\"https://127.0.0.1:2379\"],\n"
+                 "    \"username\": \"u\", \"password_file\": \"/nonexistent/pw\"},\n" LISTENER_OK CLUSTER_OK "}\n",
+                 "t.json:3:39: etcd.password_file: cannot open \"/nonexistent/pw\": No such file or directory");
+    expect_error("{\n"
+                 "  \"etcd\": {\"endpoints\": [\"https://127.0.0.1:2379\"],\n"
+                 "    \"username\": \"u\", \"password\": \"a\", \"password_file\": \"/x\"},\n" LISTENER_OK CLUSTER_OK
+                 "}\n",
+                 "t.json:3:39: etcd.password_file: give \"password\" or \"password_file\", not both");
+    expect_error("{\n"
+                 "  \"etcd\": {\"endpoints\": [\"https://127.0.0.1:2379\"],\n"
+                 "    \"username\": \"u\", \"password_file\": \"/dev/null\"},\n" LISTENER_OK CLUSTER_OK "}\n",
+                 "t.json:3:39: etcd.password_file: \"/dev/null\" is not a regular file");
+}
+END_TEST
+
 START_TEST(err_etcd_password_without_user)
 {
     expect_error("{\n"
@@ -965,6 +1020,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, err_static_weight_zero);
     tcase_add_test(tc, err_etcd_endpoint);
     tcase_add_test(tc, err_etcd_password_without_user);
+    tcase_add_test(tc, etcd_password_rules);
     tcase_add_test(tc, err_retry_max_attempts);
     tcase_add_test(tc, err_retry_duration);
     tcase_add_test(tc, err_retry_status_code);

@@ -13,6 +13,7 @@ struct ctx {
     int64_t rev, deleted, id, ttl;
     size_t n;
     char first_key[128], first_value[128];
+    int64_t first_mod;
     /* watch */
     int resets, events, puts, dels, connected, disconnects, got;
     char last_key[128];
@@ -41,6 +42,7 @@ static void on_range(void *user, int err, const struct slb_etcd_range_result *re
         if (res->n > 0) {
             snprintf(c->first_key, sizeof(c->first_key), "%s", res->kvs[0].key);
             snprintf(c->first_value, sizeof(c->first_value), "%s", res->kvs[0].value);
+            c->first_mod = res->kvs[0].mod_revision;
         }
     }
 }
@@ -153,6 +155,61 @@ START_TEST(test_unary)
     slb_etcd_free(e);
     eh_loop_finish(&loop);
     ck_assert_int_eq(c.done, 0);
+    eh_destroy(&H);
+}
+END_TEST
+
+/* The registrar's read-modify-write: a put only if the key is unchanged since it was read. */
+START_TEST(test_put_if_unchanged)
+{
+    const char *eps[] = {NULL};
+    struct ctx c = {0};
+    struct slb_etcd *e;
+    int64_t mod;
+
+    uv_loop_init(&loop);
+    eh_start(&H, 1);
+    eps[0] = H.url[0];
+    e = client(eps, 1, 3000);
+
+    /* absent key: mod_revision 0 matches; a second put with 0 does not (the key exists now) */
+    ck_assert_int_eq(slb_etcd_put_if_unchanged(e, "reg/k", 5, "v1", 2, 0, 0, on_done, &c), 0);
+    WAIT(&c, 1);
+    ck_assert_int_eq(c.err, 0);
+    memset(&c, 0, sizeof(c));
+    ck_assert_int_eq(slb_etcd_put_if_unchanged(e, "reg/k", 5, "v0", 2, 0, 0, on_done, &c), 0);
+    WAIT(&c, 1);
+    ck_assert_int_eq(c.err, SLB_ECONFLICT);
+    memset(&c, 0, sizeof(c));
+    ck_assert_int_eq(slb_etcd_range(e, "reg/k", 5, 0, on_range, &c), 0);
+    WAIT(&c, 1);
+    ck_assert_str_eq(c.first_value, "v1");
+    mod = c.first_mod;
+    ck_assert_int_gt(mod, 0);
+    /* someone writes between our read and our put: ours fails, theirs stays */
+    eh_put(&H, 0, "reg/k", "{\"addr\":\"1.2.3.4:5\",\"drain\":true}");
+    memset(&c, 0, sizeof(c));
+    ck_assert_int_eq(slb_etcd_put_if_unchanged(e, "reg/k", 5, "v2", 2, 0, mod, on_done, &c), 0);
+    WAIT(&c, 1);
+    ck_assert_int_eq(c.err, SLB_ECONFLICT);
+    memset(&c, 0, sizeof(c));
+    ck_assert_int_eq(slb_etcd_range(e, "reg/k", 5, 0, on_range, &c), 0);
+    WAIT(&c, 1);
+    ck_assert_str_eq(c.first_value, "{\"addr\":\"1.2.3.4:5\",\"drain\":true}");
+    /* read again, then the put goes through */
+    mod = c.first_mod;
+    memset(&c, 0, sizeof(c));
+    ck_assert_int_eq(slb_etcd_put_if_unchanged(e, "reg/k", 5, "v3", 2, 0, mod, on_done, &c), 0);
+    WAIT(&c, 1);
+    ck_assert_int_eq(c.err, 0);
+    ck_assert_int_gt(c.rev, mod);
+    memset(&c, 0, sizeof(c));
+    ck_assert_int_eq(slb_etcd_range(e, "reg/k", 5, 0, on_range, &c), 0);
+    WAIT(&c, 1);
+    ck_assert_str_eq(c.first_value, "v3");
+
+    slb_etcd_free(e);
+    eh_loop_finish(&loop);
     eh_destroy(&H);
 }
 END_TEST
@@ -466,6 +523,7 @@ Suite *etcd_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_prefix_end);
     tcase_add_test(tc, test_unary);
+    tcase_add_test(tc, test_put_if_unchanged);
     tcase_add_test(tc, test_watch);
     tcase_add_test(tc, test_watch_compacted);
     tcase_add_test(tc, test_watch_restart);

@@ -116,6 +116,29 @@ START_TEST(test_roundtrip)
 }
 END_TEST
 
+/* An operator's "drain" flag: parsed, compared, and written back by the json format only. */
+START_TEST(test_drain_flag)
+{
+    struct slb_etcd_endpoint ep, plain;
+    char err[256], *out;
+    ck_assert_int_eq(parse("{\"addr\":\"10.0.0.5:8000\",\"drain\":true}", &ep, err), 0);
+    ck_assert_uint_eq(ep.drain, 1);
+    ck_assert_int_eq(parse("10.0.0.5:8000", &plain, err), 0);
+    ck_assert_uint_eq(plain.drain, 0);
+    ck_assert_int_eq(slb_etcd_endpoint_equal(&ep, &plain), 0); /* a drain change is an update */
+    out = slb_etcd_value_format(&ep, SLB_REGISTER_JSON);
+    ck_assert_str_eq(out, "{\"addr\":\"10.0.0.5:8000\",\"drain\":true}");
+    free(out);
+    out = slb_etcd_value_format(&ep, SLB_REGISTER_PLAIN);
+    ck_assert_str_eq(out, "10.0.0.5:8000");
+    free(out);
+    ck_assert_int_eq(parse("{\"addr\":\"10.0.0.5:8000\",\"drain\":false}", &ep, err), 0);
+    ck_assert_uint_eq(ep.drain, 0);
+    ck_assert_int_eq(parse("{\"addr\":\"10.0.0.5:8000\",\"drain\":1}", &ep, err), SLB_EPROTO);
+    ck_assert_str_eq(err, "etcd key \"/grpclb/svc/k1\": \"drain\" must be true or false");
+}
+END_TEST
+
 Suite *etcd_value_suite(void)
 {
     Suite *s = suite_create("etcd_value");
@@ -123,6 +146,7 @@ Suite *etcd_value_suite(void)
     tcase_add_test(tc, test_plain);
     tcase_add_test(tc, test_naming);
     tcase_add_test(tc, test_json);
+    tcase_add_test(tc, test_drain_flag);
     tcase_add_test(tc, test_malformed);
     tcase_add_test(tc, test_roundtrip);
     suite_add_tcase(s, tc);

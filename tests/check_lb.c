@@ -265,6 +265,31 @@ START_TEST(test_unusable_skipped)
 }
 END_TEST
 
+/* An operator's drain (admin or etcd) is skipped by every policy, in panic mode too. */
+START_TEST(test_drained_skipped)
+{
+    unsigned counts[MAXB] = {0};
+    fresh_opts();
+    opts.panic_threshold_percent = 90; /* 4 of 6 usable: panic, which spreads over unhealthy but never drained ones */
+    setup(all_policies[_i], 6, NULL);
+    bes[1]->drained = SLB_DRAIN_ADMIN;
+    bes[4]->drained = SLB_DRAIN_ETCD;
+    set.usable_version++;
+    count_picks(10000, counts);
+    ck_assert_uint_eq(lb._panic, 1);
+    ck_assert_uint_eq(counts[1] + counts[4], 0);
+    ck_assert_uint_eq(counts[0] + counts[2] + counts[3] + counts[5], 10000);
+    bes[1]->drained = 0;
+    bes[4]->drained = 0;
+    set.usable_version++;
+    count_picks(10000, counts);
+    if (strcmp(all_policies[_i], "pick_first") != 0) /* pick_first stays on its current choice */
+        ck_assert_uint_gt(counts[1], 0);
+    teardown();
+    fresh_opts();
+}
+END_TEST
+
 START_TEST(test_tried)
 {
     setup(all_policies[_i], 3, NULL);
@@ -888,6 +913,7 @@ Suite *lb_suite(void)
     tcase_add_loop_test(tc, test_empty_and_one, 0, np);
     tcase_add_loop_test(tc, test_none_usable, 0, np);
     tcase_add_loop_test(tc, test_unusable_skipped, 0, np);
+    tcase_add_loop_test(tc, test_drained_skipped, 0, np);
     tcase_add_loop_test(tc, test_health_pending_and_unimplemented, 0, np);
     tcase_add_loop_test(tc, test_tried, 0, np);
     tcase_add_loop_test(tc, test_update, 0, np);

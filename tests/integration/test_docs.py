@@ -82,3 +82,62 @@ def test_every_budgets_key_is_documented():
     assert len(keys) == 4, keys
     for key in keys:
         assert "| `%s` |" % key in table, "budgets.%s has no row in docs/config.md" % key
+
+
+# ---- every key the parser accepts, in docs/config.md and in sidelb.json(5) ----
+
+MAN5 = os.path.join(peers.REPO_ROOT, "docs", "man", "sidelb.json.5")
+MAN8 = os.path.join(peers.REPO_ROOT, "docs", "man", "sidelb.8")
+# The parser's key lists: `static const char *const keys[] = {..., NULL};` and the like
+# (keys, *_keys, k_*); other string tables (status code names) are not keys.
+KEY_ARRAY = re.compile(r"static const char \*const ((?:\w+_)?keys|k_\w+)\[\] = \{([^;{}]*?)NULL\s*\}", re.S)
+
+
+def parser_keys():
+    """{key: ["load_etcd() keys[]", ...]}: each key lib/config.c accepts and the list(s) it is in."""
+    src = open(os.path.join(peers.REPO_ROOT, "lib", "config.c")).read()
+    funcs = [(m.start(), m.group(1)) for m in re.finditer(r"^static [^\n(;]*?\b(\w+)\(", src, re.M)]
+    keys = {}
+    for m in KEY_ARRAY.finditer(src):
+        fn = [name for start, name in funcs if start <= m.start()][-1]
+        for key in re.findall(r'"(\w+)"', m.group(2)):
+            keys.setdefault(key, []).append("%s() %s[]" % (fn, m.group(1)))
+    return keys
+
+
+def test_parser_keys_are_found():
+    keys = parser_keys()
+    assert len(keys) >= 100, sorted(keys)
+    for key in ("password_file", "allow_insecure_password", "etcd_prefix", "window_ms", "read_bytes_per_turn"):
+        assert key in keys, key
+
+
+def missing_report(where, missing, keys):
+    return "%d key(s) the parser accepts are not in %s:\n%s" % (
+        len(missing), where, "\n".join("  %s  (lib/config.c %s)" % (k, ", ".join(keys[k])) for k in missing))
+
+
+def test_every_parser_key_is_in_config_md():
+    keys = parser_keys()
+    doc = open(os.path.join(peers.REPO_ROOT, "docs", "config.md")).read()
+    missing = sorted(k for k in keys if "`%s`" % k not in doc)
+    assert not missing, missing_report("docs/config.md (as `key`)", missing, keys)
+
+
+def test_every_parser_key_is_in_the_man_page():
+    """sidelb.json(5) names each key in bold: \\fBkey\\fR, `.B key`, `.BR key ...` or `.RB x key ...`."""
+    keys = parser_keys()
+    man = open(MAN5).read()
+    missing = sorted(k for k in keys
+                     if not re.search(r"\\fB{0}\\f[RP]|^\.BR? {0}\b|^\.RB \S+ {0}\b".format(re.escape(k)), man, re.M))
+    assert not missing, missing_report("docs/man/sidelb.json.5 (in bold: .B key)", missing, keys)
+
+
+@pytest.mark.parametrize("page", [MAN5, MAN8], ids=["sidelb.json.5", "sidelb.8"])
+def test_man_pages_render_without_warnings(page):
+    if not os.path.exists("/usr/bin/man"):
+        pytest.skip("man-db not installed (Makefile DEB_TEST has it)")
+    r = subprocess.run(["man", "--warnings", "-l", page], capture_output=True, text=True,
+                       env=dict(os.environ, MANWIDTH="80", MAN_KEEP_FORMATTING="0"))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert "SEE ALSO" in re.sub(r".\x08", "", r.stdout)  # man's overstrike bold

@@ -127,7 +127,8 @@ class AuthEtcd(EtcdServer):
 
 
 def auth_section(etcd_url, password="secret"):
-    return {"endpoints": [etcd_url], "username": "sidelb", "password": password}
+    # these tests run etcd over http:// on loopback: the password in clear must be allowed explicitly
+    return {"endpoints": [etcd_url], "username": "sidelb", "password": password, "allow_insecure_password": True}
 
 
 @pytest.fixture
@@ -184,7 +185,8 @@ def test_auth_user_without_permission_clear_error(auth_etcd):
     etcdctl(auth_etcd.url, "user", "add", "nobody:pw", user="root:rootpw")
     b = peers.start_c_backend("p0")
     auth_etcd.ctl_put(PREFIX + b.addr, b.addr)
-    cfg = slb_config({"endpoints": [auth_etcd.url], "username": "nobody", "password": "pw"}, wait_for_ready_ms=0)
+    cfg = slb_config({"endpoints": [auth_etcd.url], "username": "nobody", "password": "pw",
+                      "allow_insecure_password": True}, wait_for_ready_ms=0)
     slb = start_sidelb(cfg, log_level="notice")
     stub = peers.echo_stub(slb.addr)
     wait_log(slb, "permission denied", 5)
