@@ -56,6 +56,8 @@ struct slb_loop_stats {
     uint64_t budget_conn_backpressure; /* times an app connection went over its share and was held back */
     uint64_t budget_total_exceeded;    /* times the calls of the loop together went over budgets.total_bytes */
     uint64_t retry_buffer_dropped;     /* calls that lost their replay copy (call_retry_bytes or the total budget) */
+    uint64_t hedged_attempts;          /* attempts after a call's first under a hedgingPolicy (gRFC A6) */
+    uint64_t hedges_cancelled;         /* attempts cancelled because another attempt of the call committed */
 };
 
 /* Rate-limited log lines, one per kind of event (SLB_LOG_LIMIT_MS apart). */

@@ -372,13 +372,13 @@ static void send_headers(struct slb_call *call, const char *path, const char *ti
 
 static struct fake_pool *queued_pool(struct slb_call *call)
 {
-    return (struct fake_pool *)call->pool_wait.pool;
+    return (struct fake_pool *)call->cur->pool_wait.pool;
 }
 
 /* The pool has a stream for the call. */
 static void stream_ready(struct slb_call *call)
 {
-    struct slb_pool_waiter *w = &call->pool_wait;
+    struct slb_pool_waiter *w = &call->cur->pool_wait;
 
     ck_assert_int_eq(call->state, SLB_CALL_QUEUED);
     ck_assert_ptr_nonnull(w->pool);
@@ -389,8 +389,8 @@ static void stream_ready(struct slb_call *call)
 static void respond_headers(struct slb_call *call)
 {
     static const nghttp2_nv nv[] = {NV(":status", "200"), NV("content-type", "application/grpc")};
-    feed_response(&call->up, nv, 2, 0);
-    slb_call_upstream_handler.on_headers_done(&call->up, 0, 0);
+    feed_response(&call->cur->up, nv, 2, 0);
+    slb_call_upstream_handler.on_headers_done(&call->cur->up, 0, 0);
 }
 
 static void respond_status_only(struct slb_call *call, const char *status)
@@ -398,15 +398,15 @@ static void respond_status_only(struct slb_call *call, const char *status)
     nghttp2_nv nv[] = {NV(":status", "200"),
                        NV("content-type", "application/grpc"),
                        {(uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status), NGHTTP2_NV_FLAG_NONE}};
-    feed_response(&call->up, nv, 3, 0);
-    slb_call_upstream_handler.on_headers_done(&call->up, 0, 1);
+    feed_response(&call->cur->up, nv, 3, 0);
+    slb_call_upstream_handler.on_headers_done(&call->cur->up, 0, 1);
 }
 
 static void respond_trailers(struct slb_call *call, const char *status)
 {
     nghttp2_nv nv[] = {{(uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status), NGHTTP2_NV_FLAG_NONE}};
-    feed_response(&call->up, nv, 1, 1);
-    slb_call_upstream_handler.on_headers_done(&call->up, 1, 1);
+    feed_response(&call->cur->up, nv, 1, 1);
+    slb_call_upstream_handler.on_headers_done(&call->cur->up, 1, 1);
 }
 
 /* The app-side transport sends what the call's response body offers: bytes, then trailers. */
@@ -484,11 +484,11 @@ START_TEST(unary_call_end_to_end)
     ck_assert_int_eq(F.req_has_body, 1);
     ck_assert_msg(F.timeout[strlen(F.timeout) - 1] == 'm' && atoi(F.timeout) > 900 && atoi(F.timeout) <= 1000,
                   "the backend gets the time left, not %s", F.timeout);
-    ck_assert_uint_eq(call->up.ops->peek(&call->up, &p, &end), 10);
+    ck_assert_uint_eq(call->cur->up.ops->peek(&call->cur->up, &p, &end), 10);
     ck_assert_int_eq(end, 1);
-    call->up.ops->sent(&call->up, 6);
+    call->cur->up.ops->sent(&call->cur->up, 6);
     ck_assert_uint_eq(F.consumed_down, 6);
-    call->up.ops->sent(&call->up, 4);
+    call->cur->up.ops->sent(&call->cur->up, 4);
     ck_assert_uint_eq(F.consumed_down, 10);
 
     respond_headers(call);
@@ -496,7 +496,7 @@ START_TEST(unary_call_end_to_end)
     ck_assert_int_eq(F.responds, 1);
     ck_assert_int_eq(F.has_body, 1);
     /* response flow control: the backend's window reopens as the app takes the bytes */
-    ck_assert_int_eq(slb_call_upstream_handler.on_data(&call->up, (const uint8_t *)"hello", 5), 0);
+    ck_assert_int_eq(slb_call_upstream_handler.on_data(&call->cur->up, (const uint8_t *)"hello", 5), 0);
     ck_assert_uint_eq(F.consumed_up, 0);
     ck_assert_uint_eq(F.conn_consumed_up, 5); /* the backend connection's window is never held by one call */
     ck_assert_uint_eq(drain_response(call, &end, NULL), 5);
@@ -504,8 +504,8 @@ START_TEST(unary_call_end_to_end)
     ck_assert_uint_eq(F.consumed_up, 5);
     respond_trailers(call, "0");
     ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
-    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_NO_ERROR);
-    ck_assert_ptr_null(call->up.conn); /* drained: released at once */
+    slb_call_upstream_handler.on_close(&call->cur->up, NGHTTP2_NO_ERROR);
+    ck_assert_ptr_null(call->cur->up.conn); /* drained: released at once */
     ck_assert_uint_eq(drain_response(call, &end, &status), 0);
     ck_assert_int_eq(end, 1);
     ck_assert_int_eq(status, 0);
@@ -550,17 +550,17 @@ START_TEST(refused_stream_is_replayed_with_the_whole_request)
     slb_call_downstream_handler.on_data(&call->down, (const uint8_t *)"abcdef", 6);
     slb_call_downstream_handler.on_end(&call->down);
     stream_ready(call);
-    call->up.ops->sent(&call->up, call->up.ops->peek(&call->up, &p, &end));
+    call->cur->up.ops->sent(&call->cur->up, call->cur->up.ops->peek(&call->cur->up, &p, &end));
     ck_assert_uint_eq(F.consumed_down, 6);
     /* the backend's GOAWAY refused the stream: the same request goes out again */
-    call->up.open = 0;
-    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_REFUSED_STREAM);
+    call->cur->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->cur->up, NGHTTP2_REFUSED_STREAM);
     ck_assert_int_eq(call->state, SLB_CALL_QUEUED);
     stream_ready(call);
-    ck_assert_uint_eq(call->up.ops->peek(&call->up, &p, &end), 6);
+    ck_assert_uint_eq(call->cur->up.ops->peek(&call->cur->up, &p, &end), 6);
     ck_assert(memcmp(p, "abcdef", 6) == 0);
     ck_assert_int_eq(end, 1);
-    call->up.ops->sent(&call->up, 6);
+    call->cur->up.ops->sent(&call->cur->up, 6);
     ck_assert_uint_eq(F.consumed_down, 6); /* a replay reopens nothing twice */
     close_down(call, NGHTTP2_CANCEL);
     ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL); /* the app's cancel reaches the backend */
@@ -574,9 +574,9 @@ START_TEST(lost_connection_fails_with_unavailable)
 
     send_headers(call, "/t.S/M", NULL, 1);
     stream_ready(call);
-    call->up.conn = NULL; /* the transport unbinds it */
-    call->up.open = 0;
-    slb_call_upstream_handler.on_lost(&call->up, UV_ECONNRESET);
+    call->cur->up.conn = NULL; /* the transport unbinds it */
+    call->cur->up.open = 0;
+    slb_call_upstream_handler.on_lost(&call->cur->up, UV_ECONNRESET);
     ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
     ck_assert_int_eq(F.status, SLB_GRPC_UNAVAILABLE);
     ck_assert_int_eq(F.has_body, 0); /* trailers-only */
@@ -593,9 +593,9 @@ START_TEST(backend_reset_while_streaming_ends_with_error_trailers)
     send_headers(call, "/t.S/M", NULL, 1);
     stream_ready(call);
     respond_headers(call);
-    slb_call_upstream_handler.on_data(&call->up, (const uint8_t *)"xy", 2);
-    call->up.open = 0;
-    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_CANCEL);
+    slb_call_upstream_handler.on_data(&call->cur->up, (const uint8_t *)"xy", 2);
+    call->cur->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->cur->up, NGHTTP2_CANCEL);
     ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
     ck_assert_uint_eq(drain_response(call, &end, &status), 2); /* what was buffered still goes out */
     ck_assert_int_eq(end, 1);
@@ -631,7 +631,7 @@ static struct slb_call *call_in_state(int state)
         return call;
     }
     respond_headers(call);
-    slb_call_upstream_handler.on_data(&call->up, (const uint8_t *)"data", 4);
+    slb_call_upstream_handler.on_data(&call->cur->up, (const uint8_t *)"data", 4);
     if (state == SLB_CALL_FINISHING)
         respond_trailers(call, "0");
     ck_assert_int_eq(call->state, state);
@@ -642,7 +642,7 @@ START_TEST(cancel_from_the_app_in_every_state)
 {
     for (int state = SLB_CALL_HEADERS; state < SLB_CALL_CLOSED; state++) {
         struct slb_call *call = call_in_state(state);
-        int had_stream = call->up.open;
+        int had_stream = call->cur->up.open;
         F.rst_code = 0;
         close_down(call, NGHTTP2_CANCEL);
         if (had_stream)
@@ -660,8 +660,8 @@ START_TEST(cancel_from_the_backend_in_every_state_with_a_stream)
         struct slb_call *call = call_in_state(states[i]);
         int end, status = -1;
         F.status = -1;
-        call->up.open = 0;
-        slb_call_upstream_handler.on_close(&call->up, NGHTTP2_CANCEL);
+        call->cur->up.open = 0;
+        slb_call_upstream_handler.on_close(&call->cur->up, NGHTTP2_CANCEL);
         ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
         drain_response(call, &end, &status);
         if (states[i] == SLB_CALL_SENT)
@@ -699,7 +699,7 @@ START_TEST(deadline_expires_in_every_waiting_state)
         ck_assert_uint_ge(uv_now(&T.loop) - t0, 29);
         drain_response(call, &end, &status);
         ck_assert_int_eq(states[i] == SLB_CALL_STREAMING ? status : F.status, SLB_GRPC_DEADLINE_EXCEEDED);
-        ck_assert_ptr_null(call->up.conn);
+        ck_assert_ptr_null(call->cur->up.conn);
         close_down(call, NGHTTP2_NO_ERROR);
         assert_all_released();
     }
@@ -751,8 +751,8 @@ START_TEST(outlier_detection_counts_attempt_outcomes)
     send_headers(call, "/t.S/M", NULL, 1);
     stream_ready(call);
     respond_status_only(call, "4");
-    call->up.open = 0;
-    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_NO_ERROR);
+    call->cur->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->cur->up, NGHTTP2_NO_ERROR);
     ck_assert_uint_eq(od_failures(), f + 1);
     close_down(call, NGHTTP2_NO_ERROR);
 
@@ -761,16 +761,16 @@ START_TEST(outlier_detection_counts_attempt_outcomes)
     send_headers(call, "/t.S/M", NULL, 1);
     stream_ready(call);
     respond_status_only(call, "5");
-    call->up.open = 0;
-    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_NO_ERROR);
+    call->cur->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->cur->up, NGHTTP2_NO_ERROR);
     ck_assert_uint_eq(od_failures(), f + 1);
     ck_assert_uint_eq(od_successes(), ok + 1);
     close_down(call, NGHTTP2_NO_ERROR);
 
     /* a reset while streaming */
     call = call_in_state(SLB_CALL_STREAMING);
-    call->up.open = 0;
-    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_INTERNAL_ERROR);
+    call->cur->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->cur->up, NGHTTP2_INTERNAL_ERROR);
     ck_assert_uint_eq(od_failures(), f + 2);
     drain_response(call, &end, &status);
     close_down(call, NGHTTP2_NO_ERROR);
@@ -817,7 +817,7 @@ START_TEST(header_list_too_large_before_routing_fails_the_call)
     ck_assert_int_eq(F.has_body, 0);
     ck_assert_int_eq(F.status, SLB_GRPC_RESOURCE_EXHAUSTED);
     ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
-    ck_assert_ptr_null(call->pool_wait.pool);
+    ck_assert_ptr_null(call->cur->pool_wait.pool);
     ck_assert_int_eq(F.requests, 0);
     ck_assert_int_eq(F.resets, 0);
     close_down(call, NGHTTP2_NO_ERROR);
@@ -893,7 +893,7 @@ START_TEST(backend_in_backoff_is_not_retried_at_once)
     ck_assert_int_eq(call->state, SLB_CALL_QUEUED);
     F.pools[0].backoff = F.pools[1].backoff = 1;
     {
-        struct slb_pool_waiter *w = &call->pool_wait;
+        struct slb_pool_waiter *w = &call->cur->pool_wait;
         fake_unqueue(w);
         slb_call_upstream_handler.on_unavailable(w, UV_ECONNREFUSED);
     }
@@ -991,7 +991,7 @@ START_TEST(response_after_the_app_is_gone_is_dropped_and_window_returned)
 {
     struct slb_call *call = call_in_state(SLB_CALL_STREAMING);
 
-    slb_call_upstream_handler.on_data(&call->up, (const uint8_t *)"0123456789", 10);
+    slb_call_upstream_handler.on_data(&call->cur->up, (const uint8_t *)"0123456789", 10);
     ck_assert_uint_eq(F.consumed_up, 0);
     close_down(call, NGHTTP2_CANCEL);
     ck_assert_uint_eq(F.consumed_up, 14); /* 4 + 10 never taken: given back as the stream is let go */
@@ -1020,10 +1020,10 @@ static size_t send_upstream(struct slb_call *call, size_t n)
     size_t total = 0, k;
     int end;
 
-    while (total < n && (k = call->up.ops->peek(&call->up, &p, &end)) > 0) {
+    while (total < n && (k = call->cur->up.ops->peek(&call->cur->up, &p, &end)) > 0) {
         if (k > n - total)
             k = n - total;
-        call->up.ops->sent(&call->up, k);
+        call->cur->up.ops->sent(&call->cur->up, k);
         total += k;
     }
     return total;
@@ -1131,7 +1131,7 @@ START_TEST(responses_the_app_does_not_take_hold_back_backend_streams)
     }
     for (int i = 0; i < 8; i++)
         for (size_t n = 0; n < sizeof(big); n += 16384)
-            ck_assert_int_eq(slb_call_upstream_handler.on_data(&calls[i]->up, big, 16384), 0);
+            ck_assert_int_eq(slb_call_upstream_handler.on_data(&calls[i]->cur->up, big, 16384), 0);
     ck_assert_int_eq(T.dc.held_back, 1);
     ck_assert_uint_eq(F.conn_consumed_up, 8 * sizeof(big)); /* the shared backend connection never waits */
     /* the app takes two calls' bytes: their backend streams stay closed while over budget */
