@@ -297,6 +297,11 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
          "Calls that lost their replay copy (no more retries): past budgets.call_retry_bytes, or under buffer "
          "pressure.",
          offsetof(struct slb_loop_stats, retry_buffer_dropped)},
+        {"sidelb_hedged_attempts_total", "Attempts after a call's first under a hedgingPolicy (gRFC A6).",
+         offsetof(struct slb_loop_stats, hedged_attempts)},
+        {"sidelb_hedges_cancelled_total",
+         "Attempts cancelled (RST_STREAM CANCEL) because another attempt of the same call committed (gRFC A6).",
+         offsetof(struct slb_loop_stats, hedges_cancelled)},
     };
 
     for (size_t i = 0; i < SLB_ARRAY_SIZE(counters); i++) {

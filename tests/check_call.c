@@ -36,6 +36,7 @@ static struct {
     size_t conn_consumed_down, conn_consumed_up; /* connection windows reopened */
     size_t app_conn_consumed;                    /* ... of the app's connection, after the budget held them */
     char timeout[32];
+    int previous; /* grpc-previous-rpc-attempts of the last request, -1: none */
     int32_t next_sid;
 } F;
 
@@ -120,9 +121,13 @@ static int fake_request(struct slb_upstream *uc, struct slb_h2_stream *s, const 
     F.requests++;
     F.req_has_body = has_body;
     F.timeout[0] = '\0';
-    for (size_t i = 0; i < n; i++)
+    F.previous = -1;
+    for (size_t i = 0; i < n; i++) {
         if (nv[i].namelen == 12 && memcmp(nv[i].name, "grpc-timeout", 12) == 0)
             snprintf(F.timeout, sizeof(F.timeout), "%.*s", (int)nv[i].valuelen, nv[i].value);
+        if (nv[i].namelen == 26 && memcmp(nv[i].name, "grpc-previous-rpc-attempts", 26) == 0)
+            F.previous = atoi((const char *)nv[i].value);
+    }
     s->conn = (struct slb_conn *)&F.fake_up_conn;
     s->sid = F.next_sid += 2;
     s->open = 1;
@@ -288,7 +293,14 @@ static const char config_json[] =
     "\"policy\":{\"round_robin\":{}},\"wait_for_ready_ms\":5000,"
     "\"outlier_detection\":{\"consecutive_failures\":1000000},\"service_config\":{\"methodConfig\":[{"
     "\"name\":[{\"service\":\"t.Retry\"}],\"retryPolicy\":{\"maxAttempts\":3,\"initialBackoff\":\"0.01s\","
-    "\"maxBackoff\":\"0.01s\",\"backoffMultiplier\":1,\"retryableStatusCodes\":[\"UNAVAILABLE\"]}}]}}]}";
+    "\"maxBackoff\":\"0.01s\",\"backoffMultiplier\":1,\"retryableStatusCodes\":[\"UNAVAILABLE\"]}},"
+    "{\"name\":[{\"service\":\"t.Recv\"}],\"retryPolicy\":{\"maxAttempts\":2,\"initialBackoff\":\"0.01s\","
+    "\"maxBackoff\":\"0.01s\",\"backoffMultiplier\":1,\"retryableStatusCodes\":[\"UNAVAILABLE\"],"
+    "\"perAttemptRecvTimeout\":\"0.03s\"}},"
+    "{\"name\":[{\"service\":\"t.Hedge\"}],\"hedgingPolicy\":{\"maxAttempts\":2,\"hedgingDelay\":\"0.02s\","
+    "\"nonFatalStatusCodes\":[\"UNAVAILABLE\"]}},"
+    "{\"name\":[{\"service\":\"t.HedgeSlow\"}],\"hedgingPolicy\":{\"maxAttempts\":2,\"hedgingDelay\":\"10s\","
+    "\"nonFatalStatusCodes\":[\"UNAVAILABLE\"]}}]}}]}";
 
 static void setup(void)
 {
@@ -1188,6 +1200,288 @@ START_TEST(total_over_budget_drops_replay_copies_first)
 }
 END_TEST
 
+/* ---- gRFC A6 hedging, pushback, grpc-previous-rpc-attempts, perAttemptRecvTimeout ---- */
+
+/* The pool has a stream for attempt a. */
+static void attempt_ready(struct slb_call_attempt *a)
+{
+    ck_assert_int_eq(a->state, SLB_ATTEMPT_QUEUED);
+    ck_assert_ptr_nonnull(a->pool_wait.pool);
+    fake_unqueue(&a->pool_wait);
+    slb_call_upstream_handler.on_ready(&a->pool_wait, NULL);
+    ck_assert_int_eq(a->state, SLB_ATTEMPT_SENT);
+}
+
+/* A trailers-only reply with grpc-status and grpc-retry-pushback-ms (pushback NULL: none) on attempt a. */
+static void attempt_status_only(struct slb_call_attempt *a, const char *status, const char *pushback)
+{
+    nghttp2_nv nv[] = {NV(":status", "200"),
+                       NV("content-type", "application/grpc"),
+                       {(uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status), NGHTTP2_NV_FLAG_NONE},
+                       {(uint8_t *)"grpc-retry-pushback-ms", (uint8_t *)pushback, 22, pushback ? strlen(pushback) : 0,
+                        NGHTTP2_NV_FLAG_NONE}};
+    feed_response(&a->up, nv, pushback != NULL ? 4 : 3, 0);
+    slb_call_upstream_handler.on_headers_done(&a->up, 0, 1);
+}
+
+/* The loop runs until attempt slot i is queued. */
+static struct slb_call_attempt *run_until_attempt_queued(struct slb_call *call, int i, int max_ms)
+{
+    uint64_t until = uv_now(&T.loop) + (uint64_t)max_ms;
+
+    while ((call->n_att <= i || call->att[i].state != SLB_ATTEMPT_QUEUED) && uv_now(&T.loop) < until)
+        run_turn();
+    ck_assert_int_gt(call->n_att, i);
+    ck_assert_int_eq(call->att[i].state, SLB_ATTEMPT_QUEUED);
+    return &call->att[i];
+}
+
+START_TEST(hedge_goes_to_another_backend_and_the_first_headers_commit)
+{
+    struct slb_call *call = open_call();
+    struct slb_call_attempt *a0, *a1;
+    const uint8_t *p;
+    int end, status;
+    uint64_t t0 = uv_now(&T.loop);
+
+    send_headers(call, "/t.Hedge/M", NULL, 0);
+    slb_call_downstream_handler.on_data(&call->down, (const uint8_t *)"abc", 3);
+    slb_call_downstream_handler.on_end(&call->down);
+    a0 = call->cur;
+    attempt_ready(a0);
+    ck_assert_int_eq(F.previous, -1); /* the first attempt carries no grpc-previous-rpc-attempts */
+    ck_assert_uint_eq(a0->up.ops->peek(&a0->up, &p, &end), 3);
+    a0->up.ops->sent(&a0->up, 3);
+    ck_assert_uint_eq(F.consumed_down, 3);
+
+    /* hedgingDelay later, a second attempt goes to the other backend */
+    a1 = run_until_attempt_queued(call, 1, 1000);
+    ck_assert_uint_ge(uv_now(&T.loop) - t0, 19);
+    ck_assert_ptr_ne(a1->pool_wait.pool, a0->pool_wait.pool);
+    ck_assert_ptr_ne(a1->be, a0->be);
+    ck_assert_int_eq(call->state, SLB_CALL_SENT);
+    attempt_ready(a1);
+    ck_assert_int_eq(F.previous, 1);
+    ck_assert_int_eq(F.req_has_body, 1);
+    /* it replays the request the first attempt sent, and ends it */
+    ck_assert_uint_eq(a1->up.ops->peek(&a1->up, &p, &end), 3);
+    ck_assert(memcmp(p, "abc", 3) == 0);
+    a1->up.ops->sent(&a1->up, 3);
+    ck_assert_uint_eq(a1->up.ops->peek(&a1->up, &p, &end), 0);
+    ck_assert_int_eq(end, 1);
+    ck_assert_uint_eq(F.consumed_down, 3); /* the app's window reopened once */
+
+    /* the second attempt's response headers commit the call: the first is cancelled */
+    F.rst_code = 0;
+    feed_response(&a1->up, (nghttp2_nv[]){NV(":status", "200"), NV("content-type", "application/grpc")}, 2, 0);
+    slb_call_upstream_handler.on_headers_done(&a1->up, 0, 0);
+    ck_assert_int_eq(call->state, SLB_CALL_STREAMING);
+    ck_assert_ptr_eq(call->cur, a1);
+    ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL);
+    ck_assert_ptr_null(a0->up.conn);
+    ck_assert_int_eq(a0->state, SLB_ATTEMPT_IDLE);
+    ck_assert_uint_eq(T.ctx.stats.hedged_attempts, 1);
+    ck_assert_uint_eq(T.ctx.stats.hedges_cancelled, 1);
+    ck_assert(!call->req.retain);
+
+    ck_assert_int_eq(slb_call_upstream_handler.on_data(&a1->up, (const uint8_t *)"hi", 2), 0);
+    ck_assert_uint_eq(drain_response(call, &end, NULL), 2);
+    nghttp2_nv tr[] = {NV("grpc-status", "0")};
+    feed_response(&a1->up, tr, 1, 1);
+    slb_call_upstream_handler.on_headers_done(&a1->up, 1, 1);
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+    a1->up.open = 0;
+    slb_call_upstream_handler.on_close(&a1->up, NGHTTP2_NO_ERROR);
+    drain_response(call, &end, &status);
+    ck_assert_int_eq(status, 0);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(hedge_non_fatal_status_sends_the_next_at_once_and_a_fatal_one_commits)
+{
+    struct slb_call *call = open_call();
+    struct slb_call_attempt *a0, *a1;
+    struct slb_backend *be0;
+    uint64_t t0;
+
+    /* non-fatal (UNAVAILABLE): the next hedge goes at once, not after hedgingDelay (10 s) */
+    send_headers(call, "/t.HedgeSlow/M", NULL, 1);
+    a0 = call->cur;
+    attempt_ready(a0);
+    be0 = a0->be;
+    t0 = uv_now(&T.loop);
+    attempt_status_only(a0, "14", NULL);
+    ck_assert_int_eq(F.responds, 0);
+    ck_assert_int_eq(call->state, SLB_CALL_BACKOFF); /* nothing in flight: the next hedge is due now */
+    run_until_state(call, SLB_CALL_QUEUED, 1000);
+    ck_assert_uint_lt(uv_now(&T.loop) - t0, 500);
+    a1 = call->cur; /* the free slot is reused */
+    ck_assert_ptr_ne(a1->be, be0);
+    attempt_ready(a1);
+    ck_assert_int_eq(F.previous, 1);
+    /* the last attempt allowed (maxAttempts 2) failed too: the app gets its status */
+    attempt_status_only(a1, "14", NULL);
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+    ck_assert_int_eq(F.status, SLB_GRPC_UNAVAILABLE);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+
+    /* fatal (INTERNAL): the call ends with it, no other attempt */
+    call = open_call();
+    send_headers(call, "/t.HedgeSlow/M", NULL, 1);
+    attempt_ready(call->cur);
+    attempt_status_only(call->cur, "13", NULL);
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+    ck_assert_int_eq(F.status, SLB_GRPC_INTERNAL);
+    ck_assert_int_eq(call->n_att, 1);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(fatal_status_of_a_hedge_cancels_the_attempt_in_flight)
+{
+    struct slb_call *call = open_call();
+    struct slb_call_attempt *a0, *a1;
+
+    send_headers(call, "/t.Hedge/M", NULL, 1);
+    a0 = call->cur;
+    attempt_ready(a0);
+    a1 = run_until_attempt_queued(call, 1, 1000);
+    attempt_ready(a1);
+    F.rst_code = 0;
+    attempt_status_only(a1, "13", NULL);
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+    ck_assert_int_eq(F.status, SLB_GRPC_INTERNAL);
+    ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL);
+    ck_assert_ptr_null(a0->up.conn);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(pushback_dont_retry_stops_hedges_and_retries)
+{
+    static const char *const paths[] = {"/t.HedgeSlow/M", "/t.Retry/M"};
+    static const char *const values[] = {"-1", "x", "-5"};
+
+    for (size_t i = 0; i < SLB_ARRAY_SIZE(paths); i++) {
+        for (size_t j = 0; j < SLB_ARRAY_SIZE(values); j++) {
+            struct slb_call *call = open_call();
+            F.status = -1;
+            send_headers(call, paths[i], NULL, 1);
+            attempt_ready(call->cur);
+            attempt_status_only(call->cur, "14", values[j]);
+            ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+            ck_assert_int_eq(F.status, SLB_GRPC_UNAVAILABLE);
+            close_down(call, NGHTTP2_NO_ERROR);
+            assert_all_released();
+        }
+    }
+}
+END_TEST
+
+START_TEST(pushback_delay_sets_the_next_retry_and_hedge)
+{
+    struct slb_call *call = open_call();
+    uint64_t t0;
+
+    /* a retry waits the pushback (200 ms), not initialBackoff (10 ms) */
+    send_headers(call, "/t.Retry/M", NULL, 1);
+    attempt_ready(call->cur);
+    t0 = uv_now(&T.loop);
+    attempt_status_only(call->cur, "14", "200");
+    ck_assert_int_eq(call->state, SLB_CALL_BACKOFF);
+    ck_assert_uint_ge(call->retry_at_ms, t0 + 200);
+    run_until_state(call, SLB_CALL_QUEUED, 1000);
+    ck_assert_uint_ge(uv_now(&T.loop) - t0, 199);
+    attempt_ready(call->cur);
+    ck_assert_int_eq(F.previous, 1);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+
+    /* a hedge too, where it would go at once otherwise */
+    call = open_call();
+    send_headers(call, "/t.HedgeSlow/M", NULL, 1);
+    attempt_ready(call->cur);
+    t0 = uv_now(&T.loop);
+    attempt_status_only(call->cur, "14", "150");
+    ck_assert_int_eq(call->state, SLB_CALL_BACKOFF);
+    run_until_state(call, SLB_CALL_QUEUED, 1000);
+    ck_assert_uint_ge(uv_now(&T.loop) - t0, 149);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(per_attempt_recv_timeout_retries_then_fails)
+{
+    struct slb_call *call = open_call();
+    uint64_t t0 = uv_now(&T.loop);
+    int end, status = -1;
+
+    send_headers(call, "/t.Recv/M", "10S", 1);
+    attempt_ready(call->cur);
+    /* no response headers within 30 ms: cancelled and retried, though DEADLINE_EXCEEDED is not retryable here */
+    F.rst_code = 0;
+    run_until_state(call, SLB_CALL_BACKOFF, 1000);
+    ck_assert_uint_ge(uv_now(&T.loop) - t0, 29);
+    ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL);
+    ck_assert_int_eq(F.responds, 0);
+    run_until_state(call, SLB_CALL_QUEUED, 1000);
+    attempt_ready(call->cur);
+    ck_assert_int_eq(F.previous, 1);
+    /* the last attempt times out too: DEADLINE_EXCEEDED, long before the call's deadline */
+    run_until_state(call, SLB_CALL_FINISHING, 1000);
+    ck_assert_int_eq(F.status, SLB_GRPC_DEADLINE_EXCEEDED);
+    drain_response(call, &end, &status);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+
+    /* response headers in time stop the timer */
+    call = open_call();
+    send_headers(call, "/t.Recv/M", "10S", 1);
+    attempt_ready(call->cur);
+    respond_headers(call);
+    ck_assert_uint_eq(call->cur->recv_until_ms, 0);
+    t0 = uv_now(&T.loop);
+    while (uv_now(&T.loop) - t0 < 60)
+        run_turn();
+    ck_assert_int_eq(call->state, SLB_CALL_STREAMING);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(app_cancel_and_deadline_reset_every_hedge)
+{
+    for (int deadline = 0; deadline < 2; deadline++) {
+        struct slb_call *call = open_call();
+        struct slb_call_attempt *a0, *a1;
+        int releases;
+
+        F.status = -1;
+        send_headers(call, "/t.Hedge/M", deadline ? "60m" : NULL, 1);
+        a0 = call->cur;
+        attempt_ready(a0);
+        a1 = run_until_attempt_queued(call, 1, 1000);
+        attempt_ready(a1);
+        releases = F.releases;
+        if (deadline) {
+            run_until_state(call, SLB_CALL_FINISHING, 2000);
+            ck_assert_int_eq(F.status, SLB_GRPC_DEADLINE_EXCEEDED);
+            close_down(call, NGHTTP2_NO_ERROR);
+        } else {
+            close_down(call, NGHTTP2_CANCEL);
+        }
+        ck_assert_int_eq(F.releases - releases, 2);
+        assert_all_released();
+    }
+}
+END_TEST
+
 Suite *call_suite(void)
 {
     Suite *s = suite_create("call");
@@ -1216,6 +1510,13 @@ Suite *call_suite(void)
     tcase_add_test(tc, connection_over_budget_holds_back_its_windows);
     tcase_add_test(tc, responses_the_app_does_not_take_hold_back_backend_streams);
     tcase_add_test(tc, total_over_budget_drops_replay_copies_first);
+    tcase_add_test(tc, hedge_goes_to_another_backend_and_the_first_headers_commit);
+    tcase_add_test(tc, hedge_non_fatal_status_sends_the_next_at_once_and_a_fatal_one_commits);
+    tcase_add_test(tc, fatal_status_of_a_hedge_cancels_the_attempt_in_flight);
+    tcase_add_test(tc, pushback_dont_retry_stops_hedges_and_retries);
+    tcase_add_test(tc, pushback_delay_sets_the_next_retry_and_hedge);
+    tcase_add_test(tc, per_attempt_recv_timeout_retries_then_fails);
+    tcase_add_test(tc, app_cancel_and_deadline_reset_every_hedge);
     suite_add_tcase(s, tc);
     return s;
 }
