@@ -1,5 +1,6 @@
 #include "call.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -258,6 +259,8 @@ static struct slb_call_attempt *call_attempt_init(struct slb_call *call, uint8_t
 {
     struct slb_call_attempt *a = &call->att[i];
 
+    if (i > 0 && i >= call->n_att)
+        memset(a, 0, sizeof(*a)); /* call_new zeroed only the first slot */
     a->call = call;
     slb_h2_stream_init(&a->up, &up_stream_ops);
     slb_list_init(&a->pool_wait.link);
@@ -276,7 +279,7 @@ static struct slb_call *call_new(struct slb_loop_ctx *ctx, struct slb_downstream
     } else if ((call = malloc(sizeof(*call))) == NULL) {
         return NULL;
     }
-    memset(call, 0, sizeof(*call));
+    memset(call, 0, offsetof(struct slb_call, att[1])); /* the other attempt slots when first used */
     call->ctx = ctx;
     call->io = ctx->call_io;
     call->dc = dc;

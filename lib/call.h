@@ -149,8 +149,7 @@ struct slb_call {
     struct slb_downstream *dc;      /* the app's connection (routes, peer hash); NULL once closed */
     struct slb_call *next_free;     /* in the loop context's free list */
 
-    /* the attempts: att[0] only, unless the call is hedged */
-    struct slb_call_attempt att[SLB_MAX_ATTEMPTS];
+    /* the attempts (att[], last in the struct): att[0] only, unless the call is hedged */
     struct slb_call_attempt *cur; /* the attempt the response comes from (the committed one once committed) */
     uint8_t n_att;                /* slots ever used (1 without hedging) */
     struct slb_cluster *cluster;
@@ -192,6 +191,9 @@ struct slb_call {
     uint8_t resp_headers_sent;  /* a header block (or a trailers-only reply) went to the app */
     uint8_t upstream_done;      /* no backend will read more request bytes */
     uint8_t wait_health;        /* wait_until_ms is a wait for first health answers (gRFC A17), not wait-for-ready */
+
+    /* Last, so a new call zeroes only the first slot; the others are zeroed when first used. */
+    struct slb_call_attempt att[SLB_MAX_ATTEMPTS];
 };
 
 #endif
