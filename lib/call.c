@@ -352,6 +352,7 @@ static void attempt_stop(struct slb_call_attempt *a, uint32_t rst_code)
     a->state = SLB_ATTEMPT_IDLE;
     a->req_pos = 0;
     a->queue_until_ms = a->recv_until_ms = 0;
+    a->lost_headers = 0;
 }
 
 /* Lets go of every attempt's stream. */
@@ -676,6 +677,7 @@ static void call_dispatch(struct slb_call *call, struct slb_call_attempt *a)
     struct slb_upstream_pool *pool = NULL;
 
     call->cur = a;
+    a->state = SLB_ATTEMPT_IDLE; /* until it is queued */
     if (call->deadline_ms != 0 && call_now(call) >= call->deadline_ms) {
         call_fail(call, SLB_GRPC_DEADLINE_EXCEEDED, "sidelb: deadline exceeded before the call was sent");
         return;
@@ -881,8 +883,10 @@ static int call_hedge_failed(struct slb_call *call, struct slb_call_attempt *a, 
     pushback = call_pushback(h);
     if (pushback == -1)
         call->hedge_stop = 1;
-    if (call_live_attempts(call, a) == 0 && !call_may_hedge(call))
-        return 0;
+    if (call_live_attempts(call, a) == 0 &&
+        (!call_may_hedge(call) ||
+         (call->deadline_ms != 0 && call_now(call) + (pushback > 0 ? (uint64_t)pushback : 0) >= call->deadline_ms)))
+        return 0; /* nothing else in flight, and no hedge may follow (before the deadline) */
     if (report)
         attempt_report(a, !slb_outlier_status_failed(status));
     slb_debug("call %d: hedged attempt on %s ended with %s", call->down.sid, a->be ? a->be->name : "?",
@@ -1322,8 +1326,10 @@ static int up_on_header(struct slb_h2_stream *s, nghttp2_rcbuf *name, nghttp2_rc
 
     if (slb_hdrs_is_hop_by_hop(n.base, n.len))
         return 0;
-    if (call->resp_owner != NULL && call->resp_owner != a)
-        return 0; /* two hedges' header blocks interleaved: this one is dropped (see up_on_headers_done) */
+    if (call->resp_owner != NULL && call->resp_owner != a) {
+        a->lost_headers = 1; /* two hedges' header blocks interleaved: this one is dropped (see up_on_headers_done) */
+        return 0;
+    }
     call->resp_owner = a;
     return slb_hdrs_push(&call->resp_hdrs, name, value);
 }
@@ -1355,14 +1361,16 @@ static void up_on_headers_done(struct slb_h2_stream *s, int trailer, int end_str
         nghttp2_nv nv[SLB_HDRS_MAX];
         size_t n;
 
-        if (call->resp_owner != a) {
+        if (a->lost_headers) {
             /* its fields were dropped (another hedge's block was arriving): it cannot be relayed */
+            a->lost_headers = 0;
             attempt_report(a, 0);
             if (!up_attempt_ended(call, a, SLB_GRPC_UNAVAILABLE))
                 call_fail(call, SLB_GRPC_INTERNAL, "sidelb: a backend's response headers were lost");
             return;
         }
-        call->resp_owner = NULL;
+        if (call->resp_owner == a)
+            call->resp_owner = NULL;
         if (end_stream) {
             note_upstream_status(call, &call->resp_hdrs);
             if (call->upstream_status != SLB_GRPC_OK &&
@@ -1381,6 +1389,7 @@ static void up_on_headers_done(struct slb_h2_stream *s, int trailer, int end_str
         call_arm_timer(call);
         return;
     }
+    a->lost_headers = 0;
     if (call->resp_owner == a)
         call->resp_owner = NULL;
     if (!trailer || a != call->cur) {

@@ -134,6 +134,7 @@ struct slb_call_attempt {
     uint8_t state;                    /* enum slb_attempt_state */
     uint8_t counted;                  /* be->outstanding counts it */
     uint8_t previous;                 /* grpc-previous-rpc-attempts it carries (0: not sent) */
+    uint8_t lost_headers;             /* fields of its header block were dropped (another attempt's block came first) */
 };
 
 struct slb_call {
