@@ -843,6 +843,15 @@ static void call_hedge_next(struct slb_call *call)
 
     call->hedge_at_ms = 0;
     if (!call_may_hedge(call) || (a = call_free_attempt(call)) == NULL) {
+        if (call_live_attempts(call, NULL) == 0) {
+            /* waiting for it, the call was throttled meanwhile: it ends with its last attempt's status */
+            char msg[120];
+            snprintf(msg, sizeof(msg), "sidelb: every attempt failed (%s); no more hedges (retryThrottling)",
+                     slb_grpc_status_name(call->hedge_status));
+            call_fail(call, call->hedge_status, msg);
+            call_discard_request(call);
+            return;
+        }
         call_arm_timer(call);
         return;
     }
@@ -892,6 +901,7 @@ static int call_hedge_failed(struct slb_call *call, struct slb_call_attempt *a, 
     slb_debug("call %d: hedged attempt on %s ended with %s", call->down.sid, a->be ? a->be->name : "?",
               slb_grpc_status_name(status));
     attempt_stop(a, NGHTTP2_CANCEL);
+    call->hedge_status = (int16_t)status;
     call->upstream_status = -1;
     slb_hdrs_clear(&call->resp_hdrs);
     call->resp_owner = NULL;

@@ -173,6 +173,7 @@ struct slb_call {
     size_t held; /* bytes of req and resp counted in the app connection's and the loop's budget */
     uint64_t hash;
     int16_t upstream_status;     /* grpc-status the backend sent, -1 until then */
+    int16_t hedge_status;        /* the last non-fatal status a hedged attempt ended with */
     int16_t synth_status;        /* >= 0: sidelb ends the response with this grpc-status */
     char synth_msg[160];         /* its grpc-message (and, while queue_refused is set, why the pool turned it away) */
     uint32_t rst_after_response; /* +1: reset the app's stream with (code-1) after the response */

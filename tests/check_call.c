@@ -1487,6 +1487,112 @@ START_TEST(interleaved_header_blocks_of_two_hedges_drop_the_second)
 }
 END_TEST
 
+START_TEST(hedge_throttled_while_waiting_ends_with_the_last_status)
+{
+    struct slb_call *call = open_call();
+
+    send_headers(call, "/t.HedgeSlow/M", NULL, 1);
+    attempt_ready(call->cur);
+    attempt_status_only(call->cur, "14", "100");
+    ck_assert_int_eq(call->state, SLB_CALL_BACKOFF);
+    /* other calls failed meanwhile: retryThrottling has no token left for the hedge */
+    T.cl.methods.throttled = 1;
+    T.cl.methods.max_tokens = 10;
+    T.cl.methods.tokens = 0;
+    run_until_state(call, SLB_CALL_FINISHING, 1000);
+    ck_assert_int_eq(F.status, SLB_GRPC_UNAVAILABLE);
+    ck_assert_int_eq(call->n_att, 1);
+    T.cl.methods.throttled = 0;
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(request_past_the_retry_budget_commits_to_the_hedge_that_sent_most)
+{
+    struct slb_call *call = open_call();
+    struct slb_call_attempt *a0, *a1;
+
+    send_headers(call, "/t.Hedge/M", NULL, 0);
+    a0 = call->cur;
+    attempt_ready(a0);
+    send_body(call, 64 * 1024);
+    ck_assert_uint_eq(send_upstream(call, 64 * 1024), 64 * 1024); /* call->cur is a0 */
+    a1 = run_until_attempt_queued(call, 1, 1000);
+    attempt_ready(a1);
+    ck_assert_uint_eq(a1->req_pos, 0);
+    F.rst_code = 0;
+    /* gRFC A6: the request outgrows budgets.call_retry_bytes: the attempt that sent the most goes on alone */
+    send_body(call, 256 * 1024);
+    ck_assert(!call->req.retain);
+    ck_assert_ptr_eq(call->cur, a0);
+    ck_assert_int_eq(a1->state, SLB_ATTEMPT_IDLE);
+    ck_assert_ptr_null(a1->up.conn);
+    ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL);
+    ck_assert_int_eq(call->state, SLB_CALL_SENT);
+    ck_assert_uint_eq(send_upstream(call, 256 * 1024), 256 * 1024);
+    /* and no hedge follows */
+    for (int i = 0; i < 40; i++)
+        run_turn();
+    ck_assert_int_eq(call->att[1].state, SLB_ATTEMPT_IDLE);
+    respond_headers(call);
+    ck_assert_int_eq(call->state, SLB_CALL_STREAMING);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+    ck_assert_uint_eq(T.ctx.buffers.buffered, 0);
+}
+END_TEST
+
+/* The backend-side transport of attempt a takes up to n request bytes; *end: it saw END_STREAM. */
+static size_t attempt_send(struct slb_call_attempt *a, size_t n, int *end)
+{
+    const uint8_t *p;
+    size_t total = 0, k;
+
+    *end = 0;
+    while (total < n && (k = a->up.ops->peek(&a->up, &p, end)) > 0) {
+        if (k > n - total)
+            k = n - total;
+        a->up.ops->sent(&a->up, k);
+        total += k;
+    }
+    if (total < n)
+        a->up.ops->peek(&a->up, &p, end);
+    return total;
+}
+
+START_TEST(commit_to_a_hedge_that_lags_keeps_its_place_in_the_request)
+{
+    struct slb_call *call = open_call();
+    struct slb_call_attempt *a0, *a1;
+    int end;
+
+    send_headers(call, "/t.Hedge/M", NULL, 0);
+    a0 = call->cur;
+    attempt_ready(a0);
+    send_body(call, 64 * 1024);
+    slb_call_downstream_handler.on_end(&call->down);
+    ck_assert_uint_eq(attempt_send(a0, 64 * 1024, &end), 64 * 1024);
+    ck_assert_int_eq(end, 1);
+    a1 = run_until_attempt_queued(call, 1, 1000);
+    attempt_ready(a1);
+    ck_assert_uint_eq(attempt_send(a1, 16 * 1024 + 7, &end), 16 * 1024 + 7);
+    ck_assert_int_eq(end, 0);
+    /* a1 answers first (a server may answer before the whole request): the call is a1's, from where a1 is */
+    feed_response(&a1->up, (nghttp2_nv[]){NV(":status", "200"), NV("content-type", "application/grpc")}, 2, 0);
+    slb_call_upstream_handler.on_headers_done(&a1->up, 0, 0);
+    ck_assert_ptr_eq(call->cur, a1);
+    ck_assert_ptr_null(a0->up.conn);
+    ck_assert(!call->req.retain);
+    ck_assert_uint_eq(attempt_send(a1, 1 << 20, &end), 48 * 1024 - 7);
+    ck_assert_int_eq(end, 1);
+    ck_assert_uint_eq(F.consumed_down, 64 * 1024); /* the app's window reopened once for each byte */
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+    ck_assert_uint_eq(T.ctx.buffers.buffered, 0);
+}
+END_TEST
+
 START_TEST(app_cancel_and_deadline_reset_every_hedge)
 {
     for (int deadline = 0; deadline < 2; deadline++) {
@@ -1549,6 +1655,9 @@ Suite *call_suite(void)
     tcase_add_test(tc, pushback_delay_sets_the_next_retry_and_hedge);
     tcase_add_test(tc, per_attempt_recv_timeout_retries_then_fails);
     tcase_add_test(tc, app_cancel_and_deadline_reset_every_hedge);
+    tcase_add_test(tc, commit_to_a_hedge_that_lags_keeps_its_place_in_the_request);
+    tcase_add_test(tc, request_past_the_retry_budget_commits_to_the_hedge_that_sent_most);
+    tcase_add_test(tc, hedge_throttled_while_waiting_ends_with_the_last_status);
     tcase_add_test(tc, interleaved_header_blocks_of_two_hedges_drop_the_second);
     suite_add_tcase(s, tc);
     return s;
