@@ -927,9 +927,8 @@ static void call_commit(struct slb_call *call, struct slb_call_attempt *a)
         return;
     if (call->req.retain && a->req_pos != call->req_pos) {
         /* it lags behind the attempt that sent the most: the queue's cursor becomes its own */
-        slb_chunkq_seek(&call->req, a->req_pos);
+        slb_chunkq_seek(&call->req, a->req_pos); /* what the call holds stays the same */
         call->req_pos = a->req_pos;
-        call_account(call);
     }
     for (uint8_t i = 0; i < call->n_att; i++) {
         struct slb_call_attempt *b = &call->att[i];
@@ -952,7 +951,8 @@ static void call_commit_leader(struct slb_call *call)
             (lead == NULL || a->req_pos > lead->req_pos || (a->req_pos == lead->req_pos && a->state > lead->state)))
             lead = a;
     }
-    if (lead != NULL && call_live_attempts(call, lead) > 0) {
+    if (lead != NULL) {
+        /* also when it is alone: it may lag behind an attempt that ended (the cursor moves back to it) */
         call_commit(call, lead);
         call_sync_state(call);
     }

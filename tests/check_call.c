@@ -1590,6 +1590,30 @@ START_TEST(commit_to_a_hedge_that_lags_keeps_its_place_in_the_request)
     close_down(call, NGHTTP2_CANCEL);
     assert_all_released();
     ck_assert_uint_eq(T.ctx.buffers.buffered, 0);
+
+    /* the leading attempt fails (non-fatal), the one left lags; then the request outgrows the retry
+     * budget: the call is committed to the laggard, from where it is */
+    call = open_call();
+    F.consumed_down = 0;
+    send_headers(call, "/t.Hedge/M", NULL, 0);
+    a0 = call->cur;
+    attempt_ready(a0);
+    send_body(call, 64 * 1024);
+    ck_assert_uint_eq(attempt_send(a0, 64 * 1024, &end), 64 * 1024);
+    a1 = run_until_attempt_queued(call, 1, 1000);
+    attempt_ready(a1);
+    ck_assert_uint_eq(attempt_send(a1, 16 * 1024, &end), 16 * 1024);
+    attempt_status_only(a0, "14", NULL);
+    ck_assert_int_eq(a0->state, SLB_ATTEMPT_IDLE);
+    ck_assert_int_eq(call->state, SLB_CALL_SENT);
+    send_body(call, 256 * 1024);
+    ck_assert(!call->req.retain);
+    ck_assert_ptr_eq(call->cur, a1);
+    ck_assert_uint_eq(attempt_send(a1, 1 << 20, &end), (64 + 256 - 16) * 1024);
+    ck_assert_uint_eq(F.consumed_down, (64 + 256) * 1024);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+    ck_assert_uint_eq(T.ctx.buffers.buffered, 0);
 }
 END_TEST
 
