@@ -2,8 +2,10 @@
 for every app: real sidelb, C test backends (tests/backend/), a grpcio client."""
 
 import collections
+import re
 import threading
 import time
+import urllib.request
 
 import grpc
 
@@ -25,6 +27,11 @@ def retry_config(attempts=3, codes=("UNAVAILABLE",), initial="0.01s", per_attemp
     if per_attempt is not None:
         policy["perAttemptRecvTimeout"] = per_attempt
     return {"methodConfig": [{"name": [{"service": "sidelb.test.Echo"}], "retryPolicy": policy}]}
+
+
+def metrics(cfg):
+    text = urllib.request.urlopen("http://%s/metrics" % cfg["admin"]["address"], timeout=5).read().decode()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(sidelb_[a-z_]+) ([0-9.e+]+)$", text, re.M)}
 
 
 def outcome(stub, timeout=5):
@@ -67,8 +74,10 @@ def test_slow_backend_is_hedged_and_its_attempts_cancelled():
     # the issue's scenario: one of three backends answers in 1 s, hedging delay 50 ms
     slow = peers.start_c_backend("slow", extra_args=["--extra-delay-ms", "1000"])
     fast = [peers.start_c_backend("fast%d" % i) for i in range(2)]
-    slb = start_sidelb(simple_config([slow.addr] + [f.addr for f in fast],
-                                     service_config=hedging_config(attempts=3, delay="0.05s")))
+    cfg = simple_config([slow.addr] + [f.addr for f in fast],
+                        service_config=hedging_config(attempts=3, delay="0.05s"))
+    cfg["admin"] = {"address": "127.0.0.1:%d" % peers.free_port()}
+    slb = start_sidelb(cfg)
     stub = peers.echo_stub(slb.addr)
     outcome(stub)  # connections up
     t0 = time.monotonic()
@@ -88,6 +97,9 @@ def test_slow_backend_is_hedged_and_its_attempts_cancelled():
     retried = sum(f.stats()["retried"] for f in fast)
     assert retried >= st["cancelled"] - 5
     assert max(f.stats()["max_previous_attempts"] for f in fast) in (1, 2)
+    m = metrics(cfg)
+    assert m["sidelb_hedges_cancelled_total"] >= st["cancelled"]
+    assert m["sidelb_hedged_attempts_total"] >= m["sidelb_hedges_cancelled_total"]
 
 
 def test_non_fatal_status_sends_the_next_hedge_at_once():
