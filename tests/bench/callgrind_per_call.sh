@@ -37,7 +37,9 @@ EOF
     kill -TERM "$spid"
     wait "$spid" || true
     kill -TERM "$bpid"
-    wait "$bpid" || true
+    for _ in $(seq 20); do kill -0 "$bpid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$bpid" 2>/dev/null || true
+    wait "$bpid" 2>/dev/null || true
     ir=$(awk '/^(summary|totals):/{print $2; exit}' "$d/cg.out")
     rm -rf "$d"
     echo "$ir"
