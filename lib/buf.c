@@ -158,6 +158,42 @@ void slb_chunkq_rewind(struct slb_chunkq *q)
     q->retained = 0;
 }
 
+size_t slb_chunkq_peek_at(const struct slb_chunkq *q, uint64_t off, const uint8_t **p)
+{
+    const struct slb_chunk *c = q->head;
+    uint64_t left;
+
+    if (!q->retain || off >= q->retained)
+        return 0;
+    left = q->retained - off; /* bytes from off up to the cursor */
+    while (c != NULL && off >= c->end - c->start) {
+        off -= c->end - c->start;
+        c = c->next;
+    }
+    if (c == NULL)
+        return 0;
+    *p = c->data + c->start + off;
+    return (size_t)(c->end - c->start - off < left ? c->end - c->start - off : left);
+}
+
+void slb_chunkq_seek(struct slb_chunkq *q, uint64_t off)
+{
+    const uint8_t *p;
+
+    if (!q->retain)
+        return;
+    slb_chunkq_rewind(q);
+    while (off > 0) {
+        size_t n = slb_chunkq_peek(q, &p);
+        if (n == 0)
+            break;
+        if (n > off)
+            n = (size_t)off;
+        slb_chunkq_advance(q, n);
+        off -= n;
+    }
+}
+
 size_t slb_chunkq_clear(struct slb_chunkq *q)
 {
     size_t dropped = q->unsent;

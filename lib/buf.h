@@ -54,6 +54,12 @@ void slb_chunkq_advance(struct slb_chunkq *q, size_t n);
 void slb_chunkq_commit(struct slb_chunkq *q);
 /* Moves the cursor back to the first retained byte (replay). */
 void slb_chunkq_rewind(struct slb_chunkq *q);
+/* A retaining queue read by a second reader that lags behind the cursor
+ * (a hedged attempt): contiguous bytes at offset off from the first kept
+ * byte, never past the cursor (0 when off is at or past it). */
+size_t slb_chunkq_peek_at(const struct slb_chunkq *q, uint64_t off, const uint8_t **p);
+/* Moves the cursor of a retaining queue to offset off from the first kept byte (off <= kept). */
+void slb_chunkq_seek(struct slb_chunkq *q, uint64_t off);
 /* Frees everything. Returns the number of unsent bytes dropped. */
 size_t slb_chunkq_clear(struct slb_chunkq *q);
 

@@ -20,6 +20,14 @@
  *      |                 |  v               |   \--refused stream (GOAWAY)--> QUEUED (replay)
  *      +--no backend--> WAIT_BACKEND <--no backend--+
  *   QUEUED --pool queue full or queue_timeout_ms--> dispatch again (a backend not tried) or FINISHING
+ *   SENT --perAttemptRecvTimeout--> BACKOFF (retry) or FINISHING
+ * Hedging (gRFC A6 hedgingPolicy): while QUEUED or SENT, another attempt
+ * starts every hedgingDelay on a backend no live attempt uses (QUEUED/SENT
+ * then describe the most advanced attempt); the first response headers, or
+ * a status that is not in nonFatalStatusCodes, commit the call to that
+ * attempt and the others are reset (RST_STREAM CANCEL). A non-fatal status
+ * lets the next hedge go at once; with nothing left in flight the call waits
+ * in BACKOFF for a pushback's delay.
  *   STREAMING --backend ended--> FINISHING;  any state --sidelb ends it (deadline, error)--> FINISHING
  *   any state --the app's stream closed--> CLOSED (freed)
  *
@@ -101,67 +109,101 @@ void slb_call_on_timer(struct slb_deadline *d);
 /* Frees the loop context's free list of calls. */
 void slb_call_free_list_drain(struct slb_loop_ctx *ctx);
 
+/*
+ * One attempt of a call (gRFC A6): its backend, its place in a pool's queue
+ * and its stream. Retries and transparent replays reuse the first slot;
+ * hedging runs up to SLB_MAX_ATTEMPTS at once, each on its own backend, and
+ * they share the call's one request buffer (each reads it at its own
+ * position, req_pos). Owner: the call that embeds it.
+ */
+enum slb_attempt_state {
+    SLB_ATTEMPT_IDLE,   /* free: no backend, no stream */
+    SLB_ATTEMPT_QUEUED, /* a backend is picked: waiting in its pool for a stream */
+    SLB_ATTEMPT_SENT,   /* its stream is open (or drains the committed response) */
+};
+
+struct slb_call_attempt {
+    struct slb_call *call;
+    struct slb_h2_stream up;          /* its stream to the backend (a link the transport owns) */
+    struct slb_pool_waiter pool_wait; /* QUEUED */
+    struct slb_backend *be;           /* referenced while the attempt is bound to it */
+    struct slb_upstream_pool *pool;   /* be's pool (a replay stays there) */
+    uint64_t req_pos;                 /* request bytes sent on this attempt's stream */
+    uint64_t queue_until_ms;          /* QUEUED: the wait for a stream slot ends (queue_timeout_ms); 0 = none */
+    uint64_t recv_until_ms;           /* perAttemptRecvTimeout: its response headers are due; 0 = none */
+    uint8_t state;                    /* enum slb_attempt_state */
+    uint8_t counted;                  /* be->outstanding counts it */
+    uint8_t previous;                 /* grpc-previous-rpc-attempts it carries (0: not sent) */
+    uint8_t lost_headers;             /* fields of its header block were dropped (another attempt's block came first) */
+    uint8_t stats_open;               /* counted per backend when it ends (attempt_count_end) */
+    uint64_t start_ns;                /* uv_hrtime() when it was handed to its backend's pool */
+};
+
 struct slb_call {
     struct slb_loop_ctx *ctx;
     const struct slb_call_transport *io;
     uint8_t state; /* enum slb_call_state; only call_set_state() writes it */
 
     /* links the layers below own (the call never edits them) */
-    struct slb_h2_stream down;        /* the app's stream */
-    struct slb_h2_stream up;          /* the current attempt's stream */
-    struct slb_pool_waiter pool_wait; /* QUEUED */
-    struct slb_cluster_waiter wait;   /* WAIT_BACKEND */
-    struct slb_deadline timer;        /* earliest of deadline_ms, wait_until_ms, retry_at_ms, queue_until_ms */
-    struct slb_downstream *dc;        /* the app's connection (routes, peer hash); NULL once closed */
-    struct slb_call *next_free;       /* in the loop context's free list */
+    struct slb_h2_stream down;      /* the app's stream */
+    struct slb_cluster_waiter wait; /* WAIT_BACKEND */
+    struct slb_deadline timer;      /* earliest of deadline_ms, wait_until_ms, retry_at_ms, hedge_at_ms, and the
+                                       attempts' queue_until_ms and recv_until_ms */
+    struct slb_downstream *dc;      /* the app's connection (routes, peer hash); NULL once closed */
+    struct slb_call *next_free;     /* in the loop context's free list */
 
-    /* the attempt */
+    /* the attempts (att[], last in the struct): att[0] only, unless the call is hedged */
+    struct slb_call_attempt *cur; /* the attempt the response comes from (the committed one once committed) */
+    uint8_t n_att;                /* slots ever used (1 without hedging) */
     struct slb_cluster *cluster;
-    struct slb_backend *be;         /* referenced while an attempt is bound to it */
-    struct slb_upstream_pool *pool; /* be's pool (a replay stays there) */
     struct slb_tried tried;
-    uint8_t attempts;       /* streams opened or queued (SLB_MAX_ATTEMPTS) */
-    uint8_t retries;        /* gRFC A6 retries made */
-    uint8_t queue_refused;  /* why the last pool turned the call away (SLB_CALL_QUEUE_*), 0 once queued */
-    uint8_t queue_refusals; /* pools that turned it away (each one a transparent retry, bounded) */
+    uint8_t attempts;                    /* streams opened or queued (SLB_MAX_ATTEMPTS) */
+    uint8_t retries;                     /* gRFC A6 retries made */
+    uint8_t backoff_n;                   /* retries since the last pushback (A6: a pushback resets the backoff) */
+    uint8_t hedges_sent;                 /* attempts started under the hedging policy (the first included) */
+    uint8_t hedge_stop;                  /* a pushback said "don't retry": no more hedges */
+    uint8_t queue_refused;               /* why the last pool turned the call away (SLB_CALL_QUEUE_*), 0 once queued */
+    uint8_t queue_refusals;              /* pools that turned it away (each one a transparent retry, bounded) */
+    struct slb_call_attempt *resp_owner; /* the attempt whose header block resp_hdrs is receiving */
 
     struct slb_hdrs req_hdrs;  /* kept until the response starts (replay) */
     struct slb_hdrs resp_hdrs; /* response header block being received */
     struct slb_hdrs trailers;  /* the backend's trailers, sent after the body */
     struct slb_chunkq req, resp;
-    uint64_t req_received, req_consumed, req_pos;
+    uint64_t req_received, req_consumed, req_pos; /* req_pos: the request queue's cursor (the leading attempt) */
     uint64_t resp_received, resp_consumed;
     size_t held; /* bytes of req and resp counted in the app connection's and the loop's budget */
     uint64_t hash;
     int16_t upstream_status;     /* grpc-status the backend sent, -1 until then */
+    int16_t hedge_status;        /* the last non-fatal status a hedged attempt ended with */
     int16_t synth_status;        /* >= 0: sidelb ends the response with this grpc-status */
     char synth_msg[160];         /* its grpc-message (and, while queue_refused is set, why the pool turned it away) */
     uint32_t rst_after_response; /* +1: reset the app's stream with (code-1) after the response */
     uint64_t deadline_ms;        /* 0 = none (grpc-timeout, or a shorter methodConfig timeout) */
     uint64_t wait_until_ms;      /* how long it may wait for a usable backend (0 = not computed) */
     uint64_t retry_at_ms;        /* BACKOFF ends */
-    uint64_t queue_until_ms;     /* QUEUED: the wait for a stream slot ends (queue_timeout_ms); 0 = none */
+    uint64_t hedge_at_ms;        /* the next hedged attempt is due (0 = none scheduled) */
     const struct slb_method_config *mc;       /* from the cluster's service config, or NULL */
     const struct slb_retry_policy *retry;     /* mc's retry policy, or NULL */
+    const struct slb_hedging_policy *hedging; /* mc's hedging policy, or NULL */
     struct slb_grpc_scan req_scan, resp_scan; /* message sizes (when mc limits them) */
 
     /* facts about the bytes, not the call's progress */
     uint8_t has_hash;
     uint8_t counted_in_cluster; /* cluster->n_calls counts it */
-    uint8_t counted;            /* be->outstanding counts it */
     uint8_t req_end;            /* the app sent END_STREAM */
     uint8_t resp_headers_sent;  /* a header block (or a trailers-only reply) went to the app */
     uint8_t upstream_done;      /* no backend will read more request bytes */
     uint8_t wait_health;        /* wait_until_ms is a wait for first health answers (gRFC A17), not wait-for-ready */
 
     /* stats (lib/stats.h) and the access log */
-    uint8_t attempt_open;          /* the attempt on be is counted when it ends (call_end_attempt) */
     uint16_t method_slot;          /* its method's counters in cluster->method_stats (1-based), 0 = none */
     int16_t local_status;          /* the grpc-status sidelb ended the call with itself (call_fail), -1 */
     uint64_t start_ns;             /* uv_hrtime() when the app's stream opened */
-    uint64_t attempt_start_ns;     /* when the current attempt was handed to its backend's pool */
     uint64_t upstream_ns;          /* the attempts' durations, summed */
     struct slb_backend *logged_be; /* access log on: the final attempt's backend (referenced) */
+    /* Last, so a new call zeroes only the first slot; the others are zeroed when first used. */
+    struct slb_call_attempt att[SLB_MAX_ATTEMPTS];
 };
 
 #endif

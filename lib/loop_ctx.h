@@ -63,6 +63,8 @@ struct slb_loop_stats {
      * the server allocates it (NULL: not counted, as in unit tests) */
     uint64_t *calls_by_code;
     uint32_t calls_n_listeners, calls_n_clusters;
+    uint64_t hedged_attempts;  /* attempts after a call's first under a hedgingPolicy (gRFC A6) */
+    uint64_t hedges_cancelled; /* attempts cancelled because another attempt of the call committed */
 };
 
 /* Rate-limited log lines, one per kind of event (SLB_LOG_LIMIT_MS apart). */

@@ -8,12 +8,40 @@
 #include "config.h"
 #include "rng.h"
 
+static uint32_t parse_codes(json_t *codes)
+{
+    uint32_t bits = 0;
+    size_t i;
+    json_t *c;
+
+    json_array_foreach(codes, i, c)
+    {
+        int code = json_is_string(c) ? slb_config_grpc_code(json_string_value(c)) : (int)json_integer_value(c);
+        if (code >= 0 && code < 32)
+            bits |= 1u << code;
+    }
+    return bits;
+}
+
+static int parse_hedging(json_t *hp, struct slb_hedging_policy *p)
+{
+    uint64_t ms = 0;
+    json_t *v;
+
+    p->max_attempts = (uint8_t)json_integer_value(json_object_get(hp, "maxAttempts"));
+    if (p->max_attempts > 5)
+        p->max_attempts = 5; /* A6: larger values are treated as 5 */
+    if ((v = json_object_get(hp, "hedgingDelay")) != NULL && slb_config_parse_duration(json_string_value(v), &ms) != 0)
+        return SLB_ECONFIG;
+    p->delay_ms = ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
+    p->non_fatal = parse_codes(json_object_get(hp, "nonFatalStatusCodes"));
+    return 0;
+}
+
 static int parse_policy(json_t *rp, struct slb_retry_policy *p)
 {
     uint64_t ms;
-    json_t *codes = json_object_get(rp, "retryableStatusCodes");
-    size_t i;
-    json_t *c;
+    json_t *v;
 
     p->max_attempts = (uint8_t)json_integer_value(json_object_get(rp, "maxAttempts"));
     if (p->max_attempts > 5)
@@ -25,12 +53,12 @@ static int parse_policy(json_t *rp, struct slb_retry_policy *p)
         return SLB_ECONFIG;
     p->max_backoff_ms = (uint32_t)ms;
     p->multiplier = json_number_value(json_object_get(rp, "backoffMultiplier"));
-    p->codes = 0;
-    json_array_foreach(codes, i, c)
-    {
-        int code = json_is_string(c) ? slb_config_grpc_code(json_string_value(c)) : (int)json_integer_value(c);
-        if (code >= 0 && code < 32)
-            p->codes |= 1u << code;
+    p->codes = parse_codes(json_object_get(rp, "retryableStatusCodes"));
+    p->per_attempt_recv_ms = 0;
+    if ((v = json_object_get(rp, "perAttemptRecvTimeout")) != NULL) {
+        if (slb_config_parse_duration(json_string_value(v), &ms) != 0)
+            return SLB_ECONFIG;
+        p->per_attempt_recv_ms = ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
     }
     return 0;
 }
@@ -50,13 +78,18 @@ int slb_method_table_init(struct slb_method_table *t, const char *json)
     json_array_foreach(mcs, i, mc)
     {
         struct slb_method_config m = {.wait_for_ready = -1};
-        json_t *rp = json_object_get(mc, "retryPolicy"), *v;
+        json_t *rp = json_object_get(mc, "retryPolicy"), *hp = json_object_get(mc, "hedgingPolicy"), *v;
         uint64_t ms;
 
         if (rp != NULL) {
             if ((rv = parse_policy(rp, &m.retry)) != 0)
                 break;
             m.has_retry = 1;
+        }
+        if (hp != NULL) {
+            if ((rv = parse_hedging(hp, &m.hedging)) != 0)
+                break;
+            m.has_hedging = 1;
         }
         if ((v = json_object_get(mc, "timeout")) != NULL && slb_config_parse_duration(json_string_value(v), &ms) == 0)
             m.timeout_ms = ms;
@@ -164,4 +197,19 @@ uint64_t slb_retry_backoff_ms(const struct slb_retry_policy *p, unsigned attempt
         b = p->max_backoff_ms;
     /* A6: the wait is random(0, current_backoff) */
     return (uint64_t)(b * (double)slb_rng_bounded(random, 10001) / 10000.0);
+}
+
+int64_t slb_retry_pushback_parse(const uint8_t *v, size_t len)
+{
+    int64_t ms = 0;
+
+    /* A6: an ASCII signed 32-bit integer; negative or unparsable means "do not retry" */
+    if (len == 0 || len > 10)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        ms = ms * 10 + (v[i] - '0');
+    }
+    return ms > INT32_MAX ? -1 : ms;
 }

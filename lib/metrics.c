@@ -280,7 +280,7 @@ static void render_call_stats(struct out *o, const struct slb_server *srv)
         {"sidelb_upstream_retries_total", "counter", "gRFC A6 retries: attempts made after a retryable status.",
          offsetof(struct slb_cluster_stats, retries)},
         {"sidelb_upstream_hedges_total", "counter",
-         "Hedged attempts (gRFC A6 hedging); 0 until hedging is wired to slb_cluster_stats_hedge().",
+         "gRFC A6 hedging: attempts after a call's first under a hedgingPolicy.",
          offsetof(struct slb_cluster_stats, hedges)},
         {"sidelb_request_bytes_total", "counter", "Request body bytes (gRPC frames) received from the apps.",
          offsetof(struct slb_cluster_stats, request_bytes)},
@@ -595,6 +595,11 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
          "Calls that lost their replay copy (no more retries): past budgets.call_retry_bytes, or under buffer "
          "pressure.",
          offsetof(struct slb_loop_stats, retry_buffer_dropped)},
+        {"sidelb_hedged_attempts_total", "Attempts after a call's first under a hedgingPolicy (gRFC A6).",
+         offsetof(struct slb_loop_stats, hedged_attempts)},
+        {"sidelb_hedges_cancelled_total",
+         "Attempts cancelled (RST_STREAM CANCEL) because another attempt of the same call committed (gRFC A6).",
+         offsetof(struct slb_loop_stats, hedges_cancelled)},
     };
 
     for (size_t i = 0; i < SLB_ARRAY_SIZE(counters); i++) {

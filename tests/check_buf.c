@@ -96,6 +96,38 @@ START_TEST(retain_rewind_replays_everything)
 }
 END_TEST
 
+START_TEST(second_reader_replays_kept_bytes_up_to_the_cursor)
+{
+    struct slb_chunkq q;
+    size_t n = 2 * SLB_CHUNK_SIZE + 10, got = 0, k;
+    uint8_t *in = pattern(n), *out = malloc(n);
+    const uint8_t *p;
+
+    slb_chunkq_init(&q, 1);
+    ck_assert_int_eq(slb_chunkq_append(&q, in, n), 0);
+    ck_assert_uint_eq(drain(&q, out, SLB_CHUNK_SIZE + 5), SLB_CHUNK_SIZE + 5);
+    /* a hedge that started later reads what the first attempt sent, never past the cursor */
+    while ((k = slb_chunkq_peek_at(&q, got, &p)) > 0) {
+        memcpy(out + got, p, k);
+        got += k;
+    }
+    ck_assert_uint_eq(got, SLB_CHUNK_SIZE + 5);
+    ck_assert_mem_eq(in, out, got);
+    /* committing to the hedge moves the cursor back to where it is */
+    slb_chunkq_seek(&q, 100);
+    ck_assert_uint_eq(q.retained, 100);
+    ck_assert_uint_eq(q.unsent, n - 100);
+    ck_assert_uint_eq(drain(&q, out, n), n - 100);
+    ck_assert_mem_eq(in + 100, out, n - 100);
+    /* a queue that keeps nothing has nothing to replay */
+    slb_chunkq_commit(&q);
+    ck_assert_uint_eq(slb_chunkq_peek_at(&q, 0, &p), 0);
+    slb_chunkq_clear(&q);
+    free(in);
+    free(out);
+}
+END_TEST
+
 START_TEST(commit_releases_sent_bytes)
 {
     struct slb_chunkq q;
@@ -164,6 +196,7 @@ Suite *buf_suite(void)
     tcase_add_test(tc, commit_releases_sent_bytes);
     tcase_add_test(tc, clear_reports_unsent);
     tcase_add_test(tc, outbuf_limit);
+    tcase_add_test(tc, second_reader_replays_kept_bytes_up_to_the_cursor);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -36,6 +36,7 @@ static struct {
     size_t conn_consumed_down, conn_consumed_up; /* connection windows reopened */
     size_t app_conn_consumed;                    /* ... of the app's connection, after the budget held them */
     char timeout[32];
+    int previous; /* grpc-previous-rpc-attempts of the last request, -1: none */
     int32_t next_sid;
 } F;
 
@@ -120,9 +121,13 @@ static int fake_request(struct slb_upstream *uc, struct slb_h2_stream *s, const 
     F.requests++;
     F.req_has_body = has_body;
     F.timeout[0] = '\0';
-    for (size_t i = 0; i < n; i++)
+    F.previous = -1;
+    for (size_t i = 0; i < n; i++) {
         if (nv[i].namelen == 12 && memcmp(nv[i].name, "grpc-timeout", 12) == 0)
             snprintf(F.timeout, sizeof(F.timeout), "%.*s", (int)nv[i].valuelen, nv[i].value);
+        if (nv[i].namelen == 26 && memcmp(nv[i].name, "grpc-previous-rpc-attempts", 26) == 0)
+            F.previous = atoi((const char *)nv[i].value);
+    }
     s->conn = (struct slb_conn *)&F.fake_up_conn;
     s->sid = F.next_sid += 2;
     s->open = 1;
@@ -288,7 +293,14 @@ static const char config_json[] =
     "\"policy\":{\"round_robin\":{}},\"wait_for_ready_ms\":5000,"
     "\"outlier_detection\":{\"consecutive_failures\":1000000},\"service_config\":{\"methodConfig\":[{"
     "\"name\":[{\"service\":\"t.Retry\"}],\"retryPolicy\":{\"maxAttempts\":3,\"initialBackoff\":\"0.01s\","
-    "\"maxBackoff\":\"0.01s\",\"backoffMultiplier\":1,\"retryableStatusCodes\":[\"UNAVAILABLE\"]}}]}}]}";
+    "\"maxBackoff\":\"0.01s\",\"backoffMultiplier\":1,\"retryableStatusCodes\":[\"UNAVAILABLE\"]}},"
+    "{\"name\":[{\"service\":\"t.Recv\"}],\"retryPolicy\":{\"maxAttempts\":2,\"initialBackoff\":\"0.01s\","
+    "\"maxBackoff\":\"0.01s\",\"backoffMultiplier\":1,\"retryableStatusCodes\":[\"UNAVAILABLE\"],"
+    "\"perAttemptRecvTimeout\":\"0.1s\"}},"
+    "{\"name\":[{\"service\":\"t.Hedge\"}],\"hedgingPolicy\":{\"maxAttempts\":2,\"hedgingDelay\":\"0.02s\","
+    "\"nonFatalStatusCodes\":[\"UNAVAILABLE\"]}},"
+    "{\"name\":[{\"service\":\"t.HedgeSlow\"}],\"hedgingPolicy\":{\"maxAttempts\":2,\"hedgingDelay\":\"10s\","
+    "\"nonFatalStatusCodes\":[\"UNAVAILABLE\"]}}]}}]}";
 
 static void setup(void)
 {
@@ -372,13 +384,13 @@ static void send_headers(struct slb_call *call, const char *path, const char *ti
 
 static struct fake_pool *queued_pool(struct slb_call *call)
 {
-    return (struct fake_pool *)call->pool_wait.pool;
+    return (struct fake_pool *)call->cur->pool_wait.pool;
 }
 
 /* The pool has a stream for the call. */
 static void stream_ready(struct slb_call *call)
 {
-    struct slb_pool_waiter *w = &call->pool_wait;
+    struct slb_pool_waiter *w = &call->cur->pool_wait;
 
     ck_assert_int_eq(call->state, SLB_CALL_QUEUED);
     ck_assert_ptr_nonnull(w->pool);
@@ -389,8 +401,8 @@ static void stream_ready(struct slb_call *call)
 static void respond_headers(struct slb_call *call)
 {
     static const nghttp2_nv nv[] = {NV(":status", "200"), NV("content-type", "application/grpc")};
-    feed_response(&call->up, nv, 2, 0);
-    slb_call_upstream_handler.on_headers_done(&call->up, 0, 0);
+    feed_response(&call->cur->up, nv, 2, 0);
+    slb_call_upstream_handler.on_headers_done(&call->cur->up, 0, 0);
 }
 
 static void respond_status_only(struct slb_call *call, const char *status)
@@ -398,15 +410,15 @@ static void respond_status_only(struct slb_call *call, const char *status)
     nghttp2_nv nv[] = {NV(":status", "200"),
                        NV("content-type", "application/grpc"),
                        {(uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status), NGHTTP2_NV_FLAG_NONE}};
-    feed_response(&call->up, nv, 3, 0);
-    slb_call_upstream_handler.on_headers_done(&call->up, 0, 1);
+    feed_response(&call->cur->up, nv, 3, 0);
+    slb_call_upstream_handler.on_headers_done(&call->cur->up, 0, 1);
 }
 
 static void respond_trailers(struct slb_call *call, const char *status)
 {
     nghttp2_nv nv[] = {{(uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status), NGHTTP2_NV_FLAG_NONE}};
-    feed_response(&call->up, nv, 1, 1);
-    slb_call_upstream_handler.on_headers_done(&call->up, 1, 1);
+    feed_response(&call->cur->up, nv, 1, 1);
+    slb_call_upstream_handler.on_headers_done(&call->cur->up, 1, 1);
 }
 
 /* The app-side transport sends what the call's response body offers: bytes, then trailers. */
@@ -484,11 +496,11 @@ START_TEST(unary_call_end_to_end)
     ck_assert_int_eq(F.req_has_body, 1);
     ck_assert_msg(F.timeout[strlen(F.timeout) - 1] == 'm' && atoi(F.timeout) > 900 && atoi(F.timeout) <= 1000,
                   "the backend gets the time left, not %s", F.timeout);
-    ck_assert_uint_eq(call->up.ops->peek(&call->up, &p, &end), 10);
+    ck_assert_uint_eq(call->cur->up.ops->peek(&call->cur->up, &p, &end), 10);
     ck_assert_int_eq(end, 1);
-    call->up.ops->sent(&call->up, 6);
+    call->cur->up.ops->sent(&call->cur->up, 6);
     ck_assert_uint_eq(F.consumed_down, 6);
-    call->up.ops->sent(&call->up, 4);
+    call->cur->up.ops->sent(&call->cur->up, 4);
     ck_assert_uint_eq(F.consumed_down, 10);
 
     respond_headers(call);
@@ -496,7 +508,7 @@ START_TEST(unary_call_end_to_end)
     ck_assert_int_eq(F.responds, 1);
     ck_assert_int_eq(F.has_body, 1);
     /* response flow control: the backend's window reopens as the app takes the bytes */
-    ck_assert_int_eq(slb_call_upstream_handler.on_data(&call->up, (const uint8_t *)"hello", 5), 0);
+    ck_assert_int_eq(slb_call_upstream_handler.on_data(&call->cur->up, (const uint8_t *)"hello", 5), 0);
     ck_assert_uint_eq(F.consumed_up, 0);
     ck_assert_uint_eq(F.conn_consumed_up, 5); /* the backend connection's window is never held by one call */
     ck_assert_uint_eq(drain_response(call, &end, NULL), 5);
@@ -504,8 +516,8 @@ START_TEST(unary_call_end_to_end)
     ck_assert_uint_eq(F.consumed_up, 5);
     respond_trailers(call, "0");
     ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
-    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_NO_ERROR);
-    ck_assert_ptr_null(call->up.conn); /* drained: released at once */
+    slb_call_upstream_handler.on_close(&call->cur->up, NGHTTP2_NO_ERROR);
+    ck_assert_ptr_null(call->cur->up.conn); /* drained: released at once */
     ck_assert_uint_eq(drain_response(call, &end, &status), 0);
     ck_assert_int_eq(end, 1);
     ck_assert_int_eq(status, 0);
@@ -550,17 +562,17 @@ START_TEST(refused_stream_is_replayed_with_the_whole_request)
     slb_call_downstream_handler.on_data(&call->down, (const uint8_t *)"abcdef", 6);
     slb_call_downstream_handler.on_end(&call->down);
     stream_ready(call);
-    call->up.ops->sent(&call->up, call->up.ops->peek(&call->up, &p, &end));
+    call->cur->up.ops->sent(&call->cur->up, call->cur->up.ops->peek(&call->cur->up, &p, &end));
     ck_assert_uint_eq(F.consumed_down, 6);
     /* the backend's GOAWAY refused the stream: the same request goes out again */
-    call->up.open = 0;
-    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_REFUSED_STREAM);
+    call->cur->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->cur->up, NGHTTP2_REFUSED_STREAM);
     ck_assert_int_eq(call->state, SLB_CALL_QUEUED);
     stream_ready(call);
-    ck_assert_uint_eq(call->up.ops->peek(&call->up, &p, &end), 6);
+    ck_assert_uint_eq(call->cur->up.ops->peek(&call->cur->up, &p, &end), 6);
     ck_assert(memcmp(p, "abcdef", 6) == 0);
     ck_assert_int_eq(end, 1);
-    call->up.ops->sent(&call->up, 6);
+    call->cur->up.ops->sent(&call->cur->up, 6);
     ck_assert_uint_eq(F.consumed_down, 6); /* a replay reopens nothing twice */
     close_down(call, NGHTTP2_CANCEL);
     ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL); /* the app's cancel reaches the backend */
@@ -574,9 +586,9 @@ START_TEST(lost_connection_fails_with_unavailable)
 
     send_headers(call, "/t.S/M", NULL, 1);
     stream_ready(call);
-    call->up.conn = NULL; /* the transport unbinds it */
-    call->up.open = 0;
-    slb_call_upstream_handler.on_lost(&call->up, UV_ECONNRESET);
+    call->cur->up.conn = NULL; /* the transport unbinds it */
+    call->cur->up.open = 0;
+    slb_call_upstream_handler.on_lost(&call->cur->up, UV_ECONNRESET);
     ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
     ck_assert_int_eq(F.status, SLB_GRPC_UNAVAILABLE);
     ck_assert_int_eq(F.has_body, 0); /* trailers-only */
@@ -593,9 +605,9 @@ START_TEST(backend_reset_while_streaming_ends_with_error_trailers)
     send_headers(call, "/t.S/M", NULL, 1);
     stream_ready(call);
     respond_headers(call);
-    slb_call_upstream_handler.on_data(&call->up, (const uint8_t *)"xy", 2);
-    call->up.open = 0;
-    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_CANCEL);
+    slb_call_upstream_handler.on_data(&call->cur->up, (const uint8_t *)"xy", 2);
+    call->cur->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->cur->up, NGHTTP2_CANCEL);
     ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
     ck_assert_uint_eq(drain_response(call, &end, &status), 2); /* what was buffered still goes out */
     ck_assert_int_eq(end, 1);
@@ -631,7 +643,7 @@ static struct slb_call *call_in_state(int state)
         return call;
     }
     respond_headers(call);
-    slb_call_upstream_handler.on_data(&call->up, (const uint8_t *)"data", 4);
+    slb_call_upstream_handler.on_data(&call->cur->up, (const uint8_t *)"data", 4);
     if (state == SLB_CALL_FINISHING)
         respond_trailers(call, "0");
     ck_assert_int_eq(call->state, state);
@@ -642,7 +654,7 @@ START_TEST(cancel_from_the_app_in_every_state)
 {
     for (int state = SLB_CALL_HEADERS; state < SLB_CALL_CLOSED; state++) {
         struct slb_call *call = call_in_state(state);
-        int had_stream = call->up.open;
+        int had_stream = call->cur->up.open;
         F.rst_code = 0;
         close_down(call, NGHTTP2_CANCEL);
         if (had_stream)
@@ -660,8 +672,8 @@ START_TEST(cancel_from_the_backend_in_every_state_with_a_stream)
         struct slb_call *call = call_in_state(states[i]);
         int end, status = -1;
         F.status = -1;
-        call->up.open = 0;
-        slb_call_upstream_handler.on_close(&call->up, NGHTTP2_CANCEL);
+        call->cur->up.open = 0;
+        slb_call_upstream_handler.on_close(&call->cur->up, NGHTTP2_CANCEL);
         ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
         drain_response(call, &end, &status);
         if (states[i] == SLB_CALL_SENT)
@@ -699,7 +711,7 @@ START_TEST(deadline_expires_in_every_waiting_state)
         ck_assert_uint_ge(uv_now(&T.loop) - t0, 29);
         drain_response(call, &end, &status);
         ck_assert_int_eq(states[i] == SLB_CALL_STREAMING ? status : F.status, SLB_GRPC_DEADLINE_EXCEEDED);
-        ck_assert_ptr_null(call->up.conn);
+        ck_assert_ptr_null(call->cur->up.conn);
         close_down(call, NGHTTP2_NO_ERROR);
         assert_all_released();
     }
@@ -751,8 +763,8 @@ START_TEST(outlier_detection_counts_attempt_outcomes)
     send_headers(call, "/t.S/M", NULL, 1);
     stream_ready(call);
     respond_status_only(call, "4");
-    call->up.open = 0;
-    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_NO_ERROR);
+    call->cur->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->cur->up, NGHTTP2_NO_ERROR);
     ck_assert_uint_eq(od_failures(), f + 1);
     close_down(call, NGHTTP2_NO_ERROR);
 
@@ -761,16 +773,16 @@ START_TEST(outlier_detection_counts_attempt_outcomes)
     send_headers(call, "/t.S/M", NULL, 1);
     stream_ready(call);
     respond_status_only(call, "5");
-    call->up.open = 0;
-    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_NO_ERROR);
+    call->cur->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->cur->up, NGHTTP2_NO_ERROR);
     ck_assert_uint_eq(od_failures(), f + 1);
     ck_assert_uint_eq(od_successes(), ok + 1);
     close_down(call, NGHTTP2_NO_ERROR);
 
     /* a reset while streaming */
     call = call_in_state(SLB_CALL_STREAMING);
-    call->up.open = 0;
-    slb_call_upstream_handler.on_close(&call->up, NGHTTP2_INTERNAL_ERROR);
+    call->cur->up.open = 0;
+    slb_call_upstream_handler.on_close(&call->cur->up, NGHTTP2_INTERNAL_ERROR);
     ck_assert_uint_eq(od_failures(), f + 2);
     drain_response(call, &end, &status);
     close_down(call, NGHTTP2_NO_ERROR);
@@ -817,7 +829,7 @@ START_TEST(header_list_too_large_before_routing_fails_the_call)
     ck_assert_int_eq(F.has_body, 0);
     ck_assert_int_eq(F.status, SLB_GRPC_RESOURCE_EXHAUSTED);
     ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
-    ck_assert_ptr_null(call->pool_wait.pool);
+    ck_assert_ptr_null(call->cur->pool_wait.pool);
     ck_assert_int_eq(F.requests, 0);
     ck_assert_int_eq(F.resets, 0);
     close_down(call, NGHTTP2_NO_ERROR);
@@ -893,7 +905,7 @@ START_TEST(backend_in_backoff_is_not_retried_at_once)
     ck_assert_int_eq(call->state, SLB_CALL_QUEUED);
     F.pools[0].backoff = F.pools[1].backoff = 1;
     {
-        struct slb_pool_waiter *w = &call->pool_wait;
+        struct slb_pool_waiter *w = &call->cur->pool_wait;
         fake_unqueue(w);
         slb_call_upstream_handler.on_unavailable(w, UV_ECONNREFUSED);
     }
@@ -991,7 +1003,7 @@ START_TEST(response_after_the_app_is_gone_is_dropped_and_window_returned)
 {
     struct slb_call *call = call_in_state(SLB_CALL_STREAMING);
 
-    slb_call_upstream_handler.on_data(&call->up, (const uint8_t *)"0123456789", 10);
+    slb_call_upstream_handler.on_data(&call->cur->up, (const uint8_t *)"0123456789", 10);
     ck_assert_uint_eq(F.consumed_up, 0);
     close_down(call, NGHTTP2_CANCEL);
     ck_assert_uint_eq(F.consumed_up, 14); /* 4 + 10 never taken: given back as the stream is let go */
@@ -1020,10 +1032,10 @@ static size_t send_upstream(struct slb_call *call, size_t n)
     size_t total = 0, k;
     int end;
 
-    while (total < n && (k = call->up.ops->peek(&call->up, &p, &end)) > 0) {
+    while (total < n && (k = call->cur->up.ops->peek(&call->cur->up, &p, &end)) > 0) {
         if (k > n - total)
             k = n - total;
-        call->up.ops->sent(&call->up, k);
+        call->cur->up.ops->sent(&call->cur->up, k);
         total += k;
     }
     return total;
@@ -1131,7 +1143,7 @@ START_TEST(responses_the_app_does_not_take_hold_back_backend_streams)
     }
     for (int i = 0; i < 8; i++)
         for (size_t n = 0; n < sizeof(big); n += 16384)
-            ck_assert_int_eq(slb_call_upstream_handler.on_data(&calls[i]->up, big, 16384), 0);
+            ck_assert_int_eq(slb_call_upstream_handler.on_data(&calls[i]->cur->up, big, 16384), 0);
     ck_assert_int_eq(T.dc.held_back, 1);
     ck_assert_uint_eq(F.conn_consumed_up, 8 * sizeof(big)); /* the shared backend connection never waits */
     /* the app takes two calls' bytes: their backend streams stay closed while over budget */
@@ -1188,6 +1200,450 @@ START_TEST(total_over_budget_drops_replay_copies_first)
 }
 END_TEST
 
+/* ---- gRFC A6 hedging, pushback, grpc-previous-rpc-attempts, perAttemptRecvTimeout ---- */
+
+/* The pool has a stream for attempt a. */
+static void attempt_ready(struct slb_call_attempt *a)
+{
+    ck_assert_int_eq(a->state, SLB_ATTEMPT_QUEUED);
+    ck_assert_ptr_nonnull(a->pool_wait.pool);
+    fake_unqueue(&a->pool_wait);
+    slb_call_upstream_handler.on_ready(&a->pool_wait, NULL);
+    ck_assert_int_eq(a->state, SLB_ATTEMPT_SENT);
+}
+
+/* A trailers-only reply with grpc-status and grpc-retry-pushback-ms (pushback NULL: none) on attempt a. */
+static void attempt_status_only(struct slb_call_attempt *a, const char *status, const char *pushback)
+{
+    nghttp2_nv nv[] = {NV(":status", "200"),
+                       NV("content-type", "application/grpc"),
+                       {(uint8_t *)"grpc-status", (uint8_t *)status, 11, strlen(status), NGHTTP2_NV_FLAG_NONE},
+                       {(uint8_t *)"grpc-retry-pushback-ms", (uint8_t *)pushback, 22, pushback ? strlen(pushback) : 0,
+                        NGHTTP2_NV_FLAG_NONE}};
+    feed_response(&a->up, nv, pushback != NULL ? 4 : 3, 0);
+    slb_call_upstream_handler.on_headers_done(&a->up, 0, 1);
+}
+
+/* The loop runs until attempt slot i is queued. */
+static struct slb_call_attempt *run_until_attempt_queued(struct slb_call *call, int i, int max_ms)
+{
+    uint64_t until = uv_now(&T.loop) + (uint64_t)max_ms;
+
+    while ((call->n_att <= i || call->att[i].state != SLB_ATTEMPT_QUEUED) && uv_now(&T.loop) < until)
+        run_turn();
+    ck_assert_int_gt(call->n_att, i);
+    ck_assert_int_eq(call->att[i].state, SLB_ATTEMPT_QUEUED);
+    return &call->att[i];
+}
+
+START_TEST(hedge_goes_to_another_backend_and_the_first_headers_commit)
+{
+    struct slb_call *call = open_call();
+    struct slb_call_attempt *a0, *a1;
+    const uint8_t *p;
+    int end, status;
+    uint64_t t0 = uv_now(&T.loop);
+
+    send_headers(call, "/t.Hedge/M", NULL, 0);
+    slb_call_downstream_handler.on_data(&call->down, (const uint8_t *)"abc", 3);
+    slb_call_downstream_handler.on_end(&call->down);
+    a0 = call->cur;
+    attempt_ready(a0);
+    ck_assert_int_eq(F.previous, -1); /* the first attempt carries no grpc-previous-rpc-attempts */
+    ck_assert_uint_eq(a0->up.ops->peek(&a0->up, &p, &end), 3);
+    a0->up.ops->sent(&a0->up, 3);
+    ck_assert_uint_eq(F.consumed_down, 3);
+
+    /* hedgingDelay later, a second attempt goes to the other backend */
+    a1 = run_until_attempt_queued(call, 1, 1000);
+    ck_assert_uint_ge(uv_now(&T.loop) - t0, 19);
+    ck_assert_ptr_ne(a1->pool_wait.pool, a0->pool_wait.pool);
+    ck_assert_ptr_ne(a1->be, a0->be);
+    ck_assert_int_eq(call->state, SLB_CALL_SENT);
+    attempt_ready(a1);
+    ck_assert_int_eq(F.previous, 1);
+    ck_assert_int_eq(F.req_has_body, 1);
+    /* it replays the request the first attempt sent, and ends it */
+    ck_assert_uint_eq(a1->up.ops->peek(&a1->up, &p, &end), 3);
+    ck_assert(memcmp(p, "abc", 3) == 0);
+    a1->up.ops->sent(&a1->up, 3);
+    ck_assert_uint_eq(a1->up.ops->peek(&a1->up, &p, &end), 0);
+    ck_assert_int_eq(end, 1);
+    ck_assert_uint_eq(F.consumed_down, 3); /* the app's window reopened once */
+
+    /* the second attempt's response headers commit the call: the first is cancelled */
+    F.rst_code = 0;
+    feed_response(&a1->up, (nghttp2_nv[]){NV(":status", "200"), NV("content-type", "application/grpc")}, 2, 0);
+    slb_call_upstream_handler.on_headers_done(&a1->up, 0, 0);
+    ck_assert_int_eq(call->state, SLB_CALL_STREAMING);
+    ck_assert_ptr_eq(call->cur, a1);
+    ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL);
+    ck_assert_ptr_null(a0->up.conn);
+    ck_assert_int_eq(a0->state, SLB_ATTEMPT_IDLE);
+    ck_assert_uint_eq(T.ctx.stats.hedged_attempts, 1);
+    ck_assert_uint_eq(T.ctx.stats.hedges_cancelled, 1);
+    ck_assert(!call->req.retain);
+
+    ck_assert_int_eq(slb_call_upstream_handler.on_data(&a1->up, (const uint8_t *)"hi", 2), 0);
+    ck_assert_uint_eq(drain_response(call, &end, NULL), 2);
+    nghttp2_nv tr[] = {NV("grpc-status", "0")};
+    feed_response(&a1->up, tr, 1, 1);
+    slb_call_upstream_handler.on_headers_done(&a1->up, 1, 1);
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+    a1->up.open = 0;
+    slb_call_upstream_handler.on_close(&a1->up, NGHTTP2_NO_ERROR);
+    drain_response(call, &end, &status);
+    ck_assert_int_eq(status, 0);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(hedge_non_fatal_status_sends_the_next_at_once_and_a_fatal_one_commits)
+{
+    struct slb_call *call = open_call();
+    struct slb_call_attempt *a0, *a1;
+    struct slb_backend *be0;
+    uint64_t t0;
+
+    /* non-fatal (UNAVAILABLE): the next hedge goes at once, not after hedgingDelay (10 s) */
+    send_headers(call, "/t.HedgeSlow/M", NULL, 1);
+    a0 = call->cur;
+    attempt_ready(a0);
+    be0 = a0->be;
+    t0 = uv_now(&T.loop);
+    attempt_status_only(a0, "14", NULL);
+    ck_assert_int_eq(F.responds, 0);
+    ck_assert_int_eq(call->state, SLB_CALL_BACKOFF); /* nothing in flight: the next hedge is due now */
+    run_until_state(call, SLB_CALL_QUEUED, 1000);
+    ck_assert_uint_lt(uv_now(&T.loop) - t0, 500);
+    a1 = call->cur; /* the free slot is reused */
+    ck_assert_ptr_ne(a1->be, be0);
+    attempt_ready(a1);
+    ck_assert_int_eq(F.previous, 1);
+    /* the last attempt allowed (maxAttempts 2) failed too: the app gets its status */
+    attempt_status_only(a1, "14", NULL);
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+    ck_assert_int_eq(F.status, SLB_GRPC_UNAVAILABLE);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+
+    /* fatal (INTERNAL): the call ends with it, no other attempt */
+    call = open_call();
+    send_headers(call, "/t.HedgeSlow/M", NULL, 1);
+    attempt_ready(call->cur);
+    attempt_status_only(call->cur, "13", NULL);
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+    ck_assert_int_eq(F.status, SLB_GRPC_INTERNAL);
+    ck_assert_int_eq(call->n_att, 1);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(fatal_status_of_a_hedge_cancels_the_attempt_in_flight)
+{
+    struct slb_call *call = open_call();
+    struct slb_call_attempt *a0, *a1;
+
+    send_headers(call, "/t.Hedge/M", NULL, 1);
+    a0 = call->cur;
+    attempt_ready(a0);
+    a1 = run_until_attempt_queued(call, 1, 1000);
+    attempt_ready(a1);
+    F.rst_code = 0;
+    attempt_status_only(a1, "13", NULL);
+    ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+    ck_assert_int_eq(F.status, SLB_GRPC_INTERNAL);
+    ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL);
+    ck_assert_ptr_null(a0->up.conn);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(pushback_dont_retry_stops_hedges_and_retries)
+{
+    static const char *const paths[] = {"/t.HedgeSlow/M", "/t.Retry/M"};
+    static const char *const values[] = {"-1", "x", "-5"};
+
+    for (size_t i = 0; i < SLB_ARRAY_SIZE(paths); i++) {
+        for (size_t j = 0; j < SLB_ARRAY_SIZE(values); j++) {
+            struct slb_call *call = open_call();
+            F.status = -1;
+            send_headers(call, paths[i], NULL, 1);
+            attempt_ready(call->cur);
+            attempt_status_only(call->cur, "14", values[j]);
+            ck_assert_int_eq(call->state, SLB_CALL_FINISHING);
+            ck_assert_int_eq(F.status, SLB_GRPC_UNAVAILABLE);
+            close_down(call, NGHTTP2_NO_ERROR);
+            assert_all_released();
+        }
+    }
+}
+END_TEST
+
+START_TEST(pushback_delay_sets_the_next_retry_and_hedge)
+{
+    struct slb_call *call = open_call();
+    uint64_t t0;
+
+    /* a retry waits the pushback (200 ms), not initialBackoff (10 ms) */
+    send_headers(call, "/t.Retry/M", NULL, 1);
+    attempt_ready(call->cur);
+    t0 = uv_now(&T.loop);
+    attempt_status_only(call->cur, "14", "200");
+    ck_assert_int_eq(call->state, SLB_CALL_BACKOFF);
+    ck_assert_uint_ge(call->retry_at_ms, t0 + 200);
+    run_until_state(call, SLB_CALL_QUEUED, 1000);
+    ck_assert_uint_ge(uv_now(&T.loop) - t0, 199);
+    attempt_ready(call->cur);
+    ck_assert_int_eq(F.previous, 1);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+
+    /* a hedge too, where it would go at once otherwise */
+    call = open_call();
+    send_headers(call, "/t.HedgeSlow/M", NULL, 1);
+    attempt_ready(call->cur);
+    t0 = uv_now(&T.loop);
+    attempt_status_only(call->cur, "14", "150");
+    ck_assert_int_eq(call->state, SLB_CALL_BACKOFF);
+    run_until_state(call, SLB_CALL_QUEUED, 1000);
+    ck_assert_uint_ge(uv_now(&T.loop) - t0, 149);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(per_attempt_recv_timeout_retries_then_fails)
+{
+    struct slb_call *call = open_call();
+    uint64_t t0 = uv_now(&T.loop);
+    int end, status = -1;
+
+    send_headers(call, "/t.Recv/M", "10S", 1);
+    attempt_ready(call->cur);
+    /* no response headers within 100 ms: cancelled and retried, though DEADLINE_EXCEEDED is not retryable here
+     * (the backoff is 0-10 ms: the call may pass BACKOFF within one turn) */
+    F.rst_code = 0;
+    while (call->retries == 0 && uv_now(&T.loop) - t0 < 2000)
+        run_turn();
+    ck_assert_int_eq(call->retries, 1);
+    ck_assert_uint_ge(uv_now(&T.loop) - t0, 99);
+    ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL);
+    ck_assert_int_eq(F.responds, 0);
+    run_until_state(call, SLB_CALL_QUEUED, 1000);
+    attempt_ready(call->cur);
+    ck_assert_int_eq(F.previous, 1);
+    /* the last attempt times out too: DEADLINE_EXCEEDED, long before the call's deadline */
+    run_until_state(call, SLB_CALL_FINISHING, 1000);
+    ck_assert_int_eq(F.status, SLB_GRPC_DEADLINE_EXCEEDED);
+    drain_response(call, &end, &status);
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+
+    /* response headers in time stop the timer */
+    call = open_call();
+    send_headers(call, "/t.Recv/M", "10S", 1);
+    attempt_ready(call->cur);
+    respond_headers(call);
+    ck_assert_uint_eq(call->cur->recv_until_ms, 0);
+    t0 = uv_now(&T.loop);
+    while (uv_now(&T.loop) - t0 < 150)
+        run_turn();
+    ck_assert_int_eq(call->state, SLB_CALL_STREAMING);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(interleaved_header_blocks_of_two_hedges_drop_the_second)
+{
+    struct slb_call *call = open_call();
+    struct slb_call_attempt *a0, *a1;
+
+    send_headers(call, "/t.Hedge/M", NULL, 1);
+    a0 = call->cur;
+    attempt_ready(a0);
+    a1 = run_until_attempt_queued(call, 1, 1000);
+    attempt_ready(a1);
+    /* a0's header block has begun on its connection (one block split over reads) when a1's whole block comes */
+    call->resp_owner = a0;
+    feed_response(&a1->up, (nghttp2_nv[]){NV(":status", "200"), NV("content-type", "application/grpc")}, 2, 0);
+    slb_call_upstream_handler.on_headers_done(&a1->up, 0, 0);
+    /* a1's fields were dropped: it cannot be relayed, so it is let go (UNAVAILABLE is non-fatal here) */
+    ck_assert_int_eq(a1->state, SLB_ATTEMPT_IDLE);
+    ck_assert_ptr_null(a1->up.conn);
+    ck_assert_int_eq(F.responds, 0);
+    ck_assert_int_eq(call->state, SLB_CALL_SENT);
+    /* a0's block completes and commits the call */
+    respond_headers(call);
+    ck_assert_ptr_eq(call->cur, a0);
+    ck_assert_int_eq(call->state, SLB_CALL_STREAMING);
+    ck_assert_int_eq(F.responds, 1);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(hedge_throttled_while_waiting_ends_with_the_last_status)
+{
+    struct slb_call *call = open_call();
+
+    send_headers(call, "/t.HedgeSlow/M", NULL, 1);
+    attempt_ready(call->cur);
+    attempt_status_only(call->cur, "14", "100");
+    ck_assert_int_eq(call->state, SLB_CALL_BACKOFF);
+    /* other calls failed meanwhile: retryThrottling has no token left for the hedge */
+    T.cl.methods.throttled = 1;
+    T.cl.methods.max_tokens = 10;
+    T.cl.methods.tokens = 0;
+    run_until_state(call, SLB_CALL_FINISHING, 1000);
+    ck_assert_int_eq(F.status, SLB_GRPC_UNAVAILABLE);
+    ck_assert_int_eq(call->n_att, 1);
+    T.cl.methods.throttled = 0;
+    close_down(call, NGHTTP2_NO_ERROR);
+    assert_all_released();
+}
+END_TEST
+
+START_TEST(request_past_the_retry_budget_commits_to_the_hedge_that_sent_most)
+{
+    struct slb_call *call = open_call();
+    struct slb_call_attempt *a0, *a1;
+
+    send_headers(call, "/t.Hedge/M", NULL, 0);
+    a0 = call->cur;
+    attempt_ready(a0);
+    send_body(call, 64 * 1024);
+    ck_assert_uint_eq(send_upstream(call, 64 * 1024), 64 * 1024); /* call->cur is a0 */
+    a1 = run_until_attempt_queued(call, 1, 1000);
+    attempt_ready(a1);
+    ck_assert_uint_eq(a1->req_pos, 0);
+    F.rst_code = 0;
+    /* gRFC A6: the request outgrows budgets.call_retry_bytes: the attempt that sent the most goes on alone */
+    send_body(call, 256 * 1024);
+    ck_assert(!call->req.retain);
+    ck_assert_ptr_eq(call->cur, a0);
+    ck_assert_int_eq(a1->state, SLB_ATTEMPT_IDLE);
+    ck_assert_ptr_null(a1->up.conn);
+    ck_assert_uint_eq(F.rst_code, NGHTTP2_CANCEL);
+    ck_assert_int_eq(call->state, SLB_CALL_SENT);
+    ck_assert_uint_eq(send_upstream(call, 256 * 1024), 256 * 1024);
+    /* and no hedge follows */
+    for (int i = 0; i < 40; i++)
+        run_turn();
+    ck_assert_int_eq(call->att[1].state, SLB_ATTEMPT_IDLE);
+    respond_headers(call);
+    ck_assert_int_eq(call->state, SLB_CALL_STREAMING);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+    ck_assert_uint_eq(T.ctx.buffers.buffered, 0);
+}
+END_TEST
+
+/* The backend-side transport of attempt a takes up to n request bytes; *end: it saw END_STREAM. */
+static size_t attempt_send(struct slb_call_attempt *a, size_t n, int *end)
+{
+    const uint8_t *p;
+    size_t total = 0, k;
+
+    *end = 0;
+    while (total < n && (k = a->up.ops->peek(&a->up, &p, end)) > 0) {
+        if (k > n - total)
+            k = n - total;
+        a->up.ops->sent(&a->up, k);
+        total += k;
+    }
+    if (total < n)
+        a->up.ops->peek(&a->up, &p, end);
+    return total;
+}
+
+START_TEST(commit_to_a_hedge_that_lags_keeps_its_place_in_the_request)
+{
+    struct slb_call *call = open_call();
+    struct slb_call_attempt *a0, *a1;
+    int end;
+
+    send_headers(call, "/t.Hedge/M", NULL, 0);
+    a0 = call->cur;
+    attempt_ready(a0);
+    send_body(call, 64 * 1024);
+    slb_call_downstream_handler.on_end(&call->down);
+    ck_assert_uint_eq(attempt_send(a0, 64 * 1024, &end), 64 * 1024);
+    ck_assert_int_eq(end, 1);
+    a1 = run_until_attempt_queued(call, 1, 1000);
+    attempt_ready(a1);
+    ck_assert_uint_eq(attempt_send(a1, 16 * 1024 + 7, &end), 16 * 1024 + 7);
+    ck_assert_int_eq(end, 0);
+    /* a1 answers first (a server may answer before the whole request): the call is a1's, from where a1 is */
+    feed_response(&a1->up, (nghttp2_nv[]){NV(":status", "200"), NV("content-type", "application/grpc")}, 2, 0);
+    slb_call_upstream_handler.on_headers_done(&a1->up, 0, 0);
+    ck_assert_ptr_eq(call->cur, a1);
+    ck_assert_ptr_null(a0->up.conn);
+    ck_assert(!call->req.retain);
+    ck_assert_uint_eq(attempt_send(a1, 1 << 20, &end), 48 * 1024 - 7);
+    ck_assert_int_eq(end, 1);
+    ck_assert_uint_eq(F.consumed_down, 64 * 1024); /* the app's window reopened once for each byte */
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+    ck_assert_uint_eq(T.ctx.buffers.buffered, 0);
+
+    /* the leading attempt fails (non-fatal), the one left lags; then the request outgrows the retry
+     * budget: the call is committed to the laggard, from where it is */
+    call = open_call();
+    F.consumed_down = 0;
+    send_headers(call, "/t.Hedge/M", NULL, 0);
+    a0 = call->cur;
+    attempt_ready(a0);
+    send_body(call, 64 * 1024);
+    ck_assert_uint_eq(attempt_send(a0, 64 * 1024, &end), 64 * 1024);
+    a1 = run_until_attempt_queued(call, 1, 1000);
+    attempt_ready(a1);
+    ck_assert_uint_eq(attempt_send(a1, 16 * 1024, &end), 16 * 1024);
+    attempt_status_only(a0, "14", NULL);
+    ck_assert_int_eq(a0->state, SLB_ATTEMPT_IDLE);
+    ck_assert_int_eq(call->state, SLB_CALL_SENT);
+    send_body(call, 256 * 1024);
+    ck_assert(!call->req.retain);
+    ck_assert_ptr_eq(call->cur, a1);
+    ck_assert_uint_eq(attempt_send(a1, 1 << 20, &end), (64 + 256 - 16) * 1024);
+    ck_assert_uint_eq(F.consumed_down, (64 + 256) * 1024);
+    close_down(call, NGHTTP2_CANCEL);
+    assert_all_released();
+    ck_assert_uint_eq(T.ctx.buffers.buffered, 0);
+}
+END_TEST
+
+START_TEST(app_cancel_and_deadline_reset_every_hedge)
+{
+    for (int deadline = 0; deadline < 2; deadline++) {
+        struct slb_call *call = open_call();
+        struct slb_call_attempt *a0, *a1;
+        int releases;
+
+        F.status = -1;
+        send_headers(call, "/t.Hedge/M", deadline ? "300m" : NULL, 1);
+        a0 = call->cur;
+        attempt_ready(a0);
+        a1 = run_until_attempt_queued(call, 1, 1000);
+        attempt_ready(a1);
+        releases = F.releases;
+        if (deadline) {
+            run_until_state(call, SLB_CALL_FINISHING, 2000);
+            ck_assert_int_eq(F.status, SLB_GRPC_DEADLINE_EXCEEDED);
+            close_down(call, NGHTTP2_NO_ERROR);
+        } else {
+            close_down(call, NGHTTP2_CANCEL);
+        }
+        ck_assert_int_eq(F.releases - releases, 2);
+        assert_all_released();
+    }
+}
+END_TEST
+
 Suite *call_suite(void)
 {
     Suite *s = suite_create("call");
@@ -1216,6 +1672,17 @@ Suite *call_suite(void)
     tcase_add_test(tc, connection_over_budget_holds_back_its_windows);
     tcase_add_test(tc, responses_the_app_does_not_take_hold_back_backend_streams);
     tcase_add_test(tc, total_over_budget_drops_replay_copies_first);
+    tcase_add_test(tc, hedge_goes_to_another_backend_and_the_first_headers_commit);
+    tcase_add_test(tc, hedge_non_fatal_status_sends_the_next_at_once_and_a_fatal_one_commits);
+    tcase_add_test(tc, fatal_status_of_a_hedge_cancels_the_attempt_in_flight);
+    tcase_add_test(tc, pushback_dont_retry_stops_hedges_and_retries);
+    tcase_add_test(tc, pushback_delay_sets_the_next_retry_and_hedge);
+    tcase_add_test(tc, per_attempt_recv_timeout_retries_then_fails);
+    tcase_add_test(tc, app_cancel_and_deadline_reset_every_hedge);
+    tcase_add_test(tc, commit_to_a_hedge_that_lags_keeps_its_place_in_the_request);
+    tcase_add_test(tc, request_past_the_retry_budget_commits_to_the_hedge_that_sent_most);
+    tcase_add_test(tc, hedge_throttled_while_waiting_ends_with_the_last_status);
+    tcase_add_test(tc, interleaved_header_blocks_of_two_hedges_drop_the_second);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -89,6 +89,39 @@ START_TEST(throttling)
 }
 END_TEST
 
+START_TEST(hedging_policy_per_attempt_timeout_and_pushback)
+{
+    static const char hc[] =
+        "{\"methodConfig\":[{\"name\":[{\"service\":\"h.S\"}],\"hedgingPolicy\":{\"maxAttempts\":9,"
+        "\"hedgingDelay\":\"0.05s\",\"nonFatalStatusCodes\":[\"UNAVAILABLE\",\"INTERNAL\"]}},"
+        "{\"name\":[{\"service\":\"r.S\"}],\"retryPolicy\":{\"maxAttempts\":2,\"initialBackoff\":\"0.1s\","
+        "\"maxBackoff\":\"0.3s\",\"backoffMultiplier\":2,\"retryableStatusCodes\":[\"UNAVAILABLE\"],"
+        "\"perAttemptRecvTimeout\":\"1.5s\"}}]}";
+    struct slb_method_table t;
+    const struct slb_method_config *m;
+
+    ck_assert_int_eq(slb_method_table_init(&t, hc), 0);
+    m = slb_method_lookup(&t, PATH("/h.S/M"));
+    ck_assert_int_eq(m->has_hedging, 1);
+    ck_assert_int_eq(m->has_retry, 0);
+    ck_assert_uint_eq(m->hedging.max_attempts, 5); /* A6: larger values are 5 */
+    ck_assert_uint_eq(m->hedging.delay_ms, 50);
+    ck_assert_uint_eq(m->hedging.non_fatal, (1u << 14) | (1u << 13));
+    m = slb_method_lookup(&t, PATH("/r.S/M"));
+    ck_assert_int_eq(m->has_hedging, 0);
+    ck_assert_uint_eq(m->retry.per_attempt_recv_ms, 1500);
+    slb_method_table_dispose(&t);
+
+    ck_assert_int_eq(slb_retry_pushback_parse((const uint8_t *)"250", 3), 250);
+    ck_assert_int_eq(slb_retry_pushback_parse((const uint8_t *)"0", 1), 0);
+    ck_assert_int_eq(slb_retry_pushback_parse((const uint8_t *)"-1", 2), -1);
+    ck_assert_int_eq(slb_retry_pushback_parse((const uint8_t *)"12x", 3), -1);
+    ck_assert_int_eq(slb_retry_pushback_parse((const uint8_t *)"", 0), -1);
+    ck_assert_int_eq(slb_retry_pushback_parse((const uint8_t *)"2147483648", 10), -1); /* past int32 */
+    ck_assert_int_eq(slb_retry_pushback_parse((const uint8_t *)"2147483647", 10), 2147483647);
+}
+END_TEST
+
 Suite *method_config_suite(void)
 {
     Suite *s = suite_create("method_config");
@@ -97,6 +130,7 @@ Suite *method_config_suite(void)
     tcase_add_test(tc, most_specific_name_wins);
     tcase_add_test(tc, backoff_is_bounded_and_random);
     tcase_add_test(tc, throttling);
+    tcase_add_test(tc, hedging_policy_per_attempt_timeout_and_pushback);
     suite_add_tcase(s, tc);
     return s;
 }

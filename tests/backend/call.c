@@ -198,6 +198,16 @@ int tb_stream_on_header(struct tb_stream *s, nghttp2_rcbuf *name, nghttp2_rcbuf 
             snprintf(s->status_msg, v.len + 32, "unknown method %.*s", (int)v.len, (const char *)v.base);
         return 0;
     }
+    if (n.len == 26 && memcmp(n.base, "grpc-previous-rpc-attempts", 26) == 0) {
+        nghttp2_vec v = nghttp2_rcbuf_get_buf(value);
+        unsigned long long prev = 0;
+        for (size_t i = 0; i < v.len && v.base[i] >= '0' && v.base[i] <= '9' && prev < 1000000; i++)
+            prev = prev * 10 + (unsigned)(v.base[i] - '0');
+        tb_srv.retried++;
+        if (prev > tb_srv.max_previous)
+            tb_srv.max_previous = prev;
+        return 0;
+    }
     if (n.len >= 2 && n.base[0] == 'x' && n.base[1] == '-') {
         if (s->n_md + 2 > s->cap_md) {
             size_t cap = s->cap_md ? s->cap_md * 2 : 8;
@@ -293,13 +303,15 @@ static void submit_trailers_only(struct tb_stream *s)
     nghttp2_nv stack[32], *nva = stack;
     struct slb_grpc_status_text text;
     char *mem;
-    size_t cap = 2 * s->n_md + 4;
+    size_t cap = 2 * s->n_md + 5;
 
     if (cap > SLB_ARRAY_SIZE(stack) && !(nva = malloc(cap * sizeof(*nva))))
         return;
     size_t n = drop_unset_message(s, slb_grpc_trailers_only(nva, &text, s->status, s->status_msg));
     n += header_echo_nva(s, nva + n);
     n += trailer_echo_nva(s, nva + n, &mem);
+    if (s->status != 0 && tb_srv.opt.pushback_ms != NULL)
+        nva[n++] = NV("grpc-retry-pushback-ms", tb_srv.opt.pushback_ms, strlen(tb_srv.opt.pushback_ms));
     nghttp2_submit_response(s->conn->h2, s->id, nva, n, NULL);
     s->resp_done = 1;
     free(mem);

@@ -71,6 +71,7 @@ struct tb_opts {
     unsigned extra_delay_ms; /* added to every request's delay_ms (a slow backend) */
     int fail_status;         /* > 0: every Echo call ends with this grpc-status (a broken backend) */
     unsigned fail_every;     /* with fail_status: only every Nth Echo call fails (1 = all; 2 = every other) */
+    const char *pushback_ms; /* sent verbatim as grpc-retry-pushback-ms with every error status (gRFC A6) */
     int health;              /* GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__* */
     int health_unimplemented_watch;
     int no_health;     /* --no-health: Watch and Check answer UNIMPLEMENTED */
@@ -101,6 +102,7 @@ struct tb_server {
     /* counters for the stats file */
     uint64_t calls, ok, failed, cancelled, active, connections;
     uint64_t by_method[TB_M_COUNT], cancelled_by_method[TB_M_COUNT];
+    uint64_t retried, max_previous; /* requests with grpc-previous-rpc-attempts, and its largest value */
 };
 
 extern struct tb_server tb_srv;

@@ -27,13 +27,18 @@
  * --fail-every N: with --fail-status, only every Nth Echo call does (the 1st, N+1th, ...;
  * 2 = half of the calls fail).
  * --extra-delay-ms N: every reply waits N ms more (a uniformly slow backend).
+ * --pushback-ms VALUE: every error status (trailers-only) carries grpc-retry-pushback-ms: VALUE,
+ * verbatim ("-1" or "x" ask the client not to retry, gRFC A6).
  * --goaway-after N: per connection, after N calls a graceful GOAWAY (last
  * stream id = the Nth call); the connection closes when its streams finish.
  *
  * Stats (--stats-file PATH): after every call ends, and on SIGHUP and SIGTERM,
  * PATH is replaced atomically by one JSON line:
  *   {"id":"b1","calls":N,"ok":N,"failed":N,"cancelled":N,"active":N,
- *    "connections":N,"by_method":{"Unary":N,...},"cancelled_by_method":{"Unary":N,...}}
+ *    "connections":N,"by_method":{"Unary":N,...},"cancelled_by_method":{"Unary":N,...},
+ *    "retried":N,"max_previous_attempts":N}
+ * "retried" counts requests that carried grpc-previous-rpc-attempts (gRFC A6),
+ * "max_previous_attempts" is the largest value seen.
  * A call is "cancelled" when its stream is reset (or its connection lost)
  * before the server sent its trailers; each such call also logs
  * "cancelled stream <id> <method>" on stderr.
@@ -63,7 +68,7 @@ static void usage(FILE *f)
         "usage: test_backend --port N [--id NAME] [--health SERVING|NOT_SERVING] "
         "[--health-unimplemented-watch] [--no-health]\n"
         "       [--max-concurrent-streams N] [--window N] [--conn-window N] [--goaway-after N] [--extra-delay-ms N]\n"
-        "       [--fail-status CODE] [--fail-every N]\n"
+        "       [--fail-status CODE] [--fail-every N] [--pushback-ms VALUE]\n"
         "       [--stats-file PATH] [--drain-ms N] [--verbose]\n");
 }
 
@@ -86,8 +91,10 @@ void tb_stats_write(void)
         for (int m = 0; m < TB_M_COUNT; m++)
             n += snprintf(line + n, sizeof(line) - (size_t)n, "%s\"%s\":%llu", m ? "," : "", tb_method_names[m],
                           (unsigned long long)v[m]);
-        n += snprintf(line + n, sizeof(line) - (size_t)n, pass ? "}}\n" : "},\"cancelled_by_method\":{");
+        n += snprintf(line + n, sizeof(line) - (size_t)n, pass ? "}" : "},\"cancelled_by_method\":{");
     }
+    snprintf(line + n, sizeof(line) - (size_t)n, ",\"retried\":%llu,\"max_previous_attempts\":%llu}\n",
+             (unsigned long long)tb_srv.retried, (unsigned long long)tb_srv.max_previous);
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
     if (!f) {
@@ -230,6 +237,8 @@ static int parse_args(int argc, char **argv, struct tb_opts *o)
             if (parse_uint(a, val, 1000000, &v) < 0 || v == 0)
                 return -1;
             o->fail_every = (unsigned)v;
+        } else if (strcmp(a, "--pushback-ms") == 0) {
+            o->pushback_ms = val;
         } else if (strcmp(a, "--extra-delay-ms") == 0) {
             if (parse_uint(a, val, 3600000, &v) < 0)
                 return -1;
