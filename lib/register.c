@@ -24,6 +24,8 @@ struct reg {
     struct slb_registrar *r;
     char *key, *value;
     size_t key_len, value_len;
+    struct slb_etcd_endpoint ep;        /* what value says (metadata owned here); value = ep formatted as format */
+    int format;                         /* enum slb_register_format */
     char *health_addr, *health_service; /* NULL when not gated */
     uint32_t hc_interval_ms, hc_timeout_ms;
     uint32_t ttl_s;
@@ -35,7 +37,10 @@ struct reg {
     int busy;                   /* an etcd request of this registration is in flight */
     int64_t lease, stale_lease; /* stale: replaced lease, revoked once the key moved to the new one */
     int handed_over;            /* a reloaded config registers the same key: leave the lease to expire */
-    uv_timer_t timer;           /* tick (REGISTERED) or backoff (RETRYING) */
+    /* ep.registered_at_ms: wall-clock start of this registration (slow start ramps from it on every host);
+     * set when the registration starts, kept across lease renewals and re-puts, cleared when the local service
+     * turns unhealthy (it comes back as a new registration) */
+    uv_timer_t timer; /* tick (REGISTERED) or backoff (RETRYING) */
     struct slb_health_check *hc;
 };
 
@@ -117,6 +122,7 @@ static void maybe_release(struct slb_registrar *r)
     for (size_t i = 0; i < r->n; i++) {
         free(r->regs[i].key);
         free(r->regs[i].value);
+        slb_etcd_endpoint_dispose(&r->regs[i].ep);
         free(r->regs[i].health_addr);
         free(r->regs[i].health_service);
     }
@@ -174,6 +180,26 @@ static void on_stale_revoke(void *user, int err, int64_t rev, int64_t deleted)
         maybe_release(r);
 }
 
+/* g->value from g->ep (after its registered_at_ms changed). 0 or SLB_ENOMEM (the old value stays). */
+static int format_value(struct reg *g)
+{
+    char *v = slb_etcd_value_format(&g->ep, g->format);
+
+    if (v == NULL)
+        return SLB_ENOMEM;
+    free(g->value);
+    g->value = v;
+    g->value_len = strlen(v);
+    return 0;
+}
+
+/* A registration starts (not one that goes on under a new lease): its time is now. */
+static int start_registration(struct reg *g)
+{
+    g->ep.registered_at_ms = slb_wall_ms();
+    return format_value(g);
+}
+
 static void on_put(void *user, int err, int64_t rev, int64_t deleted);
 static void on_grant(void *user, int err, int64_t id, int64_t ttl);
 static void on_revoke(void *user, int err, int64_t rev, int64_t deleted);
@@ -220,6 +246,8 @@ static void step(struct reg *g)
         return;
     if (!wanted(g)) {
         uv_timer_stop(&g->timer);
+        if (!r->stopping && g->health != SLB_HEALTH_UNKNOWN)
+            g->ep.registered_at_ms = 0; /* the local service is down: back up is a new registration */
         if (g->lease != 0 && r->stopping && g->handed_over) {
             /* the new registrar puts the key under its own lease; this one just expires */
             slb_info("register %s: handed over to the reloaded config", g->key);
@@ -242,6 +270,10 @@ static void step(struct reg *g)
     case SLB_REGISTRAR_RETRYING:
         break; /* the timer drives these */
     default:
+        if (g->ep.registered_at_ms == 0 && start_registration(g) != 0) {
+            retry(g, SLB_ENOMEM);
+            return;
+        }
         grant(g);
     }
 }
@@ -448,6 +480,22 @@ void slb_registrar_hand_over(struct slb_registrar *r, const struct slb_config_re
     }
 }
 
+void slb_registrar_inherit(struct slb_registrar *r, const struct slb_registrar *old)
+{
+    for (size_t i = 0; i < r->n; i++) {
+        struct reg *g = &r->regs[i];
+        for (size_t j = 0; j < old->n; j++) {
+            const struct reg *o = &old->regs[j];
+            if (o->ep.registered_at_ms == 0 || o->key_len != g->key_len || memcmp(o->key, g->key, g->key_len) != 0)
+                continue;
+            uint64_t mine = g->ep.registered_at_ms;
+            g->ep.registered_at_ms = o->ep.registered_at_ms;
+            if (format_value(g) != 0) /* no memory: a new time, the ramp starts again */
+                g->ep.registered_at_ms = mine;
+        }
+    }
+}
+
 void slb_registrar_shutdown(struct slb_registrar *r, void (*cb)(void *user), void *user)
 {
     if (r->stopping || r->freed)
@@ -487,24 +535,27 @@ static char *dupn(const char *s)
 
 static int reg_init(struct reg *g, const struct slb_config_register *c)
 {
-    struct slb_etcd_endpoint ep = {.weight = c->weight ? c->weight : 1, .metadata = c->metadata_json};
+    struct slb_etcd_endpoint *ep = &g->ep;
     size_t pl = strlen(c->prefix), al = strlen(c->address);
 
-    if (al >= sizeof(ep.addr))
+    if (al >= sizeof(ep->addr))
         return SLB_ECONFIG;
-    memcpy(ep.addr, c->address, al + 1);
+    ep->weight = c->weight ? c->weight : 1;
+    memcpy(ep->addr, c->address, al + 1);
     if (c->zone != NULL)
-        snprintf(ep.zone, sizeof(ep.zone), "%s", c->zone);
+        snprintf(ep->zone, sizeof(ep->zone), "%s", c->zone);
+    if (c->metadata_json != NULL && (ep->metadata = strdup(c->metadata_json)) == NULL)
+        return SLB_ENOMEM;
+    g->format = c->format;
     if ((g->key = malloc(pl + al + 1)) == NULL)
         return SLB_ENOMEM;
     memcpy(g->key, c->prefix, pl);
     memcpy(g->key + pl, c->address, al + 1);
     g->key_len = pl + al;
-    if ((g->value = slb_etcd_value_format(&ep, c->format)) == NULL) {
+    if (format_value(g) != 0) {
         slb_error("register %s: cannot format the value (metadata)", g->key);
         return SLB_ECONFIG;
     }
-    g->value_len = strlen(g->value);
     g->ttl_s = c->ttl_s ? c->ttl_s : 10;
     g->tick_ms = (uint64_t)g->ttl_s * 1000 / 3;
     if (g->tick_ms < 100)
