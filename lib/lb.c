@@ -166,13 +166,16 @@ void slb__lb_ramp_update(struct slb_lb *lb)
 {
     const struct slb_backend_set *set = lb->set;
     uint64_t until = 0;
+    int apart = 0; /* some backend ramps from another time than the others */
 
     for (uint32_t i = 0; i < set->n; i++) {
         uint64_t since = set->items[i]->usable_since_ms;
+        apart |= since != set->items[0]->usable_since_ms;
         if (since != 0 && since + lb->opts->slow_start_ms > until)
             until = since + lb->opts->slow_start_ms;
     }
-    lb->_ramp_until_ms = until;
+    /* all ramping from one time (the table sidelb starts with): equal factors, so equal shares, as without */
+    lb->_ramp_until_ms = apart ? until : 0;
     lb->_ramp_version = set->version;
     lb->_ramp_usable_version = set->usable_version;
     lb->_ramp_valid = 1;

@@ -11,7 +11,8 @@
  * ejection, connectivity): a flapping backend costs nothing, and picks walk
  * past unusable backends at pick time. Whatever depends on usability is
  * computed at pick time too (slow start from usable_since_ms) or keyed on
- * usable_version (panic mode).
+ * usable_version (panic mode, whether a backend ramps). Whoever sets a
+ * backend's usable_since_ms bumps usable_version (or version).
  *
  * Ownership: struct slb_lb is embedded in its cluster; lb->data belongs to
  * the policy (allocated in init/update, freed in destroy). The backend set
@@ -205,9 +206,11 @@ uint64_t slb__lb_weight_fp(const struct slb_lb *lb, const struct slb_backend *be
 void slb__lb_ramp_update(struct slb_lb *lb);
 
 /*
- * Whether some backend may still ramp under slow start at now_ms: slb_lb_pick()
- * calls ops->pick_ramping only then. O(1) when nothing changed (a set scan
- * after a version moved); one branch when slow start is off.
+ * Whether some backend may still ramp under slow start at now_ms, from
+ * another time than the others (backends that all ramp from one time, as the
+ * table sidelb starts with, have equal factors: equal shares, as without):
+ * slb_lb_pick() calls ops->pick_ramping only then. O(1) when nothing changed
+ * (a set scan after a version moved); one branch when slow start is off.
  */
 static inline int slb__lb_ramping(struct slb_lb *lb, uint64_t now_ms)
 {

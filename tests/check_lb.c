@@ -892,7 +892,12 @@ START_TEST(test_slow_start_round_robin_exact_after)
 }
 END_TEST
 
-/* Every backend ramping together (a start): still even, and the tried set still honoured. */
+/*
+ * Every backend ramping from one time (the table sidelb starts with): equal
+ * factors, so the plain pick (round_robin exact); ramping from two times but
+ * at the same factor (both at the floor): still even. The tried set is
+ * honoured while ramping.
+ */
 START_TEST(test_slow_start_all_ramping)
 {
     static const char *const unweighted[] = {"round_robin", "random"};
@@ -902,6 +907,14 @@ START_TEST(test_slow_start_all_ramping)
     for (int i = 0; i < 10; i++)
         bes[i]->usable_since_ms = NOW;
     set.usable_version++;
+    count_picks(100000, counts);
+    for (int i = 0; i < 10 && _i == 0; i++)
+        ck_assert_uint_eq(counts[i], 10000);
+    ck_assert_msg(chi_square(counts, 10, 100000) < 27.88, "%s: chi-square %.1f", unweighted[_i],
+                  chi_square(counts, 10, 100000));
+    bes[0]->usable_since_ms = NOW - 1; /* apart, but both factors at the 10 % floor */
+    set.usable_version++;
+    memset(counts, 0, sizeof(counts));
     count_picks(100000, counts);
     ck_assert_msg(chi_square(counts, 10, 100000) < 27.88, "%s: chi-square %.1f", unweighted[_i],
                   chi_square(counts, 10, 100000));
