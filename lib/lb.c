@@ -98,7 +98,7 @@ int slb_lb_update(struct slb_lb *lb)
     }
     lb->set_version = lb->set->version;
     lb->_panic_at_ms = UINT64_MAX;
-    lb->_ramp_valid = 0;
+    lb->_ramp_versions = UINT64_MAX;
     return 0;
 }
 
@@ -176,9 +176,7 @@ void slb__lb_ramp_update(struct slb_lb *lb)
     }
     /* all ramping from one time (the table sidelb starts with): equal factors, so equal shares, as without */
     lb->_ramp_until_ms = apart ? until : 0;
-    lb->_ramp_version = set->version;
-    lb->_ramp_usable_version = set->usable_version;
-    lb->_ramp_valid = 1;
+    lb->_ramp_versions = set->version + set->usable_version;
 }
 
 uint64_t slb_lb_ramp_start(const struct slb_lb_options *o, uint64_t now_ms, uint64_t wall_now_ms,

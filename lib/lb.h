@@ -152,10 +152,9 @@ struct slb_lb {
     /* panic mode (slb_lb_pick): re-evaluated once per ms of ctx->now_ms, or when either set version moves */
     uint8_t _panic;
     uint64_t _panic_at_ms, _panic_version, _panic_usable_version;
-    /* slow start (slb__lb_ramping): no backend ramps from _ramp_until_ms on; recomputed when either set version
-     * moves (whoever sets a backend's usable_since_ms bumps one of them) */
-    uint8_t _ramp_valid;
-    uint64_t _ramp_until_ms, _ramp_version, _ramp_usable_version;
+    /* slow start (slb__lb_ramping): no backend ramps apart from _ramp_until_ms on; recomputed when either set
+     * version moves: both only grow, so their sum moves whenever one does (UINT64_MAX: not computed yet) */
+    uint64_t _ramp_until_ms, _ramp_versions;
 };
 
 /* Policy table lookup by name; NULL if unknown. */
@@ -216,8 +215,7 @@ static inline int slb__lb_ramping(struct slb_lb *lb, uint64_t now_ms)
 {
     if (lb->opts->slow_start_ms == 0)
         return 0;
-    if (!lb->_ramp_valid || lb->_ramp_version != lb->set->version ||
-        lb->_ramp_usable_version != lb->set->usable_version)
+    if (lb->_ramp_versions != lb->set->version + lb->set->usable_version)
         slb__lb_ramp_update(lb);
     return now_ms < lb->_ramp_until_ms;
 }
