@@ -24,8 +24,11 @@ struct reg {
     struct slb_registrar *r;
     char *key, *value;
     size_t key_len, value_len;
-    struct slb_etcd_endpoint ep;        /* what value says (metadata owned here); value = ep formatted as format */
-    int format;                         /* enum slb_register_format */
+    /* What value says (metadata owned here). ep.registered_at_ms: the wall-clock start of this registration
+     * (slow start ramps from it on every host), kept across lease renewals and re-puts, cleared when the local
+     * service turns unhealthy (back up is a new registration); 0 before a registration starts. */
+    struct slb_etcd_endpoint ep;
+    int format;                         /* enum slb_register_format: value is ep formatted so */
     char *health_addr, *health_service; /* NULL when not gated */
     uint32_t hc_interval_ms, hc_timeout_ms;
     uint32_t ttl_s;
@@ -37,10 +40,7 @@ struct reg {
     int busy;                   /* an etcd request of this registration is in flight */
     int64_t lease, stale_lease; /* stale: replaced lease, revoked once the key moved to the new one */
     int handed_over;            /* a reloaded config registers the same key: leave the lease to expire */
-    /* ep.registered_at_ms: wall-clock start of this registration (slow start ramps from it on every host);
-     * set when the registration starts, kept across lease renewals and re-puts, cleared when the local service
-     * turns unhealthy (it comes back as a new registration) */
-    uv_timer_t timer; /* tick (REGISTERED) or backoff (RETRYING) */
+    uv_timer_t timer;           /* tick (REGISTERED) or backoff (RETRYING) */
     struct slb_health_check *hc;
 };
 
