@@ -114,9 +114,13 @@ def test_restarted_sidelb_does_not_ramp_long_registered_backends():
     stub2 = peers.echo_stub(d2.addr)
     wait_serving(stub2, {"b1", "b2"})
     restarted = spread(stub2, 300)
-    # b3 ramps from its registration (<= ~40 % of a full share by now: <= 0.4 / 2.4 = 17 % of the calls);
-    # b1 and b2 do not ramp again. Before, all three ramped together from d2's start: a third each.
-    assert restarted["b3"] < 0.25 * 300, (restarted, seen_by_d1)
+    # b3 ramps from its registration: at most f / (2 + f) of the calls, f its factor when the last call
+    # went (it only grew during them); b1 and b2 do not ramp again. Before, all three ramped together from
+    # d2's start: a third each.
+    b3_at = json.loads(etcd.get(prefix + b3.addr))["registered_at_ms"]
+    f = max(0.1, (wall_ms() - b3_at) / WINDOW_MS)
+    assert f < 0.8, "the machine took %.1f s from b3's registration to here: no ramp left to see" % (f * WINDOW_MS / 1000)
+    assert 0 < restarted["b3"] < (f / (2 + f) + 0.05) * 300, (restarted, f, seen_by_d1)
     assert restarted["b1"] > 0.35 * 300 and restarted["b2"] > 0.35 * 300, restarted
     assert seen_by_d1["b3"] < 0.25 * 300, seen_by_d1  # the same ramp on the sidelb that saw it first
 
