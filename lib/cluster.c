@@ -260,8 +260,9 @@ static void on_health(struct slb_health_check *hc, int status, void *user)
     }
     if (old == SLB_HEALTH_PENDING)
         cl->n_health_pending--;
-    if (health_usable(status) && !health_usable(old))
-        be->usable_since_ms = uv_now(cl->ctx->loop); /* slow start ramps from here */
+    if (health_usable(status) && !health_usable(old) && old != SLB_HEALTH_PENDING)
+        be->usable_since_ms = uv_now(cl->ctx->loop); /* back up: slow start ramps from here */
+    /* (a first answer keeps the ramp from when the backend was added or registered) */
     be->health = (uint8_t)status;
     be->stats.health_changes++;
     cl->set.usable_version++; /* the ring is not rebuilt: picks skip unusable owners */
@@ -312,6 +313,20 @@ static void drop_key(struct slb_cluster *cl, const char *addr)
         slb_cluster_remove(cl, addr);
 }
 
+/*
+ * Slow start of a backend whose etcd value says when it was registered: it
+ * ramps from then (every host in step; a long-registered one not at all),
+ * not from when this host saw it. Values without the time keep the ramp from
+ * when the backend was added.
+ */
+static void ramp_from_registration(struct slb_cluster *cl, struct slb_backend *be, const struct slb_etcd_endpoint *ep)
+{
+    if (ep->registered_at_ms == 0 || cl->cfg->lb.slow_start_ms == 0)
+        return;
+    be->usable_since_ms = slb_lb_ramp_start(&cl->cfg->lb, uv_now(cl->ctx->loop), slb_wall_ms(), ep->registered_at_ms);
+    cl->set.usable_version++; /* the policies see the new ramp */
+}
+
 static void sink_upsert(void *user, const char *key, const struct slb_etcd_endpoint *ep,
                         const struct slb_etcd_endpoint *old)
 {
@@ -319,15 +334,19 @@ static void sink_upsert(void *user, const char *key, const struct slb_etcd_endpo
     struct slb_backend *be;
 
     if (old != NULL && strcmp(old->addr, ep->addr) == 0) {
-        slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone); /* weight, zone or drain changed */
-        if ((be = slb_cluster_find(cl, ep->addr)) != NULL)
+        slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone); /* weight, zone, drain or registration changed */
+        if ((be = slb_cluster_find(cl, ep->addr)) != NULL) {
             slb_cluster_set_drain(cl, be, SLB_DRAIN_ETCD, ep->drain);
+            if (old->registered_at_ms != ep->registered_at_ms)
+                ramp_from_registration(cl, be, ep);
+        }
         return;
     }
     if (slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone) != 0) {
         slb_warn("cluster %s: etcd key %s: unusable address \"%s\"; skipped", cl->cfg->name, key, ep->addr);
     } else if ((be = slb_cluster_find(cl, ep->addr)) != NULL) {
-        be->discovery_keys++;
+        if (be->discovery_keys++ == 0) /* just added (a second key naming it changes nothing) */
+            ramp_from_registration(cl, be, ep);
         slb_cluster_set_drain(cl, be, SLB_DRAIN_ETCD, ep->drain); /* the last key written wins */
     }
     if (old != NULL)

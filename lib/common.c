@@ -30,6 +30,13 @@ uint64_t slb_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+uint64_t slb_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 int slb_parse_addr(const char *hostport, struct sockaddr_storage *out, unsigned *len)
 {
     char host[64];

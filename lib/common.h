@@ -47,6 +47,8 @@ const char *slb_strerror(int err);
 
 /* Monotonic milliseconds (the loop's cached time where a loop exists). */
 uint64_t slb_now_ms(void);
+/* Wall-clock milliseconds since 1970 UTC (times shared between hosts: etcd's registered_at_ms). */
+uint64_t slb_wall_ms(void);
 
 /* Parses "host:port" / "[v6]:port" into a sockaddr; 0 or SLB_EADDR. */
 struct sockaddr_storage;

@@ -879,16 +879,41 @@ static int load_hash_on(struct vctx *c, json_t *opts, const char *p, const char 
     return 0;
 }
 
+/*
+ * slow_start ramps a new backend's share of the calls; policies where a share
+ * cannot ramp reject it, saying why (rather than accept it and do nothing).
+ */
+static int reject_slow_start(struct vctx *c, json_t *opts, const char *p, const char *name)
+{
+    char sp[PATH_MAX_LEN];
+    const char *why = NULL;
+
+    if (json_object_get(opts, "slow_start") == NULL)
+        return 0;
+    if (strcmp(name, "pick_first") == 0)
+        why = "pick_first sends every call to one backend, so there is no share to ramp";
+    else if (strcmp(name, "source_ip_hash") == 0 || strcmp(name, "ring_hash") == 0 || strcmp(name, "maglev") == 0)
+        why = "a hash policy sends each key to one backend, and keys must stay where they are: a ramp would move "
+              "keys off a new backend and back as its weight grows";
+    if (why == NULL)
+        return 0;
+    join(sp, p, "slow_start");
+    return fail(c, sp, 1,
+                "not supported by %s: %s (slow_start works with round_robin, random, weighted_round_robin, "
+                "weighted_random and least_request)",
+                name, why);
+}
+
 /* "policy": {"<name>": {options}} -> cl->policy + cl->lb. */
 static int load_policy(struct vctx *c, json_t *o, const char *cpath, struct slb_config_cluster *cl)
 {
     static const char *const k_plain[] = {"slow_start", "panic_threshold_percent", NULL};
+    static const char *const k_pf[] = {"panic_threshold_percent", NULL};
     static const char *const k_lr[] = {"choice_count", "slow_start", "panic_threshold_percent", NULL};
-    static const char *const k_iph[] = {"hash_on", "hash_header", "slow_start", "panic_threshold_percent", NULL};
+    static const char *const k_iph[] = {"hash_on", "hash_header", "panic_threshold_percent", NULL};
     static const char *const k_ring[] = {
-        "hash_on", "hash_header", "min_ring_size", "max_ring_size", "slow_start", "panic_threshold_percent", NULL};
-    static const char *const k_maglev[] = {
-        "hash_on", "hash_header", "table_size", "slow_start", "panic_threshold_percent", NULL};
+        "hash_on", "hash_header", "min_ring_size", "max_ring_size", "panic_threshold_percent", NULL};
+    static const char *const k_maglev[] = {"hash_on", "hash_header", "table_size", "panic_threshold_percent", NULL};
     static const char *const k_slow[] = {"window_ms", "aggression", "min_weight_percent", NULL};
     char path[PATH_MAX_LEN], p[PATH_MAX_LEN], sp[PATH_MAX_LEN];
     struct slb_lb_options *lb = &cl->lb;
@@ -920,12 +945,13 @@ static int load_policy(struct vctx *c, json_t *o, const char *cpath, struct slb_
 
     int ring = strcmp(name, "ring_hash") == 0, maglev = strcmp(name, "maglev") == 0;
     int iph = strcmp(name, "source_ip_hash") == 0;
-    if (check_keys(c, opts, p,
-                   ring                                 ? k_ring
-                   : maglev                             ? k_maglev
-                   : iph                                ? k_iph
-                   : strcmp(name, "least_request") == 0 ? k_lr
-                                                        : k_plain) != 0)
+    if (reject_slow_start(c, opts, p, name) != 0 || check_keys(c, opts, p,
+                                                               ring                                 ? k_ring
+                                                               : maglev                             ? k_maglev
+                                                               : iph                                ? k_iph
+                                                               : strcmp(name, "least_request") == 0 ? k_lr
+                                                               : strcmp(name, "pick_first") == 0    ? k_pf
+                                                                                                    : k_plain) != 0)
         return -1;
     if (get_u32(c, opts, p, "choice_count", &lb->choice_count, lb->choice_count, 0, 100) != 0)
         return -1;

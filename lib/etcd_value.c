@@ -76,6 +76,18 @@ static int set_addr(struct slb_etcd_endpoint *ep, const char *s, size_t len)
     return 0;
 }
 
+/* "registered_at_ms": a positive integer of milliseconds since 1970 UTC. */
+static int parse_registered_at(const char *key, json_t *v, struct slb_etcd_endpoint *ep, char *err, size_t errlen)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+        (uint64_t)json_integer_value(v) > SLB_ETCD_REGISTERED_AT_MAX)
+        return fail(err, errlen, key,
+                    "\"registered_at_ms\" must be an integer of milliseconds since 1970-01-01 UTC (1..%llu)",
+                    (unsigned long long)SLB_ETCD_REGISTERED_AT_MAX);
+    ep->registered_at_ms = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
 static int parse_json(const char *key, json_t *root, struct slb_etcd_endpoint *ep, char *err, size_t errlen)
 {
     json_t *addr = json_object_get(root, "addr"), *naming = json_object_get(root, "Addr"), *md;
@@ -87,8 +99,12 @@ static int parse_json(const char *key, json_t *root, struct slb_etcd_endpoint *e
         json_int_t opv = 0;
         json_object_foreach(root, k, v)
         {
-            if (strcmp(k, "Op") != 0 && strcmp(k, "Addr") != 0 && strcmp(k, "Metadata") != 0)
+            if (strcmp(k, "registered_at_ms") == 0) {
+                if (parse_registered_at(key, v, ep, err, errlen) != 0)
+                    return SLB_EPROTO;
+            } else if (strcmp(k, "Op") != 0 && strcmp(k, "Addr") != 0 && strcmp(k, "Metadata") != 0) {
                 return fail(err, errlen, key, "unknown field \"%s\" in an etcd naming value", k);
+            }
         }
         if (op != NULL) {
             if (!json_is_integer(op) || (json_integer_value(op) != 0 && json_integer_value(op) != 1))
@@ -124,6 +140,9 @@ static int parse_json(const char *key, json_t *root, struct slb_etcd_endpoint *e
             if (!json_is_boolean(v))
                 return fail(err, errlen, key, "\"drain\" must be true or false");
             ep->drain = json_is_true(v) ? 1 : 0;
+        } else if (strcmp(k, "registered_at_ms") == 0) {
+            if (parse_registered_at(key, v, ep, err, errlen) != 0)
+                return SLB_EPROTO;
         } else {
             return fail(err, errlen, key, "unknown field \"%s\"", k);
         }
@@ -171,7 +190,7 @@ void slb_etcd_endpoint_dispose(struct slb_etcd_endpoint *ep)
 int slb_etcd_endpoint_equal(const struct slb_etcd_endpoint *a, const struct slb_etcd_endpoint *b)
 {
     if (strcmp(a->addr, b->addr) != 0 || a->weight != b->weight || strcmp(a->zone, b->zone) != 0 ||
-        a->drain != b->drain)
+        a->drain != b->drain || a->registered_at_ms != b->registered_at_ms)
         return 0;
     if (a->metadata == NULL || b->metadata == NULL)
         return a->metadata == b->metadata;
@@ -201,6 +220,8 @@ char *slb_etcd_value_format(const struct slb_etcd_endpoint *ep, int format)
             json_object_set_new(root, "Metadata", md);
         else
             json_decref(md);
+        if (root != NULL && ep->registered_at_ms != 0)
+            json_object_set_new(root, "registered_at_ms", json_integer((json_int_t)ep->registered_at_ms));
     } else {
         root = json_pack("{ss}", "addr", ep->addr);
         if (root != NULL && ep->weight != 1)
@@ -212,6 +233,8 @@ char *slb_etcd_value_format(const struct slb_etcd_endpoint *ep, int format)
         if (root != NULL && ep->drain)
             json_object_set_new(root, "drain", json_true());
         json_decref(md);
+        if (root != NULL && ep->registered_at_ms != 0)
+            json_object_set_new(root, "registered_at_ms", json_integer((json_int_t)ep->registered_at_ms));
     }
     out = root ? json_dumps(root, JSON_COMPACT) : NULL;
     json_decref(root);

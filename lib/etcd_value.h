@@ -5,7 +5,10 @@
  *   etcd naming: {"Op":0,"Addr":"host:port","Metadata":...}  (Op 1 = delete)
  *   json:        {"addr":"host:port","weight":10,"zone":"a","metadata":{...},"drain":true}
  * ("drain": an operator's drain, docs/config.md "Draining a backend").
- * and the inverse, for the registrar. Pure functions, no I/O.
+ * The JSON formats may carry "registered_at_ms": the wall-clock time (ms
+ * since 1970 UTC) sidelb's registrar registered the backend, so every host
+ * ramps it (slow start) from the same moment.
+ * And the inverse, for the registrar. Pure functions, no I/O.
  */
 #ifndef SLB_ETCD_VALUE_H
 #define SLB_ETCD_VALUE_H
@@ -16,6 +19,8 @@
 #include "backend.h"
 
 #define SLB_ETCD_WEIGHT_MAX 1000000
+/* 9999-12-31T23:59:59.999Z: the largest registered_at_ms accepted */
+#define SLB_ETCD_REGISTERED_AT_MAX 253402300799999ULL
 
 /* Owned by whoever holds it (discovery's map entry, or a caller's stack); metadata is heap. */
 struct slb_etcd_endpoint {
@@ -24,6 +29,7 @@ struct slb_etcd_endpoint {
     char zone[32];                   /* "" when absent */
     char *metadata;                  /* compact JSON, or NULL */
     uint8_t drain;                   /* "drain": true (json format only): no new calls to it */
+    uint64_t registered_at_ms;       /* "registered_at_ms": wall clock, ms since 1970 UTC; 0 when absent */
 };
 
 /*
@@ -34,7 +40,7 @@ struct slb_etcd_endpoint {
 int slb_etcd_value_parse(const char *key, const char *value, size_t len, struct slb_etcd_endpoint *ep, char *err,
                          size_t errlen);
 void slb_etcd_endpoint_dispose(struct slb_etcd_endpoint *ep);
-/* 1 when addr, weight, zone, metadata and drain are equal. */
+/* 1 when addr, weight, zone, metadata, drain and registered_at_ms are equal. */
 int slb_etcd_endpoint_equal(const struct slb_etcd_endpoint *a, const struct slb_etcd_endpoint *b);
 /* Deep copy into dst (dispose it). 0 or SLB_ENOMEM. */
 int slb_etcd_endpoint_copy(struct slb_etcd_endpoint *dst, const struct slb_etcd_endpoint *src);

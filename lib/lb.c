@@ -98,6 +98,7 @@ int slb_lb_update(struct slb_lb *lb)
     }
     lb->set_version = lb->set->version;
     lb->_panic_at_ms = UINT64_MAX;
+    lb->_ramp_versions = UINT64_MAX;
     return 0;
 }
 
@@ -126,6 +127,8 @@ struct slb_backend *slb_lb_pick(struct slb_lb *lb, const struct slb_pick_ctx *ct
         return NULL;
     if (lb->opts->panic_threshold_percent > 0)
         update_panic(lb, ctx->now_ms);
+    if (SLB_UNLIKELY(lb->opts->slow_start_ms != 0) && lb->ops->pick_ramping != NULL && slb__lb_ramping(lb, ctx->now_ms))
+        return lb->ops->pick_ramping(lb, ctx); /* round_robin, random: weighted while a backend ramps */
     return lb->ops->pick(lb, ctx);
 }
 
@@ -157,6 +160,36 @@ uint64_t slb__lb_weight_fp(const struct slb_lb *lb, const struct slb_backend *be
         f = floor_f;
     fp = (uint64_t)((double)full * f);
     return fp ? fp : 1;
+}
+
+void slb__lb_ramp_update(struct slb_lb *lb)
+{
+    const struct slb_backend_set *set = lb->set;
+    uint64_t until = 0;
+    int apart = 0; /* some backend ramps from another time than the others */
+
+    for (uint32_t i = 0; i < set->n; i++) {
+        uint64_t since = set->items[i]->usable_since_ms;
+        apart |= since != set->items[0]->usable_since_ms;
+        if (since != 0 && since + lb->opts->slow_start_ms > until)
+            until = since + lb->opts->slow_start_ms;
+    }
+    /* all ramping from one time (the table sidelb starts with): equal factors, so equal shares, as without */
+    lb->_ramp_until_ms = apart ? until : 0;
+    lb->_ramp_versions = set->version + set->usable_version;
+}
+
+uint64_t slb_lb_ramp_start(const struct slb_lb_options *o, uint64_t now_ms, uint64_t wall_now_ms,
+                           uint64_t registered_at_ms)
+{
+    uint64_t age;
+
+    if (o->slow_start_ms == 0 || registered_at_ms >= wall_now_ms)
+        return now_ms; /* no slow start, or registered "in the future" (clock skew): from now */
+    if ((age = wall_now_ms - registered_at_ms) >= o->slow_start_ms)
+        return 0; /* up for longer than the ramp */
+    /* loop time counts from about boot: a ramp that began before it starts at the earliest loop time */
+    return age < now_ms ? now_ms - age : 1;
 }
 
 uint32_t slb_lb_effective_weight(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms)

@@ -11,7 +11,8 @@
  * ejection, connectivity): a flapping backend costs nothing, and picks walk
  * past unusable backends at pick time. Whatever depends on usability is
  * computed at pick time too (slow start from usable_since_ms) or keyed on
- * usable_version (panic mode).
+ * usable_version (panic mode, whether a backend ramps). Whoever sets a
+ * backend's usable_since_ms bumps usable_version (or version).
  *
  * Ownership: struct slb_lb is embedded in its cluster; lb->data belongs to
  * the policy (allocated in init/update, freed in destroy). The backend set
@@ -132,6 +133,9 @@ struct slb_lb_ops {
     int (*update)(struct slb_lb *lb);
     /* A usable backend not in ctx->tried; else a usable tried one; else NULL. */
     struct slb_backend *(*pick)(struct slb_lb *lb, const struct slb_pick_ctx *ctx);
+    /* pick() while some backend ramps under slow start (slb__lb_ramping), by ramp weight. NULL: pick() weighs
+     * the ramp itself (the weighted policies), or the policy takes no slow_start (config.c rejects it). */
+    struct slb_backend *(*pick_ramping)(struct slb_lb *lb, const struct slb_pick_ctx *ctx);
     void (*destroy)(struct slb_lb *lb);
     /* Whether the policy reads ctx->hash (so the router computes it). */
     uint8_t uses_hash;
@@ -148,6 +152,9 @@ struct slb_lb {
     /* panic mode (slb_lb_pick): re-evaluated once per ms of ctx->now_ms, or when either set version moves */
     uint8_t _panic;
     uint64_t _panic_at_ms, _panic_version, _panic_usable_version;
+    /* slow start (slb__lb_ramping): no backend ramps apart from _ramp_until_ms on; recomputed when either set
+     * version moves: both only grow, so their sum moves whenever one does (UINT64_MAX: not computed yet) */
+    uint64_t _ramp_until_ms, _ramp_versions;
 };
 
 /* Policy table lookup by name; NULL if unknown. */
@@ -161,6 +168,16 @@ int slb_lb_update(struct slb_lb *lb);
 /* Picks a backend; applies panic mode; NULL when none can take the call. */
 struct slb_backend *slb_lb_pick(struct slb_lb *lb, const struct slb_pick_ctx *ctx);
 void slb_lb_dispose(struct slb_lb *lb);
+
+/*
+ * The usable_since_ms (loop time, now_ms) of a backend that was registered at
+ * wall-clock registered_at_ms (its etcd value), seen at wall-clock wall_now_ms:
+ * its ramp starts from its registration, so every host ramps it in step. A
+ * registration in the future (clock skew) ramps from now; one older than the
+ * ramp gives 0 (no ramp).
+ */
+uint64_t slb_lb_ramp_start(const struct slb_lb_options *o, uint64_t now_ms, uint64_t wall_now_ms,
+                           uint64_t registered_at_ms);
 
 /* Effective weight with slow start applied (>= 1). */
 uint32_t slb_lb_effective_weight(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms);
@@ -185,6 +202,36 @@ static inline int slb__lb_usable(const struct slb_lb *lb, const struct slb_backe
  * ramp. slb_lb_effective_weight() is this rounded to whole units.
  */
 uint64_t slb__lb_weight_fp(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms);
+
+void slb__lb_ramp_update(struct slb_lb *lb);
+
+/*
+ * Whether some backend may still ramp under slow start at now_ms, from
+ * another time than the others (backends that all ramp from one time, as the
+ * table sidelb starts with, have equal factors: equal shares, as without):
+ * slb_lb_pick() calls ops->pick_ramping only then. O(1) when nothing changed
+ * (a set scan after a version moved); one branch when slow start is off.
+ */
+static inline int slb__lb_ramping(struct slb_lb *lb, uint64_t now_ms)
+{
+    if (lb->opts->slow_start_ms == 0)
+        return 0;
+    if (lb->_ramp_versions != lb->set->version + lb->set->usable_version)
+        slb__lb_ramp_update(lb);
+    return now_ms < lb->_ramp_until_ms;
+}
+
+/*
+ * Slow start for the unweighted policies (round_robin, random): whether a pick
+ * that landed on be keeps it, with probability effective / full weight (1 when
+ * be does not ramp), so picks are proportional to the ramp factors. r: a
+ * random value.
+ */
+static inline int slb__lb_ramp_keep(const struct slb_lb *lb, const struct slb_backend *be, uint64_t now_ms, uint64_t r)
+{
+    uint64_t full = (uint64_t)be->weight << 10, eff = slb__lb_weight_fp(lb, be, now_ms);
+    return eff >= full || (uint64_t)(((unsigned __int128)r * full) >> 64) < eff;
+}
 
 /*
  * The O(n) fallback every policy ends with: from set index `start`, the first

@@ -26,7 +26,12 @@ struct reg {
     size_t key_len, value_len;
     char *value_drained; /* the value with an operator's "drain": true (json format, whatever `format` says) */
     size_t value_drained_len;
-    int drain;                          /* the key carried "drain": true when last read: kept on every re-put */
+    int drain; /* the key carried "drain": true when last read: kept on every re-put */
+    /* What value says (metadata owned here). ep.registered_at_ms: the wall-clock start of this registration
+     * (slow start ramps from it on every host), kept across lease renewals and re-puts, cleared when the local
+     * service turns unhealthy (back up is a new registration); 0 before a registration starts. */
+    struct slb_etcd_endpoint ep;
+    int format;                         /* enum slb_register_format: value is ep formatted so */
     char *health_addr, *health_service; /* NULL when not gated */
     uint32_t hc_interval_ms, hc_timeout_ms;
     uint32_t ttl_s;
@@ -121,6 +126,7 @@ static void maybe_release(struct slb_registrar *r)
         free(r->regs[i].key);
         free(r->regs[i].value);
         free(r->regs[i].value_drained);
+        slb_etcd_endpoint_dispose(&r->regs[i].ep);
         free(r->regs[i].health_addr);
         free(r->regs[i].health_service);
     }
@@ -176,6 +182,37 @@ static void on_stale_revoke(void *user, int err, int64_t rev, int64_t deleted)
     r->inflight--; /* not this registration's one request: leave busy alone */
     if (r->freed)
         maybe_release(r);
+}
+
+/* g->value from g->ep (after its registered_at_ms changed), and g->value_drained: the same with an
+ * operator's "drain": true (json format, whatever `format` says). 0 or SLB_ENOMEM (the old values stay). */
+static int format_value(struct reg *g)
+{
+    struct slb_etcd_endpoint drained = g->ep; /* shallow: formatting only reads it */
+    char *v, *d;
+
+    drained.drain = 1;
+    v = slb_etcd_value_format(&g->ep, g->format);
+    d = slb_etcd_value_format(&drained, SLB_REGISTER_JSON);
+    if (v == NULL || d == NULL) {
+        free(v);
+        free(d);
+        return SLB_ENOMEM;
+    }
+    free(g->value);
+    g->value = v;
+    g->value_len = strlen(v);
+    free(g->value_drained);
+    g->value_drained = d;
+    g->value_drained_len = strlen(d);
+    return 0;
+}
+
+/* A registration starts (not one that goes on under a new lease): its time is now. */
+static int start_registration(struct reg *g)
+{
+    g->ep.registered_at_ms = slb_wall_ms();
+    return format_value(g);
 }
 
 static void on_put(void *user, int err, int64_t rev, int64_t deleted);
@@ -282,6 +319,8 @@ static void step(struct reg *g)
         return;
     if (!wanted(g)) {
         uv_timer_stop(&g->timer);
+        if (!r->stopping && g->health != SLB_HEALTH_UNKNOWN)
+            g->ep.registered_at_ms = 0; /* the local service is down: back up is a new registration */
         if (g->lease != 0 && r->stopping && g->handed_over) {
             /* the new registrar puts the key under its own lease; this one just expires */
             slb_info("register %s: handed over to the reloaded config", g->key);
@@ -304,6 +343,10 @@ static void step(struct reg *g)
     case SLB_REGISTRAR_RETRYING:
         break; /* the timer drives these */
     default:
+        if (g->ep.registered_at_ms == 0 && start_registration(g) != 0) {
+            retry(g, SLB_ENOMEM);
+            return;
+        }
         grant(g);
     }
 }
@@ -520,6 +563,22 @@ void slb_registrar_hand_over(struct slb_registrar *r, const struct slb_config_re
     }
 }
 
+void slb_registrar_inherit(struct slb_registrar *r, const struct slb_registrar *old)
+{
+    for (size_t i = 0; i < r->n; i++) {
+        struct reg *g = &r->regs[i];
+        for (size_t j = 0; j < old->n; j++) {
+            const struct reg *o = &old->regs[j];
+            if (o->ep.registered_at_ms == 0 || o->key_len != g->key_len || memcmp(o->key, g->key, g->key_len) != 0)
+                continue;
+            uint64_t mine = g->ep.registered_at_ms;
+            g->ep.registered_at_ms = o->ep.registered_at_ms;
+            if (format_value(g) != 0) /* no memory: a new time, the ramp starts again */
+                g->ep.registered_at_ms = mine;
+        }
+    }
+}
+
 void slb_registrar_shutdown(struct slb_registrar *r, void (*cb)(void *user), void *user)
 {
     if (r->stopping || r->freed)
@@ -559,28 +618,27 @@ static char *dupn(const char *s)
 
 static int reg_init(struct reg *g, const struct slb_config_register *c)
 {
-    struct slb_etcd_endpoint ep = {.weight = c->weight ? c->weight : 1, .metadata = c->metadata_json};
+    struct slb_etcd_endpoint *ep = &g->ep;
     size_t pl = strlen(c->prefix), al = strlen(c->address);
 
-    if (al >= sizeof(ep.addr))
+    if (al >= sizeof(ep->addr))
         return SLB_ECONFIG;
-    memcpy(ep.addr, c->address, al + 1);
+    ep->weight = c->weight ? c->weight : 1;
+    memcpy(ep->addr, c->address, al + 1);
     if (c->zone != NULL)
-        snprintf(ep.zone, sizeof(ep.zone), "%s", c->zone);
+        snprintf(ep->zone, sizeof(ep->zone), "%s", c->zone);
+    if (c->metadata_json != NULL && (ep->metadata = strdup(c->metadata_json)) == NULL)
+        return SLB_ENOMEM;
+    g->format = c->format;
     if ((g->key = malloc(pl + al + 1)) == NULL)
         return SLB_ENOMEM;
     memcpy(g->key, c->prefix, pl);
     memcpy(g->key + pl, c->address, al + 1);
     g->key_len = pl + al;
-    if ((g->value = slb_etcd_value_format(&ep, c->format)) == NULL) {
+    if (format_value(g) != 0) {
         slb_error("register %s: cannot format the value (metadata)", g->key);
         return SLB_ECONFIG;
     }
-    g->value_len = strlen(g->value);
-    ep.drain = 1;
-    if ((g->value_drained = slb_etcd_value_format(&ep, SLB_REGISTER_JSON)) == NULL)
-        return SLB_ENOMEM;
-    g->value_drained_len = strlen(g->value_drained);
     g->ttl_s = c->ttl_s ? c->ttl_s : 10;
     g->tick_ms = (uint64_t)g->ttl_s * 1000 / 3;
     if (g->tick_ms < 100)

@@ -3,7 +3,10 @@
  *
  * Each register[] entry (struct slb_config_register) becomes one independent
  * registration: key = prefix + address, value = slb_etcd_value_format() of
- * the entry (plain / etcd naming / json), attached to a lease of ttl_s.
+ * the entry (plain / etcd naming / json), attached to a lease of ttl_s. The
+ * JSON formats carry registered_at_ms, the wall-clock time the registration
+ * started: the same across lease renewals, re-grants and repairs, new after
+ * the local service was unhealthy (discovering hosts ramp it from then).
  *
  *   IDLE --(healthy or no health check)--> GRANTING --> PUTTING --> REGISTERED
  *   REGISTERED: every TTL/3 a keepalive, then a range of the key; a key that
@@ -71,6 +74,15 @@ struct slb_registrar *slb_registrar_new(uv_loop_t *loop, struct slb_etcd *etcd, 
  * revoked by then expire by their TTL). Call once.
  */
 void slb_registrar_shutdown(struct slb_registrar *r, void (*cb)(void *user), void *user);
+
+/*
+ * A reload: registrations of r whose key old registers too, and has up now,
+ * keep old's registration time (registered_at_ms in the value), so a reload
+ * does not make every host ramp the backend again. Call right after
+ * slb_registrar_new(), before the loop runs (the first put follows a lease
+ * grant's answer).
+ */
+void slb_registrar_inherit(struct slb_registrar *r, const struct slb_registrar *old);
 
 /*
  * Frees the registrar (usually after shutdown's cb; without a shutdown the

@@ -252,6 +252,8 @@ int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struc
         snprintf(err, errlen, "registration failed to start");
         return SLB_ENOMEM;
     }
+    if (srv->registrar != NULL && old != NULL && old->registrar != NULL)
+        slb_registrar_inherit(srv->registrar, old->registrar); /* a reload keeps registration times */
     return 0;
 }
 

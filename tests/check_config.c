@@ -58,9 +58,7 @@ static const char *full_config =
     "    {\"name\": \"greeter\",\n"
     "     \"discovery\": {\"etcd_prefix\": \"/grpclb/x.Greeter/\"},\n"
     "     \"policy\": {\"ring_hash\": {\"hash_header\": \"X-User\", \"min_ring_size\": 64,\n"
-    "                  \"max_ring_size\": 4096, \"panic_threshold_percent\": 50,\n"
-    "                  \"slow_start\": {\"window_ms\": 30000, \"aggression\": 2.0,\n"
-    "                                 \"min_weight_percent\": 5}}},\n"
+    "                  \"max_ring_size\": 4096, \"panic_threshold_percent\": 50}},\n"
     "     \"max_connections_per_backend\": 4, \"max_streams_per_connection\": 100,\n"
     "     \"stream_window\": 1048576, \"connect_timeout_ms\": 3000,\n"
     "     \"max_pending_per_backend\": 50, \"queue_timeout_ms\": 0,\n"
@@ -89,7 +87,9 @@ static const char *full_config =
     "        {\"address\": \"10.0.0.2:50052\", \"weight\": 3, \"zone\": \"b\"}]},\n"
     "     \"policy\": {\"maglev\": {\"hash_header\": \"k\", \"table_size\": 251}}},\n"
     "    {\"name\": \"lr\", \"discovery\": {\"static\": [\"127.0.0.1:1\"]},\n"
-    "     \"policy\": {\"least_request\": {\"choice_count\": 3}}}\n"
+    "     \"policy\": {\"least_request\": {\"choice_count\": 3,\n"
+    "                  \"slow_start\": {\"window_ms\": 30000, \"aggression\": 2.0,\n"
+    "                                 \"min_weight_percent\": 5}}}}\n"
     "  ],\n"
     "  \"register\": [\n"
     "    {\"prefix\": \"/grpclb/x.Greeter/\", \"address\": \"10.0.0.5:8000\", "
@@ -158,9 +158,7 @@ START_TEST(test_full)
     ck_assert_uint_eq(c->lb.min_ring_size, 64);
     ck_assert_uint_eq(c->lb.max_ring_size, 4096);
     ck_assert_double_eq(c->lb.panic_threshold_percent, 50);
-    ck_assert_uint_eq(c->lb.slow_start_ms, 30000);
-    ck_assert_double_eq(c->lb.slow_start_aggression, 2.0);
-    ck_assert_double_eq(c->lb.slow_start_min_weight_percent, 5);
+    ck_assert_uint_eq(c->lb.slow_start_ms, 0); /* a hash policy takes none */
     ck_assert_uint_eq(c->max_connections_per_backend, 4);
     ck_assert_uint_eq(c->max_streams_per_connection, 100);
     ck_assert_uint_eq(c->stream_window, 1048576);
@@ -211,6 +209,9 @@ START_TEST(test_full)
     ck_assert_ptr_null(c->service_config_json);
     ck_assert_str_eq(cfg->clusters[2].policy, "least_request");
     ck_assert_uint_eq(cfg->clusters[2].lb.choice_count, 3);
+    ck_assert_uint_eq(cfg->clusters[2].lb.slow_start_ms, 30000);
+    ck_assert_double_eq(cfg->clusters[2].lb.slow_start_aggression, 2.0);
+    ck_assert_double_eq(cfg->clusters[2].lb.slow_start_min_weight_percent, 5);
 
     ck_assert_uint_eq(cfg->n_registers, 2);
     struct slb_config_register *r = &cfg->registers[0];
@@ -646,6 +647,55 @@ START_TEST(err_slow_start_window)
 }
 END_TEST
 
+/* slow_start where a share cannot ramp: rejected, saying why (it was accepted and did nothing). */
+START_TEST(err_slow_start_not_for_policy)
+{
+    static const char *const rejected[] = {"pick_first", "source_ip_hash", "ring_hash", "maglev"};
+    static const char *const why[] = {"pick_first sends every call to one backend",
+                                      "a hash policy sends each key to one backend, and keys must stay",
+                                      "a hash policy sends each key to one backend, and keys must stay",
+                                      "a hash policy sends each key to one backend, and keys must stay"};
+    char json[512], want[256];
+    snprintf(json, sizeof(json),
+             "{\n" LISTENER_OK "  \"clusters\": [{\"name\": \"a\", \"discovery\": {\"static\": [\"127.0.0.1:1\"]},\n"
+             "     \"policy\": {\"%s\": {\"hash_header\": \"k\", \"slow_start\": {\"window_ms\": 1000}}}}]\n"
+             "}\n",
+             rejected[_i]);
+    if (_i == 0) /* pick_first takes no hash_header */
+        snprintf(json, sizeof(json),
+                 "{\n" LISTENER_OK
+                 "  \"clusters\": [{\"name\": \"a\", \"discovery\": {\"static\": [\"127.0.0.1:1\"]},\n"
+                 "     \"policy\": {\"pick_first\": {\"slow_start\": {\"window_ms\": 1000}}}}]\n"
+                 "}\n");
+    snprintf(want, sizeof(want), "t.json:4:"); /* the key's position: checked below */
+    expect_error(json, want);
+    char err[SLB_CONFIG_ERRLEN];
+    ck_assert_ptr_null(slb_config_load_string(json, "t.json", err, sizeof(err)));
+    snprintf(want, sizeof(want), "clusters[0].policy.%s.slow_start: not supported by %s: %s", rejected[_i],
+             rejected[_i], why[_i]);
+    ck_assert_msg(strstr(err, want) != NULL, "\ngot:  %s\nwant: %s", err, want);
+    ck_assert_ptr_nonnull(strstr(err, "slow_start works with round_robin, random, weighted_round_robin, "
+                                      "weighted_random and least_request"));
+}
+END_TEST
+
+/* ... and accepted by every policy that ramps it. */
+START_TEST(ok_slow_start_policies)
+{
+    static const char *const ramped[] = {"round_robin", "random", "weighted_round_robin", "weighted_random",
+                                         "least_request"};
+    char json[512];
+    snprintf(json, sizeof(json),
+             "{\n" LISTENER_OK "  \"clusters\": [{\"name\": \"a\", \"discovery\": {\"static\": [\"127.0.0.1:1\"]},\n"
+             "     \"policy\": {\"%s\": {\"slow_start\": {\"window_ms\": 1000}}}}]\n"
+             "}\n",
+             ramped[_i]);
+    struct slb_config *cfg = expect_ok(json);
+    ck_assert_uint_eq(cfg->clusters[0].lb.slow_start_ms, 1000);
+    slb_config_free(cfg);
+}
+END_TEST
+
 START_TEST(err_duplicate_cluster)
 {
     expect_error("{\n" LISTENER_OK "  \"clusters\": [\n"
@@ -1008,6 +1058,8 @@ Suite *config_suite(void)
     tcase_add_test(tc, err_hash_on);
     tcase_add_test(tc, err_maglev_not_prime);
     tcase_add_test(tc, err_slow_start_window);
+    tcase_add_loop_test(tc, err_slow_start_not_for_policy, 0, 4);
+    tcase_add_loop_test(tc, ok_slow_start_policies, 0, 5);
     tcase_add_test(tc, err_duplicate_cluster);
     tcase_add_test(tc, err_route_unknown_cluster);
     tcase_add_test(tc, err_default_cluster_unknown);

@@ -139,6 +139,71 @@ START_TEST(test_drain_flag)
 }
 END_TEST
 
+/* "registered_at_ms": read from both JSON formats, absent = 0, part of equality, written back when set. */
+START_TEST(test_registered_at)
+{
+    struct slb_etcd_endpoint ep, other;
+    char err[256];
+    ck_assert_int_eq(parse("{\"addr\":\"10.0.0.6:9000\",\"registered_at_ms\":1764581400123}", &ep, err), 0);
+    ck_assert_uint_eq(ep.registered_at_ms, 1764581400123ULL);
+    ck_assert_int_eq(parse("{\"addr\":\"10.0.0.6:9000\"}", &other, err), 0);
+    ck_assert_uint_eq(other.registered_at_ms, 0);
+    ck_assert(!slb_etcd_endpoint_equal(&ep, &other)); /* a new registration is a change */
+    slb_etcd_endpoint_dispose(&ep);
+    ck_assert_int_eq(
+        parse("{\"Op\":0,\"Addr\":\"10.0.0.5:8000\",\"Metadata\":{\"v\":2},\"registered_at_ms\":253402300799999}", &ep,
+              err),
+        0);
+    ck_assert_uint_eq(ep.registered_at_ms, SLB_ETCD_REGISTERED_AT_MAX);
+    ck_assert_str_eq(ep.metadata, "{\"v\":2}");
+    slb_etcd_endpoint_dispose(&ep);
+    ck_assert_int_eq(parse("127.0.0.1:8000", &ep, err), 0); /* plain: none */
+    ck_assert_uint_eq(ep.registered_at_ms, 0);
+
+    /* formats: json and etcd naming carry it, plain cannot; 0 writes nothing (values as before) */
+    struct slb_etcd_endpoint w = {.addr = "10.1.2.3:7000", .weight = 1, .registered_at_ms = 1764581400123ULL};
+    char *v = slb_etcd_value_format(&w, SLB_REGISTER_JSON);
+    ck_assert_str_eq(v, "{\"addr\":\"10.1.2.3:7000\",\"registered_at_ms\":1764581400123}");
+    free(v);
+    v = slb_etcd_value_format(&w, SLB_REGISTER_ETCD_NAMING);
+    ck_assert_str_eq(v, "{\"Op\":0,\"Addr\":\"10.1.2.3:7000\",\"registered_at_ms\":1764581400123}");
+    ck_assert_int_eq(parse(v, &ep, err), 0);
+    ck_assert_uint_eq(ep.registered_at_ms, 1764581400123ULL);
+    free(v);
+    v = slb_etcd_value_format(&w, SLB_REGISTER_PLAIN);
+    ck_assert_str_eq(v, "10.1.2.3:7000");
+    free(v);
+    w.registered_at_ms = 0;
+    v = slb_etcd_value_format(&w, SLB_REGISTER_JSON);
+    ck_assert_str_eq(v, "{\"addr\":\"10.1.2.3:7000\"}");
+    free(v);
+}
+END_TEST
+
+/* Bad registration times are rejected with a message naming the key and the field. */
+START_TEST(test_registered_at_malformed)
+{
+    static const char *bad[] = {
+        "{\"addr\":\"x:1\",\"registered_at_ms\":0}",
+        "{\"addr\":\"x:1\",\"registered_at_ms\":-5}",
+        "{\"addr\":\"x:1\",\"registered_at_ms\":1.5e12}",
+        "{\"addr\":\"x:1\",\"registered_at_ms\":\"1764581400123\"}",
+        "{\"addr\":\"x:1\",\"registered_at_ms\":\"2025-12-01T09:30:00Z\"}",
+        "{\"addr\":\"x:1\",\"registered_at_ms\":null}",
+        "{\"addr\":\"x:1\",\"registered_at_ms\":253402300800000}",
+        "{\"Op\":0,\"Addr\":\"x:1\",\"registered_at_ms\":true}",
+    };
+    for (size_t i = 0; i < SLB_ARRAY_SIZE(bad); i++) {
+        struct slb_etcd_endpoint ep;
+        char err[256] = "";
+        ck_assert_msg(parse(bad[i], &ep, err) == SLB_EPROTO, "accepted \"%s\"", bad[i]);
+        ck_assert_msg(strstr(err, "etcd key \"/grpclb/svc/k1\": \"registered_at_ms\" must be an integer of "
+                                  "milliseconds since 1970-01-01 UTC") != NULL,
+                      "%s: %s", bad[i], err);
+    }
+}
+END_TEST
+
 Suite *etcd_value_suite(void)
 {
     Suite *s = suite_create("etcd_value");
@@ -149,6 +214,8 @@ Suite *etcd_value_suite(void)
     tcase_add_test(tc, test_drain_flag);
     tcase_add_test(tc, test_malformed);
     tcase_add_test(tc, test_roundtrip);
+    tcase_add_test(tc, test_registered_at);
+    tcase_add_test(tc, test_registered_at_malformed);
     suite_add_tcase(s, tc);
     return s;
 }

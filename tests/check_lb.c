@@ -840,12 +840,14 @@ END_TEST
 /* A backend that just joined gets 10 %, then half, then a full share of picks. */
 START_TEST(test_slow_start_ramp)
 {
-    static const char *const ramped[] = {"weighted_round_robin", "weighted_random", "least_request"};
+    static const char *const ramped[] = {"weighted_round_robin", "weighted_random", "least_request", "round_robin",
+                                         "random"};
     static const uint64_t at[] = {0, 5000, 10000};
     static const double expect[] = {0.1 / 1.1, 0.5 / 1.5, 0.5};
     opts.slow_start_ms = 10000;
     setup(ramped[_i], 2, NULL);
     bes[1]->usable_since_ms = NOW;
+    set.usable_version++; /* as the cluster does when it sets usable_since_ms */
     for (int s = 0; s < 3; s++) {
         unsigned c[2] = {0};
         struct slb_backend *inflight[400] = {0}; /* many in flight, so the +1 bias is small */
@@ -866,6 +868,108 @@ START_TEST(test_slow_start_ramp)
         ck_assert_msg(share > expect[s] - 0.04 && share < expect[s] + 0.04, "%s at %llu: %.3f", ramped[_i],
                       (unsigned long long)at[s], share);
     }
+    teardown();
+}
+END_TEST
+
+/*
+ * round_robin and random are weighted while a backend ramps: one new backend
+ * among ten, at its 10 % floor, gets 0.1 / 9.1 of the picks (1.1 %), not a
+ * tenth; the nine others share the rest evenly. 91,000 picks: the new one's
+ * expected count is 1,000 (sigma ~31), bounds +-20 %.
+ */
+START_TEST(test_slow_start_share_of_ten)
+{
+    static const char *const unweighted[] = {"round_robin", "random"};
+    unsigned counts[MAXB] = {0};
+    opts.slow_start_ms = 30000;
+    setup(unweighted[_i], 10, NULL);
+    bes[3]->usable_since_ms = NOW;
+    set.usable_version++;
+    count_picks(91000, counts);
+    ck_assert_msg(counts[3] > 800 && counts[3] < 1200, "%s: the ramping backend got %u of 91000", unweighted[_i],
+                  counts[3]);
+    for (int i = 0; i < 10; i++)
+        if (i != 3)
+            ck_assert_msg(counts[i] > 9500 && counts[i] < 10500, "%s: backend %d got %u", unweighted[_i], i, counts[i]);
+    teardown();
+}
+END_TEST
+
+/* Once the ramp is over, round_robin is exact again (the plain walk), with no set change in between. */
+START_TEST(test_slow_start_round_robin_exact_after)
+{
+    unsigned counts[MAXB] = {0};
+    opts.slow_start_ms = 10000;
+    setup("round_robin", 3, NULL);
+    bes[2]->usable_since_ms = NOW;
+    set.usable_version++;
+    for (int i = 0; i < 3000; i++)
+        counts[id_of(pick_at(NOW + 1000, NULL))]++;
+    ck_assert_uint_lt(counts[2], 500); /* ~0.19 / 2.19 of 3000 = 260 */
+    memset(counts, 0, sizeof(counts));
+    for (int i = 0; i < 300; i++)
+        counts[id_of(pick_at(NOW + 10000, NULL))]++;
+    ck_assert_uint_eq(counts[0], 100);
+    ck_assert_uint_eq(counts[1], 100);
+    ck_assert_uint_eq(counts[2], 100);
+    teardown();
+}
+END_TEST
+
+/*
+ * Every backend ramping from one time (the table sidelb starts with): equal
+ * factors, so the plain pick (round_robin exact); ramping from two times but
+ * at the same factor (both at the floor): still even. The tried set is
+ * honoured while ramping.
+ */
+START_TEST(test_slow_start_all_ramping)
+{
+    static const char *const unweighted[] = {"round_robin", "random"};
+    unsigned counts[MAXB] = {0};
+    opts.slow_start_ms = 10000;
+    setup(unweighted[_i], 10, NULL);
+    for (int i = 0; i < 10; i++)
+        bes[i]->usable_since_ms = NOW;
+    set.usable_version++;
+    count_picks(100000, counts);
+    for (int i = 0; i < 10 && _i == 0; i++)
+        ck_assert_uint_eq(counts[i], 10000);
+    ck_assert_msg(chi_square(counts, 10, 100000) < 27.88, "%s: chi-square %.1f", unweighted[_i],
+                  chi_square(counts, 10, 100000));
+    bes[0]->usable_since_ms = NOW - 1; /* apart, but both factors at the 10 % floor */
+    set.usable_version++;
+    memset(counts, 0, sizeof(counts));
+    count_picks(100000, counts);
+    ck_assert_msg(chi_square(counts, 10, 100000) < 27.88, "%s: chi-square %.1f", unweighted[_i],
+                  chi_square(counts, 10, 100000));
+    struct slb_tried tried = {0};
+    for (int i = 0; i < SLB_MAX_ATTEMPTS; i++)
+        slb_tried_add(&tried, bes[i]);
+    for (int i = 0; i < 100; i++)
+        ck_assert_int_ge(id_of(pick(&tried)), SLB_MAX_ATTEMPTS);
+    teardown();
+}
+END_TEST
+
+/* The ramp of a backend registered at a wall-clock time, in loop time. */
+START_TEST(test_slow_start_ramp_start)
+{
+    const uint64_t wall = 1700000000000ULL; /* wall clock now */
+    opts.slow_start_ms = 30000;
+    ck_assert_uint_eq(slb_lb_ramp_start(&opts, NOW, wall, wall - 10000), NOW - 10000); /* a third through */
+    ck_assert_uint_eq(slb_lb_ramp_start(&opts, NOW, wall, wall), NOW);
+    ck_assert_uint_eq(slb_lb_ramp_start(&opts, NOW, wall, wall + 60000), NOW); /* future (skew): from now */
+    ck_assert_uint_eq(slb_lb_ramp_start(&opts, NOW, wall, wall - 30000), 0);   /* ramp over: none */
+    ck_assert_uint_eq(slb_lb_ramp_start(&opts, NOW, wall, wall - 3600000), 0);
+    ck_assert_uint_eq(slb_lb_ramp_start(&opts, 5000, wall, wall - 20000), 1); /* before loop time 0 */
+    opts.slow_start_ms = 0;
+    ck_assert_uint_eq(slb_lb_ramp_start(&opts, NOW, wall, wall - 10000), NOW);
+    /* and the weight it gets */
+    opts.slow_start_ms = 30000;
+    setup("weighted_round_robin", 1, (const uint32_t[]){100});
+    bes[0]->usable_since_ms = slb_lb_ramp_start(&opts, NOW, wall, wall - 15000);
+    ck_assert_uint_eq(slb_lb_effective_weight(&lb, bes[0], NOW), 50);
     teardown();
 }
 END_TEST
@@ -935,7 +1039,11 @@ Suite *lb_suite(void)
     tcase_add_loop_test(tc, test_hash_on_spreads_one_host, 0, 3);
     tcase_add_test(tc, test_pick_first);
     tcase_add_test(tc, test_slow_start_weight);
-    tcase_add_loop_test(tc, test_slow_start_ramp, 0, 3);
+    tcase_add_loop_test(tc, test_slow_start_ramp, 0, 5);
+    tcase_add_loop_test(tc, test_slow_start_share_of_ten, 0, 2);
+    tcase_add_test(tc, test_slow_start_round_robin_exact_after);
+    tcase_add_loop_test(tc, test_slow_start_all_ramping, 0, 2);
+    tcase_add_test(tc, test_slow_start_ramp_start);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -123,6 +123,31 @@ static void wait_state(size_t i, int s, int timeout_ms)
     }
 }
 
+/*
+ * Checks that value ends with ,"registered_at_ms":T} with T between since and
+ * now (wall clock), cuts that field off in place and returns value.
+ */
+static const char *strip_registered_at(char *value, uint64_t since)
+{
+    char *f = strstr(value, ",\"registered_at_ms\":");
+    ck_assert_msg(f != NULL, "no registered_at_ms in %s", value);
+    unsigned long long t = strtoull(f + strlen(",\"registered_at_ms\":"), NULL, 10);
+    ck_assert_msg(t >= since && t <= slb_wall_ms(), "registered_at_ms %llu not in [%llu, now]", t,
+                  (unsigned long long)since);
+    strcpy(f, "}");
+    return value;
+}
+
+/* The registered_at_ms of key's value; 0 when the key or the field is absent. */
+static uint64_t key_registered_at(const char *key)
+{
+    char v[512];
+    const char *f;
+    if (key_get(key, v, sizeof(v), NULL) != 1 || (f = strstr(v, "\"registered_at_ms\":")) == NULL)
+        return 0;
+    return strtoull(f + strlen("\"registered_at_ms\":"), NULL, 10);
+}
+
 /* ---- fixture ---- */
 
 static void setup(void)
@@ -198,6 +223,7 @@ START_TEST(test_register_and_shutdown)
     c[1].zone = "z1";
     c[1].metadata_json = "{\"v\":2}";
     setup();
+    uint64_t wall0 = slb_wall_ms();
     reg = slb_registrar_new(&loop, etcd, &io, c, 2);
     ck_assert_ptr_nonnull(reg);
     ck_assert_uint_eq(slb_registrar_count(reg), 2);
@@ -210,7 +236,8 @@ START_TEST(test_register_and_shutdown)
     ck_assert(lease != 0 && lease == slb_registrar_lease(reg, 0));
     ck_assert_int_eq(lease_granted_ttl(lease), TTL);
     ck_assert_int_eq(key_get("/svc/b/10.0.0.6:9000", v, sizeof(v), &lease), 1);
-    ck_assert_str_eq(v, "{\"addr\":\"10.0.0.6:9000\",\"weight\":7,\"zone\":\"z1\",\"metadata\":{\"v\":2}}");
+    ck_assert_str_eq(strip_registered_at(v, wall0),
+                     "{\"addr\":\"10.0.0.6:9000\",\"weight\":7,\"zone\":\"z1\",\"metadata\":{\"v\":2}}");
     ck_assert(lease == slb_registrar_lease(reg, 1));
 
     /* keepalive holds it well past the TTL */
@@ -240,11 +267,13 @@ START_TEST(test_etcd_naming_format)
     c.format = SLB_REGISTER_ETCD_NAMING;
     c.metadata_json = "{\"k\":\"x\"}";
     setup();
+    uint64_t wall0 = slb_wall_ms();
     reg = slb_registrar_new(&loop, etcd, &io, &c, 1);
     ck_assert_ptr_nonnull(reg);
     wait_key("/naming/svc/127.0.0.1:5000", 1, NULL, 3000);
     ck_assert_int_eq(key_get("/naming/svc/127.0.0.1:5000", v, sizeof(v), NULL), 1);
-    ck_assert_str_eq(v, "{\"Op\":0,\"Addr\":\"127.0.0.1:5000\",\"Metadata\":{\"k\":\"x\"}}");
+    ck_assert_str_eq(strip_registered_at(v, wall0),
+                     "{\"Op\":0,\"Addr\":\"127.0.0.1:5000\",\"Metadata\":{\"k\":\"x\"}}");
     finish();
 }
 END_TEST
@@ -416,6 +445,106 @@ START_TEST(test_not_serving_from_start)
 }
 END_TEST
 
+/*
+ * registered_at_ms: the registration's start, the same under a new lease
+ * (revoked by hand, as if it expired) and after a repair, and a new one after
+ * the local service was NOT_SERVING.
+ */
+START_TEST(test_registered_at_kept_and_renewed)
+{
+    struct slb_config_register c = entry("/svc/t/", "10.4.0.1:80");
+    const char *key = "/svc/t/10.4.0.1:80";
+    char ha[32], body[128];
+    long long lease, lease2;
+    uint64_t t0, t1, at;
+    int pa;
+    pid_t a;
+
+    setup();
+    a = start_backend(&pa);
+    snprintf(ha, sizeof(ha), "127.0.0.1:%d", pa);
+    gate(&c, ha);
+    c.format = SLB_REGISTER_JSON;
+    t0 = slb_wall_ms();
+    reg = slb_registrar_new(&loop, etcd, &io, &c, 1);
+    ck_assert_ptr_nonnull(reg);
+    wait_key(key, 1, NULL, 3000);
+    t1 = slb_wall_ms();
+    at = key_registered_at(key);
+    ck_assert_msg(at >= t0 && at <= t1, "registered_at_ms %llu not in [%llu, %llu]", (unsigned long long)at,
+                  (unsigned long long)t0, (unsigned long long)t1);
+
+    /* the lease revoked by hand: a new lease, the same registration */
+    wait_state(0, SLB_REGISTRAR_REGISTERED, 1000);
+    ck_assert_int_eq(key_get(key, NULL, 0, &lease), 1);
+    snprintf(body, sizeof(body), "{\"ID\":\"%lld\"}", lease);
+    ck_assert_int_eq(eh_post(H.url[0], "/v3/lease/revoke", body, NULL, 0), 200);
+    wait_key(key, 0, NULL, 1000);
+    wait_key(key, 1, NULL, TICK_MS + 1500);
+    ck_assert_int_eq(key_get(key, NULL, 0, &lease2), 1);
+    ck_assert(lease2 != lease);
+    ck_assert_uint_eq(key_registered_at(key), at);
+    /* deleted by hand: restored as it was */
+    eh_del(&H, 0, key);
+    wait_key(key, 1, NULL, TICK_MS + 1000);
+    ck_assert_uint_eq(key_registered_at(key), at);
+
+    /* the local service NOT_SERVING, then SERVING: a new registration, a new time */
+    usleep(20 * 1000); /* so that the new time differs even on a coarse clock */
+    kill(a, SIGUSR1);
+    wait_key(key, 0, NULL, 300 + 1000);
+    t0 = slb_wall_ms();
+    kill(a, SIGUSR2);
+    wait_key(key, 1, NULL, 300 + 1500);
+    ck_assert_uint_ge(key_registered_at(key), t0);
+    ck_assert_uint_gt(key_registered_at(key), at);
+    finish();
+}
+END_TEST
+
+/* A reload's registrar keeps the registration times of the keys it takes over. */
+START_TEST(test_registered_at_inherited_on_reload)
+{
+    struct slb_config_register c = entry("/svc/i/", "10.5.0.1:80"), c2[2];
+    const char *key = "/svc/i/10.5.0.1:80";
+    struct slb_registrar *next;
+    uint64_t at;
+
+    c.format = SLB_REGISTER_JSON;
+    c2[0] = c;
+    c2[0].weight = 3; /* the reloaded config changes the weight: the same registration all the same */
+    c2[1] = entry("/svc/i/", "10.5.0.2:80");
+    c2[1].format = SLB_REGISTER_ETCD_NAMING;
+    setup();
+    reg = slb_registrar_new(&loop, etcd, &io, &c, 1);
+    ck_assert_ptr_nonnull(reg);
+    wait_key(key, 1, NULL, 3000);
+    at = key_registered_at(key);
+    ck_assert_uint_gt(at, 0);
+    eh_run_for(&loop, 50); /* the new registrar's clock moves on */
+
+    next = slb_registrar_new(&loop, etcd, &io, c2, 2);
+    ck_assert_ptr_nonnull(next);
+    slb_registrar_inherit(next, reg);
+    slb_registrar_hand_over(reg, c2, 2);
+    slb_registrar_shutdown(reg, on_shutdown, NULL);
+    ck_assert(eh_run_until(&loop, &shutdown_done, SLB_REGISTRAR_SHUTDOWN_MS + 500));
+    slb_registrar_free(reg);
+    reg = next;
+    shutdown_done = 0;
+    char v[512];
+    uint64_t deadline = slb_now_ms() + 3000;
+    while (key_get(key, v, sizeof(v), NULL) != 1 || strstr(v, "\"weight\":3") == NULL) {
+        ck_assert_msg(slb_now_ms() < deadline, "the reloaded value did not come: %s", v);
+        eh_run_for(&loop, 20);
+    }
+    ck_assert_uint_eq(key_registered_at(key), at);                  /* taken over: the same time */
+    wait_key("/svc/i/10.5.0.2:80", 1, NULL, 3000);                  /* a new entry: */
+    ck_assert_uint_gt(key_registered_at("/svc/i/10.5.0.2:80"), at); /* its own time */
+    finish();
+}
+END_TEST
+
 START_TEST(test_free_without_shutdown)
 {
     struct slb_config_register c = entry("/svc/f/", "10.3.0.1:80");
@@ -444,6 +573,8 @@ Suite *register_suite(void)
     tcase_add_test(tc, test_health_gating_two_independent);
     tcase_add_test(tc, test_not_serving_from_start);
     tcase_add_test(tc, test_free_without_shutdown);
+    tcase_add_test(tc, test_registered_at_kept_and_renewed);
+    tcase_add_test(tc, test_registered_at_inherited_on_reload);
     suite_add_tcase(s, tc);
     return s;
 }

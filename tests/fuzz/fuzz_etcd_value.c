@@ -4,8 +4,8 @@
  * whole input is the value under a fixed key).
  * Properties: never crashes or leaks; err is set on failure; a parsed
  * endpoint formatted in each format parses back to the same endpoint, minus
- * what the format cannot carry (plain: weight, zone, metadata; etcd naming:
- * weight, zone).
+ * what the format cannot carry (plain: weight, zone, metadata,
+ * registered_at_ms; etcd naming: weight, zone).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -49,6 +49,7 @@ static void roundtrip(const struct slb_etcd_endpoint *ep, int format)
     if (format == SLB_REGISTER_PLAIN) {
         free(want.metadata);
         want.metadata = NULL;
+        want.registered_at_ms = 0;
     }
     err[0] = '\0';
     rc = slb_etcd_value_parse("k", s, strlen(s), &got, err, sizeof(err));

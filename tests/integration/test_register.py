@@ -82,11 +82,17 @@ def test_register_value_formats():
     cfg = registering_config(etcd, "/fmt/", [b1, b2], health=False)
     cfg["register"][0].update({"format": "etcd_naming", "metadata": {"v": 1}})
     cfg["register"][1].update({"format": "json", "weight": 5, "zone": "a"})
+    t0 = int(time.time() * 1000)
     start_sidelb(cfg)
     etcd.wait_for(lambda: len(etcd.range_prefix("/fmt/")) == 2, 5, what="both keys")
+    t1 = int(time.time() * 1000)
     got = etcd.range_prefix("/fmt/")
-    assert got["/fmt/" + b1.addr] == '{"Op":0,"Addr":"%s","Metadata":{"v":1}}' % b1.addr
-    assert got["/fmt/" + b2.addr] == '{"addr":"%s","weight":5,"zone":"a"}' % b2.addr
+    # the JSON formats end with the registration's wall-clock time (slow start ramps from it on every host)
+    for key, want in (("/fmt/" + b1.addr, '{"Op":0,"Addr":"%s","Metadata":{"v":1}' % b1.addr),
+                      ("/fmt/" + b2.addr, '{"addr":"%s","weight":5,"zone":"a"' % b2.addr)):
+        head, sep, at = got[key].rpartition(',"registered_at_ms":')
+        assert sep and head == want, got[key]
+        assert t0 <= int(at.rstrip("}")) <= t1, (got[key], t0, t1)
 
 
 def spread(stub, n):
