@@ -30,7 +30,8 @@
     XX(ADDR, -30006, "invalid address")                                                                                \
     XX(ETCD, -30007, "etcd error")                                                                                     \
     XX(NOTFOUND, -30008, "not found")                                                                                  \
-    XX(NOSTREAMS, -30009, "the backend allows no concurrent streams (SETTINGS_MAX_CONCURRENT_STREAMS 0)")
+    XX(NOSTREAMS, -30009, "the backend allows no concurrent streams (SETTINGS_MAX_CONCURRENT_STREAMS 0)")              \
+    XX(TLS, -30010, "TLS error")
 
 enum {
 #define SLB_ERR_ENUM(name, code, msg) SLB_E##name = code,
