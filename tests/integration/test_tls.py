@@ -335,3 +335,35 @@ def test_app_listener_mtls(pki):
     n = re.search(r'^sidelb_downstream_tls_handshake_failures_total\{listener="test"\} (\d+)$', body, re.M)
     assert n and int(n.group(1)) >= 1, body
     assert slb.alive()
+
+
+# ---- registration health checks ----
+
+@pytest.mark.timeout(60)
+def test_register_health_check_over_tls(pki):
+    """A register[] entry's health check speaks its own "tls" to the local
+    service: with the right CA the key is published; with a CA that does not
+    verify the service it stays out, and the log says why."""
+    from etcd_harness import EtcdServer
+    etcd = EtcdServer()
+    be = tls_backend(pki, "reg")
+    good, bad = "/sidelb-tls/good/", "/sidelb-tls/bad/"
+    cfg = simple_config([be.addr], tls={"ca_file": pki["ca.pem"]})
+    cfg["etcd"] = {"endpoints": [etcd.url]}
+    hc = {"interval_ms": 200, "timeout_ms": 1000}
+    cfg["register"] = [
+        {"prefix": good, "address": be.addr, "ttl_s": 5, "health_check": hc, "tls": {"ca_file": pki["ca.pem"]}},
+        {"prefix": bad, "address": be.addr, "ttl_s": 5, "health_check": hc, "tls": {"ca_file": pki["otherca.pem"]}},
+    ]
+    slb = start_sidelb(cfg)
+    etcd.wait_for(lambda: etcd.get(good + be.addr) == be.addr, 10, what="key registered over TLS")
+    wait_log(slb, r"health 127\.0\.0\.1:\d+ \"\": connection closed: certificate verify failed")
+    assert etcd.get(bad + be.addr) is None
+
+
+def test_register_tls_needs_health_check(pki, tmp_path):
+    cfg = simple_config(["127.0.0.1:1"])
+    cfg["etcd"] = {"endpoints": ["http://127.0.0.1:2379"]}
+    cfg["register"] = [{"prefix": "/p/", "address": "127.0.0.1:1", "tls": {"ca_file": pki["ca.pem"]}}]
+    rc, out = check_config(str(tmp_path), cfg)
+    assert rc != 0 and "register[0].tls:" in out and "needs \"health_check\"" in out, out
