@@ -367,3 +367,25 @@ def test_register_tls_needs_health_check(pki, tmp_path):
     cfg["register"] = [{"prefix": "/p/", "address": "127.0.0.1:1", "tls": {"ca_file": pki["ca.pem"]}}]
     rc, out = check_config(str(tmp_path), cfg)
     assert rc != 0 and "register[0].tls:" in out and "needs \"health_check\"" in out, out
+
+
+# ---- the C test backend over TLS (libsidelb's filter on the server side) ----
+
+def c_tls_backend(pki, id, client_ca=None):
+    args = ["--tls-cert", pki["server.pem"], "--tls-key", pki["server.key"]]
+    if client_ca:
+        args += ["--tls-client-ca", pki[client_ca]]
+    return peers.start_c_backend(id, extra_args=args)
+
+
+def test_c_backend_over_mtls_with_resumption(pki):
+    be = c_tls_backend(pki, "ctls", client_ca="ca.pem")
+    # a grpcio client straight to it: the C backend's TLS is real TLS
+    assert tls_stub(pki, be.port).Unary(req(payload=b"direct"), timeout=10).payload == b"direct"
+    slb = start([be.addr], {"ca_file": pki["ca.pem"], "cert_file": pki["client.pem"], "key_file": pki["client.key"]},
+                health_check={}, max_requests_per_connection=1)
+    calls_ok(slb, 8)
+    resumed = metric(slb, "sidelb_upstream_tls_resumed_total")
+    handshakes = metric(slb, "sidelb_upstream_tls_handshakes_total")
+    assert handshakes >= 9 and resumed >= handshakes - 3, (resumed, handshakes)
+    assert be.stats()["ok"] >= 9
