@@ -95,23 +95,23 @@ void tb_conn_flush(struct tb_conn *c)
                 return;
             continue;
         }
-        uint8_t *wp = c->wbuf.data + c->wbuf.off;
         size_t len = tb_buf_size(&c->wbuf);
+        uint8_t *wp;
         if (c->tls != NULL) {
             /* frames wait until the handshake is done; then one SSL_write per flush */
             if (c->tls->established && len > 0) {
                 slb_tls_set_output(c->tls, &c->cipher);
-                if (slb_tls_write(c->tls, wp, len) != 0) {
+                if (slb_tls_write(c->tls, c->wbuf.data + c->wbuf.off, len) != 0) {
                     conn_close(c);
                     return;
                 }
                 c->wbuf.off = c->wbuf.len = 0;
             }
-            wp = c->cipher.base + c->cipher_off;
             len = c->cipher.len - c->cipher_off;
         }
         if (len == 0)
             break;
+        wp = c->tls != NULL ? c->cipher.base + c->cipher_off : c->wbuf.data + c->wbuf.off;
         uv_buf_t b = uv_buf_init((char *)wp, (unsigned)len);
         int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
         if (n == (int)len) {
