@@ -612,10 +612,28 @@ int slb_h2_send_data_cb(nghttp2_session *session, nghttp2_frame *frame, const ui
     return 0;
 }
 
+/* A TLS connection that ends cleanly says so (close_notify), best effort: only when nothing
+ * else waits to be written, one try, never blocking. Peers then see an orderly end, not a
+ * truncation. */
+static void conn_tls_close_notify(struct slb_conn *c)
+{
+    /* its own few bytes: a close may come while another connection's flush fills the scratch buffer */
+    struct slb_outbuf ob = {0};
+    uv_buf_t b;
+
+    if (!c->writing && c->out[c->fill].len == 0 && slb_tls_close_notify(c->tls, &ob)) {
+        b = uv_buf_init((char *)ob.base, (unsigned)ob.len);
+        uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    }
+    slb_outbuf_dispose(&ob);
+}
+
 void slb_conn_close(struct slb_conn *c, int err)
 {
     if (c->closing)
         return;
+    if (SLB_UNLIKELY(c->tls != NULL) && (err == 0 || err == UV_EOF))
+        conn_tls_close_notify(c);
     c->closing = 1;
     /* unlink from the dirty list */
     if (c->dirty) {

@@ -352,6 +352,18 @@ int slb_tls_handshake(struct slb_tls *t)
     return 1;
 }
 
+int slb_tls_close_notify(struct slb_tls *t, struct slb_outbuf *out)
+{
+    if (!t->established || t->failed)
+        return 0;
+    out->len = 0;
+    t->out = out;
+    SSL_shutdown(t->ssl); /* sends close_notify; does not wait for the peer's */
+    ERR_clear_error();
+    t->out = NULL;
+    return out->len > 0;
+}
+
 int slb_tls_peer_closed(struct slb_tls *t)
 {
     if (t->confirmed)

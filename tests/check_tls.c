@@ -163,6 +163,14 @@ START_TEST(handshake_and_data_both_ways)
     ck_assert_uint_eq(s.in.len, sizeof(big));
     ck_assert_int_eq(memcmp(s.in.base, big, sizeof(big)), 0);
     ck_assert_uint_eq(st.handshake_failures + sst.handshake_failures, 0);
+    /* an orderly end: close_notify, which the other end reads as EOF (not an error) */
+    ck_assert_int_eq(slb_tls_close_notify(c.t, &c.out), 1);
+    {
+        uint8_t buf[64];
+        slb_tls_feed(s.t, c.out.base, c.out.len);
+        ck_assert_int_eq(slb_tls_read(s.t, buf, sizeof(buf)), SLB_TLS_EOF);
+        ck_assert(!s.t->failed);
+    }
     end_dispose(&c);
     end_dispose(&s);
     slb_tls_ctx_unref(cc);
