@@ -401,6 +401,8 @@ static void conn_flush(struct slb_conn *c)
 
 void slb_conn_trim_when_idle(struct slb_conn *c)
 {
+    if (SLB_UNLIKELY(c->tls != NULL))
+        slb_tls_release_buffers(c->tls); /* OpenSSL's record buffers (~34 KiB); back on use */
     if (c->out[0].cap == 0 && c->out[1].cap == 0)
         return; /* nothing to free */
     c->trim = 1;

@@ -352,6 +352,11 @@ int slb_tls_handshake(struct slb_tls *t)
     return 1;
 }
 
+void slb_tls_release_buffers(struct slb_tls *t)
+{
+    SSL_free_buffers(t->ssl); /* refuses (0) when a partial record waits: then they stay */
+}
+
 int slb_tls_close_notify(struct slb_tls *t, struct slb_outbuf *out)
 {
     if (!t->established || t->failed)

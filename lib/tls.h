@@ -121,6 +121,8 @@ int slb_tls_write(struct slb_tls *t, const uint8_t *p, size_t n);
 int slb_tls_write_pending(struct slb_tls *t);
 /* The host part of "host:port" / "[v6]:port" into buf (the name a certificate must match). */
 const char *slb_tls_host_of(const char *hostport, char *buf, size_t len);
+/* An idle connection gives OpenSSL's read and write buffers back (when nothing waits in them). */
+void slb_tls_release_buffers(struct slb_tls *t);
 /* Appends a close_notify alert to out when the connection is established and sound; 1 if it did. */
 int slb_tls_close_notify(struct slb_tls *t, struct slb_outbuf *out);
 /* The connection ended before any application byte: records why (a TLS failure, counted) and
