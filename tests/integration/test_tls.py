@@ -146,6 +146,14 @@ def test_localhost_address_verifies_dns_name(pki):
     calls_ok(slb, 3)
 
 
+def test_server_name_overrides_the_address(pki):
+    """server_name: SNI and the name verified, whatever the backend's address (an IP here)."""
+    be = tls_backend(pki, "sn")
+    slb = start([be.addr], {"ca_file": pki["ca.pem"], "server_name": "localhost"}, health_check={})
+    calls_ok(slb, 3)
+    assert clusters(slb)[0]["backends"][0]["health"] == "SERVING"
+
+
 @pytest.mark.parametrize("case,cert,tls_extra,reason", [
     ("wrong_ca", "other", {}, r"certificate verify failed: unable to get local issuer certificate"),
     ("wrong_name", "server", {"server_name": "wrong.example.com"}, r"certificate verify failed: hostname mismatch"),
