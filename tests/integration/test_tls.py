@@ -277,7 +277,7 @@ def test_reload_rereads_certificates(pki, tmp_path):
     shutil.copy(pki["other.pem"], cert)
     shutil.copy(pki["other.key"], key)
     slb.signal(1)
-    wait_log(slb, r"reload")
+    wait_log(slb, r"reloaded ")
     end = time.time() + 15
     while time.time() < end:
         try:
@@ -329,6 +329,28 @@ def test_app_listener_tls(pki):
         peers.echo_stub("127.0.0.1:%d" % slb.port).Unary(req(payload=b"x"), timeout=3)
     assert ei.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     assert slb.alive()
+
+
+def test_app_listener_certificate_reread_on_reload(pki, tmp_path):
+    """SIGHUP: new app connections get the certificate now on disk."""
+    be = peers.start_py_backend("down3")
+    cert, key = str(tmp_path / "s.pem"), str(tmp_path / "s.key")
+    shutil.copy(pki["server.pem"], cert)
+    shutil.copy(pki["server.key"], key)
+    cfg = simple_config([be.addr])
+    cfg["listeners"][0]["tls"] = {"cert_file": cert, "key_file": key}
+    slb = start_sidelb(cfg)
+    assert tls_stub(pki, slb.port, client_cert=False).Unary(req(payload=b"a"), timeout=10).payload == b"a"
+    shutil.copy(pki["other.pem"], cert)  # from the other CA
+    shutil.copy(pki["other.key"], key)
+    slb.signal(1)
+    wait_log(slb, r"reloaded ")
+    # a client trusting only the first CA is refused now; one trusting the other CA is served
+    with pytest.raises(grpc.RpcError) as ei:
+        tls_stub(pki, slb.port, client_cert=False).Unary(req(payload=b"x"), timeout=5)
+    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert tls_stub(pki, slb.port, client_cert=False, ca="otherca.pem").Unary(
+        req(payload=b"b"), timeout=10).payload == b"b"
 
 
 def test_app_listener_mtls(pki):
