@@ -226,8 +226,9 @@ struct slb_tls *slb_tls_client_new(struct slb_tls_ctx *ctx, const char *server_n
     if (t == NULL)
         return NULL;
     SSL_set_connect_state(t->ssl);
-    ok = SSL_set_alpn_protos(t->ssl, alpn_h2, sizeof(alpn_h2)) == 0;
-    if (ok && server_name != NULL && server_name[0] != '\0') {
+    /* no name, no check: refused rather than a connection that verifies nothing but the chain */
+    ok = SSL_set_alpn_protos(t->ssl, alpn_h2, sizeof(alpn_h2)) == 0 && server_name != NULL && server_name[0] != '\0';
+    if (ok) {
         if (slb_tls_is_ip_literal(server_name)) {
             /* no SNI for an address (RFC 6066); the certificate must name it as an IP SAN */
             ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), server_name) == 1;

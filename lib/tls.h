@@ -87,10 +87,10 @@ struct slb_tls {
 };
 
 /*
- * A client end. server_name: SNI and the name verified (NULL: none sent);
- * verify_host: the host name or IP literal the certificate must match (an
- * IP literal is checked against IP SANs and sent as no SNI). session_slot:
- * where the peer's session is kept across connections (NULL: no resumption).
+ * A client end. server_name (required): the host name the certificate must
+ * match, also sent as SNI, or an IP literal it must carry as an IP SAN (no
+ * SNI then). session_slot: where the peer's session is kept across
+ * connections (NULL: no resumption). NULL on no memory or no server_name.
  */
 struct slb_tls *slb_tls_client_new(struct slb_tls_ctx *ctx, const char *server_name, SSL_SESSION **session_slot,
                                    struct slb_tls_stats *stats);

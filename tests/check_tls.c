@@ -198,6 +198,9 @@ START_TEST(wrong_name_fails_with_reason)
     ck_assert_msg(strstr(c.t->error, "IP address mismatch") != NULL, "%s", c.t->error);
     end_dispose(&c);
     end_dispose(&s);
+    /* no name to check: no client end at all (never one that verifies only the chain) */
+    ck_assert_ptr_null(slb_tls_client_new(cc, "", NULL, NULL));
+    ck_assert_ptr_null(slb_tls_client_new(cc, NULL, NULL, NULL));
     slb_tls_ctx_unref(cc);
     slb_tls_ctx_unref(sc);
 }
