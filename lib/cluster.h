@@ -67,11 +67,13 @@ struct slb_cluster {
     uv_timer_t probe_timer;         /* while calls wait: early connect attempts (probe_interval_ms) */
     struct slb_log_limit probe_log; /* "probing" logged once per SLB_LOG_LIMIT_MS */
     void (*wake)(struct slb_cluster_waiter *w); /* its user's: try again (w is unlinked) */
-    struct slb_tls_stats tls_stats;             /* TLS handshakes to its backends (calls and health checks) */
-    char last_connect_error[272]; /* "backend B: why" of the last backend that entered TRANSIENT_FAILURE, while any is
-                                     in it ("" otherwise): said to calls that find no reachable backend */
-    struct slb_backend **_index;  /* address -> backend (chained through be->_hash_next) */
+    struct slb_backend **_index;                /* address -> backend (chained through be->_hash_next) */
     uint32_t _index_size;
+
+    struct slb_tls_stats tls_stats; /* TLS handshakes to its backends (calls and health checks) */
+    /* "backend B: why" of the last backend that entered TRANSIENT_FAILURE, while any is in it ("" otherwise):
+     * said to calls that find no reachable backend */
+    char last_connect_error[272];
 };
 
 int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const struct slb_config_cluster *cfg,

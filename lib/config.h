@@ -134,7 +134,8 @@ struct slb_config_register {
     char *metadata_json; /* compact JSON object or NULL */
     int format;          /* enum slb_register_format */
     struct slb_config_health_check health_check;
-    char *health_address;      /* where the local service listens for the check; default = address */
+    char *health_address; /* where the local service listens for the check; default = address */
+
     struct slb_config_tls tls; /* TLS for the health check */
 };
 

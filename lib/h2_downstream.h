@@ -83,13 +83,14 @@ struct slb_downstream_set {
     uint32_t max_connections;                                               /* 0 = none */
     uint32_t handshake_timeout_ms, idle_timeout_ms, stream_idle_timeout_ms; /* 0 = off */
     uint32_t n_conns;                                                       /* open connections */
+    struct slb_list handshaking; /* preface + SETTINGS not in yet; oldest accept first */
+    struct slb_list idle;        /* no streams; longest idle first (eviction, idle timeout) */
+    struct slb_list busy;        /* with streams (stream idle timeout) */
+    struct slb_list ctx_link;    /* in ctx->downstream_sets */
+
     struct slb_tls_ctx *tls;        /* apps connect with TLS (the listener's config owns it); NULL: h2c */
     struct slb_tls_stats tls_stats; /* their handshakes */
     struct slb_log_limit tls_log;   /* failed handshakes, logged once per SLB_LOG_LIMIT_MS */
-    struct slb_list handshaking;    /* preface + SETTINGS not in yet; oldest accept first */
-    struct slb_list idle;           /* no streams; longest idle first (eviction, idle timeout) */
-    struct slb_list busy;           /* with streams (stream idle timeout) */
-    struct slb_list ctx_link;       /* in ctx->downstream_sets */
 };
 
 enum slb_downstream_where { SLB_DS_HANDSHAKING, SLB_DS_IDLE, SLB_DS_BUSY };

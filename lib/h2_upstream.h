@@ -112,8 +112,9 @@ struct slb_upstream_pool {
     uint64_t backoff_until_ms; /* TRANSIENT_FAILURE until then: no connection attempt before */
     uint64_t probe_at_ms;      /* no probe before then: [1, 1.5] x probe_interval_ms after the last attempt began */
     uv_timer_t timer;          /* connect timeouts and backoff end */
+    struct slb_list ctx_link;  /* in ctx->pools */
+
     struct ssl_session_st *tls_session; /* TLS: the backend's newest session, offered by the next connection */
-    struct slb_list ctx_link;           /* in ctx->pools */
 };
 
 struct slb_upstream_pool *slb_upstream_pool_get(struct slb_loop_ctx *ctx, struct slb_backend *be,

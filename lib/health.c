@@ -47,9 +47,10 @@ struct slb_health_check {
     uint8_t stopped;
     uint8_t ping_out; /* a keepalive PING is unanswered */
     unsigned refs;
-    uv_timer_t tick;                    /* reconnect backoff, next Check, next keepalive PING */
-    uv_timer_t deadline;                /* connect + first answer, one Check, one PING */
-    struct hc_conn *conn;               /* current connection, NULL when none */
+    uv_timer_t tick;      /* reconnect backoff, next Check, next keepalive PING */
+    uv_timer_t deadline;  /* connect + first answer, one Check, one PING */
+    struct hc_conn *conn; /* current connection, NULL when none */
+
     struct slb_tls_ctx *tls;            /* referenced; NULL: h2c */
     char *tls_name;                     /* SNI and the name verified */
     struct slb_tls_stats *tls_stats;    /* not owned */
