@@ -18,7 +18,7 @@ DESTDIR ?=
 CC      ?= cc
 PYTHON  ?= /usr/bin/python3
 
-PKGS := libuv libnghttp2 libprotobuf-c libcurl jansson libxxhash
+PKGS := libuv libnghttp2 libprotobuf-c libcurl jansson libxxhash openssl
 CFLAGS ?= -O2 -g
 override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -fno-strict-aliasing
 override CPPFLAGS += -D_GNU_SOURCE -Ilib -I$(BUILD)/gen $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -27,7 +27,7 @@ CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 
 # Debian packages: build, run, and test/bench/demo needs.
 DEB_BUILD := build-essential pkg-config clang clang-format libclang-rt-14-dev libuv1-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler \
-             libcurl4-openssl-dev libjansson-dev libxxhash-dev check
+             libcurl4-openssl-dev libjansson-dev libxxhash-dev libssl-dev check
 DEB_TEST  := etcd-server etcd-client nghttp2-client nghttp2-server python3 python3-grpcio python3-grpc-tools python3-protobuf \
              python3-pytest python3-h2 curl procps openssl prometheus systemd man-db
 DEB_BENCH := haproxy nginx valgrind

@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "log.h"
+#include "tls.h"
 
 struct slb_backend *slb_backend_new(const char *hostport, uint32_t weight)
 {
@@ -43,6 +44,11 @@ const char *slb_backend_state_name(int state)
 {
     static const char *const names[] = {"IDLE", "CONNECTING", "READY", "TRANSIENT_FAILURE", "SHUTDOWN"};
     return state >= 0 && state < (int)SLB_ARRAY_SIZE(names) ? names[state] : "?";
+}
+
+const char *slb_backend_tls_name(const struct slb_backend *be, char *buf, size_t len)
+{
+    return slb_tls_host_of(be->name, buf, len);
 }
 
 void slb_backend_set_state(struct slb_backend *be, int state)

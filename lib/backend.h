@@ -10,10 +10,12 @@
 #ifndef SLB_BACKEND_H
 #define SLB_BACKEND_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
 #include "stats.h"
+struct slb_tls_stats;
 
 /* Connectivity states, with gRPC's names and meanings. */
 enum slb_backend_state {
@@ -78,6 +80,8 @@ struct slb_backend {
     uint32_t discovery_keys;        /* etcd keys naming this address (two keys may) */
     struct slb_backend *_hash_next; /* in the cluster's name index */
 
+    char last_error[160];            /* why its last connect attempt failed ("" before any): TLS reasons too */
+    struct slb_tls_stats *tls_stats; /* its cluster's TLS counters (not owned); NULL: none */
     uint32_t refs;
     void *health_check; /* struct slb_health_check * while active health checking runs */
     void *pool;         /* struct slb_upstream_pool *, owned by this backend */
@@ -92,6 +96,12 @@ struct slb_backend *slb_backend_new(const char *hostport, uint32_t weight);
 void slb_backend_ref(struct slb_backend *be);
 void slb_backend_unref(struct slb_backend *be);
 const char *slb_backend_state_name(int state);
+/*
+ * The name TLS verifies (and sends as SNI unless it is an IP literal) when
+ * the cluster sets no server_name: the host part of the backend's address.
+ * The one place to change when backends carry a DNS host name.
+ */
+const char *slb_backend_tls_name(const struct slb_backend *be, char *buf, size_t len);
 /* The one setter for the connectivity state: logs old -> new. */
 void slb_backend_set_state(struct slb_backend *be, int state);
 

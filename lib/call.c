@@ -598,7 +598,7 @@ static void call_no_backend(struct slb_call *call)
 {
     struct slb_cluster *cl = call->cluster;
     uint64_t now = call_now(call);
-    char msg[200];
+    char msg[384];
 
     if (call->wait_health && cl->n_health_pending == 0) {
         /* every first health answer is in: from here the wait-for-ready rule applies */
@@ -644,7 +644,9 @@ static void call_no_backend(struct slb_call *call)
         call_fail_local(call, SLB_GRPC_DEADLINE_EXCEEDED, msg);
         return;
     }
-    snprintf(msg, sizeof(msg), "sidelb: no reachable backend in cluster %s", cl->cfg->name);
+    /* why the last backend that failed to connect did (a TLS reason, a refused connect), when one is down */
+    snprintf(msg, sizeof(msg), "sidelb: no reachable backend in cluster %s%s%s", cl->cfg->name,
+             cl->last_connect_error[0] ? "; last connect error: " : "", cl->last_connect_error);
     call_fail_local(call, SLB_GRPC_UNAVAILABLE, msg);
 }
 

@@ -230,6 +230,10 @@ static void on_backend_state(struct slb_backend *be, int old)
     cl->n_by_state[old]--;
     cl->n_by_state[be->state]++;
     update_aggregate(cl);
+    if (be->state == SLB_BACKEND_TRANSIENT_FAILURE && be->last_error[0] != '\0')
+        snprintf(cl->last_connect_error, sizeof(cl->last_connect_error), "backend %s: %s", be->name, be->last_error);
+    else if (cl->n_by_state[SLB_BACKEND_TRANSIENT_FAILURE] == 0)
+        cl->last_connect_error[0] = '\0';
     if (old == SLB_BACKEND_TRANSIENT_FAILURE && be->state != SLB_BACKEND_SHUTDOWN)
         cluster_wake(cl); /* out of connection backoff */
     else if (be->state == SLB_BACKEND_TRANSIENT_FAILURE)
@@ -284,6 +288,19 @@ static void health_start(struct slb_cluster *cl, struct slb_backend *be)
     if (be->health_check == NULL) {
         slb_warn("cluster %s: cannot health-check %s; it takes calls unchecked", cl->cfg->name, be->name);
         return;
+    }
+    if (cl->cfg->tls.enabled) {
+        /* the same TLS as the cluster's calls */
+        char host[SLB_BACKEND_NAME_MAX];
+        const char *name =
+            cl->cfg->tls.server_name ? cl->cfg->tls.server_name : slb_backend_tls_name(be, host, sizeof(host));
+        if (slb_health_set_tls(be->health_check, cl->cfg->tls.ctx, name, &cl->tls_stats) != 0) {
+            slb_warn("cluster %s: cannot health-check %s (out of memory); it takes calls unchecked", cl->cfg->name,
+                     be->name);
+            slb_health_stop(be->health_check);
+            be->health_check = NULL;
+            return;
+        }
     }
     /* not picked until the first answer (a gRPC subchannel stays CONNECTING until then) */
     be->health = SLB_HEALTH_PENDING;
@@ -469,6 +486,7 @@ int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight
     if (zone != NULL)
         snprintf(be->zone, sizeof(be->zone), "%s", zone);
     be->cluster = cl;
+    be->tls_stats = &cl->tls_stats;
     be->usable_since_ms = uv_now(cl->ctx->loop);
     rv = slb_backend_set_add(&cl->set, be);
     slb_backend_unref(be); /* the set holds it now */

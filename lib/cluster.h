@@ -34,6 +34,7 @@
 #include "log.h"
 #include "outlier.h"
 #include "method_config.h"
+#include "tls.h"
 
 struct slb_loop_ctx;
 struct slb_config_cluster;
@@ -76,6 +77,11 @@ struct slb_cluster {
     uint32_t n_admin_drains_pending;
     struct slb_backend **_index; /* address -> backend (chained through be->_hash_next) */
     uint32_t _index_size;
+
+    struct slb_tls_stats tls_stats; /* TLS handshakes to its backends (calls and health checks) */
+    /* "backend B: why" of the last backend that entered TRANSIENT_FAILURE, while any is in it ("" otherwise):
+     * said to calls that find no reachable backend */
+    char last_connect_error[272];
 };
 
 int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const struct slb_config_cluster *cfg,

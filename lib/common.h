@@ -34,7 +34,8 @@
     XX(ETCD, -30007, "etcd error")                                                                                     \
     XX(NOTFOUND, -30008, "not found")                                                                                  \
     XX(NOSTREAMS, -30009, "the backend allows no concurrent streams (SETTINGS_MAX_CONCURRENT_STREAMS 0)")              \
-    XX(CONFLICT, -30010, "changed since it was read")
+    XX(CONFLICT, -30010, "changed since it was read")                                                                  \
+    XX(TLS, -30011, "TLS error")
 
 enum {
 #define SLB_ERR_ENUM(name, code, msg) SLB_E##name = code,

@@ -22,6 +22,7 @@
 #include "common.h"
 #include "config.h"
 #include "log.h"
+#include "tls.h"
 
 #define PATH_MAX_LEN     256
 #define MAX_CONFIG_BYTES (16u << 20)
@@ -686,6 +687,77 @@ static int load_etcd_password(struct vctx *c, json_t *o, struct slb_config_etcd 
     return 0;
 }
 
+/*
+ * "tls" of a cluster or register[] entry (server == 0: sidelb is the client)
+ * or of a listener (server == 1). The context is built here, so unreadable or
+ * mismatched files are config errors naming the file and OpenSSL's reason.
+ */
+static int load_tls(struct vctx *c, json_t *o, const char *path, struct slb_config_tls *t, int server)
+{
+    static const char *const client_keys[] = {"ca_file", "cert_file", "key_file", "server_name", "min_version", NULL};
+    static const char *const server_keys[] = {"cert_file", "key_file", "client_ca_file", "min_version", NULL};
+    struct slb_tls_settings st = {0};
+    char p[PATH_MAX_LEN], q[PATH_MAX_LEN], err[512];
+    char *version = NULL;
+    const char *bad_key = NULL;
+    json_t *v;
+
+    if (get_obj(c, o, path, "tls", &v) != 0)
+        return -1;
+    if (v == NULL)
+        return 0;
+    join(p, path, "tls");
+    t->enabled = 1;
+    t->min_version = 12;
+    if (check_keys(c, v, p, server ? server_keys : client_keys) != 0 ||
+        (server && (require(c, v, p, "cert_file") != 0 || require(c, v, p, "key_file") != 0)) ||
+        get_str(c, v, p, "ca_file", 1, &t->ca_file) != 0 || get_str(c, v, p, "cert_file", 1, &t->cert_file) != 0 ||
+        get_str(c, v, p, "key_file", 1, &t->key_file) != 0 ||
+        get_str(c, v, p, "server_name", 1, &t->server_name) != 0 ||
+        get_str(c, v, p, "client_ca_file", 1, &t->client_ca_file) != 0 ||
+        get_str(c, v, p, "min_version", 1, &version) != 0)
+        goto fail;
+    if (version != NULL) {
+        join(q, p, "min_version");
+        if (strcmp(version, "1.3") == 0)
+            t->min_version = 13;
+        else if (strcmp(version, "1.2") != 0) {
+            fail(c, q, 0, "unknown TLS version \"%s\" (known: \"1.2\", \"1.3\")", version);
+            goto fail;
+        }
+    }
+    free(version);
+    version = NULL;
+    if ((t->cert_file == NULL) != (t->key_file == NULL))
+        return fail(c, p, 0, "cert_file and key_file go together (give both or neither)");
+    st.ca_file = t->ca_file;
+    st.cert_file = t->cert_file;
+    st.key_file = t->key_file;
+    st.client_ca_file = t->client_ca_file;
+    st.min_version = t->min_version;
+    if ((t->ctx = slb_tls_ctx_new(&st, server, err, sizeof(err), &bad_key)) == NULL) {
+        if (bad_key != NULL && bad_key[0] != '\0')
+            join(q, p, bad_key);
+        else
+            bfmt(q, sizeof(q), "%s", p);
+        return fail(c, q, 0, "%s", err);
+    }
+    return 0;
+fail:
+    free(version);
+    return -1;
+}
+
+static void free_tls(struct slb_config_tls *t)
+{
+    free(t->ca_file);
+    free(t->cert_file);
+    free(t->key_file);
+    free(t->server_name);
+    free(t->client_ca_file);
+    slb_tls_ctx_unref(t->ctx);
+}
+
 static int load_etcd(struct vctx *c, json_t *root, struct slb_config *cfg)
 {
     static const char *const keys[] = {"endpoints", "dial_timeout_ms", "request_timeout_ms",      "username",
@@ -757,6 +829,7 @@ static int load_listener(struct vctx *c, json_t *o, const char *path, struct slb
                                        "handshake_timeout_ms",
                                        "idle_timeout_ms",
                                        "stream_idle_timeout_ms",
+                                       "tls",
                                        NULL};
     static const char *const route_keys[] = {"service", "cluster", NULL};
     char p[PATH_MAX_LEN], rp[PATH_MAX_LEN], rpath[PATH_MAX_LEN];
@@ -773,7 +846,7 @@ static int load_listener(struct vctx *c, json_t *o, const char *path, struct slb
         get_u32(c, o, path, "handshake_timeout_ms", &l->handshake_timeout_ms, 10000, 0, 3600000) != 0 ||
         get_u32(c, o, path, "idle_timeout_ms", &l->idle_timeout_ms, 300000, 0, 86400000) != 0 ||
         get_u32(c, o, path, "stream_idle_timeout_ms", &l->stream_idle_timeout_ms, 300000, 0, 86400000) != 0 ||
-        get_arr(c, o, path, "routes", &routes) != 0)
+        get_arr(c, o, path, "routes", &routes) != 0 || load_tls(c, o, path, &l->tls, 1) != 0)
         return -1;
     if (l->name == NULL && (l->name = strdup(l->address)) == NULL)
         return fail(c, path, 0, "out of memory");
@@ -1279,6 +1352,7 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
                                        "health_check",
                                        "outlier_detection",
                                        "service_config",
+                                       "tls",
                                        NULL};
     static const char *const bo_keys[] = {
         "initial_ms", "multiplier", "jitter", "max_ms", "min_connect_timeout_ms", "probe_interval_ms", NULL};
@@ -1347,7 +1421,7 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
             return fail(c, q, 0, "%u must be 0 (off) or at least 10", bo->probe_interval_ms);
         }
     }
-    if (load_health(c, o, path, "health_check", &cl->health_check) != 0)
+    if (load_health(c, o, path, "health_check", &cl->health_check) != 0 || load_tls(c, o, path, &cl->tls, 0) != 0)
         return -1;
 
     slb_outlier_options_default(&od->opts);
@@ -1446,8 +1520,8 @@ static int resolve_routes(struct vctx *c, struct slb_config *cfg)
 
 static int load_register(struct vctx *c, json_t *o, const char *path, struct slb_config_register *r)
 {
-    static const char *const keys[] = {"prefix",   "address", "ttl_s",        "weight",         "zone",
-                                       "metadata", "format",  "health_check", "health_address", NULL};
+    static const char *const keys[] = {"prefix", "address",      "ttl_s",          "weight", "zone", "metadata",
+                                       "format", "health_check", "health_address", "tls",    NULL};
     char p[PATH_MAX_LEN], *fmt = NULL;
     json_t *md;
 
@@ -1457,7 +1531,7 @@ static int load_register(struct vctx *c, json_t *o, const char *path, struct slb
         get_u32(c, o, path, "weight", &r->weight, 1, 1, 1000000) != 0 ||
         get_str(c, o, path, "zone", 0, &r->zone) != 0 || get_obj(c, o, path, "metadata", &md) != 0 ||
         get_str(c, o, path, "format", 1, &fmt) != 0 || load_health(c, o, path, "health_check", &r->health_check) != 0 ||
-        get_addr(c, o, path, "health_address", 0, &r->health_address) != 0)
+        get_addr(c, o, path, "health_address", 0, &r->health_address) != 0 || load_tls(c, o, path, &r->tls, 0) != 0)
         goto fail;
     join(p, path, "metadata");
     if (md != NULL && dump_compact(c, md, p, &r->metadata_json) != 0)
@@ -1484,6 +1558,10 @@ static int load_register(struct vctx *c, json_t *o, const char *path, struct slb
             return fail(c, p, 1, "format \"plain\" stores only host:port; set \"format\": \"json\" to publish %s",
                         extra);
         }
+    }
+    if (r->tls.enabled && !r->health_check.enabled) {
+        join(p, path, "tls");
+        return fail(c, p, 1, "tls applies to the health check: it needs \"health_check\"");
     }
     if (r->health_address == NULL && (r->health_address = strdup(r->address)) == NULL)
         return fail(c, path, 0, "out of memory");
@@ -1750,6 +1828,7 @@ void slb_config_free(struct slb_config *cfg)
         free(l->name);
         free(l->address);
         free(l->default_cluster);
+        free_tls(&l->tls);
     }
     free(cfg->listeners);
     for (size_t i = 0; i < cfg->n_clusters; i++) {
@@ -1764,6 +1843,7 @@ void slb_config_free(struct slb_config *cfg)
         free(cl->policy);
         free(cl->health_check.service);
         free(cl->service_config_json);
+        free_tls(&cl->tls);
     }
     free(cfg->clusters);
     for (size_t i = 0; i < cfg->etcd.n_endpoints; i++)
@@ -1786,6 +1866,7 @@ void slb_config_free(struct slb_config *cfg)
         free(r->metadata_json);
         free(r->health_check.service);
         free(r->health_address);
+        free_tls(&r->tls);
     }
     free(cfg->registers);
     free(cfg->admin_address);

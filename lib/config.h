@@ -16,6 +16,23 @@
 #include "lb.h"
 #include "outlier.h"
 
+struct slb_tls_ctx;
+
+/*
+ * TLS settings of a cluster (to its backends), a register[] entry (to the
+ * local service's health check) or a listener (to apps). enabled: the "tls"
+ * object is present. ctx is built at load (certificates and keys read then;
+ * a reload builds a new one) and released with the config.
+ */
+struct slb_config_tls {
+    int enabled;
+    char *ca_file, *cert_file, *key_file; /* client: CAs (NULL: system store), optional mTLS pair; server: its pair */
+    char *server_name;                    /* client: SNI and the name verified; NULL: the backend's host */
+    char *client_ca_file;                 /* listener: client certificates required, verified against these */
+    int min_version;                      /* 12 or 13 */
+    struct slb_tls_ctx *ctx;
+};
+
 struct slb_config_route {
     char *service; /* gRPC service ("pkg.Service") taken from :path; "pkg.Service/Method" for one method */
     char *cluster;
@@ -36,6 +53,7 @@ struct slb_config_listener {
     uint32_t handshake_timeout_ms;   /* preface + SETTINGS must arrive within it; 0 = off; default 10000 */
     uint32_t idle_timeout_ms;        /* a connection without streams this long is closed; 0 = off; default 300000 */
     uint32_t stream_idle_timeout_ms; /* a stream without frames either way this long ends; 0 = off; default 300000 */
+    struct slb_config_tls tls;       /* apps connect with TLS (server side) */
 };
 
 struct slb_config_health_check {
@@ -93,6 +111,7 @@ struct slb_config_cluster {
     struct slb_config_health_check health_check;
     struct slb_config_outlier outlier;
     char *service_config_json; /* gRPC service config (retryPolicy...), kept as compact JSON; NULL if none */
+    struct slb_config_tls tls; /* TLS to the backends (calls and health checks) */
 };
 
 struct slb_config_etcd {
@@ -118,6 +137,8 @@ struct slb_config_register {
     int format;          /* enum slb_register_format */
     struct slb_config_health_check health_check;
     char *health_address; /* where the local service listens for the check; default = address */
+
+    struct slb_config_tls tls; /* TLS for the health check */
 };
 
 /* Buffer budgets and per-turn work (docs/architecture.md, "Buffer budgets"). */

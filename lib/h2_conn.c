@@ -5,6 +5,11 @@
 #include "common.h"
 #include "h2_headers.h"
 #include "log.h"
+#include "tls.h"
+
+#include <stdlib.h>
+
+#define CONN_TLS_PLAIN (16 * 1024) /* one TLS record's plaintext at most */
 
 static void conn_flush(struct slb_conn *c);
 
@@ -88,6 +93,9 @@ int slb_conn_ctx_init(struct slb_conn_ctx *ctx, uv_loop_t *loop)
 void slb_conn_ctx_dispose(struct slb_conn_ctx *ctx)
 {
     slb_outbuf_dispose(&ctx->scratch);
+    slb_outbuf_dispose(&ctx->tls_frames);
+    free(ctx->tls_plain);
+    ctx->tls_plain = NULL;
 }
 
 void slb_conn_ctx_flush(struct slb_conn_ctx *ctx)
@@ -158,6 +166,79 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = sizeof(c->ctx->rbuf);
 }
 
+/* Cleartext bytes to the on_read hook or the session. < 0: the connection is closing. */
+static int conn_deliver(struct slb_conn *c, const uint8_t *p, size_t n)
+{
+    ssize_t rv;
+
+    if (c->ops->on_read != NULL)
+        return c->ops->on_read(c, p, n) < 0 ? -1 : 0; /* < 0: the hook closed or will close the connection */
+    if ((rv = nghttp2_session_mem_recv(c->session, p, n)) < 0) {
+        slb_debug("h2 receive error: %s", nghttp2_strerror((int)rv));
+        slb_conn_close(c, SLB_EPROTO);
+        return -1;
+    }
+    return 0;
+}
+
+/* Drives the handshake; once it is done, writes what waited for it. 0 (done or not yet) or < 0 (closed). */
+static int conn_tls_handshake(struct slb_conn *c)
+{
+    struct slb_tls *t = c->tls;
+    int rv;
+
+    slb_tls_set_output(t, &c->out[c->fill]);
+    if ((rv = slb_tls_handshake(t)) < 0) {
+        slb_conn_close(c, SLB_ETLS);
+        return -1;
+    }
+    if (rv == 1 && slb_tls_write_pending(t) != 0) {
+        slb_conn_close(c, SLB_ETLS);
+        return -1;
+    }
+    slb_conn_mark_dirty(c); /* handshake records, or the frames that waited for it */
+    return 0;
+}
+
+/* Ciphertext read: handshake, then every whole record's plaintext to conn_deliver. < 0: closed. */
+static int conn_tls_read(struct slb_conn *c, const uint8_t *p, size_t n)
+{
+    struct slb_tls *t = c->tls;
+    int k;
+
+    slb_tls_feed(t, p, n);
+    if (!t->established && (conn_tls_handshake(c) < 0 || !t->established))
+        return c->closing ? -1 : 0;
+    for (;;) {
+        slb_tls_set_output(t, &c->out[c->fill]); /* a read may answer (alerts, key updates) */
+        if ((k = slb_tls_read(t, c->ctx->tls_plain, CONN_TLS_PLAIN)) == 0)
+            return 0; /* every byte fed was taken (a partial record waits inside) */
+        if (k < 0) {
+            slb_conn_close(c, k == SLB_TLS_EOF ? UV_EOF : SLB_ETLS);
+            return -1;
+        }
+        if (conn_deliver(c, c->ctx->tls_plain, (size_t)k) < 0 || c->closing)
+            return -1;
+    }
+}
+
+int slb_conn_use_tls(struct slb_conn *c, struct slb_tls *t)
+{
+    if (c->ctx->tls_plain == NULL && (c->ctx->tls_plain = malloc(CONN_TLS_PLAIN)) == NULL) {
+        slb_tls_free(t);
+        return SLB_ENOMEM;
+    }
+    c->tls = t;
+    return 0;
+}
+
+const char *slb_conn_strerror(const struct slb_conn *c, int err)
+{
+    if (err == SLB_ETLS && c->tls != NULL && c->tls->failed)
+        return c->tls->error;
+    return slb_strerror(err);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct slb_conn *c = slb_container_of(s, struct slb_conn, tcp);
@@ -165,19 +246,16 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0)
         return;
     if (nread < 0) {
+        if (SLB_UNLIKELY(c->tls != NULL) && slb_tls_peer_closed(c->tls) != 0)
+            nread = SLB_ETLS; /* before any data: say what that means for TLS */
         slb_conn_close(c, (int)nread);
         return;
     }
-    if (c->ops->on_read != NULL) {
-        if (c->ops->on_read(c, (const uint8_t *)buf->base, (size_t)nread) < 0)
-            return; /* the hook closed or will close the connection */
-    } else {
-        ssize_t rv = nghttp2_session_mem_recv(c->session, (const uint8_t *)buf->base, (size_t)nread);
-        if (rv < 0) {
-            slb_debug("h2 receive error: %s", nghttp2_strerror((int)rv));
-            slb_conn_close(c, SLB_EPROTO);
+    if (SLB_UNLIKELY(c->tls != NULL)) {
+        if (conn_tls_read(c, (const uint8_t *)buf->base, (size_t)nread) < 0)
             return;
-        }
+    } else if (conn_deliver(c, (const uint8_t *)buf->base, (size_t)nread) < 0) {
+        return;
     }
     if (!c->closing) {
         slb_conn_mark_dirty(c);
@@ -188,8 +266,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 int slb_conn_start(struct slb_conn *c)
 {
+    int rv;
+
     uv_tcp_nodelay(&c->tcp, 1);
-    return uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if ((rv = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) != 0)
+        return rv;
+    if (c->tls != NULL && conn_tls_handshake(c) < 0)
+        return SLB_ETLS; /* closed already (a client's hello could not be made) */
+    return 0;
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -214,14 +298,23 @@ static void conn_flush(struct slb_conn *c)
          * buffer and only what the socket does not take is kept (copied). */
         int direct = !c->writing && c->out[c->fill].len == 0;
         struct slb_outbuf *ob = direct ? &c->ctx->scratch : &c->out[c->fill];
+        struct slb_outbuf *fb = ob; /* where frames go: ob, or with TLS cleartext to encrypt into ob */
+        size_t below = 0;           /* bytes already in ob under the frames (TLS) */
+        int produce = 1;
         uv_buf_t b;
         int w;
 
         if (direct)
             ob->len = 0;
-        c->cur = ob;
+        if (SLB_UNLIKELY(c->tls != NULL)) {
+            fb = &c->ctx->tls_frames;
+            fb->len = 0;
+            below = ob->len;
+            produce = c->tls->established; /* frames wait in the session until the handshake is done */
+        }
+        c->cur = fb;
         /* after a raw refusal nothing else goes out */
-        while (c->session != NULL && !c->raw_only && ob->len < SLB_CONN_HIGH_WATER) {
+        while (produce && c->session != NULL && !c->raw_only && fb->len + below < SLB_CONN_HIGH_WATER) {
             const uint8_t *data;
             ssize_t n = nghttp2_session_mem_send(c->session, &data);
             if (n < 0) {
@@ -231,12 +324,22 @@ static void conn_flush(struct slb_conn *c)
             }
             if (n == 0)
                 break;
-            if (slb_outbuf_append(ob, data, (size_t)n, SLB_CONN_OUT_LIMIT) != 0) {
+            if (slb_outbuf_append(fb, data, (size_t)n, SLB_CONN_OUT_LIMIT) != 0) {
                 slb_conn_close(c, SLB_ENOMEM);
                 break;
             }
         }
         c->cur = NULL;
+        if (fb != ob && fb->len > 0 && !c->closing) {
+            /* one SSL_write for the whole flush: full-size records, appended to ob */
+            int rv;
+            slb_tls_set_output(c->tls, ob);
+            rv = slb_tls_write(c->tls, fb->base, fb->len);
+            fb->len = 0;
+            slb_tls_set_output(c->tls, &c->out[c->fill]);
+            if (rv != 0)
+                slb_conn_close(c, SLB_ETLS);
+        }
         if (c->closing) {
             if (direct)
                 ob->len = 0;
@@ -298,6 +401,8 @@ static void conn_flush(struct slb_conn *c)
 
 void slb_conn_trim_when_idle(struct slb_conn *c)
 {
+    if (SLB_UNLIKELY(c->tls != NULL))
+        slb_tls_release_buffers(c->tls); /* OpenSSL's record buffers (~34 KiB); back on use */
     if (c->out[0].cap == 0 && c->out[1].cap == 0)
         return; /* nothing to free */
     c->trim = 1;
@@ -311,7 +416,14 @@ void slb_conn_keep_buffers(struct slb_conn *c)
 
 int slb_conn_write_raw(struct slb_conn *c, const void *p, size_t n, int close_after)
 {
-    int rv = slb_outbuf_append(&c->out[c->fill], p, n, SLB_CONN_OUT_LIMIT);
+    int rv;
+
+    if (SLB_UNLIKELY(c->tls != NULL)) {
+        slb_tls_set_output(c->tls, &c->out[c->fill]);
+        rv = slb_tls_write(c->tls, p, n) != 0 ? SLB_ETLS : 0; /* before the handshake ends: kept, sent after */
+    } else {
+        rv = slb_outbuf_append(&c->out[c->fill], p, n, SLB_CONN_OUT_LIMIT);
+    }
     if (rv != 0)
         return rv;
     if (close_after) {
@@ -327,6 +439,8 @@ int slb_conn_write_first(struct slb_conn *c, const void *p, size_t n)
     uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
     int w = 0;
 
+    if (c->tls != NULL)
+        return slb_conn_write_raw(c, p, n, 0); /* encrypted (after the handshake) */
     if (!c->writing && c->out[c->fill].len == 0 && (w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1)) < 0) {
         if (w != UV_EAGAIN)
             return w;
@@ -355,6 +469,8 @@ static void on_closed(uv_handle_t *h)
 
     slb_outbuf_dispose(&c->out[0]);
     slb_outbuf_dispose(&c->out[1]);
+    slb_tls_free(c->tls);
+    c->tls = NULL;
     c->ops->on_free(c);
     if (--ctx->n_handles == 0 && ctx->closing && ctx->on_all_closed != NULL)
         ctx->on_all_closed(ctx);
@@ -498,10 +614,28 @@ int slb_h2_send_data_cb(nghttp2_session *session, nghttp2_frame *frame, const ui
     return 0;
 }
 
+/* A TLS connection that ends cleanly says so (close_notify), best effort: only when nothing
+ * else waits to be written, one try, never blocking. Peers then see an orderly end, not a
+ * truncation. */
+static void conn_tls_close_notify(struct slb_conn *c)
+{
+    /* its own few bytes: a close may come while another connection's flush fills the scratch buffer */
+    struct slb_outbuf ob = {0};
+    uv_buf_t b;
+
+    if (!c->writing && c->out[c->fill].len == 0 && slb_tls_close_notify(c->tls, &ob)) {
+        b = uv_buf_init((char *)ob.base, (unsigned)ob.len);
+        uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    }
+    slb_outbuf_dispose(&ob);
+}
+
 void slb_conn_close(struct slb_conn *c, int err)
 {
     if (c->closing)
         return;
+    if (SLB_UNLIKELY(c->tls != NULL) && (err == 0 || err == UV_EOF))
+        conn_tls_close_notify(c);
     c->closing = 1;
     /* unlink from the dirty list */
     if (c->dirty) {

@@ -20,6 +20,14 @@
  * check handle starts them again after every other ready connection was
  * served, so a flooding peer cannot starve the others.
  *
+ * TLS (lib/tls.c) sits under this transport when a connection has one
+ * (slb_conn_use_tls): bytes read are decrypted before the session (or the
+ * on_read hook) sees them, and a flush serializes frames into a loop-wide
+ * cleartext buffer, encrypts them in one go into the buffer a cleartext
+ * flush would have written, and writes that the same way (coalesced). Until
+ * the handshake is done no frame is serialized. Cleartext connections pay
+ * one pointer test per read and per flush.
+ *
  * Ownership: struct slb_conn is embedded in its owner (downstream or
  * upstream connection). slb_conn_close() calls ops->on_close (detach calls,
  * do not free), closes the TCP handle, and ops->on_free runs from the close
@@ -34,6 +42,8 @@
 
 #include "buf.h"
 #include "list.h"
+
+struct slb_tls;
 
 #define SLB_CONN_HIGH_WATER (64 * 1024)
 #define SLB_CONN_OUT_LIMIT  (1024 * 1024)
@@ -69,6 +79,8 @@ struct slb_conn_ctx {
     uint32_t turn;                                   /* loop turns (counted by the prepare handle) */
     struct slb_conn *paused;                         /* connections whose reads wait for the next turn */
     uint64_t read_pauses;                            /* times a connection hit read_per_turn */
+    uint8_t *tls_plain;                              /* TLS: decrypted bytes of one record (allocated on first use) */
+    struct slb_outbuf tls_frames;                    /* TLS: frames of the connection being flushed, to encrypt */
     uint8_t rbuf[SLB_CONN_READ_BUF];                 /* last: init does not clear it */
 };
 
@@ -123,6 +135,7 @@ struct slb_conn {
     uint8_t read_paused;       /* on ctx->paused: reads resume next turn */
     uint8_t pause_logged;
     struct slb_conn *next_paused;
+    struct slb_tls *tls; /* NULL: cleartext; owned, freed with the connection */
 };
 
 int slb_conn_ctx_init(struct slb_conn_ctx *ctx, uv_loop_t *loop);
@@ -165,8 +178,12 @@ int slb_h2_send_data_cb(nghttp2_session *s, nghttp2_frame *frame, const uint8_t 
 
 /* Initializes the embedded struct (the TCP handle too). */
 int slb_conn_init(struct slb_conn *c, struct slb_conn_ctx *ctx, const struct slb_conn_ops *ops);
-/* Starts reading. */
+/* Puts TLS under the connection (before slb_conn_start); it owns t from here, also on error. 0 or SLB_ENOMEM. */
+int slb_conn_use_tls(struct slb_conn *c, struct slb_tls *t);
+/* Starts reading (and a TLS client's handshake). */
 int slb_conn_start(struct slb_conn *c);
+/* The words for a close reason of c: a TLS failure's own reason, else slb_strerror(). */
+const char *slb_conn_strerror(const struct slb_conn *c, int err);
 /* Queue a flush for this loop iteration. */
 void slb_conn_mark_dirty(struct slb_conn *c);
 /* Raw bytes to send (HTTP/1 refusal); then close once written when close_after. */

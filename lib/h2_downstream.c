@@ -347,6 +347,14 @@ int slb_downstream_accept(struct slb_downstream_set *set, uv_stream_t *server,
                                           ctx->budgets.connection_bytes / 4 < DOWNSTREAM_CONN_WINDOW
                                               ? (int32_t)(ctx->budgets.connection_bytes / 4)
                                               : DOWNSTREAM_CONN_WINDOW);
+    if (set->tls != NULL) {
+        /* TLS under the session (ALPN h2; client certificates when the listener asks for them) */
+        struct slb_tls *t = slb_tls_server_new(set->tls, &set->tls_stats);
+        if (t == NULL || (rv = slb_conn_use_tls(&dc->conn, t)) != 0) {
+            slb_conn_close(&dc->conn, SLB_ENOMEM);
+            return SLB_ENOMEM;
+        }
+    }
     /* Our SETTINGS go out after the client's first bytes proved to be the
      * HTTP/2 preface (downstream_on_read), so an HTTP/1 client gets a clean
      * plain-text refusal. */
@@ -484,6 +492,11 @@ static void stream_closed(struct slb_downstream *dc, struct slb_h2_stream *s, ui
 static void downstream_on_close(struct slb_conn *c, int err)
 {
     struct slb_downstream *dc = slb_container_of(c, struct slb_downstream, conn);
+    uint64_t skipped;
+
+    if (err == SLB_ETLS && slb_log_limit_pass(&dc->set->tls_log, uv_now(dc->ctx->loop), SLB_LOG_LIMIT_MS, &skipped))
+        slb_info("listener %s: an app's TLS connection failed: %s (%llu more since the last such line)", dc->set->name,
+                 slb_conn_strerror(c, err), (unsigned long long)skipped);
 
     while (!slb_list_empty(&dc->streams))
         stream_closed(dc, slb_list_first(&dc->streams, struct slb_h2_stream, link), NGHTTP2_CANCEL);

@@ -36,6 +36,8 @@
 #include "h2_mem.h"
 #include "lb.h"
 #include "list.h"
+#include "log.h"
+#include "tls.h"
 
 struct slb_routes;
 struct slb_loop_ctx;
@@ -86,6 +88,10 @@ struct slb_downstream_set {
     struct slb_list idle;        /* no streams; longest idle first (eviction, idle timeout) */
     struct slb_list busy;        /* with streams (stream idle timeout) */
     struct slb_list ctx_link;    /* in ctx->downstream_sets */
+
+    struct slb_tls_ctx *tls;        /* apps connect with TLS (the listener's config owns it); NULL: h2c */
+    struct slb_tls_stats tls_stats; /* their handshakes */
+    struct slb_log_limit tls_log;   /* failed handshakes, logged once per SLB_LOG_LIMIT_MS */
 };
 
 enum slb_downstream_where { SLB_DS_HANDSHAKING, SLB_DS_IDLE, SLB_DS_BUSY };

@@ -1,5 +1,6 @@
 #include "h2_upstream.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,6 +9,7 @@
 #include "config.h"
 #include "log.h"
 #include "loop_ctx.h"
+#include "tls.h"
 
 static void pool_feed(struct slb_upstream_pool *pool);
 static void pool_arm_timer(struct slb_upstream_pool *pool);
@@ -40,6 +42,7 @@ static void pool_on_timer_closed(uv_handle_t *h)
     struct slb_upstream_pool *pool = slb_container_of(h, struct slb_upstream_pool, timer);
     struct slb_conn_ctx *io = &pool->ctx->io;
 
+    slb_tls_session_free(&pool->tls_session);
     free(pool);
     /* counted: the loop context's memory is freed only after this */
     if (--io->n_handles == 0 && io->closing && io->on_all_closed != NULL)
@@ -213,6 +216,21 @@ void slb_upstream_release(struct slb_h2_stream *s, uint32_t rst_code)
     upstream_stream_done(uc);
 }
 
+/* TLS under the new connection: the cluster's context, SNI and the name verified
+ * (server_name, else the backend's host), and the backend's last session. */
+static int upstream_use_tls(struct slb_upstream *uc)
+{
+    struct slb_upstream_pool *pool = uc->pool;
+    const struct slb_config_tls *cfg = &pool->cfg->tls;
+    char host[SLB_BACKEND_NAME_MAX];
+    const char *name = cfg->server_name != NULL ? cfg->server_name : slb_backend_tls_name(pool->be, host, sizeof(host));
+    struct slb_tls *t = slb_tls_client_new(cfg->ctx, name, &pool->tls_session, pool->be->tls_stats);
+
+    if (t == NULL)
+        return SLB_ENOMEM;
+    return slb_conn_use_tls(&uc->conn, t);
+}
+
 static int upstream_connect(struct slb_upstream_pool *pool, int probe, struct slb_upstream **out)
 {
     struct slb_loop_ctx *ctx = pool->ctx;
@@ -238,6 +256,10 @@ static int upstream_connect(struct slb_upstream_pool *pool, int probe, struct sl
     if (nghttp2_session_client_new3(&uc->conn.session, ctx->up_cbs, uc, ctx->up_opt, slb_h2_mem()) != 0) {
         /* never listed: the close path must leave the pool's list and counters alone */
         slb_conn_close(&uc->conn, SLB_ENOMEM);
+        return SLB_ENOMEM;
+    }
+    if (pool->cfg->tls.enabled && upstream_use_tls(uc) != 0) {
+        slb_conn_close(&uc->conn, SLB_ENOMEM); /* never listed, as above */
         return SLB_ENOMEM;
     }
     nghttp2_submit_settings(uc->conn.session, NGHTTP2_FLAG_NONE, iv, SLB_ARRAY_SIZE(iv));
@@ -454,7 +476,7 @@ int slb_upstream_pool_queue(struct slb_upstream_pool *pool, struct slb_pool_wait
     return 0;
 }
 
-static void pool_connect_failed(struct slb_upstream_pool *pool, int err)
+static void pool_connect_failed(struct slb_upstream_pool *pool, int err, const char *why)
 {
     const struct slb_config_backoff *bo = &pool->cfg->backoff;
     uint64_t now = uv_now(pool->ctx->loop);
@@ -465,8 +487,10 @@ static void pool_connect_failed(struct slb_upstream_pool *pool, int err)
     pool->backoff_ms = (uint32_t)((double)pool->backoff_ms * bo->multiplier);
     if (pool->backoff_ms > bo->max_ms)
         pool->backoff_ms = bo->max_ms;
+    /* loud once per run of failures (the backend's state change), then debug */
     slb_log(pool->failures++ == 0 ? SLB_LOG_WARN : SLB_LOG_DEBUG, "backend %s: connect failed: %s (retry in %llu ms)",
-            pool->be->name, slb_strerror(err), (unsigned long long)wait);
+            pool->be->name, why, (unsigned long long)wait);
+    snprintf(pool->be->last_error, sizeof(pool->be->last_error), "%s", why);
     slb_backend_set_state(pool->be, SLB_BACKEND_TRANSIENT_FAILURE);
     pool_arm_timer(pool);
     pool_release_waiters(pool, err);
@@ -496,6 +520,8 @@ static void on_pool_timer(uv_timer_t *t)
         } else if (uc->patience_ms <= now && pool->be->state != SLB_BACKEND_TRANSIENT_FAILURE) {
             /* still connecting: stop sending requests here, and move the waiting ones */
             slb_warn("backend %s: not connected after %u ms; calls go elsewhere while it keeps trying", pool->be->name,
+                     pool->cfg->connect_timeout_ms);
+            snprintf(pool->be->last_error, sizeof(pool->be->last_error), "not connected after %u ms",
                      pool->cfg->connect_timeout_ms);
             slb_backend_set_state(pool->be, SLB_BACKEND_TRANSIENT_FAILURE);
             pool->backoff_until_ms = uc->connect_deadline_ms;
@@ -603,15 +629,17 @@ static void upstream_on_close(struct slb_conn *c, int err)
         slb_upstream_pool_in_backoff(pool)) {
         /* an early attempt failed: the backoff goes on as it was (debug only: no line per probe) */
         pool->failures++;
-        slb_debug("backend %s: probe failed: %s", pool->be->name, slb_strerror(err != 0 ? err : SLB_EPROTO));
+        slb_debug("backend %s: probe failed: %s", pool->be->name, slb_conn_strerror(c, err != 0 ? err : SLB_EPROTO));
         pool_arm_timer(pool);
     } else if (connect_failed) {
         /* no SETTINGS from the backend before the connection ended (refused,
-         * reset, or a protocol error nghttp2 ended with a GOAWAY of its own) */
-        pool_connect_failed(pool, err != 0 ? err : SLB_EPROTO);
+         * reset, a failed TLS handshake, or a protocol error nghttp2 ended
+         * with a GOAWAY of its own) */
+        err = err != 0 ? err : SLB_EPROTO;
+        pool_connect_failed(pool, err, slb_conn_strerror(c, err));
     } else {
         if (err != 0 && err != UV_EOF)
-            slb_notice("backend %s: connection closed: %s", pool->be->name, slb_strerror(err));
+            slb_notice("backend %s: connection closed: %s", pool->be->name, slb_conn_strerror(c, err));
         if (pool->n_conns == 0 && pool->be->state == SLB_BACKEND_READY)
             slb_backend_set_state(pool->be, SLB_BACKEND_IDLE);
         pool_feed(pool);

@@ -1,6 +1,7 @@
 /*
  * Upstream connections to one backend: a pool of nghttp2 client sessions
- * (h2c prior knowledge), connected lazily and reused across calls. Another
+ * (h2c prior knowledge, or h2 over TLS when the cluster has "tls": the
+ * transport's TLS filter sits under the session), connected lazily and reused across calls. Another
  * connection opens when every open one is at its stream limit (the
  * backend's SETTINGS_MAX_CONCURRENT_STREAMS or our cap); requests wait in
  * the pool's queue while a connection comes up. A GOAWAY from the backend
@@ -112,6 +113,8 @@ struct slb_upstream_pool {
     uint64_t probe_at_ms;      /* no probe before then: [1, 1.5] x probe_interval_ms after the last attempt began */
     uv_timer_t timer;          /* connect timeouts and backoff end */
     struct slb_list ctx_link;  /* in ctx->pools */
+
+    struct ssl_session_st *tls_session; /* TLS: the backend's newest session, offered by the next connection */
 };
 
 struct slb_upstream_pool *slb_upstream_pool_get(struct slb_loop_ctx *ctx, struct slb_backend *be,

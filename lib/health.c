@@ -8,6 +8,7 @@
 #include "grpc.h"
 #include "health.pb-c.h"
 #include "log.h"
+#include "tls.h"
 
 /* What the check is doing; one setter (set_phase) logs old -> new at DEBUG. */
 enum hc_phase {
@@ -50,6 +51,11 @@ struct slb_health_check {
     uv_timer_t tick;      /* reconnect backoff, next Check, next keepalive PING */
     uv_timer_t deadline;  /* connect + first answer, one Check, one PING */
     struct hc_conn *conn; /* current connection, NULL when none */
+
+    struct slb_tls_ctx *tls;            /* referenced; NULL: h2c */
+    char *tls_name;                     /* SNI and the name verified */
+    struct slb_tls_stats *tls_stats;    /* not owned */
+    struct ssl_session_st *tls_session; /* kept for the next connection */
 };
 
 /*
@@ -129,6 +135,9 @@ static void hc_unref(struct slb_health_check *hc)
     free(hc->addr);
     free(hc->service);
     free(hc->req);
+    slb_tls_ctx_unref(hc->tls);
+    free(hc->tls_name);
+    slb_tls_session_free(&hc->tls_session);
     free(hc);
 }
 
@@ -387,7 +396,7 @@ static void hc_conn_on_close(struct slb_conn *c, int err)
         return;
     /* the first failure at INFO; retries of an already failed check at DEBUG */
     slb_log(hc->status == SLB_HEALTH_NOT_SERVING ? SLB_LOG_DEBUG : SLB_LOG_INFO, "health %s %s: connection closed: %s",
-            hc->addr, svc_name(hc), err != 0 ? slb_strerror(err) : "EOF");
+            hc->addr, svc_name(hc), err != 0 ? slb_conn_strerror(c, err) : "EOF");
     schedule_reconnect(hc);
     report(hc, SLB_HEALTH_NOT_SERVING);
 }
@@ -460,6 +469,13 @@ static int hc_connect(struct slb_health_check *hc)
         return 0;
     }
     nghttp2_submit_settings(hcc->conn.session, NGHTTP2_FLAG_NONE, iv, SLB_ARRAY_SIZE(iv));
+    if (hc->tls != NULL) {
+        struct slb_tls *t = slb_tls_client_new(hc->tls, hc->tls_name, &hc->tls_session, hc->tls_stats);
+        if (t == NULL || slb_conn_use_tls(&hcc->conn, t) != 0) {
+            close_conn(hc, SLB_ENOMEM);
+            return 0;
+        }
+    }
     if ((rv = uv_tcp_connect(&hcc->creq, &hcc->conn.tcp, (const struct sockaddr *)&hc->sa, on_connect)) != 0)
         close_conn(hc, rv);
     return 0;
@@ -582,6 +598,22 @@ fail_service:
 fail_addr:
     free(hc);
     return NULL;
+}
+
+int slb_health_set_tls(struct slb_health_check *hc, struct slb_tls_ctx *ctx, const char *server_name,
+                       struct slb_tls_stats *stats)
+{
+    char *name = strdup(server_name != NULL ? server_name : "");
+
+    if (name == NULL)
+        return SLB_ENOMEM;
+    slb_tls_ctx_ref(ctx);
+    slb_tls_ctx_unref(hc->tls);
+    hc->tls = ctx;
+    free(hc->tls_name);
+    hc->tls_name = name;
+    hc->tls_stats = stats;
+    return 0;
 }
 
 void slb_health_stop(struct slb_health_check *hc)

@@ -2,7 +2,7 @@
  * Active health checking with grpc.health.v1 (gRPC's health/v1 protocol).
  *
  * One struct slb_health_check watches one address (host:port, h2c with prior
- * knowledge) for one service name over its own HTTP/2 connection (not the
+ * knowledge, or h2 over TLS after slb_health_set_tls) for one service name over its own HTTP/2 connection (not the
  * data-path pool), and reports the status through a callback whenever it
  * changes (and once for the first determination):
  *
@@ -63,6 +63,18 @@ struct slb_health_check *slb_health_start(uv_loop_t *loop, struct slb_conn_ctx *
  * connected or connecting, or stopped).
  */
 uint64_t slb_health_probe(struct slb_health_check *hc, uint32_t interval_ms);
+
+/*
+ * Checks over TLS (before the first attempt, i.e. right after start): ctx
+ * (referenced), server_name as for a backend connection (SNI and the name
+ * verified; copied), handshake counters into stats (may be NULL; must
+ * outlive the check). The session is kept for the check's next connection.
+ * 0 or SLB_ENOMEM.
+ */
+struct slb_tls_ctx;
+struct slb_tls_stats;
+int slb_health_set_tls(struct slb_health_check *hc, struct slb_tls_ctx *ctx, const char *server_name,
+                       struct slb_tls_stats *stats);
 
 /* Stops the check: cb is not called after this returns (also when called
  * from cb). The memory is freed from the loop once its handles are closed. */

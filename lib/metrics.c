@@ -194,6 +194,24 @@ static void cluster_family(struct out *o, const struct slb_server *srv, const ch
     }
 }
 
+/* TLS handshake counters of the clusters that have "tls" (calls and health checks). */
+static void cluster_tls_family(struct out *o, const struct slb_server *srv, const char *name, const char *help,
+                               size_t off)
+{
+    put_family(o, name, "counter", help);
+    for (size_t i = 0; i < srv->n_clusters; i++) {
+        const struct slb_cluster *cl = &srv->clusters[i];
+        uint64_t v;
+        if (!cl->cfg->tls.enabled)
+            continue;
+        memcpy(&v, (const char *)&cl->tls_stats + off, sizeof(v));
+        puts_(o, name);
+        puts_(o, "{cluster=\"");
+        put_label_value(o, cl->cfg->name);
+        putf(o, "\"} %llu\n", (unsigned long long)v);
+    }
+}
+
 static void put_listener_conns(struct out *o, const struct slb_listener *l)
 {
     puts_(o, "sidelb_listener_connections{listener=\"");
@@ -618,6 +636,17 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
     put_family(o, "sidelb_listener_connections", "gauge", "Open application connections per listener.");
     for (size_t i = 0; i < srv->n_listeners; i++)
         put_listener_conns(o, &srv->listeners[i]);
+    put_family(o, "sidelb_downstream_tls_handshake_failures_total", "counter",
+               "App connections to a TLS listener that failed before their first byte of data (no ALPN h2, no or a "
+               "refused client certificate, not TLS).");
+    for (size_t i = 0; i < srv->n_listeners; i++) {
+        const struct slb_listener *l = &srv->listeners[i];
+        if (l->set.tls == NULL)
+            continue;
+        puts_(o, "sidelb_downstream_tls_handshake_failures_total{listener=\"");
+        put_label_value(o, l->cfg->name);
+        putf(o, "\"} %llu\n", (unsigned long long)l->set.tls_stats.handshake_failures);
+    }
     put_family(o, "sidelb_buffered_bytes", "gauge",
                "Bytes calls hold: request bytes not yet sent, replay copies, response bytes the apps have not taken.");
     putf(o, "sidelb_buffered_bytes %llu\n", (unsigned long long)srv->ctx.buffers.buffered);
@@ -632,6 +661,16 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
 
     cluster_family(o, srv, "sidelb_cluster_backends", "Backends listed in the cluster.", 0);
     cluster_family(o, srv, "sidelb_cluster_waiting_calls", "Calls waiting for a usable backend.", 1);
+    cluster_tls_family(o, srv, "sidelb_upstream_tls_handshakes_total",
+                       "TLS handshakes completed with the cluster's backends (calls and health checks).",
+                       offsetof(struct slb_tls_stats, handshakes));
+    cluster_tls_family(o, srv, "sidelb_upstream_tls_handshake_failures_total",
+                       "TLS connections to the cluster's backends that failed before their first byte of data "
+                       "(verification, ALPN, alerts); the log and the calls' UNAVAILABLE message say why.",
+                       offsetof(struct slb_tls_stats, handshake_failures));
+    cluster_tls_family(o, srv, "sidelb_upstream_tls_resumed_total",
+                       "TLS handshakes with the cluster's backends that resumed an earlier session.",
+                       offsetof(struct slb_tls_stats, resumed));
 
     put_family(o, "sidelb_backend_state", "gauge",
                "Connectivity state of the backend (one-hot: 1 for the current state, 0 for the others).");

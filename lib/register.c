@@ -17,6 +17,7 @@
 #include "etcd_value.h"
 #include "health.h"
 #include "log.h"
+#include "tls.h"
 #include "rng.h"
 
 /* One register[] entry. Owner: its registrar (r->regs). */
@@ -656,6 +657,16 @@ static int reg_init(struct reg *g, const struct slb_config_register *c)
     return 0;
 }
 
+/* The health check speaks TLS as the entry's "tls" says (server_name, else the health address's host). */
+static int reg_use_tls(struct reg *g, const struct slb_config_tls *tls)
+{
+    char host[128];
+    const char *name =
+        tls->server_name != NULL ? tls->server_name : slb_tls_host_of(g->health_addr, host, sizeof(host));
+
+    return slb_health_set_tls(g->hc, tls->ctx, name, NULL);
+}
+
 struct slb_registrar *slb_registrar_new(uv_loop_t *loop, struct slb_etcd *etcd, struct slb_conn_ctx *io,
                                         const struct slb_config_register *regs, size_t n)
 {
@@ -697,6 +708,10 @@ struct slb_registrar *slb_registrar_new(uv_loop_t *loop, struct slb_etcd *etcd, 
                                  on_health, g);
         if (g->hc == NULL) {
             slb_error("register %s: cannot check health of %s", g->key, g->health_addr);
+            goto fail;
+        }
+        if (regs[i].tls.enabled && reg_use_tls(g, &regs[i].tls) != 0) {
+            slb_error("register %s: cannot check health of %s over TLS (out of memory)", g->key, g->health_addr);
             goto fail;
         }
     }

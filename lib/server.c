@@ -92,6 +92,7 @@ static int listener_start(struct slb_server *srv, struct slb_listener *l, const 
     l->set.max_header_list_size = cfg->max_header_list_size;
     l->set.max_connections = cfg->max_connections;
     l->set.handshake_timeout_ms = cfg->handshake_timeout_ms;
+    l->set.tls = cfg->tls.ctx; /* NULL: h2c */
     l->set.idle_timeout_ms = cfg->idle_timeout_ms;
     l->set.stream_idle_timeout_ms = cfg->stream_idle_timeout_ms;
     if (slb_parse_addr(cfg->address, &ss, &sslen) != 0) {

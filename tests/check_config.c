@@ -437,7 +437,7 @@ START_TEST(err_unknown_listener_key)
                  "  ],\n" CLUSTER_OK "}\n",
                  "t.json:3:6: listeners[0].adress: unknown key (expected one of: name, address, routes, "
                  "default_cluster, max_concurrent_streams, max_premature_resets, max_header_list_size, "
-                 "max_connections, handshake_timeout_ms, idle_timeout_ms, stream_idle_timeout_ms)");
+                 "max_connections, handshake_timeout_ms, idle_timeout_ms, stream_idle_timeout_ms, tls)");
 }
 END_TEST
 

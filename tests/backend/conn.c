@@ -1,5 +1,6 @@
 /*
- * One TCP connection = one nghttp2 server session (h2c, prior knowledge).
+ * One TCP connection = one nghttp2 server session (h2c, prior knowledge; or
+ * h2 over TLS with --tls-cert: libsidelb's TLS filter, records in c->cipher).
  *
  * Output: nghttp2_session_mem_send() into one per-connection buffer, at most
  * one uv_write in flight; uv_try_write first so the common case needs no
@@ -21,6 +22,8 @@ static void on_conn_closed(uv_handle_t *h)
     struct tb_conn *c = slb_container_of(h, struct tb_conn, tcp);
 
     tb_buf_free(&c->wbuf);
+    slb_tls_free(c->tls);
+    slb_outbuf_dispose(&c->cipher);
     free(c);
     tb_conn_closed();
 }
@@ -44,7 +47,10 @@ static void on_write(uv_write_t *req, int status)
     struct tb_conn *c = slb_container_of(req, struct tb_conn, wreq);
 
     c->writing = 0;
-    c->wbuf.off = c->wbuf.len = 0;
+    if (c->tls != NULL)
+        c->cipher.len = c->cipher_off = 0;
+    else
+        c->wbuf.off = c->wbuf.len = 0;
     if (c->closing)
         return;
     if (status < 0) {
@@ -90,21 +96,42 @@ void tb_conn_flush(struct tb_conn *c)
             continue;
         }
         size_t len = tb_buf_size(&c->wbuf);
+        uint8_t *wp;
+        if (c->tls != NULL) {
+            /* frames wait until the handshake is done; then one SSL_write per flush */
+            if (c->tls->established && len > 0) {
+                slb_tls_set_output(c->tls, &c->cipher);
+                if (slb_tls_write(c->tls, c->wbuf.data + c->wbuf.off, len) != 0) {
+                    conn_close(c);
+                    return;
+                }
+                c->wbuf.off = c->wbuf.len = 0;
+            }
+            len = c->cipher.len - c->cipher_off;
+        }
         if (len == 0)
             break;
-        uv_buf_t b = uv_buf_init((char *)c->wbuf.data + c->wbuf.off, (unsigned)len);
+        wp = c->tls != NULL ? c->cipher.base + c->cipher_off : c->wbuf.data + c->wbuf.off;
+        uv_buf_t b = uv_buf_init((char *)wp, (unsigned)len);
         int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
         if (n == (int)len) {
-            c->wbuf.off = c->wbuf.len = 0;
+            if (c->tls != NULL)
+                c->cipher.len = c->cipher_off = 0;
+            else
+                c->wbuf.off = c->wbuf.len = 0;
             continue;
         }
         if (n < 0 && n != UV_EAGAIN) {
             conn_close(c);
             return;
         }
-        if (n > 0)
+        if (n < 0)
+            n = 0;
+        if (c->tls != NULL)
+            c->cipher_off += (size_t)n;
+        else
             c->wbuf.off += (size_t)n;
-        b = uv_buf_init((char *)c->wbuf.data + c->wbuf.off, (unsigned)tb_buf_size(&c->wbuf));
+        b = uv_buf_init((char *)wp + n, (unsigned)(len - (size_t)n));
         if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
             conn_close(c);
             return;
@@ -123,6 +150,40 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init((char *)tb_srv.rbuf, sizeof(tb_srv.rbuf));
 }
 
+/* TLS: handshake, then each record's plaintext to the session (libsidelb's filter). */
+static void conn_tls_read(struct tb_conn *c, const uint8_t *p, size_t n)
+{
+    int k;
+
+    slb_tls_feed(c->tls, p, n);
+    slb_tls_set_output(c->tls, &c->cipher);
+    if (!c->tls->established && (k = slb_tls_handshake(c->tls)) != 1) {
+        if (k < 0) {
+            if (tb_srv.opt.verbose)
+                fprintf(stderr, "test_backend: TLS: %s\n", c->tls->error);
+            conn_close(c);
+            return;
+        }
+        tb_conn_flush(c); /* handshake records */
+        return;
+    }
+    while ((k = slb_tls_read(c->tls, tb_srv.plain, sizeof(tb_srv.plain))) > 0) {
+        if (nghttp2_session_mem_recv(c->h2, tb_srv.plain, (size_t)k) < 0) {
+            tb_conn_flush(c);
+            conn_close(c);
+            return;
+        }
+        if (c->closing)
+            return;
+        slb_tls_set_output(c->tls, &c->cipher);
+    }
+    if (k < 0) {
+        conn_close(c);
+        return;
+    }
+    tb_conn_flush(c);
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct tb_conn *c = slb_container_of(stream, struct tb_conn, tcp);
@@ -133,6 +194,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0 || c->closing)
         return;
+    if (c->tls != NULL) {
+        conn_tls_read(c, (const uint8_t *)buf->base, (size_t)nread);
+        return;
+    }
     ssize_t rv = nghttp2_session_mem_recv(c->h2, (const uint8_t *)buf->base, (size_t)nread);
     if (rv < 0) {
         if (tb_srv.opt.verbose)
@@ -282,6 +347,11 @@ void tb_conn_accept(uv_stream_t *listener)
     }
     uv_tcp_nodelay(&c->tcp, 1);
     if (nghttp2_session_server_new2(&c->h2, tb_srv.callbacks, c, tb_srv.h2opt) != 0) {
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        return;
+    }
+    if (tb_srv.tls != NULL && (c->tls = slb_tls_server_new(tb_srv.tls, NULL)) == NULL) {
+        nghttp2_session_del(c->h2);
         uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
         return;
     }

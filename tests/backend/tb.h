@@ -26,6 +26,7 @@
 #include "echo.pb-c.h"
 #include "health.pb-c.h"
 #include "list.h"
+#include "tls.h"
 
 #define TB_OUT_HIGH     (256 * 1024)       /* stream output above this: stop generating / consuming */
 #define TB_WBUF_HIGH    (128 * 1024)       /* connection output buffer: stop mem_send above this */
@@ -77,6 +78,7 @@ struct tb_opts {
     int no_health;     /* --no-health: Watch and Check answer UNIMPLEMENTED */
     unsigned drain_ms; /* on SIGTERM: how long to let calls finish after GOAWAY */
     int verbose;
+    const char *tls_cert, *tls_key, *tls_client_ca; /* --tls-cert/--tls-key: serve h2 over TLS (libsidelb's filter) */
 };
 
 struct tb_stream;
@@ -93,6 +95,8 @@ struct tb_server {
     nghttp2_session_callbacks *callbacks;
     nghttp2_option *h2opt;
     uint8_t rbuf[256 * 1024];     /* the one read buffer: reads are processed synchronously */
+    struct slb_tls_ctx *tls;      /* NULL: h2c */
+    uint8_t plain[16 * 1024];     /* TLS: one record's decrypted bytes */
     struct slb_list conns;        /* struct tb_conn: live connections */
     struct slb_list watchers;     /* struct tb_stream (by wlink): Health.Watch streams */
     struct slb_list free_streams; /* struct tb_stream (by link): recycled, owned here */
@@ -118,6 +122,9 @@ struct tb_conn {
     uv_write_t wreq;
     unsigned ncalls;
     int writing, closing, goaway;
+    struct slb_tls *tls;      /* NULL: h2c */
+    struct slb_outbuf cipher; /* TLS: records to write (cipher_off of them went out) */
+    size_t cipher_off;
 };
 
 /* One stream / call; owned by its connection's streams list. */

@@ -6,6 +6,7 @@
  *                [--health-unimplemented-watch] [--no-health] [--max-concurrent-streams N]
  *                [--window N] [--conn-window N] [--goaway-after N]
  *                [--stats-file PATH] [--drain-ms N] [--verbose]
+ *                [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]   (h2 over TLS, ALPN h2)
  *
  * --port 0 picks a free port. Prints "ready <port>" on stdout once listening.
  *
@@ -69,7 +70,8 @@ static void usage(FILE *f)
         "[--health-unimplemented-watch] [--no-health]\n"
         "       [--max-concurrent-streams N] [--window N] [--conn-window N] [--goaway-after N] [--extra-delay-ms N]\n"
         "       [--fail-status CODE] [--fail-every N] [--pushback-ms VALUE]\n"
-        "       [--stats-file PATH] [--drain-ms N] [--verbose]\n");
+        "       [--stats-file PATH] [--drain-ms N] [--verbose]\n"
+        "       [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]\n");
 }
 
 void tb_stats_write(void)
@@ -245,6 +247,12 @@ static int parse_args(int argc, char **argv, struct tb_opts *o)
             o->extra_delay_ms = (unsigned)v;
         } else if (strcmp(a, "--stats-file") == 0) {
             o->stats_file = val;
+        } else if (strcmp(a, "--tls-cert") == 0) {
+            o->tls_cert = val;
+        } else if (strcmp(a, "--tls-key") == 0) {
+            o->tls_key = val;
+        } else if (strcmp(a, "--tls-client-ca") == 0) {
+            o->tls_client_ca = val;
         } else if (strcmp(a, "--drain-ms") == 0) {
             if (parse_uint(a, val, 3600000, &v) < 0)
                 return -1;
@@ -283,6 +291,20 @@ int main(int argc, char **argv)
     if (tb_h2_callbacks_init() < 0) {
         fprintf(stderr, "test_backend: out of memory\n");
         return 1;
+    }
+    if (o->tls_cert != NULL || o->tls_key != NULL) {
+        struct slb_tls_settings ts = {
+            .cert_file = o->tls_cert, .key_file = o->tls_key, .client_ca_file = o->tls_client_ca};
+        char err[256];
+        const char *bad;
+        if (o->tls_cert == NULL || o->tls_key == NULL) {
+            fprintf(stderr, "test_backend: --tls-cert and --tls-key go together\n");
+            return 2;
+        }
+        if ((tb_srv.tls = slb_tls_ctx_new(&ts, 1, err, sizeof(err), &bad)) == NULL) {
+            fprintf(stderr, "test_backend: --%s: %s\n", bad, err);
+            return 1;
+        }
     }
     uv_ip4_addr("127.0.0.1", o->port, &addr);
     uv_tcp_init(tb_srv.loop, &tb_srv.listener);

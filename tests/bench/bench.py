@@ -2,7 +2,8 @@
 """Side-by-side gRPC unary benchmark: direct vs sidelb vs HAProxy vs nginx.
 
     SIDELB_BUILD=build /usr/bin/python3 tests/bench/bench.py [--quick] [--rounds R] [--n N]
-        [--conns C] [--streams M] [--payload BYTES] [--no-pin] [--targets direct,sidelb,haproxy,nginx]
+        [--conns C] [--streams M] [--payload BYTES] [--no-pin]
+        [--targets direct,sidelb,haproxy,nginx,sidelb-tls,haproxy-tls]
         [--before PATH/TO/OTHER/sidelb]   (also $SIDELB_BEFORE: before/after figures in one run) [--no-frames]
 
 One run, same 3 C test backends (tests/backend, no stats file) behind every
@@ -19,6 +20,11 @@ run must receive exactly one reply message per call (DATA bytes = calls x the
 reply frame size; a gRPC error is trailers-only, no DATA), and after the load
 each target gets a verification pass of 200 calls with the python grpc client,
 all of which must be OK (their spread over the backends is printed).
+
+TLS rows (sidelb-tls, haproxy-tls): the apps' side stays h2c, and each proxy
+originates TLS (verified against a CA made here with openssl, ALPN h2) to the
+same 3 C test backends serving h2 over TLS (--tls-cert: libsidelb's TLS
+filter), so the rows show what TLS to backends costs each proxy.
 
 Pinning (2-core machine, unless --no-pin): h2load on CPU 1, the proxy on CPU 0,
 the backends float. Every process is stopped by PID, also on failure/Ctrl-C.
@@ -45,6 +51,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 PATH = "/sidelb.test.Echo/Unary"
 BACKEND_IDS = ["bench-0", "bench-1", "bench-2"]
+TLS_BACKEND_IDS = ["tlsbe-0", "tlsbe-1", "tlsbe-2"]  # same length: the same reply size
 
 
 def log(msg=""):
@@ -99,10 +106,11 @@ def reply_frame_len(addr, payload_len):
 
 
 class Target:
-    def __init__(self, name, port, proc=None):
+    def __init__(self, name, port, proc=None, backends=None):
         self.name = name
         self.port = port
         self.proc = proc  # peers.Proc of the proxy (None for direct)
+        self.backends = backends  # the backends it balances over (their CPU is measured)
         self.runs = []
         self.verify = None
 
@@ -111,8 +119,26 @@ class Target:
         return self.proc.pid if self.proc else None
 
 
-def haproxy_config(tmp, port, backends, streams):
-    servers = "\n".join("    server b%d %s proto h2" % (i, b.addr) for i, b in enumerate(backends))
+def make_pki(tmp):
+    """A CA and a server certificate for 127.0.0.1 (EC P-256), for the TLS rows."""
+    d = os.path.join(tmp, "pki")
+    os.makedirs(d, exist_ok=True)
+    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    with open(os.path.join(d, "server.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    for argv in (["req", "-x509"] + newkey + ["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=bench ca"],
+                 ["req"] + newkey + ["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=bench"],
+                 ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                  "-out", "server.pem", "-days", "2", "-extfile", "server.ext"]):
+        subprocess.run(["openssl"] + argv, cwd=d, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=30)
+    return {k: os.path.join(d, k) for k in ("ca.pem", "server.pem", "server.key")}
+
+
+def haproxy_config(tmp, port, backends, streams, tls_ca=None):
+    # tls_ca: TLS to the backends, verified against it, ALPN h2 (what sidelb's cluster "tls" does)
+    opts = " ssl verify required ca-file %s alpn h2" % tls_ca if tls_ca else ""
+    servers = "\n".join("    server b%d %s proto h2%s" % (i, b.addr, opts) for i, b in enumerate(backends))
     cfg = """global
     nbthread 1
     maxconn 5000
@@ -133,7 +159,7 @@ backend be
     http-reuse always
 %s
 """ % (max(streams, 100), port, servers)
-    path = os.path.join(tmp, "haproxy.cfg")
+    path = os.path.join(tmp, "haproxy%s.cfg" % ("-tls" if tls_ca else ""))
     with open(path, "w") as f:
         f.write(cfg)
     return path
@@ -177,33 +203,44 @@ http {
     return path, prefix
 
 
-def start_targets(args, tmp, backends):
+def start_targets(args, tmp, backends, tls_backends=None, pki=None):
     targets = []
     names = args.targets
     if "direct" in names:
-        targets.append(Target("direct", backends[0].port))
+        targets.append(Target("direct", backends[0].port, backends=backends[:1]))
     if "sidelb" in names:
         cfg = sidelb_harness.simple_config([b.addr for b in backends], max_connections_per_backend=2)
         cfg["listeners"][0]["max_concurrent_streams"] = 10000
         p = sidelb_harness.start_sidelb(cfg, log_level="notice")
-        targets.append(Target("sidelb", p.port, p))
+        targets.append(Target("sidelb", p.port, p, backends))
     if args.before:
         # another sidelb binary (e.g. the previous commit) in the same run, for before/after figures
         cfg = sidelb_harness.simple_config([b.addr for b in backends], max_connections_per_backend=2)
         cfg["listeners"][0]["max_concurrent_streams"] = 10000
         p = sidelb_harness.start_sidelb(cfg, log_level="notice", binary=args.before)
-        targets.append(Target("before", p.port, p))
+        targets.append(Target("before", p.port, p, backends))
     if "haproxy" in names:
         port = peers.free_port()
         path = haproxy_config(tmp, port, backends, args.streams)
         p = peers.Proc(["haproxy", "-f", path, "-db"], name="haproxy", ready=None, port=port)
-        targets.append(Target("haproxy", port, p))
+        targets.append(Target("haproxy", port, p, backends))
     if "nginx" in names:
         port = peers.free_port()
         path, prefix = nginx_config(tmp, port, backends, args.streams)
         p = peers.Proc(["nginx", "-p", prefix, "-c", path, "-e", os.path.join(prefix, "error.log")],
                        name="nginx", ready=None, port=port)
-        targets.append(Target("nginx", port, p))
+        targets.append(Target("nginx", port, p, backends))
+    if "sidelb-tls" in names:
+        cfg = sidelb_harness.simple_config([b.addr for b in tls_backends], max_connections_per_backend=2,
+                                           tls={"ca_file": pki["ca.pem"]})
+        cfg["listeners"][0]["max_concurrent_streams"] = 10000
+        p = sidelb_harness.start_sidelb(cfg, log_level="notice")
+        targets.append(Target("sidelb-tls", p.port, p, tls_backends))
+    if "haproxy-tls" in names:
+        port = peers.free_port()
+        path = haproxy_config(tmp, port, tls_backends, args.streams, tls_ca=pki["ca.pem"])
+        p = peers.Proc(["haproxy", "-f", path, "-db"], name="haproxy-tls", ready=None, port=port)
+        targets.append(Target("haproxy-tls", port, p, tls_backends))
     for t in targets:
         if t.proc:
             pin(t.pid, 0, args.pin)
@@ -394,7 +431,7 @@ def main():
     ap.add_argument("--conns", type=int, default=8, help="h2load -c")
     ap.add_argument("--streams", type=int, default=32, help="h2load -m (concurrent streams per connection)")
     ap.add_argument("--payload", type=int, default=16, help="request payload bytes")
-    ap.add_argument("--targets", default="direct,sidelb,haproxy,nginx")
+    ap.add_argument("--targets", default="direct,sidelb,haproxy,nginx,sidelb-tls,haproxy-tls")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="no taskset pinning")
     ap.add_argument("--run-timeout", type=int, default=60, help="seconds per h2load run")
     ap.add_argument("--no-frames", dest="frames", action="store_false",
@@ -406,7 +443,7 @@ def main():
     args.n = args.n or (20000 if args.quick else 200000)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     for tool in ("h2load", "haproxy", "nginx", "taskset"):
-        if shutil.which(tool) is None and tool in (["h2load", "taskset"] + args.targets):
+        if shutil.which(tool) is None and tool in (["h2load", "taskset"] + [t.split("-")[0] for t in args.targets]):
             log("bench: %s not found (make deps installs it)" % tool)
             return 1
 
@@ -442,29 +479,38 @@ def main():
         backends = [peers.start_c_backend(i, stats=False, extra_args=["--max-concurrent-streams", "100000"])
                     for i in BACKEND_IDS]
         expect_data = reply_frame_len(backends[0].addr, args.payload)
-        targets = start_targets(args, tmp, backends)
+        tls_backends, pki = None, None
+        if any(t.endswith("-tls") for t in args.targets):
+            pki = make_pki(tmp)
+            tls_backends = [peers.start_c_backend(i, stats=False,
+                                                  extra_args=["--max-concurrent-streams", "100000", "--tls-cert",
+                                                              pki["server.pem"], "--tls-key", pki["server.key"]])
+                            for i in TLS_BACKEND_IDS]
+        targets = start_targets(args, tmp, backends, tls_backends, pki)
         log("sidelb bench: %d calls/run, %d rounds, h2load -c %d -m %d -t 1, payload %d B, %d CPUs%s"
             % (args.n, args.rounds, args.conns, args.streams, args.payload, NCPU,
                ", h2load pinned to CPU 1, proxy to CPU 0" if args.pin and NCPU >= 2 else ""))
         log("backends: %s (C test_backend, no stats); direct = %s only"
             % (", ".join(b.addr for b in backends), backends[0].addr))
+        if tls_backends:
+            log("TLS backends (h2 over TLS, for the -tls rows): %s" % ", ".join(b.addr for b in tls_backends))
 
         # warm-up: connections, pools, caches
         for t in targets:
-            run_h2load(args, t, body_path, tmp, min(2000, args.n), backends, expect_data)
+            run_h2load(args, t, body_path, tmp, min(2000, args.n), t.backends, expect_data)
 
         for rnd in range(args.rounds):
             order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
             for t in order:
-                r = run_h2load(args, t, body_path, tmp, args.n, backends, expect_data)
+                r = run_h2load(args, t, body_path, tmp, args.n, t.backends, expect_data)
                 t.runs.append(r)
                 if r["ok"]:
-                    log("round %d %-8s %9.0f calls/s  p50 %7s  p99 %7s  proxy CPU %s/call"
+                    log("round %d %-11s %9.0f calls/s  p50 %7s  p99 %7s  proxy CPU %s/call"
                         % (rnd + 1, t.name, r["rps"], fmt_us(r["p50_us"]), fmt_us(r["p99_us"]),
                            fmt_cpu(r["proxy_us_per_call"])))
                 else:
                     failures.append("%s round %d: %s" % (t.name, rnd + 1, r["why"]))
-                    log("round %d %-8s FAILED: %s\n%s" % (rnd + 1, t.name, r["why"], r["out"][-1500:]))
+                    log("round %d %-11s FAILED: %s\n%s" % (rnd + 1, t.name, r["why"], r["out"][-1500:]))
                 if t.proc and not t.proc.alive():
                     failures.append("%s exited during the run:\n%s" % (t.name, t.proc.log()[-2000:]))
                     targets.remove(t)
@@ -476,10 +522,10 @@ def main():
 
         # table: medians over the rounds
         log("")
-        log("%-8s %10s %8s %8s %8s %12s %12s %9s %9s  %s" % (
+        log("%-11s %10s %8s %8s %8s %12s %12s %9s %9s  %s" % (
             "target", "calls/s", "p50", "p99", "mean", "proxy CPU", "backend CPU", "calls/s", "p99",
             "grpc check (200 calls)"))
-        log("%-8s %10s %8s %8s %8s %12s %12s %9s %9s" % ("", "(median)", "", "", "", "per call", "per call",
+        log("%-11s %10s %8s %8s %8s %12s %12s %9s %9s" % ("", "(median)", "", "", "", "per call", "per call",
                                                           "vs direct", "vs direct"))
         summary = {}
         direct = None
@@ -502,7 +548,7 @@ def main():
                     if v.get("ok") else "FAIL %r" % v)
             rr = "%.2f" % (s["rps"] / direct["rps"]) if direct else "-"
             pr = "%.2f" % (s["p99_us"] / direct["p99_us"]) if direct and direct["p99_us"] else "-"
-            log("%-8s %10.0f %8s %8s %8s %12s %12s %9s %9s  %s" % (
+            log("%-11s %10.0f %8s %8s %8s %12s %12s %9s %9s  %s" % (
                 t.name, s["rps"], fmt_us(s["p50_us"]), fmt_us(s["p99_us"]), fmt_us(s["mean_us"]),
                 fmt_cpu(s["proxy_us_per_call"]), fmt_cpu(s["backend_us_per_call"]),
                 rr, pr, vtxt))
@@ -527,6 +573,16 @@ def main():
                 s["proxy_us_per_call"] / max(summary["haproxy"]["proxy_us_per_call"], 1e-9),
                 s["rps"] / summary["nginx"]["rps"],
                 s["proxy_us_per_call"] / max(summary["nginx"]["proxy_us_per_call"], 1e-9)))
+        if "sidelb-tls" in summary and "haproxy-tls" in summary:
+            s, h = summary["sidelb-tls"], summary["haproxy-tls"]
+            log("TLS to backends: sidelb-tls %.0f calls/s, %.1f µs CPU/call; haproxy-tls %.0f calls/s, %.1f µs "
+                "CPU/call; sidelb vs haproxy: calls/s x%.2f, CPU/call x%.2f" % (
+                    s["rps"], s["proxy_us_per_call"], h["rps"], h["proxy_us_per_call"], s["rps"] / h["rps"],
+                    s["proxy_us_per_call"] / max(h["proxy_us_per_call"], 1e-9)))
+        if "sidelb" in summary and "sidelb-tls" in summary:
+            s, t = summary["sidelb"], summary["sidelb-tls"]
+            log("sidelb TLS vs h2c to the backends: calls/s x%.2f, CPU/call +%.1f µs" % (
+                t["rps"] / s["rps"], t["proxy_us_per_call"] - s["proxy_us_per_call"]))
         if "sidelb" in summary and "before" in summary:
             s, b = summary["sidelb"], summary["before"]
             log("sidelb vs before: calls/s x%.3f, CPU/call x%.3f" % (

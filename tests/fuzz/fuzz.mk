@@ -12,7 +12,7 @@ BUILD         ?= build
 FUZZ_BUILD    ?= $(BUILD)-fuzz
 FUZZ_CC       ?= clang
 FUZZ_SECONDS  ?= 10
-FUZZ_PKGS     := libuv libnghttp2 libprotobuf-c libcurl jansson libxxhash
+FUZZ_PKGS     := libuv libnghttp2 libprotobuf-c libcurl jansson libxxhash openssl
 FUZZ_SAN      := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS   := -O1 -g $(FUZZ_SAN) -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -fno-strict-aliasing
 FUZZ_CPPFLAGS := -D_GNU_SOURCE -Ilib -I$(FUZZ_BUILD)/gen $(shell pkg-config --cflags $(FUZZ_PKGS) 2>/dev/null)

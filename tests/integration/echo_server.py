@@ -4,6 +4,7 @@
     echo_server.py --port N [--id NAME] [--health SERVING|NOT_SERVING]
                    [--health-unimplemented-watch] [--no-health] [--health-delay-ms N]
                    [--stats-file PATH] [--workers N]
+                   [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 
 --no-health: no grpc.health.v1 service at all (like the grpc-go interop
 server: Watch and Check answer UNIMPLEMENTED). --health-delay-ms N: every
@@ -244,6 +245,9 @@ def main():
     ap.add_argument("--health-delay-ms", type=int, default=0)
     ap.add_argument("--stats-file")
     ap.add_argument("--workers", type=int, default=64)
+    ap.add_argument("--tls-cert", help="serve TLS with this certificate chain (PEM) and --tls-key")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--tls-client-ca", help="require client certificates signed by these CAs (mTLS)")
     args = ap.parse_args()
 
     st = State(args)
@@ -254,7 +258,17 @@ def main():
     pbg.add_EchoServicer_to_server(Echo(st), server)
     if not args.no_health:
         hpbg.add_HealthServicer_to_server(Health(st), server)
-    port = server.add_insecure_port("127.0.0.1:%d" % args.port)
+    if args.tls_cert:
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+        creds = grpc.ssl_server_credentials(
+            [(read(args.tls_key), read(args.tls_cert))],
+            root_certificates=read(args.tls_client_ca) if args.tls_client_ca else None,
+            require_client_auth=bool(args.tls_client_ca))
+        port = server.add_secure_port("127.0.0.1:%d" % args.port, creds)
+    else:
+        port = server.add_insecure_port("127.0.0.1:%d" % args.port)
     if port == 0:
         sys.stderr.write("echo_server: cannot listen on 127.0.0.1:%d\n" % args.port)
         return 1
