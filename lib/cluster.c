@@ -322,6 +322,7 @@ static void sink_upsert(void *user, const char *key, const struct slb_etcd_endpo
         slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone); /* weight, zone or drain changed */
         if ((be = slb_cluster_find(cl, ep->addr)) != NULL)
             slb_cluster_set_drain(cl, be, SLB_DRAIN_ETCD, ep->drain);
+        slb__cluster_table_changed(cl);
         return;
     }
     if (slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone) != 0) {
@@ -332,16 +333,24 @@ static void sink_upsert(void *user, const char *key, const struct slb_etcd_endpo
     }
     if (old != NULL)
         drop_key(cl, old->addr); /* the key now names another address */
+    slb__cluster_table_changed(cl);
 }
 
 static void sink_remove(void *user, const char *key, const struct slb_etcd_endpoint *ep)
 {
     drop_key(user, ep->addr);
+    slb__cluster_table_changed(user);
+}
+
+static void sink_listed(void *user, int64_t revision)
+{
+    slb__cluster_table_listed(user, revision);
 }
 
 static void sink_state(void *user, int connected)
 {
     struct slb_cluster *cl = user;
+    slb__cluster_table_etcd_state(cl, connected);
     if (!connected)
         slb_warn("cluster %s: etcd unreachable; serving from the last known table (%u backends)", cl->cfg->name,
                  cl->set.n);
@@ -349,7 +358,7 @@ static void sink_state(void *user, int connected)
         slb_notice("cluster %s: following etcd prefix %s", cl->cfg->name, cl->cfg->etcd_prefix);
 }
 
-static const struct slb_discovery_sink discovery_sink = {sink_upsert, sink_remove, sink_state};
+static const struct slb_discovery_sink discovery_sink = {sink_upsert, sink_remove, sink_state, sink_listed};
 
 /* ---- cluster ---- */
 
@@ -402,6 +411,7 @@ int slb_cluster_start_discovery(struct slb_cluster *cl, struct slb_etcd *etcd)
 
 void slb_cluster_dispose(struct slb_cluster *cl)
 {
+    slb__cluster_table_dispose(cl); /* first: a pending write still reads the discovery's map */
     if (cl->discovery != NULL) {
         slb_discovery_free(cl->discovery);
         cl->discovery = NULL;

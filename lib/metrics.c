@@ -194,6 +194,19 @@ static void cluster_family(struct out *o, const struct slb_server *srv, const ch
     }
 }
 
+/* Persisted tables: 1 while a cluster serves a table etcd has not confirmed to this server. */
+static void put_table_stale(struct out *o, const struct slb_server *srv)
+{
+    put_family(o, "sidelb_cluster_table_stale", "gauge",
+               "1 while the cluster's backends come from its state file or the server a reload replaced, not yet "
+               "from etcd (etcd unreachable).");
+    for (size_t i = 0; i < srv->n_clusters; i++) {
+        puts_(o, "sidelb_cluster_table_stale{cluster=\"");
+        put_label_value(o, srv->clusters[i].cfg->name);
+        putf(o, "\"} %d\n", srv->clusters[i].table_stale ? 1 : 0);
+    }
+}
+
 static void put_listener_conns(struct out *o, const struct slb_listener *l)
 {
     puts_(o, "sidelb_listener_connections{listener=\"");
@@ -627,6 +640,7 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
 
     cluster_family(o, srv, "sidelb_cluster_backends", "Backends listed in the cluster.", 0);
     cluster_family(o, srv, "sidelb_cluster_waiting_calls", "Calls waiting for a usable backend.", 1);
+    put_table_stale(o, srv);
 
     put_family(o, "sidelb_backend_state", "gauge",
                "Connectivity state of the backend (one-hot: 1 for the current state, 0 for the others).");
