@@ -180,6 +180,10 @@ void slb_cluster_persist_stop(struct slb_cluster *cl)
 
 void slb__cluster_table_dispose(struct slb_cluster *cl)
 {
+    /* a stop while etcd is followed: write once more, so the file's time says the table was current until now */
+    if (cl->state_dir != NULL && !cl->table_stale && cl->discovery != NULL && slb_discovery_synced(cl->discovery) &&
+        cl->etcd_lost_unix_ms == 0)
+        cl->state_dirty = 1;
     slb_cluster_persist_stop(cl);
     if (cl->has_state_timer) {
         slb_conn_ctx_close_handle(&cl->ctx->io, (uv_handle_t *)&cl->state_timer);
