@@ -159,6 +159,14 @@ static int parse_root(const char *cluster, json_t *root, struct slb_state_table 
     return 0;
 }
 
+/* Keeps err one log line: keys, field names and jansson's messages may hold control characters. */
+static void one_line(char *err, size_t errlen)
+{
+    for (char *p = err; err != NULL && errlen > 0 && *p != '\0'; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+}
+
 int slb_state_table_parse(const char *cluster, const char *text, size_t len, struct slb_state_table *t, char *err,
                           size_t errlen)
 {
@@ -167,13 +175,16 @@ int slb_state_table_parse(const char *cluster, const char *text, size_t len, str
     int rc;
 
     memset(t, 0, sizeof(*t));
-    if ((root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr)) == NULL)
-        return fail(err, errlen, SLB_EPROTO, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
-                    jerr.text);
-    rc = parse_root(cluster, root, t, err, errlen);
-    json_decref(root);
-    if (rc != 0)
+    if ((root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr)) == NULL) {
+        rc = fail(err, errlen, SLB_EPROTO, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
+    } else {
+        rc = parse_root(cluster, root, t, err, errlen);
+        json_decref(root);
+    }
+    if (rc != 0) {
         slb_state_table_dispose(t);
+        one_line(err, errlen);
+    }
     return rc;
 }
 

@@ -130,6 +130,8 @@ START_TEST(test_corrupt)
          "{\"key\":\"/p/a\",\"value\":{\"addr\":\"127.0.0.1:2\"}}]}",
          "endpoints[1]: key listed twice"},
         {"{" HEAD "\"endpoints\":[],\"endpoints\":[]}", "duplicate"},
+        {"{\"a\\nb\":1}", "unknown field \"a?b\""}, /* one log line (found by fuzz_state_file) */
+        {"{\"a\":\"\\x\n\"}", "invalid JSON"},
     };
 #undef HEAD
     struct slb_state_table t;
@@ -140,6 +142,7 @@ START_TEST(test_corrupt)
         ck_assert_msg(slb_state_table_parse("echo", bad[i].text, strlen(bad[i].text), &t, err, sizeof(err)) < 0,
                       "accepted: %s", bad[i].text);
         ck_assert_msg(strstr(err, bad[i].why) != NULL, "case %zu: \"%s\" lacks \"%s\"", i, err, bad[i].why);
+        ck_assert_msg(strpbrk(err, "\n\r") == NULL, "case %zu: more than one line: %s", i, err);
         ck_assert_ptr_null(t.entries);
         ck_assert_ptr_null(t.prefix);
     }
