@@ -155,8 +155,11 @@ void slb_cluster_seed_table(struct slb_cluster *cl, struct slb_cluster *from, co
         return;
     }
     if (strcmp(t.prefix, cl->cfg->etcd_prefix) != 0) {
-        slb_notice("cluster %s: state file ignored: it holds prefix %s, the cluster follows %s", cl->cfg->name,
-                   t.prefix, cl->cfg->etcd_prefix);
+        char path[4096];
+        slb_state_file_path(state_dir, cl->cfg->name, path, sizeof(path)); /* it fitted for the read */
+        slb_notice("cluster %s: state file ignored: %s holds prefix %s, the cluster follows %s; empty until etcd "
+                   "answers",
+                   cl->cfg->name, path, t.prefix, cl->cfg->etcd_prefix);
         slb_state_table_dispose(&t);
         return;
     }

@@ -200,7 +200,7 @@ def test_reload_while_etcd_is_down_keeps_calls_flowing(etcd):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("content", ["truncated", "garbage", "bad_address"])
+@pytest.mark.parametrize("content", ["truncated", "garbage", "bad_address", "other_prefix"])
 def test_corrupt_state_file_is_ignored(etcd, content):
     be = peers.start_c_backend("c0")
     state_dir = tempfile.mkdtemp(prefix="sidelb-state-")
@@ -208,7 +208,8 @@ def test_corrupt_state_file_is_ignored(etcd, content):
             "endpoints": [{"key": PREFIX + "k0", "value": {"addr": be.addr}}]}
     text = {"truncated": json.dumps(good)[:-20],
             "garbage": "\x00\x01not json at all",
-            "bad_address": json.dumps(dict(good, endpoints=[{"key": PREFIX + "k0", "value": {"addr": "nope"}}]))}
+            "bad_address": json.dumps(dict(good, endpoints=[{"key": PREFIX + "k0", "value": {"addr": "nope"}}])),
+            "other_prefix": json.dumps(dict(good, prefix="/grpclb/", endpoints=[]))}  # the cluster's prefix changed
     with open(os.path.join(state_dir, "cluster-echo.json"), "w") as f:
         f.write(text[content])
     relay = Relay(etcd.port)
