@@ -39,6 +39,7 @@ struct slb_loop_ctx;
 struct slb_config_cluster;
 struct slb_etcd;
 struct slb_discovery;
+struct slb_table_write;
 
 /* A request waiting for a usable backend. Owner: embedded in its user; linked by the cluster. */
 struct slb_cluster_waiter {
@@ -67,15 +68,16 @@ struct slb_cluster {
     uv_timer_t probe_timer;         /* while calls wait: early connect attempts (probe_interval_ms) */
     struct slb_log_limit probe_log; /* "probing" logged once per SLB_LOG_LIMIT_MS */
     /* the persisted table (etcd-fed clusters with state_dir; lib/cluster_table.c) */
-    const char *state_dir;       /* NULL: not persisted (static, no state_dir, or handed to a reload) */
-    uv_timer_t state_timer;      /* writes the table SLB_CLUSTER_STATE_WRITE_MS after a change (one write per burst) */
-    uint8_t has_state_timer;     /* state_timer was initialised (and is counted) */
-    uint8_t state_dirty;         /* the table changed since the last write */
-    uint8_t state_write_failed;  /* the last write failed (logged once until one succeeds) */
-    uint8_t table_stale;         /* the table is not from this server's own etcd listing yet */
-    uint8_t table_source;        /* enum slb_table_source: where a stale table came from */
-    int64_t table_as_of_unix_ms; /* a stale table: when it was last known to match etcd */
-    int64_t etcd_lost_unix_ms;   /* when the watch lost etcd; 0 while connected */
+    const char *state_dir;      /* NULL: not persisted (static, no state_dir, or handed to a reload) */
+    uv_timer_t state_timer;     /* writes the table SLB_CLUSTER_STATE_WRITE_MS after a change (one write per burst) */
+    uint8_t has_state_timer;    /* state_timer was initialised (and is counted) */
+    uint8_t state_dirty;        /* the table changed since the last write */
+    uint8_t state_write_failed; /* the last write failed (logged once until one succeeds) */
+    struct slb_table_write *state_write;        /* the write on its way (thread pool), or NULL */
+    uint8_t table_stale;                        /* the table is not from this server's own etcd listing yet */
+    uint8_t table_source;                       /* enum slb_table_source: where a stale table came from */
+    int64_t table_as_of_unix_ms;                /* a stale table: when it was last known to match etcd */
+    int64_t etcd_lost_unix_ms;                  /* when the watch lost etcd; 0 while connected */
     void (*wake)(struct slb_cluster_waiter *w); /* its user's: try again (w is unlinked) */
     struct slb_cluster_stats stats;             /* calls, latency, bytes, retries, hedges, limits (lib/stats.h) */
     struct slb_method_stats method_stats;       /* per method, when "metrics".max_methods is set (the server's) */

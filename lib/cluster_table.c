@@ -6,12 +6,16 @@
  * no longer has go away and the others stay up, connections and all. After
  * changes the table is written to state_dir, at most once per
  * SLB_CLUSTER_STATE_WRITE_MS: a burst of watch events costs one write, and
- * the per-event path only sets a flag and arms a timer.
+ * the per-event path only sets a flag and arms a timer. The write itself
+ * (fsync and all) runs on libuv's thread pool, one at a time per cluster.
  *
  * Owner of the state: the cluster (fields in struct slb_cluster); the timer
- * is counted in the loop context and closed by slb_cluster_dispose.
+ * is counted in the loop context and closed by slb_cluster_dispose; a write
+ * on its way owns itself and outlives the cluster if it must (it copies
+ * what it needs; the loop runs until it ends).
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cluster.h"
@@ -34,36 +38,113 @@ const char *slb_table_source_name(int source)
     }
 }
 
+/* One write of a cluster's table, on libuv's thread pool so the loop never
+ * waits for the disk. Owner: itself (freed in after_write); cl points back
+ * while its cluster waits for it, NULL once the cluster let go. next: the
+ * cluster's final table, queued only after this one ended, so the file
+ * never goes back to an older table. */
+struct slb_table_write {
+    uv_work_t req;
+    struct slb_cluster *cl;
+    struct slb_table_write *next;
+    char *dir, *name;
+    struct slb_state_table t;
+    int rv;
+    uint64_t ns; /* how long the write took */
+    char err[1024];
+};
+
+static void write_free(struct slb_table_write *w)
+{
+    slb_state_table_dispose(&w->t);
+    free(w->dir);
+    free(w->name);
+    free(w);
+}
+
+/* A snapshot of cl's table to write, or NULL (logged). */
+static struct slb_table_write *write_new(struct slb_cluster *cl)
+{
+    struct slb_table_write *w = calloc(1, sizeof(*w));
+
+    if (w == NULL || (w->dir = strdup(cl->state_dir)) == NULL || (w->name = strdup(cl->cfg->name)) == NULL ||
+        slb_discovery_snapshot(cl->discovery, &w->t) != 0) {
+        slb_warn("cluster %s: state file not written: out of memory", cl->cfg->name);
+        if (w != NULL)
+            write_free(w);
+        return NULL;
+    }
+    w->t.written_unix_ms = slb_unix_ms();
+    return w;
+}
+
+static void do_write(uv_work_t *req)
+{
+    struct slb_table_write *w = slb_container_of(req, struct slb_table_write, req);
+    uint64_t t0 = uv_hrtime();
+
+    w->rv = slb_state_file_write(w->dir, w->name, &w->t, w->err, sizeof(w->err));
+    w->ns = uv_hrtime() - t0;
+}
+
+static void after_write(uv_work_t *req, int status);
+
+static void write_queue(uv_loop_t *loop, struct slb_table_write *w)
+{
+    int rv = uv_queue_work(loop, &w->req, do_write, after_write);
+
+    if (rv != 0) { /* never with valid arguments; write here rather than lose it */
+        do_write(&w->req);
+        after_write(&w->req, rv);
+    }
+}
+
+static void on_state_timer(uv_timer_t *t);
+
+static void after_write(uv_work_t *req, int status)
+{
+    struct slb_table_write *w = slb_container_of(req, struct slb_table_write, req);
+    struct slb_cluster *cl = w->cl;
+    uv_loop_t *loop = req->loop;
+
+    if (w->rv != 0) {
+        /* one line per failure streak: a read-only disk must not flood the log */
+        if (cl == NULL || !cl->state_write_failed)
+            slb_warn("cluster %s: %s; its table is not persisted (calls are not affected; retried on the next "
+                     "change)",
+                     w->name, w->err);
+        else
+            slb_debug("cluster %s: %s", w->name, w->err);
+    } else {
+        if (cl != NULL && cl->state_write_failed)
+            slb_notice("cluster %s: state file written again", w->name);
+        slb_info("cluster %s: table persisted (%zu endpoints, revision %lld) in %.1f ms", w->name, w->t.n,
+                 (long long)w->t.revision, (double)w->ns / 1e6);
+    }
+    if (cl != NULL) {
+        cl->state_write = NULL;
+        cl->state_write_failed = w->rv != 0;
+        if (cl->state_dir != NULL && cl->state_dirty) /* changed meanwhile */
+            uv_timer_start(&cl->state_timer, on_state_timer, SLB_CLUSTER_STATE_WRITE_MS, 0);
+    }
+    if (w->next != NULL)
+        write_queue(loop, w->next);
+    write_free(w);
+}
+
+/* Starts a write of the table unless one is on its way (its end re-arms the timer). */
 static void table_write(struct slb_cluster *cl)
 {
-    struct slb_state_table t;
-    char err[1024];
-    uint64_t t0 = uv_hrtime();
-    int rv;
+    struct slb_table_write *w;
 
-    cl->state_dirty = 0;
-    if (slb_discovery_snapshot(cl->discovery, &t) != 0) {
-        slb_warn("cluster %s: state file not written: out of memory", cl->cfg->name);
+    if (cl->state_write != NULL)
         return;
-    }
-    t.written_unix_ms = slb_unix_ms();
-    rv = slb_state_file_write(cl->state_dir, cl->cfg->name, &t, err, sizeof(err));
-    if (rv != 0) {
-        /* one line per failure streak: a read-only disk must not flood the log */
-        if (!cl->state_write_failed)
-            slb_warn("cluster %s: %s; its table is not persisted (calls are not affected; retried on the next change)",
-                     cl->cfg->name, err);
-        else
-            slb_debug("cluster %s: %s", cl->cfg->name, err);
-        cl->state_write_failed = 1;
-    } else {
-        if (cl->state_write_failed)
-            slb_notice("cluster %s: state file written again", cl->cfg->name);
-        cl->state_write_failed = 0;
-        slb_info("cluster %s: table persisted (%zu endpoints, revision %lld) in %.1f ms", cl->cfg->name, t.n,
-                 (long long)t.revision, (double)(uv_hrtime() - t0) / 1e6);
-    }
-    slb_state_table_dispose(&t);
+    cl->state_dirty = 0;
+    if ((w = write_new(cl)) == NULL)
+        return;
+    w->cl = cl;
+    cl->state_write = w;
+    write_queue(cl->ctx->loop, w);
 }
 
 static void on_state_timer(uv_timer_t *t)
@@ -173,8 +254,18 @@ void slb_cluster_seed_table(struct slb_cluster *cl, struct slb_cluster *from, co
 
 void slb_cluster_persist_stop(struct slb_cluster *cl)
 {
+    struct slb_table_write *last = NULL;
+
     if (cl->state_dir != NULL && cl->state_dirty)
-        table_write(cl);
+        last = write_new(cl);
+    if (cl->state_write != NULL) {
+        /* let go of the write on its way; the last table follows it, never overtakes it */
+        cl->state_write->next = last;
+        cl->state_write->cl = NULL;
+        cl->state_write = NULL;
+    } else if (last != NULL) {
+        write_queue(cl->ctx->loop, last);
+    }
     cl->state_dir = NULL;
     cl->state_dirty = 0;
     if (cl->has_state_timer)

@@ -241,17 +241,19 @@ int slb_state_file_write(const char *dir, const char *cluster, const struct slb_
 
     if (slb_state_file_path(dir, cluster, path, sizeof(path)) != 0)
         return fail(err, errlen, SLB_ELIMIT, "state file name for cluster %s too long", cluster);
-    snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+    /* a unique temp name: writes of one file may overlap (the last write of a server a reload replaced) */
+    snprintf(tmp, sizeof(tmp), "%s.tmp.XXXXXX", path);
     if ((text = slb_state_table_format(cluster, t)) == NULL)
         return fail(err, errlen, SLB_ENOMEM, "%s: out of memory", path);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    fd = mkostemp(tmp, O_CLOEXEC);
     if (fd < 0) {
         e = errno;
         free(text);
         return fail(err, errlen, -e, "cannot create %s: %s", tmp, strerror(e));
     }
     /* fsync before the rename: after a crash the name points at the whole new file or the old one */
-    if (write_all(fd, text, strlen(text)) != 0 || write_all(fd, "\n", 1) != 0 || fsync(fd) != 0) {
+    if (fchmod(fd, 0644) != 0 || write_all(fd, text, strlen(text)) != 0 || write_all(fd, "\n", 1) != 0 ||
+        fsync(fd) != 0) {
         e = errno;
         close(fd);
         unlink(tmp);

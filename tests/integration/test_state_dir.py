@@ -273,3 +273,32 @@ def test_a_burst_of_changes_is_one_write(etcd):
     writes = slb.log().count(PERSISTED) - before
     # one write per second of burst at most (a burst that straddles a write costs one more)
     assert 1 <= writes <= 2 + int(burst), (writes, burst)
+
+
+@pytest.mark.timeout(60)
+def test_reload_writes_the_old_servers_pending_change(etcd):
+    """A change less than a second old at a SIGHUP, with etcd gone right after:
+    the old server writes it as it is retired (the new one, stale, writes
+    nothing), so a restart would not lose it."""
+    bes = [peers.start_c_backend("h%d" % i) for i in range(2)]
+    etcd.put(PREFIX + "k0", bes[0].addr)
+    relay = Relay(etcd.port)
+    try:
+        cfg = config(relay.url)
+        slb = start_sidelb(cfg)
+        state_dir = slb.state_dir
+        EtcdServer.wait_for(lambda: file_addrs(state_dir) == [bes[0].addr], 10, what="the first write")
+        etcd.put(PREFIX + "k1", bes[1].addr)
+        EtcdServer.wait_for(lambda: len(cluster_info(cfg)["backends"]) == 2, 10, what="the change")
+        relay.cut()
+        cfg["state_dir"] = state_dir
+        with open(slb.config_path, "w") as f:
+            json.dump(cfg, f)
+        slb.signal(signal.SIGHUP)
+        EtcdServer.wait_for(lambda: file_addrs(state_dir) == sorted(b.addr for b in bes), 10,
+                            what="the pending change in the file")
+        EtcdServer.wait_for(lambda: "reloaded" in slb.log(), 10, what="the reload")
+        assert cluster_info(cfg)["stale"] is True
+        assert not [f for f in os.listdir(state_dir) if ".tmp." in f]
+    finally:
+        relay.close()
