@@ -288,7 +288,6 @@ int slb_discovery_synced(const struct slb_discovery *d)
     return d->synced;
 }
 
-
 void slb_discovery_preload(struct slb_discovery *d, const struct slb_state_table *t)
 {
     for (size_t i = 0; i < t->n; i++) {

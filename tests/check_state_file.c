@@ -34,6 +34,7 @@ static void sample(struct slb_state_table *t)
     entry(&t->entries[0], "/grpclb/echo/10.0.0.1:50051", "10.0.0.1:50051", 1, "", NULL);
     entry(&t->entries[1], "/grpclb/echo/b", "[::1]:7000", 25, "zone-a", NULL);
     entry(&t->entries[2], "/grpclb/echo/c", "backend.example:443", 3, "", "{\"v\":2,\"tags\":[\"x\"]}");
+    t->entries[2].ep.drain = 1; /* an operator's drain in etcd survives a restart */
     t->n = 3;
 }
 
