@@ -31,6 +31,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
+#include "state_file.h"
 
 #define LINGER_MS  2000
 #define BODY_LIMIT ((size_t)64 << 20)
@@ -105,6 +106,24 @@ static json_t *jstr(const char *s)
     return j;
 }
 
+/* "stale", and for a stale table where it came from and how old it is (ms; null when unknown). */
+static int put_table(json_t *c, const struct slb_cluster *cl)
+{
+    int64_t age = cl->table_as_of_unix_ms > 0 ? slb_unix_ms() - cl->table_as_of_unix_ms : -1;
+
+    if (cl->table_as_of_unix_ms > 0 && age < 0)
+        age = 0; /* written by a clock ahead of ours */
+
+    if (json_object_set_new(c, "stale", json_boolean(cl->table_stale)) != 0)
+        return -1;
+    if (!cl->table_stale)
+        return 0;
+    if (json_object_set_new(c, "table_source", json_string(slb_table_source_name(cl->table_source))) != 0 ||
+        json_object_set_new(c, "table_age_ms", age >= 0 ? json_integer(age) : json_null()) != 0)
+        return -1;
+    return 0;
+}
+
 static json_t *render_clusters(const struct slb_server *srv, uint64_t now)
 {
     json_t *arr = json_array();
@@ -115,7 +134,7 @@ static json_t *render_clusters(const struct slb_server *srv, uint64_t now)
         json_t *bes = json_array();
         json_t *c = json_pack("{s:o, s:o, s:s, s:I, s:o}", "name", jstr(cl->cfg->name), "policy", jstr(policy), "state",
                               slb_backend_state_name(cl->state), "waiting", (json_int_t)cl->n_waiting, "backends", bes);
-        if (c == NULL || json_array_append_new(arr, c) != 0)
+        if (c == NULL || json_array_append_new(arr, c) != 0 || put_table(c, cl) != 0)
             goto fail;
         for (uint32_t j = 0; j < cl->set.n; j++) {
             const struct slb_backend *be = cl->set.items[j];

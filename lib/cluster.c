@@ -357,6 +357,7 @@ static void sink_upsert(void *user, const char *key, const struct slb_etcd_endpo
             if (old->registered_at_ms != ep->registered_at_ms)
                 ramp_from_registration(cl, be, ep);
         }
+        slb__cluster_table_changed(cl);
         return;
     }
     if (slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone) != 0) {
@@ -368,16 +369,24 @@ static void sink_upsert(void *user, const char *key, const struct slb_etcd_endpo
     }
     if (old != NULL)
         drop_key(cl, old->addr); /* the key now names another address */
+    slb__cluster_table_changed(cl);
 }
 
 static void sink_remove(void *user, const char *key, const struct slb_etcd_endpoint *ep)
 {
     drop_key(user, ep->addr);
+    slb__cluster_table_changed(user);
+}
+
+static void sink_listed(void *user, int64_t revision)
+{
+    slb__cluster_table_listed(user, revision);
 }
 
 static void sink_state(void *user, int connected)
 {
     struct slb_cluster *cl = user;
+    slb__cluster_table_etcd_state(cl, connected);
     if (!connected)
         slb_warn("cluster %s: etcd unreachable; serving from the last known table (%u backends)", cl->cfg->name,
                  cl->set.n);
@@ -385,7 +394,7 @@ static void sink_state(void *user, int connected)
         slb_notice("cluster %s: following etcd prefix %s", cl->cfg->name, cl->cfg->etcd_prefix);
 }
 
-static const struct slb_discovery_sink discovery_sink = {sink_upsert, sink_remove, sink_state};
+static const struct slb_discovery_sink discovery_sink = {sink_upsert, sink_remove, sink_state, sink_listed};
 
 /* ---- cluster ---- */
 
@@ -438,6 +447,7 @@ int slb_cluster_start_discovery(struct slb_cluster *cl, struct slb_etcd *etcd)
 
 void slb_cluster_dispose(struct slb_cluster *cl)
 {
+    slb__cluster_table_dispose(cl); /* first: a pending write still reads the discovery's map */
     if (cl->discovery != NULL) {
         slb_discovery_free(cl->discovery);
         cl->discovery = NULL;

@@ -40,6 +40,7 @@ struct slb_loop_ctx;
 struct slb_config_cluster;
 struct slb_etcd;
 struct slb_discovery;
+struct slb_table_write;
 
 /* A request waiting for a usable backend. Owner: embedded in its user; linked by the cluster. */
 struct slb_cluster_waiter {
@@ -67,6 +68,17 @@ struct slb_cluster {
     uv_timer_t wake_timer;          /* wakes the waiters on the next loop turn */
     uv_timer_t probe_timer;         /* while calls wait: early connect attempts (probe_interval_ms) */
     struct slb_log_limit probe_log; /* "probing" logged once per SLB_LOG_LIMIT_MS */
+    /* the persisted table (etcd-fed clusters with state_dir; lib/cluster_table.c) */
+    const char *state_dir;      /* NULL: not persisted (static, no state_dir, or handed to a reload) */
+    uv_timer_t state_timer;     /* writes the table SLB_CLUSTER_STATE_WRITE_MS after a change (one write per burst) */
+    uint8_t has_state_timer;    /* state_timer was initialised (and is counted) */
+    uint8_t state_dirty;        /* the table changed since the last write */
+    uint8_t state_write_failed; /* the last write failed (logged once until one succeeds) */
+    struct slb_table_write *state_write;        /* the write on its way (thread pool), or NULL */
+    uint8_t table_stale;                        /* the table is not from this server's own etcd listing yet */
+    uint8_t table_source;                       /* enum slb_table_source: where a stale table came from */
+    int64_t table_as_of_unix_ms;                /* a stale table: when it was last known to match etcd */
+    int64_t etcd_lost_unix_ms;                  /* when the watch lost etcd; 0 while connected */
     void (*wake)(struct slb_cluster_waiter *w); /* its user's: try again (w is unlinked) */
     struct slb_cluster_stats stats;             /* calls, latency, bytes, retries, hedges, limits (lib/stats.h) */
     struct slb_method_stats method_stats;       /* per method, when "metrics".max_methods is set (the server's) */
@@ -84,6 +96,10 @@ struct slb_cluster {
     char last_connect_error[272];
 };
 
+enum slb_table_source { SLB_TABLE_ETCD = 0, SLB_TABLE_STATE_FILE, SLB_TABLE_RELOAD };
+
+#define SLB_CLUSTER_STATE_WRITE_MS 1000
+
 int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const struct slb_config_cluster *cfg,
                      void (*wake)(struct slb_cluster_waiter *w));
 /* Closes the cluster's timers (counted in ctx) and releases its backends. */
@@ -94,6 +110,23 @@ int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight
 struct slb_backend *slb_cluster_find(struct slb_cluster *cl, const char *addr);
 /* Starts following cfg->etcd_prefix (no-op for static clusters). 0 or < 0. */
 int slb_cluster_start_discovery(struct slb_cluster *cl, struct slb_etcd *etcd);
+/*
+ * Persisted tables (lib/cluster_table.c), after slb_cluster_start_discovery:
+ * seeds an etcd-fed cluster's table from `from` (the same cluster of the
+ * server a reload replaces: same name, prefix and etcd endpoints) or else
+ * from its file under state_dir, marked stale until etcd's first listing
+ * replaces it; with state_dir, writes the table there after changes.
+ */
+void slb_cluster_seed_table(struct slb_cluster *cl, struct slb_cluster *from, const char *state_dir);
+/* Writes a pending change now and persists no more (the server is replaced or stops). */
+void slb_cluster_persist_stop(struct slb_cluster *cl);
+/* "etcd", "state_file", "reload". */
+const char *slb_table_source_name(int source);
+/* For the sink (lib/cluster.c): the table changed / etcd listed it / etcd reachability; on dispose. */
+void slb__cluster_table_changed(struct slb_cluster *cl);
+void slb__cluster_table_listed(struct slb_cluster *cl, int64_t revision);
+void slb__cluster_table_etcd_state(struct slb_cluster *cl, int connected);
+void slb__cluster_table_dispose(struct slb_cluster *cl);
 /* The outcome of one call attempt on be, for passive outlier detection. */
 void slb_cluster_report(struct slb_cluster *cl, struct slb_backend *be, int success);
 /* Waits for a usable backend (until woken or taken out). 0, or SLB_ELIMIT at max_waiting_calls. */

@@ -1669,10 +1669,30 @@ static int load_metrics(struct vctx *c, json_t *root, struct slb_config *cfg)
                : 0;
 }
 
+/* "state_dir": absent = the default, "" or null = no persisted tables, else an absolute path. */
+static int load_state_dir(struct vctx *c, json_t *root, struct slb_config *cfg)
+{
+    json_t *v = json_object_get(root, "state_dir");
+
+    if (v == NULL)
+        cfg->state_dir = strdup(SLB_CONFIG_STATE_DIR_DEFAULT);
+    else if (json_is_null(v) || (json_is_string(v) && json_string_length(v) == 0))
+        return 0;
+    else if (get_str(c, root, "", "state_dir", 1, &cfg->state_dir) != 0)
+        return -1;
+    if (cfg->state_dir == NULL)
+        return fail(c, "state_dir", 0, "out of memory");
+    if (cfg->state_dir[0] != '/')
+        return fail(c, "state_dir", 0, "must be an absolute path (or \"\" to turn persisted tables off)");
+    if (strlen(cfg->state_dir) > 3000)
+        return fail(c, "state_dir", 0, "longer than 3000 bytes");
+    return 0;
+}
+
 static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
 {
-    static const char *const keys[] = {"log_level",           "etcd",    "listeners",  "clusters", "register", "admin",
-                                       "max_app_connections", "budgets", "access_log", "metrics",  NULL};
+    static const char *const keys[] = {"log_level",           "etcd",    "listeners",  "clusters", "register",  "admin",
+                                       "max_app_connections", "budgets", "access_log", "metrics",  "state_dir", NULL};
     static const char *const admin_keys[] = {"address", NULL};
     char *level = NULL;
     json_t *admin;
@@ -1692,7 +1712,7 @@ static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
     if (load_etcd(c, root, cfg) != 0 || load_listeners(c, root, cfg) != 0 || load_clusters(c, root, cfg) != 0 ||
         resolve_routes(c, cfg) != 0 || load_registers(c, root, cfg) != 0 || load_budgets(c, root, &cfg->budgets) != 0 ||
         load_access_log(c, root, &cfg->access_log) != 0 || load_metrics(c, root, cfg) != 0 ||
-        get_obj(c, root, "", "admin", &admin))
+        get_obj(c, root, "", "admin", &admin) || load_state_dir(c, root, cfg) != 0)
         return -1;
     if (admin != NULL && (check_keys(c, admin, "admin", admin_keys) != 0 ||
                           get_addr(c, admin, "admin", "address", 1, &cfg->admin_address) != 0))
@@ -1871,6 +1891,7 @@ void slb_config_free(struct slb_config *cfg)
     free(cfg->registers);
     free(cfg->admin_address);
     free(cfg->access_log.path);
+    free(cfg->state_dir);
     free(cfg->path);
     free(cfg);
 }

@@ -173,7 +173,10 @@ struct slb_config {
     struct slb_config_access_log access_log;
     uint32_t metrics_max_methods; /* "metrics": per-method counters for at most this many methods; 0 = off */
     char *redacted_json;          /* the accepted document, secrets replaced by "<redacted>" (admin GET /config) */
+    char *state_dir;              /* where etcd-fed clusters persist their tables (lib/state_file.h); NULL = off */
 };
+
+#define SLB_CONFIG_STATE_DIR_DEFAULT "/var/lib/sidelb"
 
 /* The defaults of struct slb_config_budgets (also what a loop context starts with). */
 void slb_config_budgets_default(struct slb_config_budgets *b);

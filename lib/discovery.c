@@ -25,6 +25,7 @@ struct slb_discovery {
     size_t nbuckets, n;
     uint64_t gen;
     int synced;
+    int64_t revision; /* of the last listing or event applied */
 };
 
 static uint64_t hash_key(const char *k, size_t len)
@@ -80,6 +81,8 @@ static void remove_key(struct slb_discovery *d, const char *key, size_t len)
     free(e);
 }
 
+static void put_endpoint(struct slb_discovery *d, const char *key, size_t key_len, struct slb_etcd_endpoint *epp);
+
 /* Applies one key's value: upsert if new or changed, remove for a naming delete, skip if malformed. */
 static void apply_put(struct slb_discovery *d, const struct slb_etcd_kv *kv)
 {
@@ -106,8 +109,16 @@ static void apply_put(struct slb_discovery *d, const struct slb_etcd_kv *kv)
         remove_key(d, kv->key, kv->key_len);
         return;
     }
-    uint64_t h = hash_key(kv->key, kv->key_len);
-    struct entry **pp = find_slot(d, kv->key, kv->key_len, h), *e = *pp;
+    put_endpoint(d, kv->key, kv->key_len, &ep);
+}
+
+/* Sets key's endpoint (takes ep over): upsert if new or changed, nothing if equal. */
+static void put_endpoint(struct slb_discovery *d, const char *key, size_t key_len, struct slb_etcd_endpoint *epp)
+{
+    struct slb_etcd_endpoint ep = *epp;
+    uint64_t h = hash_key(key, key_len);
+    struct entry **pp = find_slot(d, key, key_len, h), *e = *pp;
+
     if (e != NULL) {
         e->gen = d->gen;
         if (slb_etcd_endpoint_equal(&e->ep, &ep)) {
@@ -120,12 +131,13 @@ static void apply_put(struct slb_discovery *d, const struct slb_etcd_kv *kv)
         slb_etcd_endpoint_dispose(&old);
         return;
     }
-    if ((e = malloc(sizeof(*e) + kv->key_len + 1)) == NULL) {
-        slb_error("etcd prefix %s: out of memory adding %s", d->prefix, kv->key);
+    if ((e = malloc(sizeof(*e) + key_len + 1)) == NULL) {
+        slb_error("etcd prefix %s: out of memory adding %s", d->prefix, key);
         slb_etcd_endpoint_dispose(&ep);
         return;
     }
-    memcpy(e->key, kv->key, kv->key_len + 1);
+    memcpy(e->key, key, key_len);
+    e->key[key_len] = '\0';
     e->hash = h;
     e->gen = d->gen;
     e->ep = ep;
@@ -163,6 +175,9 @@ void slb_discovery_apply_reset(struct slb_discovery *d, const struct slb_etcd_ra
     if (!d->synced)
         slb_info("etcd prefix %s: %zu endpoints at revision %lld", d->prefix, d->n, (long long)snap->revision);
     d->synced = 1;
+    d->revision = snap->revision;
+    if (d->sink.listed != NULL)
+        d->sink.listed(d->user, snap->revision);
 }
 
 void slb_discovery_apply_events(struct slb_discovery *d, const struct slb_etcd_event *ev, size_t n)
@@ -182,7 +197,11 @@ static void on_reset(void *user, const struct slb_etcd_range_result *snap)
 
 static void on_events(void *user, int64_t revision, const struct slb_etcd_event *ev, size_t n)
 {
-    slb_discovery_apply_events(user, ev, n);
+    struct slb_discovery *d = user;
+
+    slb_discovery_apply_events(d, ev, n);
+    if (revision > d->revision)
+        d->revision = revision;
 }
 
 static void on_state(void *user, int connected)
@@ -267,4 +286,42 @@ int64_t slb_discovery_revision(const struct slb_discovery *d)
 int slb_discovery_synced(const struct slb_discovery *d)
 {
     return d->synced;
+}
+
+void slb_discovery_preload(struct slb_discovery *d, const struct slb_state_table *t)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        struct slb_etcd_endpoint ep;
+        if (slb_etcd_endpoint_copy(&ep, &t->entries[i].ep) != 0) {
+            slb_error("etcd prefix %s: out of memory preloading %s", d->prefix, t->entries[i].key);
+            continue;
+        }
+        put_endpoint(d, t->entries[i].key, strlen(t->entries[i].key), &ep);
+    }
+}
+
+int slb_discovery_snapshot(const struct slb_discovery *d, struct slb_state_table *out)
+{
+    size_t k = 0;
+
+    memset(out, 0, sizeof(*out));
+    out->revision = d->revision;
+    if ((out->prefix = strdup(d->prefix)) == NULL ||
+        (d->n > 0 && (out->entries = calloc(d->n, sizeof(*out->entries))) == NULL))
+        goto fail;
+    for (size_t i = 0; i < d->nbuckets; i++) {
+        for (const struct entry *e = d->buckets[i]; e != NULL; e = e->next, k++) {
+            if ((out->entries[k].key = strdup(e->key)) == NULL)
+                goto fail;
+            if (slb_etcd_endpoint_copy(&out->entries[k].ep, &e->ep) != 0) {
+                free(out->entries[k].key);
+                goto fail;
+            }
+            out->n++;
+        }
+    }
+    return 0;
+fail:
+    slb_state_table_dispose(out);
+    return SLB_ENOMEM;
 }

@@ -17,6 +17,7 @@
 
 #include "etcd.h"
 #include "etcd_value.h"
+#include "state_file.h"
 
 struct slb_discovery;
 
@@ -26,6 +27,8 @@ struct slb_discovery_sink {
                    const struct slb_etcd_endpoint *old);
     void (*remove)(void *user, const char *key, const struct slb_etcd_endpoint *ep);
     void (*state)(void *user, int connected); /* optional: etcd reachable or not */
+    /* optional: a listing (the first, or after a compaction) was applied; the map is what etcd holds */
+    void (*listed)(void *user, int64_t revision);
 };
 
 /* Starts watching prefix; sink calls begin on a later loop turn. 0, SLB_ENOMEM or UV_E*. */
@@ -41,6 +44,14 @@ const struct slb_etcd_endpoint *slb_discovery_get(const struct slb_discovery *d,
 int slb_discovery_synced(const struct slb_discovery *d);
 /* The etcd revision up to which the watch delivered everything (0 when detached). */
 int64_t slb_discovery_revision(const struct slb_discovery *d);
+
+/* Seeds the map with a table etcd gave earlier (a state file, a reload's
+ * previous server), through the sink as upserts; the next listing reconciles
+ * it like any other: keys etcd no longer has are removed. */
+void slb_discovery_preload(struct slb_discovery *d, const struct slb_state_table *t);
+/* A deep copy of the map (prefix, entries, and the revision of the last listing or event
+ * applied, detached discoveries included; written_unix_ms 0). 0 or SLB_ENOMEM. */
+int slb_discovery_snapshot(const struct slb_discovery *d, struct slb_state_table *out);
 
 /* For tests and the benchmark: apply a snapshot / events as the watch would. */
 void slb_discovery_apply_reset(struct slb_discovery *d, const struct slb_etcd_range_result *snap);

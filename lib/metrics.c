@@ -212,6 +212,19 @@ static void cluster_tls_family(struct out *o, const struct slb_server *srv, cons
     }
 }
 
+/* Persisted tables: 1 while a cluster serves a table etcd has not confirmed to this server. */
+static void put_table_stale(struct out *o, const struct slb_server *srv)
+{
+    put_family(o, "sidelb_cluster_table_stale", "gauge",
+               "1 while the cluster's backends come from its state file or the server a reload replaced, not yet "
+               "from etcd (etcd unreachable).");
+    for (size_t i = 0; i < srv->n_clusters; i++) {
+        puts_(o, "sidelb_cluster_table_stale{cluster=\"");
+        put_label_value(o, srv->clusters[i].cfg->name);
+        putf(o, "\"} %d\n", srv->clusters[i].table_stale ? 1 : 0);
+    }
+}
+
 static void put_listener_conns(struct out *o, const struct slb_listener *l)
 {
     puts_(o, "sidelb_listener_connections{listener=\"");
@@ -671,6 +684,7 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
     cluster_tls_family(o, srv, "sidelb_upstream_tls_resumed_total",
                        "TLS handshakes with the cluster's backends that resumed an earlier session.",
                        offsetof(struct slb_tls_stats, resumed));
+    put_table_stale(o, srv);
 
     put_family(o, "sidelb_backend_state", "gauge",
                "Connectivity state of the backend (one-hot: 1 for the current state, 0 for the others).");

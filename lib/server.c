@@ -122,6 +122,26 @@ static int listener_start(struct slb_server *srv, struct slb_listener *l, const 
     return 0;
 }
 
+/* The cluster of the server a reload replaces that follows the same etcd prefix on the same
+ * etcd endpoints under the same name, or NULL: its live table seeds the new one. */
+static struct slb_cluster *same_discovery(const struct slb_server *old, const struct slb_config *cfg,
+                                          const struct slb_config_cluster *cc)
+{
+    const struct slb_config *ocfg = old != NULL ? old->cfg : NULL;
+
+    if (ocfg == NULL || !ocfg->has_etcd || cc->etcd_prefix == NULL || ocfg->etcd.n_endpoints != cfg->etcd.n_endpoints)
+        return NULL;
+    for (size_t i = 0; i < cfg->etcd.n_endpoints; i++)
+        if (strcmp(ocfg->etcd.endpoints[i], cfg->etcd.endpoints[i]) != 0)
+            return NULL;
+    for (size_t i = 0; i < old->n_clusters; i++) {
+        const struct slb_config_cluster *oc = old->clusters[i].cfg;
+        if (strcmp(oc->name, cc->name) == 0 && oc->etcd_prefix != NULL && strcmp(oc->etcd_prefix, cc->etcd_prefix) == 0)
+            return &old->clusters[i];
+    }
+    return NULL;
+}
+
 uint32_t slb_server_app_conn_ceiling(uint64_t nofile)
 {
     uint64_t reserve = nofile / 4 > 256 ? nofile / 4 : 256;
@@ -233,6 +253,7 @@ int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struc
                 snprintf(err, errlen, "cluster %s: cannot follow etcd: %s", cfg->clusters[i].name, slb_strerror(rv));
                 return rv;
             }
+            slb_cluster_seed_table(&srv->clusters[i], same_discovery(old, cfg, &cfg->clusters[i]), cfg->state_dir);
         }
     }
     if ((srv->listeners = calloc(cfg->n_listeners, sizeof(*srv->listeners))) == NULL) {
@@ -380,6 +401,8 @@ void slb_server_retire(struct slb_server *old, const struct slb_config *next, ui
 {
     if (old->registrar != NULL && next != NULL)
         slb_registrar_hand_over(old->registrar, next->registers, next->n_registers);
+    for (size_t i = 0; i < old->n_clusters; i++)
+        slb_cluster_persist_stop(&old->clusters[i]); /* the new server writes the tables now */
     slb_server_stop(old, grace_ms, on_stopped);
 }
 

@@ -392,7 +392,7 @@ START_TEST(err_unknown_top_key)
 {
     expect_error("{\n" LISTENER_OK CLUSTER_OK ",  \"clsuters\": []\n}\n",
                  "t.json:4:4: clsuters: unknown key (expected one of: log_level, etcd, listeners, clusters, register, "
-                 "admin, max_app_connections, budgets, access_log, metrics)");
+                 "admin, max_app_connections, budgets, access_log, metrics, state_dir)");
 }
 END_TEST
 
@@ -413,6 +413,28 @@ START_TEST(test_budgets)
     ck_assert_uint_eq(cfg->budgets.call_retry_bytes, 0);
     ck_assert_uint_eq(cfg->budgets.read_bytes_per_turn, 0);
     slb_config_free(cfg);
+}
+END_TEST
+
+/* state_dir: a default, "" and null turn persisted tables off, only absolute paths. */
+START_TEST(test_state_dir)
+{
+    struct slb_config *cfg = expect_ok("{\n" LISTENER_OK CLUSTER_OK "}\n");
+
+    ck_assert_str_eq(cfg->state_dir, "/var/lib/sidelb");
+    slb_config_free(cfg);
+    cfg = expect_ok("{\n" LISTENER_OK CLUSTER_OK ", \"state_dir\": \"/srv/sidelb/state\"\n}\n");
+    ck_assert_str_eq(cfg->state_dir, "/srv/sidelb/state");
+    slb_config_free(cfg);
+    cfg = expect_ok("{\n" LISTENER_OK CLUSTER_OK ", \"state_dir\": \"\"\n}\n");
+    ck_assert_ptr_null(cfg->state_dir);
+    slb_config_free(cfg);
+    cfg = expect_ok("{\n" LISTENER_OK CLUSTER_OK ", \"state_dir\": null\n}\n");
+    ck_assert_ptr_null(cfg->state_dir);
+    slb_config_free(cfg);
+    expect_error("{\n" LISTENER_OK CLUSTER_OK ", \"state_dir\": \"state\"\n}\n",
+                 "t.json:4:16: state_dir: must be an absolute path");
+    expect_error("{\n" LISTENER_OK CLUSTER_OK ", \"state_dir\": 1\n}\n", "t.json:4:16: state_dir: ");
 }
 END_TEST
 
@@ -1040,6 +1062,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, err_root_not_object);
     tcase_add_test(tc, err_unknown_top_key);
     tcase_add_test(tc, test_budgets);
+    tcase_add_test(tc, test_state_dir);
     tcase_add_test(tc, err_budgets);
     tcase_add_test(tc, err_unknown_listener_key);
     tcase_add_test(tc, err_missing_listeners);

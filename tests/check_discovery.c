@@ -36,7 +36,7 @@ static void s_state(void *u, int connected)
         s->disconnected++;
     s->flag = 1;
 }
-static const struct slb_discovery_sink sink = {s_upsert, s_remove, s_state};
+static const struct slb_discovery_sink sink = {s_upsert, s_remove, s_state, NULL};
 
 static uv_loop_t loop;
 static struct etcd_h H;
@@ -163,6 +163,47 @@ START_TEST(test_reconcile)
 }
 END_TEST
 
+/* A preloaded table (state file, reload) goes through the sink, and the first listing reconciles it. */
+START_TEST(test_preload)
+{
+    struct seen s = {0};
+    struct slb_discovery *d;
+    struct slb_state_entry ents[2] = {{.key = "p/a"}, {.key = "p/b"}};
+    struct slb_state_table t = {.prefix = "p/", .revision = 7, .entries = ents, .n = 2}, snap;
+    struct slb_etcd_kv kvs[2] = {
+        {.key = "p/a", .key_len = 3, .value = "127.0.0.1:1", .value_len = 11},
+        {.key = "p/c", .key_len = 3, .value = "127.0.0.1:3", .value_len = 11},
+    };
+    struct slb_etcd_range_result listing = {.revision = 9, .kvs = kvs, .n = 2};
+
+    snprintf(ents[0].ep.addr, sizeof(ents[0].ep.addr), "127.0.0.1:1");
+    ents[0].ep.weight = 1;
+    snprintf(ents[1].ep.addr, sizeof(ents[1].ep.addr), "127.0.0.1:2");
+    ents[1].ep.weight = 5;
+    ck_assert_int_eq(slb_discovery_new_detached("p/", &sink, &s, &d), 0);
+    slb_discovery_preload(d, &t);
+    ck_assert_int_eq(s.upserts, 2);
+    ck_assert(!slb_discovery_synced(d)); /* still waiting for etcd */
+    ck_assert_int_eq(slb_discovery_snapshot(d, &snap), 0);
+    ck_assert_uint_eq(snap.n, 2);
+    ck_assert_str_eq(snap.prefix, "p/");
+    slb_state_table_dispose(&snap);
+    memset(&s, 0, sizeof(s));
+    slb_discovery_apply_reset(d, &listing);
+    ck_assert_int_eq(s.upserts, 1); /* c; a unchanged: no churn */
+    ck_assert_int_eq(s.removes, 1); /* b: etcd no longer has it */
+    ck_assert_str_eq(s.last_remove, "p/b");
+    ck_assert(slb_discovery_synced(d));
+    ck_assert_int_eq(slb_discovery_snapshot(d, &snap), 0);
+    ck_assert_uint_eq(snap.n, 2);
+    ck_assert_int_eq(snap.revision, 9);
+    for (size_t i = 0; i < snap.n; i++)
+        ck_assert_str_eq(slb_discovery_get(d, snap.entries[i].key)->addr, snap.entries[i].ep.addr);
+    slb_state_table_dispose(&snap);
+    slb_discovery_free(d);
+}
+END_TEST
+
 /* etcd down: the table stays; back: changes made meanwhile are applied quickly. */
 START_TEST(test_etcd_restart)
 {
@@ -236,6 +277,7 @@ Suite *discovery_suite(void)
     TCase *tc = tcase_create("discovery");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_reconcile);
+    tcase_add_test(tc, test_preload);
     tcase_add_test(tc, test_sink);
     tcase_add_test(tc, test_etcd_restart);
     tcase_add_test(tc, test_cluster_failover);

@@ -31,7 +31,7 @@ static double cpu_ms(void)
 
 int main(void)
 {
-    static const struct slb_discovery_sink sink = {up, rm, NULL};
+    static const struct slb_discovery_sink sink = {up, rm, NULL, NULL};
     struct slb_discovery *d;
     struct slb_etcd_event *ev = calloc(N, sizeof(*ev));
     struct slb_etcd_kv *kvs = calloc(N, sizeof(*kvs));

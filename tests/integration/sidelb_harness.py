@@ -2,7 +2,8 @@
 
     start_sidelb(config: dict, extra_args=(), timeout=10) -> peers.Proc
         writes the config to a temp file, runs $SIDELB_BUILD/sidelb -c FILE,
-        waits for its "ready" log line; .port is the first listener's port.
+        waits for its "ready" log line; .port is the first listener's port;
+        without "state_dir" in config it gets a temp one (.state_dir).
     simple_config(backends, port=None, policy="round_robin", **cluster_extra)
         one listener routing sidelb.test.Echo to cluster "echo" with static backends.
     start_with_admin_listener(config) -> peers.Proc with .admin_port
@@ -10,20 +11,26 @@
     rss_kb(pid)  resident set size from /proc.
 """
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 
 import peers
 
 
 def start_sidelb(config, extra_args=(), timeout=10.0, log_level="info", binary=None):
+    if "state_dir" not in config:  # never /var/lib/sidelb; .state_dir is kept for reloads
+        config = dict(config, state_dir=tempfile.mkdtemp(prefix="sidelb-state-"))
+        atexit.register(shutil.rmtree, config["state_dir"], True)
     fd, path = tempfile.mkstemp(prefix="sidelb-conf-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(config, f, indent=2)
     argv = [binary or peers.binary("sidelb"), "-c", path, "-l", log_level] + list(extra_args)
     p = peers.Proc(argv, name="sidelb", ready=r"sidelb \S+ ready", timeout=timeout)
     p.config_path = path
+    p.state_dir = config["state_dir"]
     p.port = int(config["listeners"][0]["address"].rsplit(":", 1)[1])
     return p
 

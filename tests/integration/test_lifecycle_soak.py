@@ -369,7 +369,8 @@ class Chaos:
             time.sleep(self.rnd.uniform(0.05, 0.3))
         self.variant += 1
         with open(self.slb.config_path, "w") as f:
-            json.dump(config(self.etcd_url, self.slb.port, self.admin_port, self.variant), f)
+            json.dump(dict(config(self.etcd_url, self.slb.port, self.admin_port, self.variant),
+                           state_dir=self.slb.state_dir), f)
         self.slb.signal(signal.SIGHUP)
         self.reloads += 1
         end = time.monotonic() + 10
