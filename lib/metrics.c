@@ -164,6 +164,10 @@ static uint64_t v_ejection_multiplier(const struct slb_backend *be, uint64_t now
     return be->times_ejected;
 }
 
+static uint64_t v_drained(const struct slb_backend *be, uint64_t now)
+{
+    return be->drained != 0 ? 1 : 0;
+}
 static uint64_t v_health_changes(const struct slb_backend *be, uint64_t now)
 {
     return be->stats.health_changes;
@@ -720,6 +724,10 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
                    "plus one; it decays by one per interval_ms the backend stays in.",
                    v_ejection_multiplier);
     backend_family(o, srv, now, "sidelb_backend_weight", "gauge", "Load-balancing weight of the backend.", v_weight);
+    backend_family(o, srv, now, "sidelb_backend_drained", "gauge",
+                   "1 while an operator drains the backend (admin action or \"drain\": true in its etcd value): no new "
+                   "calls, calls in flight finish.",
+                   v_drained);
     backend_family(o, srv, now, "sidelb_backend_connections", "gauge", "Open HTTP/2 connections to the backend.",
                    v_connections);
     backend_family(o, srv, now, "sidelb_backend_queued_calls", "gauge",

@@ -14,7 +14,7 @@ import pytest
 import peers
 from peers import req, wait_for
 from sidelb_harness import simple_config, start_sidelb, start_with_admin_listener
-from test_admin import http
+from test_admin import http, metric
 
 
 def start_with_admin(backends, admin_host="127.0.0.1", **kw):
@@ -51,6 +51,7 @@ def test_drain_lets_calls_in_flight_finish_and_new_calls_avoid_it():
         assert status == 200, body
         assert b"drained (1 calls in flight finish there)" in body
         assert backends(slb)[b0.addr]["drained"] == {"admin": True, "etcd": False}
+        assert metric(slb, "sidelb_backend_drained", cluster="echo", backend=b0.addr) == 1
         assert backends(slb)[b0.addr]["healthy"] is False
         # new calls avoid it while its call in flight goes on
         assert {stub.Unary(req(), timeout=5).backend_id for _ in range(10)} == {"b1"}
@@ -59,6 +60,7 @@ def test_drain_lets_calls_in_flight_finish_and_new_calls_avoid_it():
     status, _, body = post(slb, "/clusters/echo/backends/%s/undrain" % b0.addr)
     assert status == 200 and b"undrained" in body, body
     assert backends(slb)[b0.addr]["drained"] == {"admin": False, "etcd": False}
+    assert metric(slb, "sidelb_backend_drained", cluster="echo", backend=b0.addr) == 0
     assert "b0" in {stub.Unary(req(), timeout=5).backend_id for _ in range(6)}
 
 
