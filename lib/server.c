@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "access_log.h"
@@ -42,15 +45,17 @@ static void on_connection(uv_stream_t *s, int status)
         slb_warn("listener %s: cannot accept: %s", l->cfg->address, slb_strerror(rv));
 }
 
-/* The listening socket of the running server at the same address, if any. */
-static int inherited_fd(const struct slb_server *old, const char *address)
+/* The listener of the running server at the same address, if any, and its listening socket. */
+static int inherited_fd(const struct slb_server *old, const char *address, const struct slb_listener **from)
 {
     uv_os_fd_t fd;
 
     for (size_t i = 0; old != NULL && i < old->n_listeners; i++)
         if (strcmp(old->listeners[i].cfg->address, address) == 0 &&
-            uv_fileno((const uv_handle_t *)&old->listeners[i].tcp, &fd) == 0)
+            uv_fileno((const uv_handle_t *)&old->listeners[i].tcp, &fd) == 0) {
+            *from = &old->listeners[i];
             return fd;
+        }
     return -1;
 }
 
@@ -67,9 +72,161 @@ static int alloc_call_stats(struct slb_server *srv)
     return 0;
 }
 
+/* ---- unix:/path listeners ---- */
+
+/*
+ * A socket file already at path: a stale one (left by a crash: connecting is
+ * refused) is removed; a live one (another process listens) or a file that is
+ * not a socket is an error, and the file is left alone. 0 or < 0 with err set.
+ */
+static int unix_clear_stale(const struct slb_config_listener *cfg, char *err, size_t errlen)
+{
+    const char *path = cfg->unix_path;
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    struct stat st;
+    int fd, rv;
+
+    if (lstat(path, &st) != 0) {
+        if (errno == ENOENT)
+            return 0;
+        snprintf(err, errlen, "listener %s: cannot check %s: %s", cfg->address, path, strerror(errno));
+        return -errno;
+    }
+    if (!S_ISSOCK(st.st_mode)) {
+        snprintf(err, errlen, "listener %s: %s exists and is not a socket (not removed)", cfg->address, path);
+        return UV_EEXIST;
+    }
+    memcpy(sun.sun_path, path, strlen(path) + 1);
+    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0) {
+        snprintf(err, errlen, "listener %s: socket: %s", cfg->address, strerror(errno));
+        return -errno;
+    }
+    rv = connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0 ? 0 : errno;
+    close(fd);
+    if (rv == ECONNREFUSED) {
+        if (unlink(path) != 0 && errno != ENOENT) {
+            snprintf(err, errlen, "listener %s: cannot remove the stale socket %s: %s", cfg->address, path,
+                     strerror(errno));
+            return -errno;
+        }
+        slb_notice("listener %s: removed the stale socket file %s (nothing listened on it)", cfg->address, path);
+        return 0;
+    }
+    if (rv == ENOENT)
+        return 0; /* gone meanwhile */
+    snprintf(err, errlen, "listener %s: another process is listening on %s (%s); not replaced", cfg->address, path,
+             rv == 0 || rv == EAGAIN ? "it accepted a connection" : strerror(rv));
+    return UV_EADDRINUSE;
+}
+
+/* Applies the configured mode and group to the socket file (on every start, so a reload changes them). */
+static int unix_apply_perms(struct slb_listener *l, char *err, size_t errlen)
+{
+    const struct slb_config_listener *cfg = l->cfg;
+
+    if (chmod(cfg->unix_path, (mode_t)cfg->unix_mode) != 0 ||
+        (cfg->unix_gid >= 0 && chown(cfg->unix_path, (uid_t)-1, (gid_t)cfg->unix_gid) != 0)) {
+        snprintf(err, errlen, "listener %s: cannot set mode %04o%s on %s: %s", cfg->address, cfg->unix_mode,
+                 cfg->unix_gid >= 0 ? " and group" : "", cfg->unix_path, strerror(errno));
+        return -errno;
+    }
+    return 0;
+}
+
+/*
+ * A new listening Unix socket: bound, given its mode and group, and only then
+ * listening, so no one connects before the permissions apply. The socket is
+ * made here rather than by uv_pipe_bind(): libuv unlinks the path of a pipe it
+ * bound when the handle closes, and after a reload that file is the new
+ * server's.
+ */
+static int unix_bind(struct slb_listener *l, char *err, size_t errlen)
+{
+    const struct slb_config_listener *cfg = l->cfg;
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    struct stat st;
+    int fd, rv;
+
+    if ((rv = unix_clear_stale(cfg, err, errlen)) != 0)
+        return rv;
+    memcpy(sun.sun_path, cfg->unix_path, strlen(cfg->unix_path) + 1);
+    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0 ||
+        bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+        rv = -errno;
+        snprintf(err, errlen, "listener %s: cannot bind: %s", cfg->address, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return rv;
+    }
+    if (stat(cfg->unix_path, &st) == 0) {
+        l->unix_dev = st.st_dev;
+        l->unix_ino = st.st_ino;
+    }
+    l->owns_file = 1;
+    if ((rv = unix_apply_perms(l, err, errlen)) != 0 || (rv = uv_pipe_open(&l->pipe, fd)) != 0) {
+        if (rv != 0 && err[0] == '\0')
+            snprintf(err, errlen, "listener %s: %s", cfg->address, slb_strerror(rv));
+        close(fd);
+        return rv;
+    }
+    return 0;
+}
+
+/* Takes over the listening Unix socket of the server being replaced (a dup of its fd). */
+static int unix_inherit(struct slb_listener *l, const struct slb_listener *from, int fd, char *err, size_t errlen)
+{
+    int nfd = dup(fd), rv;
+
+    if (nfd < 0 || (rv = uv_pipe_open(&l->pipe, nfd)) != 0) {
+        rv = nfd < 0 ? UV_EMFILE : rv;
+        if (nfd >= 0)
+            close(nfd);
+        snprintf(err, errlen, "listener %s: cannot take over the socket: %s", l->cfg->address, slb_strerror(rv));
+        return rv;
+    }
+    l->unix_dev = from->unix_dev;
+    l->unix_ino = from->unix_ino;
+    l->inherited = 1;
+    l->owns_file = 1; /* the old server gives it up in slb_server_retire() */
+    return unix_apply_perms(l, err, errlen);
+}
+
+/* Removes the socket file on stop, if this listener owns it and it is still the one it made. */
+static void unix_remove_file(struct slb_listener *l)
+{
+    struct stat st;
+
+    if (l->cfg == NULL || l->cfg->unix_path == NULL || !l->owns_file)
+        return;
+    l->owns_file = 0;
+    if (stat(l->cfg->unix_path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == l->unix_dev &&
+        st.st_ino == l->unix_ino && unlink(l->cfg->unix_path) == 0)
+        slb_info("listener %s: removed %s", l->cfg->address, l->cfg->unix_path);
+}
+
+static int unix_listener_open(struct slb_server *srv, struct slb_listener *l, const struct slb_server *old, int *kept,
+                              char *err, size_t errlen)
+{
+    const struct slb_listener *from = NULL;
+    int fd, rv;
+
+    err[0] = '\0';
+    uv_pipe_init(srv->loop, &l->pipe, 0);
+    slb_conn_ctx_handle_opened(&srv->ctx.io);
+    srv->n_listeners++; /* from here on, stopping the server closes the handle */
+    *kept = (fd = inherited_fd(old, l->cfg->address, &from)) >= 0;
+    rv = *kept ? unix_inherit(l, from, fd, err, errlen) : unix_bind(l, err, errlen);
+    if (rv != 0)
+        return rv;
+    if ((rv = uv_listen((uv_stream_t *)&l->pipe, 1024, on_connection)) != 0)
+        snprintf(err, errlen, "listener %s: cannot listen: %s", l->cfg->address, slb_strerror(rv));
+    return rv;
+}
+
 static int listener_start(struct slb_server *srv, struct slb_listener *l, const struct slb_config_listener *cfg,
                           const struct slb_server *old, char *err, size_t errlen)
 {
+    const struct slb_listener *from;
     struct sockaddr_storage ss;
     unsigned sslen;
     int rv, fd;
@@ -95,6 +252,14 @@ static int listener_start(struct slb_server *srv, struct slb_listener *l, const 
     l->set.tls = cfg->tls.ctx; /* NULL: h2c */
     l->set.idle_timeout_ms = cfg->idle_timeout_ms;
     l->set.stream_idle_timeout_ms = cfg->stream_idle_timeout_ms;
+    if (cfg->unix_path != NULL) {
+        int kept = 0;
+        if ((rv = unix_listener_open(srv, l, old, &kept, err, errlen)) != 0)
+            return rv;
+        slb_notice("listening on %s (%s, mode %04o)%s", cfg->address, cfg->name ? cfg->name : "unnamed", cfg->unix_mode,
+                   kept ? " (kept)" : "");
+        return 0;
+    }
     if (slb_parse_addr(cfg->address, &ss, &sslen) != 0) {
         snprintf(err, errlen, "listener %s: invalid address", cfg->address);
         return SLB_EADDR;
@@ -102,7 +267,7 @@ static int listener_start(struct slb_server *srv, struct slb_listener *l, const 
     uv_tcp_init(srv->loop, &l->tcp);
     slb_conn_ctx_handle_opened(&srv->ctx.io);
     srv->n_listeners++; /* from here on, stopping the server closes the handle */
-    if ((fd = inherited_fd(old, cfg->address)) >= 0) {
+    if ((fd = inherited_fd(old, cfg->address, &from)) >= 0) {
         /* A reload keeps the same listening socket (a dup of its fd): no
          * connection waiting in its backlog is lost, no port is rebound. */
         int nfd = dup(fd);
@@ -195,8 +360,23 @@ int slb_server_start(struct slb_server *srv, uv_loop_t *loop, const struct slb_c
     return slb_server_start_reload(srv, loop, cfg, NULL, err, errlen);
 }
 
+static int server_start(struct slb_server *srv, uv_loop_t *loop, const struct slb_config *cfg,
+                        const struct slb_server *old, char *err, size_t errlen);
+
 int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struct slb_config *cfg,
                             const struct slb_server *old, char *err, size_t errlen)
+{
+    int rv = server_start(srv, loop, cfg, old, err, errlen);
+
+    /* a failed reload: the old server keeps serving on the sockets taken over, and their files */
+    for (size_t i = 0; rv != 0 && i < srv->n_listeners; i++)
+        if (srv->listeners[i].inherited)
+            srv->listeners[i].owns_file = 0;
+    return rv;
+}
+
+static int server_start(struct slb_server *srv, uv_loop_t *loop, const struct slb_config *cfg,
+                        const struct slb_server *old, char *err, size_t errlen)
 {
     int rv;
 
@@ -365,8 +545,10 @@ void slb_server_stop(struct slb_server *srv, uint64_t grace_ms, void (*on_stoppe
         srv->reg_pending = 1;
         slb_registrar_shutdown(srv->registrar, on_registrar_down, srv);
     }
-    for (size_t i = 0; i < srv->n_listeners; i++)
+    for (size_t i = 0; i < srv->n_listeners; i++) {
+        unix_remove_file(&srv->listeners[i]);
         slb_conn_ctx_close_handle(&srv->ctx.io, (uv_handle_t *)&srv->listeners[i].tcp);
+    }
     if (slb_list_empty(&srv->ctx.downstreams)) {
         server_finish(srv);
         return;
@@ -403,6 +585,11 @@ void slb_server_retire(struct slb_server *old, const struct slb_config *next, ui
         slb_registrar_hand_over(old->registrar, next->registers, next->n_registers);
     for (size_t i = 0; i < old->n_clusters; i++)
         slb_cluster_persist_stop(&old->clusters[i]); /* the new server writes the tables now */
+    /* socket files the new server took over are its own now */
+    for (size_t i = 0; next != NULL && i < old->n_listeners; i++)
+        for (size_t j = 0; j < next->n_listeners; j++)
+            if (strcmp(old->listeners[i].cfg->address, next->listeners[j].address) == 0)
+                old->listeners[i].owns_file = 0;
     slb_server_stop(old, grace_ms, on_stopped);
 }
 

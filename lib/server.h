@@ -16,6 +16,7 @@
 #define SLB_SERVER_H
 
 #include <stdint.h>
+#include <sys/types.h>
 #include <uv.h>
 
 #include "h2_downstream.h"
@@ -31,7 +32,15 @@ struct slb_admin;
 
 /* Owner: the server (array). */
 struct slb_listener {
-    uv_tcp_t tcp;
+    union {
+        uv_tcp_t tcp;   /* IP:port listeners */
+        uv_pipe_t pipe; /* unix:/path listeners (cfg->unix_path) */
+    };
+    /* unix:/path: the socket file this listener made (or took over), removed on stop if still that file */
+    dev_t unix_dev;
+    ino_t unix_ino;
+    uint8_t owns_file; /* removes the file on stop (not when a reload's successor keeps it) */
+    uint8_t inherited; /* took over the socket of the server it replaces */
     struct slb_server *srv;
     const struct slb_config_listener *cfg;
     struct slb_routes routes;
