@@ -37,6 +37,7 @@ void slb_backend_unref(struct slb_backend *be)
         return;
     if (be->on_free != NULL)
         be->on_free(be);
+    free(be->host_name);
     free(be);
 }
 

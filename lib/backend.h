@@ -78,6 +78,9 @@ struct slb_backend {
     struct slb_backend_stats stats; /* attempts, attempt latency, health changes (lib/stats.h) */
 
     uint32_t discovery_keys;        /* etcd keys naming this address (two keys may) */
+    uint32_t dns_refs;              /* host names resolving to this address (lib/resolver.h) */
+    uint8_t pinned;                 /* an IP literal of the static list: never removed */
+    char *host_name;                /* the host name it was resolved from (for TLS), NULL for IP literals; owned */
     struct slb_backend *_hash_next; /* in the cluster's name index */
 
     char last_error[160];            /* why its last connect attempt failed ("" before any): TLS reasons too */

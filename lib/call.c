@@ -598,6 +598,7 @@ static void call_no_backend(struct slb_call *call)
 {
     struct slb_cluster *cl = call->cluster;
     uint64_t now = call_now(call);
+    const char *host;
     char msg[384];
 
     if (call->wait_health && cl->n_health_pending == 0) {
@@ -645,8 +646,12 @@ static void call_no_backend(struct slb_call *call)
         return;
     }
     /* why the last backend that failed to connect did (a TLS reason, a refused connect), when one is down */
-    snprintf(msg, sizeof(msg), "sidelb: no reachable backend in cluster %s%s%s", cl->cfg->name,
-             cl->last_connect_error[0] ? "; last connect error: " : "", cl->last_connect_error);
+    if (cl->set.n == 0 && (host = slb_cluster_unresolved_host(cl)) != NULL)
+        snprintf(msg, sizeof(msg), "sidelb: no reachable backend in cluster %s (host %.80s does not resolve)",
+                 cl->cfg->name, host);
+    else
+        snprintf(msg, sizeof(msg), "sidelb: no reachable backend in cluster %s%s%s", cl->cfg->name,
+                 cl->last_connect_error[0] ? "; last connect error: " : "", cl->last_connect_error);
     call_fail_local(call, SLB_GRPC_UNAVAILABLE, msg);
 }
 

@@ -54,6 +54,8 @@ int slb_host_name_valid(const char *host)
     size_t n = strlen(host), label = 0;
     char prev = '.';
 
+    if (n > 1 && host[n - 1] == '.')
+        n--; /* a fully qualified "example.com." */
     if (n == 0 || n > 253 || host[0] == '.')
         return 0;
     for (size_t i = 0; i < n; i++) {
