@@ -191,16 +191,21 @@ static int unix_inherit(struct slb_listener *l, const struct slb_listener *from,
     return unix_apply_perms(l, err, errlen);
 }
 
-/* Removes the socket file on stop, if this listener owns it and it is still the one it made. */
-static void unix_remove_file(struct slb_listener *l)
+/* Whether path still holds the socket file listener l made (not removed or replaced by someone). */
+static int unix_file_is_ours(const struct slb_listener *l, const char *path)
 {
     struct stat st;
 
+    return stat(path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == l->unix_dev && st.st_ino == l->unix_ino;
+}
+
+/* Removes the socket file on stop, if this listener owns it and it is still the one it made. */
+static void unix_remove_file(struct slb_listener *l)
+{
     if (l->cfg == NULL || l->cfg->unix_path == NULL || !l->owns_file)
         return;
     l->owns_file = 0;
-    if (stat(l->cfg->unix_path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == l->unix_dev &&
-        st.st_ino == l->unix_ino && unlink(l->cfg->unix_path) == 0)
+    if (unix_file_is_ours(l, l->cfg->unix_path) && unlink(l->cfg->unix_path) == 0)
         slb_info("listener %s: removed %s", l->cfg->address, l->cfg->unix_path);
 }
 
@@ -214,7 +219,13 @@ static int unix_listener_open(struct slb_server *srv, struct slb_listener *l, co
     uv_pipe_init(srv->loop, &l->pipe, 0);
     slb_conn_ctx_handle_opened(&srv->ctx.io);
     srv->n_listeners++; /* from here on, stopping the server closes the handle */
-    *kept = (fd = inherited_fd(old, l->cfg->address, &from)) >= 0;
+    if ((fd = inherited_fd(old, l->cfg->address, &from)) >= 0 && !unix_file_is_ours(from, l->cfg->unix_path)) {
+        /* someone removed or replaced the file: nobody reaches the old socket by name; make a new one */
+        slb_warn("listener %s: %s is no longer the running socket's file; binding a new socket", l->cfg->address,
+                 l->cfg->unix_path);
+        fd = -1;
+    }
+    *kept = fd >= 0;
     rv = *kept ? unix_inherit(l, from, fd, err, errlen) : unix_bind(l, err, errlen);
     if (rv != 0)
         return rv;

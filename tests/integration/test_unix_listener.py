@@ -214,3 +214,17 @@ def test_listener_dropped_by_reload_removes_its_file(sockdir):
     EtcdServer.wait_for(lambda: "reloaded" in slb.log(), 10, what="the reload")
     EtcdServer.wait_for(lambda: not os.path.exists(p1), 10, what="the old socket file removed")
     assert spread(peers.echo_stub("unix:" + p2), 2) == {"a": 2}
+
+
+def test_sighup_after_the_file_was_deleted_makes_a_new_socket(sockdir):
+    a = peers.start_c_backend("a")
+    path = os.path.join(sockdir, "grpc.sock")
+    slb = start_sidelb(unix_config(path, [a.addr]))
+    os.unlink(path)  # e.g. a careless cleanup of the runtime directory
+    slb.signal(signal.SIGHUP)
+    EtcdServer.wait_for(lambda: "reloaded" in slb.log() or "reload:" in slb.log(), 10, what="the reload")
+    assert "is no longer the running socket's file; binding a new socket" in slb.log()
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    assert spread(peers.echo_stub("unix:" + path), 3) == {"a": 3}
+    assert slb.stop() == 0
+    assert not os.path.exists(path)
