@@ -5,9 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "access_log.h"
@@ -21,6 +18,7 @@
 #include "h2_downstream.h"
 #include "log.h"
 #include "register.h"
+#include "unix_socket.h"
 
 static void server_finish(struct slb_server *srv);
 
@@ -72,141 +70,43 @@ static int alloc_call_stats(struct slb_server *srv)
     return 0;
 }
 
-/* ---- unix:/path listeners ---- */
+/* ---- unix:/path listeners (the socket file: lib/unix_socket.h) ---- */
 
-/*
- * A socket file already at path: a stale one (left by a crash: connecting is
- * refused) is removed; a live one (another process listens) or a file that is
- * not a socket is an error, and the file is left alone. 0 or < 0 with err set.
- */
-static int unix_clear_stale(const struct slb_config_listener *cfg, char *err, size_t errlen)
-{
-    const char *path = cfg->unix_path;
-    struct sockaddr_un sun = {.sun_family = AF_UNIX};
-    struct stat st;
-    int fd, rv;
-
-    if (lstat(path, &st) != 0) {
-        if (errno == ENOENT)
-            return 0;
-        snprintf(err, errlen, "listener %s: cannot check %s: %s", cfg->address, path, strerror(errno));
-        return -errno;
-    }
-    if (!S_ISSOCK(st.st_mode)) {
-        snprintf(err, errlen, "listener %s: %s exists and is not a socket (not removed)", cfg->address, path);
-        return UV_EEXIST;
-    }
-    memcpy(sun.sun_path, path, strlen(path) + 1);
-    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0) {
-        snprintf(err, errlen, "listener %s: socket: %s", cfg->address, strerror(errno));
-        return -errno;
-    }
-    rv = connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0 ? 0 : errno;
-    close(fd);
-    if (rv == ECONNREFUSED) {
-        if (unlink(path) != 0 && errno != ENOENT) {
-            snprintf(err, errlen, "listener %s: cannot remove the stale socket %s: %s", cfg->address, path,
-                     strerror(errno));
-            return -errno;
-        }
-        slb_notice("listener %s: removed the stale socket file %s (nothing listened on it)", cfg->address, path);
-        return 0;
-    }
-    if (rv == ENOENT)
-        return 0; /* gone meanwhile */
-    snprintf(err, errlen, "listener %s: another process is listening on %s (%s); not replaced", cfg->address, path,
-             rv == 0 || rv == EAGAIN ? "it accepted a connection" : strerror(rv));
-    return UV_EADDRINUSE;
-}
-
-/* Applies the configured mode and group to the socket file (on every start, so a reload changes them). */
-static int unix_apply_perms(struct slb_listener *l, char *err, size_t errlen)
-{
-    const struct slb_config_listener *cfg = l->cfg;
-
-    if (chmod(cfg->unix_path, (mode_t)cfg->unix_mode) != 0 ||
-        (cfg->unix_gid >= 0 && chown(cfg->unix_path, (uid_t)-1, (gid_t)cfg->unix_gid) != 0)) {
-        snprintf(err, errlen, "listener %s: cannot set mode %04o%s on %s: %s", cfg->address, cfg->unix_mode,
-                 cfg->unix_gid >= 0 ? " and group" : "", cfg->unix_path, strerror(errno));
-        return -errno;
-    }
-    return 0;
-}
-
-/*
- * A new listening Unix socket: bound, given its mode and group, and only then
- * listening, so no one connects before the permissions apply. The socket is
- * made here rather than by uv_pipe_bind(): libuv unlinks the path of a pipe it
- * bound when the handle closes, and after a reload that file is the new
- * server's.
- */
 static int unix_bind(struct slb_listener *l, char *err, size_t errlen)
 {
     const struct slb_config_listener *cfg = l->cfg;
-    struct sockaddr_un sun = {.sun_family = AF_UNIX};
-    struct stat st;
+    char what[192]; /* "listener unix:" and a path of up to 107 bytes */
     int fd, rv;
 
-    if ((rv = unix_clear_stale(cfg, err, errlen)) != 0)
-        return rv;
-    memcpy(sun.sun_path, cfg->unix_path, strlen(cfg->unix_path) + 1);
-    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0 ||
-        bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
-        rv = -errno;
-        snprintf(err, errlen, "listener %s: cannot bind: %s", cfg->address, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        return rv;
-    }
-    if (stat(cfg->unix_path, &st) == 0) {
-        l->unix_dev = st.st_dev;
-        l->unix_ino = st.st_ino;
-    }
-    l->owns_file = 1;
-    if ((rv = unix_apply_perms(l, err, errlen)) != 0 || (rv = uv_pipe_open(&l->pipe, fd)) != 0) {
-        if (rv != 0 && err[0] == '\0')
-            snprintf(err, errlen, "listener %s: %s", cfg->address, slb_strerror(rv));
+    snprintf(what, sizeof(what), "listener %s", cfg->address);
+    if ((fd = slb_unix_socket_bind(&l->file, cfg->unix_path, cfg->unix_mode, cfg->unix_gid, what, err, errlen)) < 0)
+        return fd;
+    if ((rv = uv_pipe_open(&l->pipe, fd)) != 0) {
+        snprintf(err, errlen, "%s: %s", what, slb_strerror(rv));
         close(fd);
-        return rv;
     }
-    return 0;
+    return rv;
 }
 
 /* Takes over the listening Unix socket of the server being replaced (a dup of its fd). */
 static int unix_inherit(struct slb_listener *l, const struct slb_listener *from, int fd, char *err, size_t errlen)
 {
+    char what[192]; /* "listener unix:" and a path of up to 107 bytes */
     int nfd = dup(fd), rv;
 
+    snprintf(what, sizeof(what), "listener %s", l->cfg->address);
     if (nfd < 0 || (rv = uv_pipe_open(&l->pipe, nfd)) != 0) {
         rv = nfd < 0 ? UV_EMFILE : rv;
         if (nfd >= 0)
             close(nfd);
-        snprintf(err, errlen, "listener %s: cannot take over the socket: %s", l->cfg->address, slb_strerror(rv));
+        snprintf(err, errlen, "%s: cannot take over the socket: %s", what, slb_strerror(rv));
         return rv;
     }
-    l->unix_dev = from->unix_dev;
-    l->unix_ino = from->unix_ino;
+    l->file = from->file;
+    l->file.path = l->cfg->unix_path;
     l->inherited = 1;
-    l->owns_file = 1; /* the old server gives it up in slb_server_retire() */
-    return unix_apply_perms(l, err, errlen);
-}
-
-/* Whether path still holds the socket file listener l made (not removed or replaced by someone). */
-static int unix_file_is_ours(const struct slb_listener *l, const char *path)
-{
-    struct stat st;
-
-    return stat(path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == l->unix_dev && st.st_ino == l->unix_ino;
-}
-
-/* Removes the socket file on stop, if this listener owns it and it is still the one it made. */
-static void unix_remove_file(struct slb_listener *l)
-{
-    if (l->cfg == NULL || l->cfg->unix_path == NULL || !l->owns_file)
-        return;
-    l->owns_file = 0;
-    if (unix_file_is_ours(l, l->cfg->unix_path) && unlink(l->cfg->unix_path) == 0)
-        slb_info("listener %s: removed %s", l->cfg->address, l->cfg->unix_path);
+    l->file.owned = 1; /* the old server gives it up in slb_server_retire() */
+    return slb_unix_socket_chmod(l->cfg->unix_path, l->cfg->unix_mode, l->cfg->unix_gid, what, err, errlen);
 }
 
 static int unix_listener_open(struct slb_server *srv, struct slb_listener *l, const struct slb_server *old, int *kept,
@@ -215,11 +115,10 @@ static int unix_listener_open(struct slb_server *srv, struct slb_listener *l, co
     const struct slb_listener *from = NULL;
     int fd, rv;
 
-    err[0] = '\0';
     uv_pipe_init(srv->loop, &l->pipe, 0);
     slb_conn_ctx_handle_opened(&srv->ctx.io);
     srv->n_listeners++; /* from here on, stopping the server closes the handle */
-    if ((fd = inherited_fd(old, l->cfg->address, &from)) >= 0 && !unix_file_is_ours(from, l->cfg->unix_path)) {
+    if ((fd = inherited_fd(old, l->cfg->address, &from)) >= 0 && !slb_unix_file_is_ours(&from->file)) {
         /* someone removed or replaced the file: nobody reaches the old socket by name; make a new one */
         slb_warn("listener %s: %s is no longer the running socket's file; binding a new socket", l->cfg->address,
                  l->cfg->unix_path);
@@ -382,7 +281,7 @@ int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struc
     /* a failed reload: the old server keeps serving on the sockets taken over, and their files */
     for (size_t i = 0; rv != 0 && i < srv->n_listeners; i++)
         if (srv->listeners[i].inherited)
-            srv->listeners[i].owns_file = 0;
+            srv->listeners[i].file.owned = 0;
     return rv;
 }
 
@@ -557,7 +456,8 @@ void slb_server_stop(struct slb_server *srv, uint64_t grace_ms, void (*on_stoppe
         slb_registrar_shutdown(srv->registrar, on_registrar_down, srv);
     }
     for (size_t i = 0; i < srv->n_listeners; i++) {
-        unix_remove_file(&srv->listeners[i]);
+        if (srv->listeners[i].cfg != NULL && srv->listeners[i].cfg->unix_path != NULL)
+            slb_unix_file_remove(&srv->listeners[i].file, srv->listeners[i].cfg->address);
         slb_conn_ctx_close_handle(&srv->ctx.io, (uv_handle_t *)&srv->listeners[i].tcp);
     }
     if (slb_list_empty(&srv->ctx.downstreams)) {
@@ -600,7 +500,7 @@ void slb_server_retire(struct slb_server *old, const struct slb_config *next, ui
     for (size_t i = 0; next != NULL && i < old->n_listeners; i++)
         for (size_t j = 0; j < next->n_listeners; j++)
             if (strcmp(old->listeners[i].cfg->address, next->listeners[j].address) == 0)
-                old->listeners[i].owns_file = 0;
+                old->listeners[i].file.owned = 0;
     slb_server_stop(old, grace_ms, on_stopped);
 }
 

@@ -16,12 +16,12 @@
 #define SLB_SERVER_H
 
 #include <stdint.h>
-#include <sys/types.h>
 #include <uv.h>
 
 #include "h2_downstream.h"
 #include "loop_ctx.h"
 #include "route.h"
+#include "unix_socket.h"
 
 struct slb_config;
 struct slb_config_listener;
@@ -36,11 +36,8 @@ struct slb_listener {
         uv_tcp_t tcp;   /* IP:port listeners */
         uv_pipe_t pipe; /* unix:/path listeners (cfg->unix_path) */
     };
-    /* unix:/path: the socket file this listener made (or took over), removed on stop if still that file */
-    dev_t unix_dev;
-    ino_t unix_ino;
-    uint8_t owns_file; /* removes the file on stop (not when a reload's successor keeps it) */
-    uint8_t inherited; /* took over the socket of the server it replaces */
+    struct slb_unix_file file; /* unix:/path: the socket file, removed on stop if still owned and ours */
+    uint8_t inherited;         /* took over the socket of the server it replaces */
     struct slb_server *srv;
     const struct slb_config_listener *cfg;
     struct slb_routes routes;
