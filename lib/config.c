@@ -905,6 +905,20 @@ static int get_listen_addr(struct vctx *c, json_t *o, const char *path, struct s
     return get_unix_mode(c, o, path, &l->unix_mode) != 0 || get_unix_group(c, o, path, &l->unix_gid) != 0 ? -1 : 0;
 }
 
+/* The admin listener: IP:port, or unix:/path (mode 0660, the process's group). */
+static int get_admin_addr(struct vctx *c, json_t *admin, char **out)
+{
+    const char *why = "invalid";
+
+    if (require(c, admin, "admin", "address") != 0 || get_str(c, admin, "admin", "address", 1, out) != 0)
+        return -1;
+    if (strncmp(*out, SLB_UNIX_PREFIX, sizeof(SLB_UNIX_PREFIX) - 1) != 0)
+        return get_addr(c, admin, "admin", "address", 1, out);
+    if (slb_unix_path(*out, &why) == NULL)
+        return fail(c, "admin.address", 0, "invalid address \"%s\": %s", *out, why);
+    return 0;
+}
+
 static int load_listener(struct vctx *c, json_t *o, const char *path, struct slb_config_listener *l)
 {
     static const char *const keys[] = {"name",
@@ -1805,8 +1819,8 @@ static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
         load_access_log(c, root, &cfg->access_log) != 0 || load_metrics(c, root, cfg) != 0 ||
         get_obj(c, root, "", "admin", &admin) || load_state_dir(c, root, cfg) != 0)
         return -1;
-    if (admin != NULL && (check_keys(c, admin, "admin", admin_keys) != 0 ||
-                          get_addr(c, admin, "admin", "address", 1, &cfg->admin_address) != 0))
+    if (admin != NULL &&
+        (check_keys(c, admin, "admin", admin_keys) != 0 || get_admin_addr(c, admin, &cfg->admin_address) != 0))
         return -1;
     return 0;
 }

@@ -3,7 +3,7 @@ unix: targets; the socket file gets the configured mode and group; a stale
 file left by a crash is replaced, a live socket or a file that is not a
 socket is a clear error (and left alone); SIGHUP keeps the same socket (no
 failed call during the reload); stop removes the file, only if it is still
-sidelb's."""
+sidelb's. The admin listener takes unix:/path too."""
 
 import collections
 import grp
@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import tempfile
 import threading
 import time
@@ -228,3 +229,48 @@ def test_sighup_after_the_file_was_deleted_makes_a_new_socket(sockdir):
     assert spread(peers.echo_stub("unix:" + path), 3) == {"a": 3}
     assert slb.stop() == 0
     assert not os.path.exists(path)
+
+
+def http_get_unix(path, target):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(path)
+    s.sendall(("GET %s HTTP/1.1\r\nHost: sidelb\r\n\r\n" % target).encode())
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_admin_listener_on_a_unix_socket(sockdir):
+    a = peers.start_c_backend("a")
+    path, admin = os.path.join(sockdir, "grpc.sock"), os.path.join(sockdir, "admin.sock")
+    cfg = unix_config(path, [a.addr])
+    cfg["admin"] = {"address": "unix:" + admin}
+    slb = start_sidelb(cfg)
+    assert stat.S_IMODE(os.stat(admin).st_mode) == 0o660
+    assert http_get_unix(admin, "/healthz") == (200, b"ok\n")
+    spread(peers.echo_stub("unix:" + path), 2)
+    status, body = http_get_unix(admin, "/clusters")
+    assert status == 200 and json.loads(body)[0]["backends"][0]["address"] == a.addr
+    # a reload hands the admin socket to the new server
+    slb.signal(signal.SIGHUP)
+    EtcdServer.wait_for(lambda: "reloaded" in slb.log(), 10, what="the reload")
+    assert http_get_unix(admin, "/healthz") == (200, b"ok\n")
+    assert slb.stop() == 0
+    assert not os.path.exists(admin) and not os.path.exists(path)
+
+
+def test_admin_unix_address_must_be_absolute(sockdir, tmp_path):
+    f = tmp_path / "c.json"
+    cfg = unix_config(os.path.join(sockdir, "grpc.sock"), ["127.0.0.1:1"])
+    cfg["admin"] = {"address": "unix:admin.sock"}
+    f.write_text(json.dumps(cfg))
+    r = subprocess.run([peers.binary("sidelb"), "--check-config", str(f)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "admin.address: invalid address \"unix:admin.sock\": the path after unix: must be absolute" in r.stderr
