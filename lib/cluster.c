@@ -453,6 +453,11 @@ static void dns_del(void *user, const char *addr)
 
 static const struct slb_resolver_sink resolver_sink = {dns_add, dns_update, dns_del};
 
+void slb_cluster_seed_names(struct slb_cluster *cl, const struct slb_cluster *prev)
+{
+    slb_resolver_seed(&cl->resolver, &prev->resolver);
+}
+
 const char *slb_cluster_unresolved_host(const struct slb_cluster *cl)
 {
     return slb_resolver_unresolved(&cl->resolver);

@@ -155,6 +155,8 @@ int slb_cluster_inherit_admin_drains(struct slb_cluster *cl, const struct slb_cl
 int slb_cluster_clear_ejection(struct slb_cluster *cl, struct slb_backend *be);
 /* Whether the cluster's first discovery is done: static at once, etcd after its first listing. */
 int slb_cluster_discovered(const struct slb_cluster *cl);
+/* A reload: the cluster's host names start from what prev (the same cluster of the replaced server) resolved. */
+void slb_cluster_seed_names(struct slb_cluster *cl, const struct slb_cluster *prev);
 /* A host name of the cluster that has not resolved yet (for an UNAVAILABLE message), or NULL. */
 const char *slb_cluster_unresolved_host(const struct slb_cluster *cl);
 /* Picks a backend for an attempt, honouring the tried set; NULL when none can take it. */

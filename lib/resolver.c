@@ -334,3 +334,23 @@ const char *slb_resolver_unresolved(const struct slb_resolver *res)
     }
     return NULL;
 }
+
+void slb_resolver_seed(struct slb_resolver *res, const struct slb_resolver *prev)
+{
+    struct slb_list *it, *tmp;
+
+    slb_list_foreach_safe(it, tmp, &res->names)
+    {
+        struct slb_dns_name *n = slb_list_entry(it, struct slb_dns_name, link);
+        const struct slb_dns_name *p = slb_resolver_find(prev, n->hostport);
+        if (n->resolved || p == NULL || p->n_addrs == 0 || (n->addrs = calloc(p->n_addrs, sizeof(*n->addrs))) == NULL)
+            continue;
+        memcpy(n->addrs, p->addrs, p->n_addrs * sizeof(*n->addrs));
+        n->n_addrs = p->n_addrs;
+        n->resolved = 1;
+        for (uint32_t i = 0; i < n->n_addrs; i++)
+            res->sink.add(res->user, n->addrs[i], n->host, n->weight, n->zone);
+        slb_info("cluster %s: %s starts from the %u addresses it had before the reload", res->owner, n->host,
+                 n->n_addrs);
+    }
+}

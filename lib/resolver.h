@@ -92,6 +92,13 @@ void slb_resolver_update(struct slb_resolver *res, const char *hostport, uint32_
 void slb_resolver_release(struct slb_resolver *res, const char *hostport);
 /* A backend from host (addr "ip:port") failed to connect: look its name up again soon. */
 void slb_resolver_refresh_soon(struct slb_resolver *res, const char *host, const char *addr);
+/*
+ * A reload: names of res that prev (the replaced server's resolver) had
+ * resolved start from prev's addresses at once (added through the sink), so
+ * the new server has those backends before its own lookups answer; the
+ * lookups still run now and only their differences apply.
+ */
+void slb_resolver_seed(struct slb_resolver *res, const struct slb_resolver *prev);
 /* A name that has never resolved (for a call's UNAVAILABLE message), or NULL. */
 const char *slb_resolver_unresolved(const struct slb_resolver *res);
 

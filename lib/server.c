@@ -322,6 +322,10 @@ static int server_start(struct slb_server *srv, uv_loop_t *loop, const struct sl
             snprintf(err, errlen, "out of memory");
             return rv;
         }
+        /* a reload: host names keep the addresses they had, no gap while they are looked up again */
+        for (size_t j = 0; old != NULL && j < old->n_clusters; j++)
+            if (strcmp(old->clusters[j].cfg->name, cfg->clusters[i].name) == 0)
+                slb_cluster_seed_names(&srv->clusters[i], &old->clusters[j]);
         for (size_t j = 0; old != NULL && j < old->n_clusters; j++) /* a reload keeps admin drains */
             if (strcmp(old->clusters[j].cfg->name, cfg->clusters[i].name) == 0 &&
                 (rv = slb_cluster_inherit_admin_drains(&srv->clusters[i], &old->clusters[j])) != 0) {

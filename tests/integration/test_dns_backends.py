@@ -16,6 +16,7 @@ to 127.0.0.1 only, so a name with both 127.0.0.1 and ::1 comes from there.
 import collections
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -213,3 +214,22 @@ def test_connect_failure_looks_the_name_up_again_soon(hosts):
     assert time.monotonic() - start < 15
     assert "backend 127.0.0.2:%d added" % a.port in slb.log()
     assert "backend 127.0.0.1:%d removed" % a.port in slb.log()
+
+
+def test_reload_keeps_the_addresses_a_name_had(hosts):
+    """A SIGHUP while the name does not resolve (a DNS outage): the new server
+    starts from the addresses the old one had, so calls keep working (without
+    that, it would have no backend: UNAVAILABLE)."""
+    a, b = dual_stack_pair()
+    hosts.set({NAME: ["127.0.0.1", "::1"]})
+    slb = start_sidelb(dns_config(["%s:%d" % (NAME, a.port)], dns_refresh_ms=200, wait_for_ready_ms=0),
+                       binary=hosts.wrapper)
+    stub = peers.echo_stub(slb.addr)
+    settles_to(stub, {"a", "b"})
+    hosts.set({})
+    slb.signal(signal.SIGHUP)
+    EtcdServer.wait_for(lambda: "reloaded" in slb.log(), 10, what="the reload")
+    time.sleep(0.5)  # the old server is gone: every call is the new server's
+    assert set(spread(stub, 20)) == {"a", "b"}
+    assert "%s starts from the 2 addresses it had before the reload" % NAME in slb.log()
+    EtcdServer.wait_for(lambda: "keeping its 2 previous addresses" in slb.log(), 5, what="the failed lookup")
