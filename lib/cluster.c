@@ -451,7 +451,15 @@ static void dns_del(void *user, const char *addr)
         release_if_unnamed(cl, be);
 }
 
-static const struct slb_resolver_sink resolver_sink = {dns_add, dns_update, dns_del};
+static void dns_settled(void *user)
+{
+    struct slb_cluster *cl = user;
+
+    if (cl->resolver.n_first_pending == 0)
+        cluster_wake(cl); /* calls that waited for the first lookups go on, or fail now */
+}
+
+static const struct slb_resolver_sink resolver_sink = {dns_add, dns_update, dns_del, dns_settled};
 
 void slb_cluster_seed_names(struct slb_cluster *cl, const struct slb_cluster *prev)
 {

@@ -68,7 +68,29 @@ static char (*answer_addrs(const struct slb_dns_name *n, const struct addrinfo *
     return v;
 }
 
+/* The first lookup of n ended: calls that waited only for it may go on (or fail). */
+static void first_answer(struct slb_dns_name *n)
+{
+    struct slb_resolver *res = n->res;
+
+    if (n->answered)
+        return;
+    n->answered = 1;
+    if (res->n_first_pending > 0)
+        res->n_first_pending--;
+    if (res->sink.settled != NULL)
+        res->sink.settled(res->user);
+}
+
+static void apply(struct slb_dns_name *n, int status, const struct addrinfo *ai);
+
 void slb_resolver_apply(struct slb_dns_name *n, int status, const struct addrinfo *ai)
+{
+    apply(n, status, ai);
+    first_answer(n);
+}
+
+static void apply(struct slb_dns_name *n, int status, const struct addrinfo *ai)
 {
     struct slb_resolver *res = n->res;
     char(*fresh)[SLB_BACKEND_NAME_MAX] = NULL;
@@ -213,6 +235,8 @@ static void name_free(struct slb_dns_name *n)
     }
     slb_list_remove(&n->link);
     n->res->n_names--;
+    if (!n->answered && n->res->n_first_pending > 0)
+        n->res->n_first_pending--;
     free(n->addrs);
     free(n);
 }
@@ -267,6 +291,7 @@ int slb_resolver_add(struct slb_resolver *res, const char *hostport, uint32_t we
     n->due_ms = uv_now(res->loop); /* now: on the next loop turn */
     slb_list_push_back(&res->names, &n->link);
     res->n_names++;
+    res->n_first_pending++;
     slb_info("cluster %s: looking up %s (every %u ms)", res->owner, n->host, res->refresh_ms);
     arm(res);
     return 0;
@@ -348,6 +373,8 @@ void slb_resolver_seed(struct slb_resolver *res, const struct slb_resolver *prev
         memcpy(n->addrs, p->addrs, p->n_addrs * sizeof(*n->addrs));
         n->n_addrs = p->n_addrs;
         n->resolved = 1;
+        n->answered = 1; /* calls need not wait for its lookup */
+        res->n_first_pending--;
         for (uint32_t i = 0; i < n->n_addrs; i++)
             res->sink.add(res->user, n->addrs[i], n->host, n->weight, n->zone);
         slb_info("cluster %s: %s starts from the %u addresses it had before the reload", res->owner, n->host,

@@ -42,6 +42,8 @@ struct slb_resolver_sink {
     void (*update)(void *user, const char *addr, uint32_t weight, const char *zone);
     /* host no longer resolves to addr (one reference less) */
     void (*del)(void *user, const char *addr);
+    /* optional: a name's first lookup ended (found or not): calls waiting for it may go on */
+    void (*settled)(void *user);
 };
 
 /* One "host:port" and what it resolved to. Owner: its resolver (list). */
@@ -57,6 +59,7 @@ struct slb_dns_name {
     char (*addrs)[SLB_BACKEND_NAME_MAX]; /* sorted, distinct */
     uint32_t n_addrs;
     uint8_t resolved;          /* resolved at least once */
+    uint8_t answered;          /* its first lookup ended (or it started from a reload's addresses) */
     uint8_t failing;           /* the current failure streak was logged */
     struct dns_lookup *lookup; /* in flight, or NULL */
     uint64_t due_ms;           /* next lookup */
@@ -70,6 +73,7 @@ struct slb_resolver {
     uv_timer_t timer;        /* the next due lookup */
     struct slb_list names;   /* struct slb_dns_name */
     uint32_t n_names;
+    uint32_t n_first_pending; /* names whose first lookup has not ended: calls wait for them (as for health) */
     uint32_t refresh_ms;
     const char *owner; /* the cluster's name, for logs */
     struct slb_resolver_sink sink;

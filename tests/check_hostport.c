@@ -110,6 +110,11 @@ static void sink_del(void *user, const char *addr)
 {
     ev("del", addr);
 }
+static int n_settled;
+static void sink_settled(void *user)
+{
+    n_settled++;
+}
 
 /* An answer of IPv4 and IPv6 addresses, in the order given. */
 static struct addrinfo *answer(const char *const *ips, int n, struct addrinfo *ai, struct sockaddr_storage *ss)
@@ -130,8 +135,8 @@ static struct addrinfo *answer(const char *const *ips, int n, struct addrinfo *a
 
 START_TEST(resolver_apply_diffs)
 {
-    static const struct slb_resolver_sink sink = {sink_add, sink_update, sink_del};
-    struct slb_resolver res = {.owner = "c", .sink = sink, .refresh_ms = 1000};
+    static const struct slb_resolver_sink sink = {sink_add, sink_update, sink_del, sink_settled};
+    struct slb_resolver res = {.owner = "c", .sink = sink, .refresh_ms = 1000, .n_first_pending = 1};
     struct slb_dns_name n = {.res = &res, .host = "svc.test", .port = 50051, .weight = 7};
     struct addrinfo ai[4];
     struct sockaddr_storage ss[4];
@@ -146,6 +151,8 @@ START_TEST(resolver_apply_diffs)
     ck_assert_str_eq(events[1], "add [::1]:50051");
     ck_assert_uint_eq(n.n_addrs, 2);
     ck_assert(n.resolved);
+    ck_assert_int_eq(n_settled, 1); /* the first answer: calls waiting for it go on */
+    ck_assert_uint_eq(res.n_first_pending, 0);
 
     n_events = 0;
     slb_resolver_apply(&n, 0, answer(second, 2, ai, ss));
@@ -165,6 +172,7 @@ START_TEST(resolver_apply_diffs)
     ck_assert_str_eq(events[1], "del [::1]:50051");
     ck_assert_uint_eq(n.n_addrs, 2);
     ck_assert_uint_eq(res.failures, 2);
+    ck_assert_int_eq(n_settled, 1); /* only the first answer settles */
     free(n.addrs);
 }
 END_TEST

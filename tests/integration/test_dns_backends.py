@@ -16,6 +16,7 @@ to 127.0.0.1 only, so a name with both 127.0.0.1 and ::1 comes from there.
 import collections
 import os
 import shutil
+import socket
 import signal
 import subprocess
 import tempfile
@@ -47,19 +48,24 @@ pytestmark = pytest.mark.skipif(not _can_unshare(), reason="needs root for a pri
 class Hosts:
     """The hosts file sidelb sees, and a wrapper that runs sidelb with it."""
 
-    def __init__(self):
+    def __init__(self, nameserver=None):
+        """nameserver: an IP for DNS after /etc/hosts (resolv.conf: 1 s timeout, 1 attempt); None: no DNS."""
         self.dir = tempfile.mkdtemp(prefix="sidelb-dns-")
         self.path = os.path.join(self.dir, "hosts")
         self.nsswitch = os.path.join(self.dir, "nsswitch.conf")
+        self.resolv = os.path.join(self.dir, "resolv.conf")
         with open(self.nsswitch, "w") as f:
-            f.write("hosts: files\n")
+            f.write("hosts: files dns\n" if nameserver else "hosts: files\n")
+        with open(self.resolv, "w") as f:
+            f.write("nameserver %s\noptions timeout:1 attempts:1\n" % (nameserver or "127.0.0.1"))
         self.set({})
         self.wrapper = os.path.join(self.dir, "sidelb")
         with open(self.wrapper, "w") as f:
             # each step execs the next: the pid the harness signals is sidelb's
             f.write('#!/bin/sh\nexec unshare -m sh -c \'mount --bind "$0" /etc/hosts && '
-                    'mount --bind "$1" /etc/nsswitch.conf && shift && exec "$@"\' %s %s %s "$@"\n'
-                    % (self.path, self.nsswitch, peers.binary("sidelb")))
+                    'mount --bind "$1" /etc/nsswitch.conf && mount --bind "$2" /etc/resolv.conf && '
+                    'shift 2 && exec "$@"\' %s %s %s %s "$@"\n'
+                    % (self.path, self.nsswitch, self.resolv, peers.binary("sidelb")))
         os.chmod(self.wrapper, 0o755)
 
     def set(self, names):
@@ -233,3 +239,30 @@ def test_reload_keeps_the_addresses_a_name_had(hosts):
     assert set(spread(stub, 20)) == {"a", "b"}
     assert "%s starts from the 2 addresses it had before the reload" % NAME in slb.log()
     EtcdServer.wait_for(lambda: "keeping its 2 previous addresses" in slb.log(), 5, what="the failed lookup")
+
+
+def test_calls_wait_for_the_first_lookup(tmp_path):
+    """Calls that arrive while a name's first lookup runs wait for it, even
+    without wait-for-ready (gRPC queues calls until its resolver's first
+    answer). The lookup is made slow by a DNS server that never answers (1 s
+    resolver timeout); calls then fail UNAVAILABLE naming the host, not before."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        silent.bind(("127.0.0.77", 53))
+    except OSError:
+        pytest.skip("cannot bind 127.0.0.77:53")
+    h = Hosts(nameserver="127.0.0.77")
+    try:
+        a = peers.start_c_backend("a")
+        slb = start_sidelb(dns_config(["slow.sidelb.test:%d" % a.port], wait_for_ready_ms=0), binary=h.wrapper)
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as exc:
+            peers.echo_stub(slb.addr).Unary(req(payload=b"x"), timeout=10)
+        waited = time.monotonic() - start
+        assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "slow.sidelb.test does not resolve" in exc.value.details()
+        assert waited > 0.5, "the call failed after %.3f s, before the lookup ended" % waited
+        assert "cannot resolve slow.sidelb.test" in slb.log()
+    finally:
+        silent.close()
+        h.remove()
