@@ -155,6 +155,8 @@ static json_t *render_clusters(const struct slb_server *srv, uint64_t now)
                 json_object_set_new(b, "drained",
                                     json_pack("{s:b, s:b}", "admin", (be->drained & SLB_DRAIN_ADMIN) != 0, "etcd",
                                               (be->drained & SLB_DRAIN_ETCD) != 0));
+            if (b != NULL && be->host_name != NULL) /* resolved from a host name (lib/resolver.h) */
+                json_object_set_new(b, "host_name", jstr(be->host_name));
             if (b == NULL || json_array_append_new(bes, b) != 0)
                 goto fail;
         }

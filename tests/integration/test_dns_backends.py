@@ -14,6 +14,7 @@ to 127.0.0.1 only, so a name with both 127.0.0.1 and ::1 comes from there.
 """
 
 import collections
+import json
 import os
 import shutil
 import socket
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -126,11 +128,16 @@ def test_name_with_two_addresses_and_one_that_never_resolves(hosts):
     a, b = dual_stack_pair()
     c = peers.start_c_backend("c")
     hosts.set({NAME: ["127.0.0.1", "::1"]})
-    slb = start_sidelb(dns_config(["%s:%d" % (NAME, a.port), "no-such-host.invalid:81", c.addr],
-                                  dns_refresh_ms=200), binary=hosts.wrapper)
+    cfg = dns_config(["%s:%d" % (NAME, a.port), "no-such-host.invalid:81", c.addr], dns_refresh_ms=200)
+    admin_port = peers.free_port()
+    cfg["admin"] = {"address": "127.0.0.1:%d" % admin_port}
+    slb = start_sidelb(cfg, binary=hosts.wrapper)
     stub = peers.echo_stub(slb.addr)
     got = settles_to(stub, {"a", "b", "c"})
     assert sum(got.values()) == 20
+    with urllib.request.urlopen("http://127.0.0.1:%d/clusters" % admin_port, timeout=5) as r:
+        listed = {be["address"]: be.get("host_name") for be in json.loads(r.read())[0]["backends"]}
+    assert listed == {"127.0.0.1:%d" % a.port: NAME, "[::1]:%d" % a.port: NAME, c.addr: None}
     log = slb.log()
     assert "backend 127.0.0.1:%d added" % a.port in log and "backend [::1]:%d added" % a.port in log
     # looked up again every 200 ms: still one line for the failure streak
