@@ -366,7 +366,7 @@ static void sink_upsert(void *user, const char *key, const struct slb_etcd_endpo
 
     if (old != NULL && strcmp(old->addr, ep->addr) == 0) {
         if (slb_hostport_is_name(ep->addr)) {
-            slb_resolver_update(&cl->resolver, ep->addr, ep->weight, ep->zone);
+            slb_resolver_update(&cl->resolver, ep->addr, ep->weight, ep->zone, ep->drain);
         } else {
             slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone); /* weight, zone, drain or registration changed */
             if ((be = slb_cluster_find(cl, ep->addr)) != NULL) {
@@ -380,7 +380,7 @@ static void sink_upsert(void *user, const char *key, const struct slb_etcd_endpo
     }
     if (slb_hostport_is_name(ep->addr)) {
         /* "host:port": its addresses are listed once it resolves */
-        if (slb_resolver_add(&cl->resolver, ep->addr, ep->weight, ep->zone) != 0)
+        if (slb_resolver_add(&cl->resolver, ep->addr, ep->weight, ep->zone, ep->drain) != 0)
             slb_warn("cluster %s: etcd key %s: cannot follow host \"%s\"; skipped", cl->cfg->name, key, ep->addr);
     } else if (slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone) != 0) {
         slb_warn("cluster %s: etcd key %s: unusable address \"%s\"; skipped", cl->cfg->name, key, ep->addr);
@@ -420,7 +420,7 @@ static const struct slb_discovery_sink discovery_sink = {sink_upsert, sink_remov
 
 /* ---- host names (lib/resolver.h): each address a name resolves to is a backend ---- */
 
-static void dns_add(void *user, const char *addr, const char *host, uint32_t weight, const char *zone)
+static void dns_add(void *user, const char *addr, const char *host, uint32_t weight, const char *zone, int drain)
 {
     struct slb_cluster *cl = user;
     struct slb_backend *be;
@@ -432,14 +432,20 @@ static void dns_add(void *user, const char *addr, const char *host, uint32_t wei
     be->dns_refs++;
     if (be->host_name == NULL && (be->host_name = strdup(host)) == NULL)
         slb_warn("cluster %s: backend %s: out of memory keeping its host name %s", cl->cfg->name, addr, host);
+    if (cl->cfg->etcd_prefix != NULL)
+        slb_cluster_set_drain(cl, be, SLB_DRAIN_ETCD, drain); /* the last key written wins, as for literals */
 }
 
-static void dns_update(void *user, const char *addr, uint32_t weight, const char *zone)
+static void dns_update(void *user, const char *addr, uint32_t weight, const char *zone, int drain)
 {
     struct slb_cluster *cl = user;
+    struct slb_backend *be = slb_cluster_find(cl, addr);
 
-    if (slb_cluster_find(cl, addr) != NULL)
-        slb_cluster_upsert(cl, addr, weight, zone);
+    if (be == NULL)
+        return;
+    slb_cluster_upsert(cl, addr, weight, zone);
+    if (cl->cfg->etcd_prefix != NULL)
+        slb_cluster_set_drain(cl, be, SLB_DRAIN_ETCD, drain);
 }
 
 static void dns_del(void *user, const char *addr)
@@ -510,7 +516,7 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const str
         const struct slb_config_static_backend *sb = &cfg->static_backends[i];
         struct slb_backend *be;
         if (slb_hostport_is_name(sb->address)) {
-            if ((rv = slb_resolver_add(&cl->resolver, sb->address, sb->weight, sb->zone)) != 0)
+            if ((rv = slb_resolver_add(&cl->resolver, sb->address, sb->weight, sb->zone, 0)) != 0)
                 return rv;
             continue;
         }

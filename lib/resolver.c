@@ -123,7 +123,7 @@ static void apply(struct slb_dns_name *n, int status, const struct addrinfo *ai)
     while (i < nf || j < n->n_addrs) {
         int c = i >= nf ? 1 : j >= n->n_addrs ? -1 : strcmp(fresh[i], n->addrs[j]);
         if (c < 0) {
-            res->sink.add(res->user, fresh[i++], n->host, n->weight, n->zone);
+            res->sink.add(res->user, fresh[i++], n->host, n->weight, n->zone, n->drain);
             added++;
         } else if (c > 0) {
             res->sink.del(res->user, n->addrs[j++]);
@@ -261,19 +261,20 @@ struct slb_dns_name *slb_resolver_find(const struct slb_resolver *res, const cha
     return NULL;
 }
 
-static void name_set_fields(struct slb_dns_name *n, uint32_t weight, const char *zone)
+static void name_set_fields(struct slb_dns_name *n, uint32_t weight, const char *zone, int drain)
 {
+    n->drain = drain != 0;
     n->weight = weight ? weight : 1;
     snprintf(n->zone, sizeof(n->zone), "%s", zone != NULL ? zone : "");
 }
 
-int slb_resolver_add(struct slb_resolver *res, const char *hostport, uint32_t weight, const char *zone)
+int slb_resolver_add(struct slb_resolver *res, const char *hostport, uint32_t weight, const char *zone, int drain)
 {
     struct slb_dns_name *n = slb_resolver_find(res, hostport);
 
     if (n != NULL) {
         n->refs++;
-        slb_resolver_update(res, hostport, weight, zone);
+        slb_resolver_update(res, hostport, weight, zone, drain);
         return 0;
     }
     if (strlen(hostport) >= sizeof(n->hostport))
@@ -287,7 +288,7 @@ int slb_resolver_add(struct slb_resolver *res, const char *hostport, uint32_t we
     strcpy(n->hostport, hostport);
     n->res = res;
     n->refs = 1;
-    name_set_fields(n, weight, zone);
+    name_set_fields(n, weight, zone, drain);
     n->due_ms = uv_now(res->loop); /* now: on the next loop turn */
     slb_list_push_back(&res->names, &n->link);
     res->n_names++;
@@ -297,15 +298,15 @@ int slb_resolver_add(struct slb_resolver *res, const char *hostport, uint32_t we
     return 0;
 }
 
-void slb_resolver_update(struct slb_resolver *res, const char *hostport, uint32_t weight, const char *zone)
+void slb_resolver_update(struct slb_resolver *res, const char *hostport, uint32_t weight, const char *zone, int drain)
 {
     struct slb_dns_name *n = slb_resolver_find(res, hostport);
 
     if (n == NULL)
         return;
-    name_set_fields(n, weight, zone);
+    name_set_fields(n, weight, zone, drain);
     for (uint32_t i = 0; i < n->n_addrs; i++)
-        res->sink.update(res->user, n->addrs[i], n->weight, n->zone);
+        res->sink.update(res->user, n->addrs[i], n->weight, n->zone, n->drain);
 }
 
 void slb_resolver_release(struct slb_resolver *res, const char *hostport)
@@ -376,7 +377,7 @@ void slb_resolver_seed(struct slb_resolver *res, const struct slb_resolver *prev
         n->answered = 1; /* calls need not wait for its lookup */
         res->n_first_pending--;
         for (uint32_t i = 0; i < n->n_addrs; i++)
-            res->sink.add(res->user, n->addrs[i], n->host, n->weight, n->zone);
+            res->sink.add(res->user, n->addrs[i], n->host, n->weight, n->zone, n->drain);
         slb_info("cluster %s: %s starts from the %u addresses it had before the reload", res->owner, n->host,
                  n->n_addrs);
     }

@@ -36,10 +36,10 @@ struct dns_lookup;
 
 /* What a lookup changed, reported to the cluster (addr: "ip:port" / "[v6]:port"). */
 struct slb_resolver_sink {
-    /* addr now comes from host: list it (one more reference from names) */
-    void (*add)(void *user, const char *addr, const char *host, uint32_t weight, const char *zone);
-    /* the entry naming host changed its weight or zone */
-    void (*update)(void *user, const char *addr, uint32_t weight, const char *zone);
+    /* addr now comes from host: list it (one more reference from names); drain: the entry's etcd "drain" */
+    void (*add)(void *user, const char *addr, const char *host, uint32_t weight, const char *zone, int drain);
+    /* the entry naming host changed its weight, zone or drain */
+    void (*update)(void *user, const char *addr, uint32_t weight, const char *zone, int drain);
     /* host no longer resolves to addr (one reference less) */
     void (*del)(void *user, const char *addr);
     /* optional: a name's first lookup ended (found or not): calls waiting for it may go on */
@@ -56,6 +56,7 @@ struct slb_dns_name {
     uint32_t refs; /* static entries / etcd keys naming it */
     uint32_t weight;
     char zone[32];
+    uint8_t drain;                       /* the etcd value's "drain" (an operator's drain of every address) */
     char (*addrs)[SLB_BACKEND_NAME_MAX]; /* sorted, distinct */
     uint32_t n_addrs;
     uint8_t resolved;          /* resolved at least once */
@@ -88,10 +89,10 @@ void slb_resolver_init(struct slb_resolver *res, uv_loop_t *loop, struct slb_con
                        const char *owner, const struct slb_resolver_sink *sink, void *user);
 /* Cancels lookups, drops the names (no sink calls) and closes the timer. */
 void slb_resolver_dispose(struct slb_resolver *res);
-/* One more entry names hostport (weight and zone: the latest entry's). 0 or SLB_ENOMEM/SLB_EADDR. */
-int slb_resolver_add(struct slb_resolver *res, const char *hostport, uint32_t weight, const char *zone);
-/* The entry naming hostport changed weight or zone. */
-void slb_resolver_update(struct slb_resolver *res, const char *hostport, uint32_t weight, const char *zone);
+/* One more entry names hostport (weight, zone, drain: the latest entry's). 0 or SLB_ENOMEM/SLB_EADDR. */
+int slb_resolver_add(struct slb_resolver *res, const char *hostport, uint32_t weight, const char *zone, int drain);
+/* The entry naming hostport changed weight, zone or drain. */
+void slb_resolver_update(struct slb_resolver *res, const char *hostport, uint32_t weight, const char *zone, int drain);
 /* One entry less names hostport; with none left its addresses go. */
 void slb_resolver_release(struct slb_resolver *res, const char *hostport);
 /* A backend from host (addr "ip:port") failed to connect: look its name up again soon. */

@@ -96,13 +96,13 @@ static void ev(const char *kind, const char *addr)
 {
     snprintf(events[n_events++ % 16], sizeof(events[0]), "%s %s", kind, addr);
 }
-static void sink_add(void *user, const char *addr, const char *host, uint32_t weight, const char *zone)
+static void sink_add(void *user, const char *addr, const char *host, uint32_t weight, const char *zone, int drain)
 {
     ck_assert_str_eq(host, "svc.test");
     ck_assert_uint_eq(weight, 7);
     ev("add", addr);
 }
-static void sink_update(void *user, const char *addr, uint32_t weight, const char *zone)
+static void sink_update(void *user, const char *addr, uint32_t weight, const char *zone, int drain)
 {
     ev("update", addr);
 }

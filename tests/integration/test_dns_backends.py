@@ -197,6 +197,11 @@ def test_etcd_values_with_host_names(hosts):
         stub = peers.echo_stub(slb.addr)
         settles_to(stub, {"a", "b", "c"})
         assert "weight 2" in slb.log()
+        # "drain": true in the value drains every address of the name; false undrains them
+        etcd.put(PREFIX + "one", '{"addr": "%s:%d", "drain": true}' % (NAME, a.port))
+        settles_to(stub, {"c"})
+        etcd.put(PREFIX + "one", '{"addr": "%s:%d"}' % (NAME, a.port))
+        settles_to(stub, {"a", "b", "c"})
         # the key goes: both addresses of its name go
         etcd.delete(PREFIX + "one")
         settles_to(stub, {"c"})
