@@ -274,3 +274,22 @@ def test_admin_unix_address_must_be_absolute(sockdir, tmp_path):
     r = subprocess.run([peers.binary("sidelb"), "--check-config", str(f)], capture_output=True, text=True)
     assert r.returncode != 0
     assert "admin.address: invalid address \"unix:admin.sock\": the path after unix: must be absolute" in r.stderr
+
+
+def test_access_log_names_the_calling_process(sockdir):
+    a = peers.start_c_backend("a")
+    path, log = os.path.join(sockdir, "grpc.sock"), os.path.join(sockdir, "access.log")
+    cfg = unix_config(path, [a.addr])
+    cfg["access_log"] = {"path": log}
+    start_sidelb(cfg)
+    spread(peers.echo_stub("unix:" + path), 2)
+
+    def lines():
+        try:
+            with open(log) as f:
+                return [json.loads(x) for x in f if x.strip()]
+        except OSError:
+            return []
+    EtcdServer.wait_for(lambda: len(lines()) >= 2, 10, what="the access log lines")
+    assert {x["peer"] for x in lines()} == {"unix:pid=%d" % os.getpid()}
+    assert {x["listener"] for x in lines()} == {"uds"}
