@@ -49,6 +49,8 @@ const char *slb_backend_state_name(int state)
 
 const char *slb_backend_tls_name(const struct slb_backend *be, char *buf, size_t len)
 {
+    if (be->host_name != NULL)
+        return be->host_name; /* resolved from a host name: the name the certificate carries */
     return slb_tls_host_of(be->name, buf, len);
 }
 

@@ -101,8 +101,8 @@ void slb_backend_unref(struct slb_backend *be);
 const char *slb_backend_state_name(int state);
 /*
  * The name TLS verifies (and sends as SNI unless it is an IP literal) when
- * the cluster sets no server_name: the host part of the backend's address.
- * The one place to change when backends carry a DNS host name.
+ * the cluster sets no server_name: the host name the backend was resolved
+ * from (be->host_name), else the host part of its address.
  */
 const char *slb_backend_tls_name(const struct slb_backend *be, char *buf, size_t len);
 /* The one setter for the connectivity state: logs old -> new. */

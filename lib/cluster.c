@@ -420,18 +420,19 @@ static const struct slb_discovery_sink discovery_sink = {sink_upsert, sink_remov
 
 /* ---- host names (lib/resolver.h): each address a name resolves to is a backend ---- */
 
+static int cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight, const char *zone,
+                          const char *host_name);
+
 static void dns_add(void *user, const char *addr, const char *host, uint32_t weight, const char *zone, int drain)
 {
     struct slb_cluster *cl = user;
     struct slb_backend *be;
 
-    if (slb_cluster_upsert(cl, addr, weight, zone) != 0 || (be = slb_cluster_find(cl, addr)) == NULL) {
+    if (cluster_upsert(cl, addr, weight, zone, host) != 0 || (be = slb_cluster_find(cl, addr)) == NULL) {
         slb_warn("cluster %s: %s resolved to %s, which cannot be used; skipped", cl->cfg->name, host, addr);
         return;
     }
-    be->dns_refs++;
-    if (be->host_name == NULL && (be->host_name = strdup(host)) == NULL)
-        slb_warn("cluster %s: backend %s: out of memory keeping its host name %s", cl->cfg->name, addr, host);
+    be->dns_refs++; /* an address already listed (a literal, another name) keeps its own identity */
     if (cl->cfg->etcd_prefix != NULL)
         slb_cluster_set_drain(cl, be, SLB_DRAIN_ETCD, drain); /* the last key written wins, as for literals */
 }
@@ -566,6 +567,14 @@ static void apply_pending_admin_drain(struct slb_cluster *cl, struct slb_backend
 
 int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight, const char *zone)
 {
+    return cluster_upsert(cl, addr, weight, zone, NULL);
+}
+
+/* slb_cluster_upsert; a backend it adds from a host name keeps the name (TLS verifies it), set before its
+ * health check starts. */
+static int cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight, const char *zone,
+                          const char *host_name)
+{
     struct slb_backend *be = slb_cluster_find(cl, addr);
     struct slb_backend **slot;
     int rv;
@@ -584,6 +593,10 @@ int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight
     }
     if ((be = slb_backend_new(addr, weight)) == NULL)
         return SLB_EADDR;
+    if (host_name != NULL && (be->host_name = strdup(host_name)) == NULL) {
+        slb_backend_unref(be);
+        return SLB_ENOMEM;
+    }
     if (zone != NULL)
         snprintf(be->zone, sizeof(be->zone), "%s", zone);
     be->cluster = cl;

@@ -278,3 +278,28 @@ def test_calls_wait_for_the_first_lookup(tmp_path):
     finally:
         silent.close()
         h.remove()
+
+
+def test_tls_verifies_the_host_name_a_backend_was_resolved_from(hosts, tmp_path):
+    """A backend resolved from tls.sidelb.test:P is verified (and gets SNI)
+    against tls.sidelb.test, the name its certificate carries (no IP in it),
+    not against the address it resolved to."""
+    d = str(tmp_path)
+
+    def openssl(*args):
+        r = subprocess.run(["openssl"] + list(args), cwd=d, capture_output=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+
+    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *newkey, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=dns test ca")
+    with open(os.path.join(d, "srv.ext"), "w") as f:
+        f.write("subjectAltName=DNS:tls.sidelb.test\nextendedKeyUsage=serverAuth\n")
+    openssl("req", *newkey, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=tls.sidelb.test")
+    openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+            "srv.pem", "-days", "2", "-extfile", "srv.ext")
+    a = peers.start_c_backend("a", extra_args=["--tls-cert", os.path.join(d, "srv.pem"),
+                                               "--tls-key", os.path.join(d, "srv.key")])
+    hosts.set({"tls.sidelb.test": ["127.0.0.1"]})
+    slb = start_sidelb(dns_config(["tls.sidelb.test:%d" % a.port], tls={"ca_file": os.path.join(d, "ca.pem")}),
+                       binary=hosts.wrapper)
+    assert spread(peers.echo_stub(slb.addr), 5) == {"a": 5}
