@@ -347,7 +347,10 @@ static int server_start(struct slb_server *srv, uv_loop_t *loop, const struct sl
                 snprintf(err, errlen, "cluster %s: cannot follow etcd: %s", cfg->clusters[i].name, slb_strerror(rv));
                 return rv;
             }
-            slb_cluster_seed_table(&srv->clusters[i], same_discovery(old, cfg, &cfg->clusters[i]), cfg->state_dir);
+            struct slb_cluster *from = same_discovery(old, cfg, &cfg->clusters[i]);
+            slb_cluster_seed_table(&srv->clusters[i], from, cfg->state_dir);
+            if (from != NULL) /* host names in the table just taken over keep their addresses too */
+                slb_cluster_seed_names(&srv->clusters[i], from);
         }
     }
     if ((srv->listeners = calloc(cfg->n_listeners, sizeof(*srv->listeners))) == NULL) {

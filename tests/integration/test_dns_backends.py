@@ -303,3 +303,24 @@ def test_tls_verifies_the_host_name_a_backend_was_resolved_from(hosts, tmp_path)
     slb = start_sidelb(dns_config(["tls.sidelb.test:%d" % a.port], tls={"ca_file": os.path.join(d, "ca.pem")}),
                        binary=hosts.wrapper)
     assert spread(peers.echo_stub(slb.addr), 5) == {"a": 5}
+
+
+def test_reload_keeps_the_addresses_of_names_in_etcd_values(hosts):
+    """The same for a name read from etcd: the new server takes the old one's
+    table and the addresses its names had, even if the name does not resolve now."""
+    a, b = dual_stack_pair()
+    hosts.set({NAME: ["127.0.0.1", "::1"]})
+    etcd = EtcdServer()
+    try:
+        etcd.put(PREFIX + "one", "%s:%d" % (NAME, a.port))
+        slb = start_sidelb(dns_config(etcd=etcd, dns_refresh_ms=200, wait_for_ready_ms=0), binary=hosts.wrapper)
+        stub = peers.echo_stub(slb.addr)
+        settles_to(stub, {"a", "b"})
+        hosts.set({})
+        slb.signal(signal.SIGHUP)
+        EtcdServer.wait_for(lambda: "reloaded" in slb.log(), 10, what="the reload")
+        time.sleep(0.5)
+        assert set(spread(stub, 20)) == {"a", "b"}
+        assert "%s starts from the 2 addresses it had before the reload" % NAME in slb.log()
+    finally:
+        etcd.destroy()
