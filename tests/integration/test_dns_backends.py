@@ -313,7 +313,8 @@ def test_reload_keeps_the_addresses_of_names_in_etcd_values(hosts):
     etcd = EtcdServer()
     try:
         etcd.put(PREFIX + "one", "%s:%d" % (NAME, a.port))
-        slb = start_sidelb(dns_config(etcd=etcd, dns_refresh_ms=200, wait_for_ready_ms=0), binary=hosts.wrapper)
+        # default wait_for_ready_ms: the first calls may come before etcd's first answer
+        slb = start_sidelb(dns_config(etcd=etcd, dns_refresh_ms=200), binary=hosts.wrapper)
         stub = peers.echo_stub(slb.addr)
         settles_to(stub, {"a", "b"})
         hosts.set({})
