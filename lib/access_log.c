@@ -292,6 +292,14 @@ static void add_peer(struct line *l, const uv_tcp_t *tcp)
             n = strlen(text);
             n += (size_t)snprintf(text + n, sizeof(text) - n, "]:%u",
                                   ntohs(((const struct sockaddr_in6 *)&ss)->sin6_port));
+        } else if (ss.ss_family == AF_UNIX) {
+            /* a unix:/path listener: the peer has no address; the connecting process does */
+            struct ucred cred = {0};
+            socklen_t clen = sizeof(cred);
+            uv_os_fd_t fd;
+            if (uv_fileno((const uv_handle_t *)tcp, &fd) == 0 &&
+                getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0)
+                n = (size_t)snprintf(text, sizeof(text), "unix:pid=%d", (int)cred.pid);
         }
     }
     ADD_STRING(l, ",\"peer\":", n > 0 ? text : NULL, n);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "backend.h"
@@ -27,11 +28,13 @@
 #include "config.h"
 #include "h2_upstream.h"
 #include "health.h"
+#include "hostport.h"
 #include "list.h"
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
 #include "state_file.h"
+#include "unix_socket.h"
 
 #define LINGER_MS  2000
 #define BODY_LIMIT ((size_t)64 << 20)
@@ -56,7 +59,11 @@ struct admin_conn {
 
 /* Owner: the server (see admin.h); freed once the listener and every connection closed. */
 struct slb_admin {
-    uv_tcp_t tcp;
+    union {
+        uv_tcp_t tcp;   /* IP:port */
+        uv_pipe_t pipe; /* unix:/path (its connections are accepted into uv_tcp_t all the same) */
+    };
+    struct slb_unix_file file; /* unix:/path: the socket file, removed on stop if still ours */
     struct slb_server *srv;
     struct slb_list conns; /* struct admin_conn */
     uint32_t n_conns;
@@ -148,6 +155,8 @@ static json_t *render_clusters(const struct slb_server *srv, uint64_t now)
                 json_object_set_new(b, "drained",
                                     json_pack("{s:b, s:b}", "admin", (be->drained & SLB_DRAIN_ADMIN) != 0, "etcd",
                                               (be->drained & SLB_DRAIN_ETCD) != 0));
+            if (b != NULL && be->host_name != NULL) /* resolved from a host name (lib/resolver.h) */
+                json_object_set_new(b, "host_name", jstr(be->host_name));
             if (b == NULL || json_array_append_new(bes, b) != 0)
                 goto fail;
         }
@@ -568,15 +577,45 @@ static int is_loopback(const struct sockaddr_storage *ss)
     return 0;
 }
 
+/* "admin": {"address": "unix:/path"}: a Unix socket, mode 0660, the process's group (lib/unix_socket.h). */
+static int admin_start_unix(struct slb_admin **out, struct slb_admin *a, const char *path, const char *addr, char *err,
+                            size_t errlen)
+{
+    char what[192]; /* "admin unix:" and a path of up to 107 bytes */
+    int fd, rv;
+
+    snprintf(what, sizeof(what), "admin %s", addr);
+    uv_pipe_init(a->srv->loop, &a->pipe, 0);
+    a->pipe.data = a;
+    if ((fd = slb_unix_socket_bind(&a->file, path, 0660, -1, what, err, errlen)) < 0) {
+        rv = fd;
+    } else if ((rv = uv_pipe_open(&a->pipe, fd)) != 0) {
+        close(fd);
+        snprintf(err, errlen, "%s: %s", what, slb_strerror(rv));
+    } else if ((rv = uv_listen((uv_stream_t *)&a->pipe, 64, on_connection)) != 0) {
+        snprintf(err, errlen, "%s: cannot listen: %s", what, slb_strerror(rv));
+    }
+    if (rv != 0) {
+        slb_unix_file_remove(&a->file, what);
+        a->stopping = 1;
+        uv_close((uv_handle_t *)&a->pipe, on_listener_closed);
+        return rv;
+    }
+    slb_notice("admin listening on %s", addr);
+    *out = a;
+    return 0;
+}
+
 int slb_admin_start(struct slb_admin **out, struct slb_server *srv, const char *addr, char *err, size_t errlen)
 {
+    const char *unix_path = slb_unix_path(addr, NULL);
     struct sockaddr_storage ss;
     unsigned sslen;
     struct slb_admin *a;
     int rv;
 
     *out = NULL;
-    if (slb_parse_addr(addr, &ss, &sslen) != 0) {
+    if (unix_path == NULL && slb_parse_addr(addr, &ss, &sslen) != 0) {
         snprintf(err, errlen, "admin: invalid address \"%s\"", addr);
         return SLB_EADDR;
     }
@@ -586,6 +625,8 @@ int slb_admin_start(struct slb_admin **out, struct slb_server *srv, const char *
     }
     a->srv = srv;
     slb_list_init(&a->conns);
+    if (unix_path != NULL)
+        return admin_start_unix(out, a, unix_path, addr, err, errlen);
     if ((rv = uv_tcp_init(srv->loop, &a->tcp)) != 0) {
         snprintf(err, errlen, "admin %s: %s", addr, slb_strerror(rv));
         free(a);
@@ -611,6 +652,7 @@ void slb_admin_stop(struct slb_admin *a)
     if (a == NULL || a->stopping)
         return;
     a->stopping = 1;
+    slb_unix_file_remove(&a->file, "admin");
     uv_close((uv_handle_t *)&a->tcp, on_listener_closed);
     struct slb_list *it, *tmp;
     slb_list_foreach_safe(it, tmp, &a->conns)

@@ -8,7 +8,8 @@
  *   GET /healthz   200 "ok\n" while serving, 503 "draining\n" once stopping
  *   GET /metrics   Prometheus text format 0.0.4 (server, cluster and backend gauges)
  *   GET /clusters  JSON: [{name, policy, waiting, backends: [{address, weight, zone,
- *                  state, health, healthy, ejected, draining, drained, outstanding, connections}]}]
+ *                  state, health, healthy, ejected, draining, drained, outstanding, connections,
+ *                  host_name (only for a backend resolved from a host name)}]}]
  *   GET /ready, GET /config, POST /clusters/<c>/backends/<addr>/{drain,undrain,clear_ejection}:
  *                  admin_actions.h (the actions and /config only over loopback)
  *

@@ -37,6 +37,7 @@ void slb_backend_unref(struct slb_backend *be)
         return;
     if (be->on_free != NULL)
         be->on_free(be);
+    free(be->host_name);
     free(be);
 }
 
@@ -48,6 +49,8 @@ const char *slb_backend_state_name(int state)
 
 const char *slb_backend_tls_name(const struct slb_backend *be, char *buf, size_t len)
 {
+    if (be->host_name != NULL)
+        return be->host_name; /* resolved from a host name: the name the certificate carries */
     return slb_tls_host_of(be->name, buf, len);
 }
 

@@ -78,6 +78,9 @@ struct slb_backend {
     struct slb_backend_stats stats; /* attempts, attempt latency, health changes (lib/stats.h) */
 
     uint32_t discovery_keys;        /* etcd keys naming this address (two keys may) */
+    uint32_t dns_refs;              /* host names resolving to this address (lib/resolver.h) */
+    uint8_t pinned;                 /* an IP literal of the static list: never removed */
+    char *host_name;                /* the host name it was resolved from (for TLS), NULL for IP literals; owned */
     struct slb_backend *_hash_next; /* in the cluster's name index */
 
     char last_error[160];            /* why its last connect attempt failed ("" before any): TLS reasons too */
@@ -98,8 +101,8 @@ void slb_backend_unref(struct slb_backend *be);
 const char *slb_backend_state_name(int state);
 /*
  * The name TLS verifies (and sends as SNI unless it is an IP literal) when
- * the cluster sets no server_name: the host part of the backend's address.
- * The one place to change when backends carry a DNS host name.
+ * the cluster sets no server_name: the host name the backend was resolved
+ * from (be->host_name), else the host part of its address.
  */
 const char *slb_backend_tls_name(const struct slb_backend *be, char *buf, size_t len);
 /* The one setter for the connectivity state: logs old -> new. */

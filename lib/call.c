@@ -598,9 +598,13 @@ static void call_no_backend(struct slb_call *call)
 {
     struct slb_cluster *cl = call->cluster;
     uint64_t now = call_now(call);
+    const char *host;
     char msg[384];
 
-    if (call->wait_health && cl->n_health_pending == 0) {
+    /* first answers still to come: health checks (PENDING) and host-name lookups */
+    uint32_t first_pending = cl->n_health_pending + cl->resolver.n_first_pending;
+
+    if (call->wait_health && first_pending == 0) {
         /* every first health answer is in: from here the wait-for-ready rule applies */
         call->wait_health = 0;
         call->wait_until_ms = 0;
@@ -614,13 +618,15 @@ static void call_no_backend(struct slb_call *call)
         if (call->deadline_ms != 0 && call->deadline_ms < call->wait_until_ms)
             call->wait_until_ms = call->deadline_ms;
     }
-    if (cl->n_health_pending > 0 && call->wait_until_ms <= now) {
+    if (first_pending > 0 && call->wait_until_ms <= now) {
         /* gRFC A17: a backend whose health check has not answered yet is
          * CONNECTING, and gRPC queues every call (wait-for-ready or not) until
          * the first answer, which comes (or times out) within a few timeout_ms:
          * wait one more timeout_ms, never past the deadline. The last first
          * answer wakes the call; then the wait-for-ready limit is computed
-         * afresh (waitForReady false: it fails at once). */
+         * afresh (waitForReady false: it fails at once). The same holds for
+         * a host name's first lookup: gRPC queues calls until its resolver's
+         * first answer. */
         uint32_t t = cl->cfg->health_check.timeout_ms != 0 ? cl->cfg->health_check.timeout_ms : 1000;
         call->wait_until_ms = now + t;
         if (call->deadline_ms != 0 && call->deadline_ms < call->wait_until_ms)
@@ -645,8 +651,12 @@ static void call_no_backend(struct slb_call *call)
         return;
     }
     /* why the last backend that failed to connect did (a TLS reason, a refused connect), when one is down */
-    snprintf(msg, sizeof(msg), "sidelb: no reachable backend in cluster %s%s%s", cl->cfg->name,
-             cl->last_connect_error[0] ? "; last connect error: " : "", cl->last_connect_error);
+    if (cl->set.n == 0 && (host = slb_cluster_unresolved_host(cl)) != NULL)
+        snprintf(msg, sizeof(msg), "sidelb: no reachable backend in cluster %s (host %.80s does not resolve)",
+                 cl->cfg->name, host);
+    else
+        snprintf(msg, sizeof(msg), "sidelb: no reachable backend in cluster %s%s%s", cl->cfg->name,
+                 cl->last_connect_error[0] ? "; last connect error: " : "", cl->last_connect_error);
     call_fail_local(call, SLB_GRPC_UNAVAILABLE, msg);
 }
 

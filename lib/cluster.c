@@ -9,6 +9,7 @@
 #include "discovery.h"
 #include "h2_upstream.h"
 #include "health.h"
+#include "hostport.h"
 #include "log.h"
 #include "loop_ctx.h"
 
@@ -238,6 +239,8 @@ static void on_backend_state(struct slb_backend *be, int old)
         cluster_wake(cl); /* out of connection backoff */
     else if (be->state == SLB_BACKEND_TRANSIENT_FAILURE)
         probe_start(cl);
+    if (be->state == SLB_BACKEND_TRANSIENT_FAILURE && be->host_name != NULL)
+        slb_resolver_refresh_soon(&cl->resolver, be->host_name, be->name); /* the name may point elsewhere now */
 }
 
 /* ---- active health (grpc.health.v1) ---- */
@@ -322,12 +325,23 @@ static void health_stop(struct slb_cluster *cl, struct slb_backend *be)
 
 /* ---- etcd discovery sink ---- */
 
+/* Removes be once nothing names it: no etcd key, no host name, not in the static list. */
+static void release_if_unnamed(struct slb_cluster *cl, struct slb_backend *be)
+{
+    if (be->discovery_keys == 0 && be->dns_refs == 0 && !be->pinned)
+        slb_cluster_remove(cl, be->name);
+}
+
 static void drop_key(struct slb_cluster *cl, const char *addr)
 {
-    struct slb_backend *be = slb_cluster_find(cl, addr);
+    struct slb_backend *be;
 
-    if (be != NULL && be->discovery_keys > 0 && --be->discovery_keys == 0)
-        slb_cluster_remove(cl, addr);
+    if (slb_hostport_is_name(addr)) {
+        slb_resolver_release(&cl->resolver, addr);
+        return;
+    }
+    if ((be = slb_cluster_find(cl, addr)) != NULL && be->discovery_keys > 0 && --be->discovery_keys == 0)
+        release_if_unnamed(cl, be);
 }
 
 /*
@@ -351,16 +365,24 @@ static void sink_upsert(void *user, const char *key, const struct slb_etcd_endpo
     struct slb_backend *be;
 
     if (old != NULL && strcmp(old->addr, ep->addr) == 0) {
-        slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone); /* weight, zone, drain or registration changed */
-        if ((be = slb_cluster_find(cl, ep->addr)) != NULL) {
-            slb_cluster_set_drain(cl, be, SLB_DRAIN_ETCD, ep->drain);
-            if (old->registered_at_ms != ep->registered_at_ms)
-                ramp_from_registration(cl, be, ep);
+        if (slb_hostport_is_name(ep->addr)) {
+            slb_resolver_update(&cl->resolver, ep->addr, ep->weight, ep->zone, ep->drain);
+        } else {
+            slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone); /* weight, zone, drain or registration changed */
+            if ((be = slb_cluster_find(cl, ep->addr)) != NULL) {
+                slb_cluster_set_drain(cl, be, SLB_DRAIN_ETCD, ep->drain);
+                if (old->registered_at_ms != ep->registered_at_ms)
+                    ramp_from_registration(cl, be, ep);
+            }
         }
         slb__cluster_table_changed(cl);
         return;
     }
-    if (slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone) != 0) {
+    if (slb_hostport_is_name(ep->addr)) {
+        /* "host:port": its addresses are listed once it resolves */
+        if (slb_resolver_add(&cl->resolver, ep->addr, ep->weight, ep->zone, ep->drain) != 0)
+            slb_warn("cluster %s: etcd key %s: cannot follow host \"%s\"; skipped", cl->cfg->name, key, ep->addr);
+    } else if (slb_cluster_upsert(cl, ep->addr, ep->weight, ep->zone) != 0) {
         slb_warn("cluster %s: etcd key %s: unusable address \"%s\"; skipped", cl->cfg->name, key, ep->addr);
     } else if ((be = slb_cluster_find(cl, ep->addr)) != NULL) {
         if (be->discovery_keys++ == 0) /* just added (a second key naming it changes nothing) */
@@ -396,6 +418,66 @@ static void sink_state(void *user, int connected)
 
 static const struct slb_discovery_sink discovery_sink = {sink_upsert, sink_remove, sink_state, sink_listed};
 
+/* ---- host names (lib/resolver.h): each address a name resolves to is a backend ---- */
+
+static int cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight, const char *zone,
+                          const char *host_name);
+
+static void dns_add(void *user, const char *addr, const char *host, uint32_t weight, const char *zone, int drain)
+{
+    struct slb_cluster *cl = user;
+    struct slb_backend *be;
+
+    if (cluster_upsert(cl, addr, weight, zone, host) != 0 || (be = slb_cluster_find(cl, addr)) == NULL) {
+        slb_warn("cluster %s: %s resolved to %s, which cannot be used; skipped", cl->cfg->name, host, addr);
+        return;
+    }
+    be->dns_refs++; /* an address already listed (a literal, another name) keeps its own identity */
+    if (cl->cfg->etcd_prefix != NULL)
+        slb_cluster_set_drain(cl, be, SLB_DRAIN_ETCD, drain); /* the last key written wins, as for literals */
+}
+
+static void dns_update(void *user, const char *addr, uint32_t weight, const char *zone, int drain)
+{
+    struct slb_cluster *cl = user;
+    struct slb_backend *be = slb_cluster_find(cl, addr);
+
+    if (be == NULL)
+        return;
+    slb_cluster_upsert(cl, addr, weight, zone);
+    if (cl->cfg->etcd_prefix != NULL)
+        slb_cluster_set_drain(cl, be, SLB_DRAIN_ETCD, drain);
+}
+
+static void dns_del(void *user, const char *addr)
+{
+    struct slb_cluster *cl = user;
+    struct slb_backend *be = slb_cluster_find(cl, addr);
+
+    if (be != NULL && be->dns_refs > 0 && --be->dns_refs == 0)
+        release_if_unnamed(cl, be);
+}
+
+static void dns_settled(void *user)
+{
+    struct slb_cluster *cl = user;
+
+    if (cl->resolver.n_first_pending == 0)
+        cluster_wake(cl); /* calls that waited for the first lookups go on, or fail now */
+}
+
+static const struct slb_resolver_sink resolver_sink = {dns_add, dns_update, dns_del, dns_settled};
+
+void slb_cluster_seed_names(struct slb_cluster *cl, const struct slb_cluster *prev)
+{
+    slb_resolver_seed(&cl->resolver, &prev->resolver);
+}
+
+const char *slb_cluster_unresolved_host(const struct slb_cluster *cl)
+{
+    return slb_resolver_unresolved(&cl->resolver);
+}
+
 /* ---- cluster ---- */
 
 int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const struct slb_config_cluster *cfg,
@@ -414,6 +496,7 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const str
     slb_conn_ctx_handle_opened(&ctx->io);
     uv_timer_init(ctx->loop, &cl->probe_timer);
     slb_conn_ctx_handle_opened(&ctx->io);
+    slb_resolver_init(&cl->resolver, ctx->loop, &ctx->io, cfg->dns_refresh_ms, cfg->name, &resolver_sink, cl);
     if ((rv = index_grow(cl)) != 0)
         return rv;
     if ((rv = slb_lb_init(&cl->lb, cfg->policy, &cfg->lb, &cl->set)) != 0)
@@ -432,8 +515,16 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const str
     }
     for (size_t i = 0; i < cfg->n_static; i++) {
         const struct slb_config_static_backend *sb = &cfg->static_backends[i];
+        struct slb_backend *be;
+        if (slb_hostport_is_name(sb->address)) {
+            if ((rv = slb_resolver_add(&cl->resolver, sb->address, sb->weight, sb->zone, 0)) != 0)
+                return rv;
+            continue;
+        }
         if ((rv = slb_cluster_upsert(cl, sb->address, sb->weight, sb->zone)) != 0)
             return rv;
+        if ((be = slb_cluster_find(cl, sb->address)) != NULL)
+            be->pinned = 1;
     }
     return 0;
 }
@@ -454,6 +545,7 @@ void slb_cluster_dispose(struct slb_cluster *cl)
     }
     slb_conn_ctx_close_handle(&cl->ctx->io, (uv_handle_t *)&cl->wake_timer);
     slb_conn_ctx_close_handle(&cl->ctx->io, (uv_handle_t *)&cl->probe_timer);
+    slb_resolver_dispose(&cl->resolver);
     if (cl->has_outlier_timer) {
         slb_conn_ctx_close_handle(&cl->ctx->io, (uv_handle_t *)&cl->outlier_timer);
         cl->has_outlier_timer = 0;
@@ -475,6 +567,14 @@ static void apply_pending_admin_drain(struct slb_cluster *cl, struct slb_backend
 
 int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight, const char *zone)
 {
+    return cluster_upsert(cl, addr, weight, zone, NULL);
+}
+
+/* slb_cluster_upsert; a backend it adds from a host name keeps the name (TLS verifies it), set before its
+ * health check starts. */
+static int cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight, const char *zone,
+                          const char *host_name)
+{
     struct slb_backend *be = slb_cluster_find(cl, addr);
     struct slb_backend **slot;
     int rv;
@@ -493,6 +593,10 @@ int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight
     }
     if ((be = slb_backend_new(addr, weight)) == NULL)
         return SLB_EADDR;
+    if (host_name != NULL && (be->host_name = strdup(host_name)) == NULL) {
+        slb_backend_unref(be);
+        return SLB_ENOMEM;
+    }
     if (zone != NULL)
         snprintf(be->zone, sizeof(be->zone), "%s", zone);
     be->cluster = cl;

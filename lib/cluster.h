@@ -34,6 +34,7 @@
 #include "log.h"
 #include "outlier.h"
 #include "method_config.h"
+#include "resolver.h"
 #include "tls.h"
 
 struct slb_loop_ctx;
@@ -87,7 +88,8 @@ struct slb_cluster {
      * has not brought yet (matched on add, dropped once that listing is done). Owned here. */
     char (*admin_drains_pending)[SLB_BACKEND_NAME_MAX];
     uint32_t n_admin_drains_pending;
-    struct slb_backend **_index; /* address -> backend (chained through be->_hash_next) */
+    struct slb_resolver resolver; /* host-name entries: their addresses become backends */
+    struct slb_backend **_index;  /* address -> backend (chained through be->_hash_next) */
     uint32_t _index_size;
 
     struct slb_tls_stats tls_stats; /* TLS handshakes to its backends (calls and health checks) */
@@ -153,6 +155,10 @@ int slb_cluster_inherit_admin_drains(struct slb_cluster *cl, const struct slb_cl
 int slb_cluster_clear_ejection(struct slb_cluster *cl, struct slb_backend *be);
 /* Whether the cluster's first discovery is done: static at once, etcd after its first listing. */
 int slb_cluster_discovered(const struct slb_cluster *cl);
+/* A reload: the cluster's host names start from what prev (the same cluster of the replaced server) resolved. */
+void slb_cluster_seed_names(struct slb_cluster *cl, const struct slb_cluster *prev);
+/* A host name of the cluster that has not resolved yet (for an UNAVAILABLE message), or NULL. */
+const char *slb_cluster_unresolved_host(const struct slb_cluster *cl);
 /* Picks a backend for an attempt, honouring the tried set; NULL when none can take it. */
 struct slb_backend *slb_cluster_pick(struct slb_cluster *cl, uint64_t hash, int has_hash,
                                      const struct slb_tried *tried);

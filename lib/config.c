@@ -10,6 +10,7 @@
  * index lacks (a key with escapes, say) falls back to its nearest ancestor.
  */
 #include <errno.h>
+#include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@
 
 #include "common.h"
 #include "config.h"
+#include "hostport.h"
 #include "log.h"
 #include "tls.h"
 
@@ -514,6 +516,19 @@ static int get_addr(struct vctx *c, json_t *obj, const char *path, const char *k
     return 0;
 }
 
+/* A backend's address: an IP literal, or a host name that the cluster resolves (lib/resolver.h). */
+static int get_backend_addr(struct vctx *c, json_t *obj, const char *path, char **out)
+{
+    char p[PATH_MAX_LEN];
+
+    if (require(c, obj, path, "address") != 0 || get_str(c, obj, path, "address", 1, out) != 0)
+        return -1;
+    join(p, path, "address");
+    if (!slb_hostport_is_literal(*out) && !slb_hostport_is_name(*out))
+        return fail(c, p, 0, "invalid address \"%s\" (expected IPv4:port, [IPv6]:port or hostname:port)", *out);
+    return 0;
+}
+
 static int dump_compact(struct vctx *c, json_t *v, const char *path, char **out)
 {
     free(*out);
@@ -816,6 +831,94 @@ static int load_etcd(struct vctx *c, json_t *root, struct slb_config *cfg)
     return 0;
 }
 
+/* ---- listener addresses: IP:port or unix:/path with its mode and group ---- */
+
+static int get_unix_mode(struct vctx *c, json_t *o, const char *path, uint32_t *mode)
+{
+    json_t *v = json_object_get(o, "mode");
+    char p[PATH_MAX_LEN], *end;
+    long m;
+
+    *mode = 0660;
+    if (v == NULL)
+        return 0;
+    join(p, path, "mode");
+    if (json_is_string(v)) {
+        const char *str = json_string_value(v);
+        m = strtol(str, &end, 8);
+        if (*str == '\0' || *end != '\0' || m < 0 || m > 0777)
+            return fail(c, p, 0, "\"%s\" is not an octal file mode in \"0000\"..\"0777\"", str);
+    } else if (json_is_integer(v)) {
+        m = (long)json_integer_value(v);
+        if (json_integer_value(v) < 0 || json_integer_value(v) > 0777)
+            return fail(c, p, 0,
+                        "%lld is not a file mode in 0..511 (0777); write octal modes as a string, e.g. "
+                        "\"0660\"",
+                        (long long)json_integer_value(v));
+    } else {
+        return fail(c, p, 0, "expected an octal string such as \"0660\" or a number, got %s", jtype(v));
+    }
+    *mode = (uint32_t)m;
+    return 0;
+}
+
+static int get_unix_group(struct vctx *c, json_t *o, const char *path, int64_t *gid)
+{
+    json_t *v = json_object_get(o, "group");
+    char p[PATH_MAX_LEN];
+
+    *gid = -1;
+    if (v == NULL)
+        return 0;
+    join(p, path, "group");
+    if (json_is_integer(v)) {
+        if (json_integer_value(v) < 0 || json_integer_value(v) > 0x7fffffff)
+            return fail(c, p, 0, "%lld is not a group id", (long long)json_integer_value(v));
+        *gid = json_integer_value(v);
+        return 0;
+    }
+    if (!json_is_string(v) || json_string_length(v) == 0)
+        return fail(c, p, 0, "expected a group name or a numeric group id, got %s", jtype(v));
+    struct group grbuf, *gr = NULL;
+    char buf[4096];
+    if (getgrnam_r(json_string_value(v), &grbuf, buf, sizeof(buf), &gr) != 0 || gr == NULL)
+        return fail(c, p, 0, "unknown group \"%s\"", json_string_value(v));
+    *gid = gr->gr_gid;
+    return 0;
+}
+
+static int get_listen_addr(struct vctx *c, json_t *o, const char *path, struct slb_config_listener *l)
+{
+    char p[PATH_MAX_LEN];
+    const char *why = "invalid";
+
+    if (require(c, o, path, "address") != 0 || get_str(c, o, path, "address", 1, &l->address) != 0)
+        return -1;
+    join(p, path, "address");
+    if (strncmp(l->address, SLB_UNIX_PREFIX, sizeof(SLB_UNIX_PREFIX) - 1) != 0) {
+        if (json_object_get(o, "mode") != NULL || json_object_get(o, "group") != NULL)
+            return fail(c, path, 0, "\"mode\" and \"group\" apply only to a unix:/path address");
+        return get_addr(c, o, path, "address", 1, &l->address);
+    }
+    if ((l->unix_path = slb_unix_path(l->address, &why)) == NULL)
+        return fail(c, p, 0, "invalid address \"%s\": %s", l->address, why);
+    return get_unix_mode(c, o, path, &l->unix_mode) != 0 || get_unix_group(c, o, path, &l->unix_gid) != 0 ? -1 : 0;
+}
+
+/* The admin listener: IP:port, or unix:/path (mode 0660, the process's group). */
+static int get_admin_addr(struct vctx *c, json_t *admin, char **out)
+{
+    const char *why = "invalid";
+
+    if (require(c, admin, "admin", "address") != 0 || get_str(c, admin, "admin", "address", 1, out) != 0)
+        return -1;
+    if (strncmp(*out, SLB_UNIX_PREFIX, sizeof(SLB_UNIX_PREFIX) - 1) != 0)
+        return get_addr(c, admin, "admin", "address", 1, out);
+    if (slb_unix_path(*out, &why) == NULL)
+        return fail(c, "admin.address", 0, "invalid address \"%s\": %s", *out, why);
+    return 0;
+}
+
 static int load_listener(struct vctx *c, json_t *o, const char *path, struct slb_config_listener *l)
 {
     static const char *const keys[] = {"name",
@@ -830,13 +933,15 @@ static int load_listener(struct vctx *c, json_t *o, const char *path, struct slb
                                        "idle_timeout_ms",
                                        "stream_idle_timeout_ms",
                                        "tls",
+                                       "mode",
+                                       "group",
                                        NULL};
     static const char *const route_keys[] = {"service", "cluster", NULL};
     char p[PATH_MAX_LEN], rp[PATH_MAX_LEN], rpath[PATH_MAX_LEN];
     json_t *routes;
 
     l->default_cluster_index = -1;
-    if (check_keys(c, o, path, keys) != 0 || get_addr(c, o, path, "address", 1, &l->address) != 0 ||
+    if (check_keys(c, o, path, keys) != 0 || get_listen_addr(c, o, path, l) != 0 ||
         get_str(c, o, path, "name", 1, &l->name) != 0 ||
         get_str(c, o, path, "default_cluster", 1, &l->default_cluster) != 0 ||
         get_u32(c, o, path, "max_concurrent_streams", &l->max_concurrent_streams, 100, 1, 0x7fffffff) != 0 ||
@@ -1125,19 +1230,17 @@ static int load_discovery(struct vctx *c, json_t *o, const char *cpath, struct s
     for (size_t i = 0; i < json_array_size(st); i++) {
         struct slb_config_static_backend *be = &cl->static_backends[i];
         json_t *v = json_array_get(st, i);
-        struct sockaddr_storage ss;
-        unsigned sl;
         join_i(p, sp, i);
         cl->n_static++;
         be->weight = 1;
         if (json_is_string(v)) {
             if ((be->address = strdup(json_string_value(v))) == NULL)
                 return fail(c, p, 0, "out of memory");
-            if (slb_parse_addr(be->address, &ss, &sl) != 0)
-                return fail(c, p, 0, "invalid address \"%s\" (expected IPv4:port, [IPv6]:port or localhost:port)",
+            if (!slb_hostport_is_literal(be->address) && !slb_hostport_is_name(be->address))
+                return fail(c, p, 0, "invalid address \"%s\" (expected IPv4:port, [IPv6]:port or hostname:port)",
                             be->address);
         } else if (json_is_object(v)) {
-            if (check_keys(c, v, p, be_keys) != 0 || get_addr(c, v, p, "address", 1, &be->address) != 0 ||
+            if (check_keys(c, v, p, be_keys) != 0 || get_backend_addr(c, v, p, &be->address) != 0 ||
                 get_u32(c, v, p, "weight", &be->weight, 1, 1, 1000000) != 0 ||
                 get_str(c, v, p, "zone", 0, &be->zone) != 0)
                 return -1;
@@ -1353,6 +1456,7 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
                                        "outlier_detection",
                                        "service_config",
                                        "tls",
+                                       "dns_refresh_ms",
                                        NULL};
     static const char *const bo_keys[] = {
         "initial_ms", "multiplier", "jitter", "max_ms", "min_connect_timeout_ms", "probe_interval_ms", NULL};
@@ -1390,7 +1494,8 @@ static int load_cluster(struct vctx *c, json_t *o, const char *path, struct slb_
         get_u32(c, o, path, "max_pending_per_backend", &cl->max_pending_per_backend, 1000, 1, 0x7fffffff) != 0 ||
         get_u32(c, o, path, "queue_timeout_ms", &cl->queue_timeout_ms, 5000, 0, 3600000) != 0 ||
         get_u32(c, o, path, "max_requests_per_connection", &cl->max_requests_per_connection, 0, 0, 0x7fffffff) != 0 ||
-        get_u32(c, o, path, "max_connection_age_ms", &cl->max_connection_age_ms, 0, 0, 0x7fffffff) != 0)
+        get_u32(c, o, path, "max_connection_age_ms", &cl->max_connection_age_ms, 0, 0, 0x7fffffff) != 0 ||
+        get_u32(c, o, path, "dns_refresh_ms", &cl->dns_refresh_ms, 30000, 100, 86400000) != 0)
         return -1;
 
     bo->initial_ms = 1000;
@@ -1714,8 +1819,8 @@ static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
         load_access_log(c, root, &cfg->access_log) != 0 || load_metrics(c, root, cfg) != 0 ||
         get_obj(c, root, "", "admin", &admin) || load_state_dir(c, root, cfg) != 0)
         return -1;
-    if (admin != NULL && (check_keys(c, admin, "admin", admin_keys) != 0 ||
-                          get_addr(c, admin, "admin", "address", 1, &cfg->admin_address) != 0))
+    if (admin != NULL &&
+        (check_keys(c, admin, "admin", admin_keys) != 0 || get_admin_addr(c, admin, &cfg->admin_address) != 0))
         return -1;
     return 0;
 }

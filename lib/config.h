@@ -54,6 +54,10 @@ struct slb_config_listener {
     uint32_t idle_timeout_ms;        /* a connection without streams this long is closed; 0 = off; default 300000 */
     uint32_t stream_idle_timeout_ms; /* a stream without frames either way this long ends; 0 = off; default 300000 */
     struct slb_config_tls tls;       /* apps connect with TLS (server side) */
+    /* "unix:/path" listeners (NULL path for IP:port ones) */
+    const char *unix_path; /* points into address */
+    uint32_t unix_mode;    /* file mode of the socket, default 0660 */
+    int64_t unix_gid;      /* group of the socket file; -1 = the process's */
 };
 
 struct slb_config_health_check {
@@ -105,6 +109,7 @@ struct slb_config_cluster {
     uint32_t queue_timeout_ms;            /* ... and for how long (then tried elsewhere or UNAVAILABLE); 0 = off */
     uint32_t max_requests_per_connection; /* a backend connection is replaced after this many calls; 0 = never */
     uint32_t max_connection_age_ms;       /* ... or after this long (+-10 % jitter); 0 = never */
+    uint32_t dns_refresh_ms;              /* host-name backends are looked up again this often; default 30000 */
     uint32_t wait_for_ready_ms; /* a call waits this long for a usable backend (and at most until its deadline); default
                                    3000 */
     struct slb_config_backoff backoff;

@@ -8,7 +8,8 @@
  * The JSON formats may carry "registered_at_ms": the wall-clock time (ms
  * since 1970 UTC) sidelb's registrar registered the backend, so every host
  * ramps it (slow start) from the same moment.
- * And the inverse, for the registrar. Pure functions, no I/O.
+ * And the inverse, for the registrar. Pure functions, no I/O. The host may be
+ * an IP literal or a host name (the cluster resolves names: lib/resolver.h).
  */
 #ifndef SLB_ETCD_VALUE_H
 #define SLB_ETCD_VALUE_H

@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 
 #include "common.h"
@@ -287,6 +288,23 @@ static int refuse(struct slb_loop_ctx *ctx, uv_stream_t *server)
     return rv;
 }
 
+/*
+ * An app on a unix:/path listener. libuv's stream code is the same for TCP
+ * and Unix sockets and uv_accept() opens the accepted fd into a uv_tcp_t as
+ * well, so the connection keeps its uv_tcp_t (TCP-only options such as
+ * TCP_NODELAY fail harmlessly). Its hash keys come from the peer's pid.
+ */
+static void downstream_unix_peer_keys(struct slb_downstream *dc)
+{
+    struct ucred cred = {0};
+    socklen_t len = sizeof(cred);
+    uv_os_fd_t fd = -1;
+
+    if (uv_fileno((uv_handle_t *)&dc->conn.tcp, &fd) != 0 || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+        cred.pid = 0;
+    slb_lb_peer_keys_init_unix(&dc->peer_keys, cred.pid, dc->ctx->stats.downstream_conns_total);
+}
+
 int slb_downstream_accept(struct slb_downstream_set *set, uv_stream_t *server,
                           void (*on_gone)(struct slb_downstream *dc))
 {
@@ -339,9 +357,12 @@ int slb_downstream_accept(struct slb_downstream_set *set, uv_stream_t *server,
         return rv;
     }
     /* the hash policies' keys, once per connection (hash_on source_ip / source_ip_port) */
-    slb_lb_peer_keys_init(&dc->peer_keys, uv_tcp_getpeername(&dc->conn.tcp, (struct sockaddr *)&peer, &peerlen) == 0
-                                              ? (const struct sockaddr *)&peer
-                                              : NULL);
+    if (server->type == UV_NAMED_PIPE)
+        downstream_unix_peer_keys(dc);
+    else
+        slb_lb_peer_keys_init(&dc->peer_keys, uv_tcp_getpeername(&dc->conn.tcp, (struct sockaddr *)&peer, &peerlen) == 0
+                                                  ? (const struct sockaddr *)&peer
+                                                  : NULL);
     nghttp2_submit_settings(dc->conn.session, NGHTTP2_FLAG_NONE, iv, SLB_ARRAY_SIZE(iv));
     nghttp2_session_set_local_window_size(dc->conn.session, NGHTTP2_FLAG_NONE, 0,
                                           ctx->budgets.connection_bytes / 4 < DOWNSTREAM_CONN_WINDOW

@@ -296,6 +296,17 @@ void slb_lb_peer_keys_init(struct slb_lb_peer_keys *k, const struct sockaddr *pe
     k->ip_port = slb_hash64(buf, alen + 2);
 }
 
+void slb_lb_peer_keys_init_unix(struct slb_lb_peer_keys *k, int32_t pid, uint64_t conn_id)
+{
+    uint8_t buf[5 + 4 + 8] = {'u', 'n', 'i', 'x', ':'}; /* never equal to a 4- or 16-byte IP key's input */
+
+    memset(k, 0, sizeof(*k));
+    memcpy(buf + 5, &pid, sizeof(pid));
+    memcpy(buf + 9, &conn_id, sizeof(conn_id));
+    k->ip = slb_hash64(buf, 9);
+    k->ip_port = slb_hash64(buf, sizeof(buf));
+}
+
 int slb_lb_hash_key(const struct slb_lb_options *o, const struct slb_lb_peer_keys *peer, const uint8_t *hdr,
                     size_t hdr_len, uint64_t *key)
 {

@@ -93,6 +93,14 @@ struct slb_lb_peer_keys {
 
 /* Fills k from an AF_INET or AF_INET6 peer address; other families (or NULL) give zeros. */
 void slb_lb_peer_keys_init(struct slb_lb_peer_keys *k, const struct sockaddr *peer);
+/*
+ * The keys of an app connected over a Unix socket, which has no address: ip is
+ * the connecting process (its pid, from SO_PEERCRED), so all calls of one
+ * process share a backend as all calls of one remote host do over TCP;
+ * ip_port is the connection (conn_id, unique among open connections), as the
+ * port is. Not loopback: distinct processes get distinct keys.
+ */
+void slb_lb_peer_keys_init_unix(struct slb_lb_peer_keys *k, int32_t pid, uint64_t conn_id);
 
 struct slb_lb_options;
 

@@ -18,6 +18,7 @@
 #include "h2_downstream.h"
 #include "log.h"
 #include "register.h"
+#include "unix_socket.h"
 
 static void server_finish(struct slb_server *srv);
 
@@ -42,15 +43,17 @@ static void on_connection(uv_stream_t *s, int status)
         slb_warn("listener %s: cannot accept: %s", l->cfg->address, slb_strerror(rv));
 }
 
-/* The listening socket of the running server at the same address, if any. */
-static int inherited_fd(const struct slb_server *old, const char *address)
+/* The listener of the running server at the same address, if any, and its listening socket. */
+static int inherited_fd(const struct slb_server *old, const char *address, const struct slb_listener **from)
 {
     uv_os_fd_t fd;
 
     for (size_t i = 0; old != NULL && i < old->n_listeners; i++)
         if (strcmp(old->listeners[i].cfg->address, address) == 0 &&
-            uv_fileno((const uv_handle_t *)&old->listeners[i].tcp, &fd) == 0)
+            uv_fileno((const uv_handle_t *)&old->listeners[i].tcp, &fd) == 0) {
+            *from = &old->listeners[i];
             return fd;
+        }
     return -1;
 }
 
@@ -67,9 +70,73 @@ static int alloc_call_stats(struct slb_server *srv)
     return 0;
 }
 
+/* ---- unix:/path listeners (the socket file: lib/unix_socket.h) ---- */
+
+static int unix_bind(struct slb_listener *l, char *err, size_t errlen)
+{
+    const struct slb_config_listener *cfg = l->cfg;
+    char what[192]; /* "listener unix:" and a path of up to 107 bytes */
+    int fd, rv;
+
+    snprintf(what, sizeof(what), "listener %s", cfg->address);
+    if ((fd = slb_unix_socket_bind(&l->file, cfg->unix_path, cfg->unix_mode, cfg->unix_gid, what, err, errlen)) < 0)
+        return fd;
+    if ((rv = uv_pipe_open(&l->pipe, fd)) != 0) {
+        snprintf(err, errlen, "%s: %s", what, slb_strerror(rv));
+        close(fd);
+    }
+    return rv;
+}
+
+/* Takes over the listening Unix socket of the server being replaced (a dup of its fd). */
+static int unix_inherit(struct slb_listener *l, const struct slb_listener *from, int fd, char *err, size_t errlen)
+{
+    char what[192]; /* "listener unix:" and a path of up to 107 bytes */
+    int nfd = dup(fd), rv;
+
+    snprintf(what, sizeof(what), "listener %s", l->cfg->address);
+    if (nfd < 0 || (rv = uv_pipe_open(&l->pipe, nfd)) != 0) {
+        rv = nfd < 0 ? UV_EMFILE : rv;
+        if (nfd >= 0)
+            close(nfd);
+        snprintf(err, errlen, "%s: cannot take over the socket: %s", what, slb_strerror(rv));
+        return rv;
+    }
+    l->file = from->file;
+    l->file.path = l->cfg->unix_path;
+    l->inherited = 1;
+    l->file.owned = 1; /* the old server gives it up in slb_server_retire() */
+    return slb_unix_socket_chmod(l->cfg->unix_path, l->cfg->unix_mode, l->cfg->unix_gid, what, err, errlen);
+}
+
+static int unix_listener_open(struct slb_server *srv, struct slb_listener *l, const struct slb_server *old, int *kept,
+                              char *err, size_t errlen)
+{
+    const struct slb_listener *from = NULL;
+    int fd, rv;
+
+    uv_pipe_init(srv->loop, &l->pipe, 0);
+    slb_conn_ctx_handle_opened(&srv->ctx.io);
+    srv->n_listeners++; /* from here on, stopping the server closes the handle */
+    if ((fd = inherited_fd(old, l->cfg->address, &from)) >= 0 && !slb_unix_file_is_ours(&from->file)) {
+        /* someone removed or replaced the file: nobody reaches the old socket by name; make a new one */
+        slb_warn("listener %s: %s is no longer the running socket's file; binding a new socket", l->cfg->address,
+                 l->cfg->unix_path);
+        fd = -1;
+    }
+    *kept = fd >= 0;
+    rv = *kept ? unix_inherit(l, from, fd, err, errlen) : unix_bind(l, err, errlen);
+    if (rv != 0)
+        return rv;
+    if ((rv = uv_listen((uv_stream_t *)&l->pipe, 1024, on_connection)) != 0)
+        snprintf(err, errlen, "listener %s: cannot listen: %s", l->cfg->address, slb_strerror(rv));
+    return rv;
+}
+
 static int listener_start(struct slb_server *srv, struct slb_listener *l, const struct slb_config_listener *cfg,
                           const struct slb_server *old, char *err, size_t errlen)
 {
+    const struct slb_listener *from;
     struct sockaddr_storage ss;
     unsigned sslen;
     int rv, fd;
@@ -95,6 +162,14 @@ static int listener_start(struct slb_server *srv, struct slb_listener *l, const 
     l->set.tls = cfg->tls.ctx; /* NULL: h2c */
     l->set.idle_timeout_ms = cfg->idle_timeout_ms;
     l->set.stream_idle_timeout_ms = cfg->stream_idle_timeout_ms;
+    if (cfg->unix_path != NULL) {
+        int kept = 0;
+        if ((rv = unix_listener_open(srv, l, old, &kept, err, errlen)) != 0)
+            return rv;
+        slb_notice("listening on %s (%s, mode %04o)%s", cfg->address, cfg->name ? cfg->name : "unnamed", cfg->unix_mode,
+                   kept ? " (kept)" : "");
+        return 0;
+    }
     if (slb_parse_addr(cfg->address, &ss, &sslen) != 0) {
         snprintf(err, errlen, "listener %s: invalid address", cfg->address);
         return SLB_EADDR;
@@ -102,7 +177,7 @@ static int listener_start(struct slb_server *srv, struct slb_listener *l, const 
     uv_tcp_init(srv->loop, &l->tcp);
     slb_conn_ctx_handle_opened(&srv->ctx.io);
     srv->n_listeners++; /* from here on, stopping the server closes the handle */
-    if ((fd = inherited_fd(old, cfg->address)) >= 0) {
+    if ((fd = inherited_fd(old, cfg->address, &from)) >= 0) {
         /* A reload keeps the same listening socket (a dup of its fd): no
          * connection waiting in its backlog is lost, no port is rebound. */
         int nfd = dup(fd);
@@ -195,8 +270,23 @@ int slb_server_start(struct slb_server *srv, uv_loop_t *loop, const struct slb_c
     return slb_server_start_reload(srv, loop, cfg, NULL, err, errlen);
 }
 
+static int server_start(struct slb_server *srv, uv_loop_t *loop, const struct slb_config *cfg,
+                        const struct slb_server *old, char *err, size_t errlen);
+
 int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struct slb_config *cfg,
                             const struct slb_server *old, char *err, size_t errlen)
+{
+    int rv = server_start(srv, loop, cfg, old, err, errlen);
+
+    /* a failed reload: the old server keeps serving on the sockets taken over, and their files */
+    for (size_t i = 0; rv != 0 && i < srv->n_listeners; i++)
+        if (srv->listeners[i].inherited)
+            srv->listeners[i].file.owned = 0;
+    return rv;
+}
+
+static int server_start(struct slb_server *srv, uv_loop_t *loop, const struct slb_config *cfg,
+                        const struct slb_server *old, char *err, size_t errlen)
 {
     int rv;
 
@@ -232,6 +322,10 @@ int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struc
             snprintf(err, errlen, "out of memory");
             return rv;
         }
+        /* a reload: host names keep the addresses they had, no gap while they are looked up again */
+        for (size_t j = 0; old != NULL && j < old->n_clusters; j++)
+            if (strcmp(old->clusters[j].cfg->name, cfg->clusters[i].name) == 0)
+                slb_cluster_seed_names(&srv->clusters[i], &old->clusters[j]);
         for (size_t j = 0; old != NULL && j < old->n_clusters; j++) /* a reload keeps admin drains */
             if (strcmp(old->clusters[j].cfg->name, cfg->clusters[i].name) == 0 &&
                 (rv = slb_cluster_inherit_admin_drains(&srv->clusters[i], &old->clusters[j])) != 0) {
@@ -253,7 +347,10 @@ int slb_server_start_reload(struct slb_server *srv, uv_loop_t *loop, const struc
                 snprintf(err, errlen, "cluster %s: cannot follow etcd: %s", cfg->clusters[i].name, slb_strerror(rv));
                 return rv;
             }
-            slb_cluster_seed_table(&srv->clusters[i], same_discovery(old, cfg, &cfg->clusters[i]), cfg->state_dir);
+            struct slb_cluster *from = same_discovery(old, cfg, &cfg->clusters[i]);
+            slb_cluster_seed_table(&srv->clusters[i], from, cfg->state_dir);
+            if (from != NULL) /* host names in the table just taken over keep their addresses too */
+                slb_cluster_seed_names(&srv->clusters[i], from);
         }
     }
     if ((srv->listeners = calloc(cfg->n_listeners, sizeof(*srv->listeners))) == NULL) {
@@ -365,8 +462,11 @@ void slb_server_stop(struct slb_server *srv, uint64_t grace_ms, void (*on_stoppe
         srv->reg_pending = 1;
         slb_registrar_shutdown(srv->registrar, on_registrar_down, srv);
     }
-    for (size_t i = 0; i < srv->n_listeners; i++)
+    for (size_t i = 0; i < srv->n_listeners; i++) {
+        if (srv->listeners[i].cfg != NULL && srv->listeners[i].cfg->unix_path != NULL)
+            slb_unix_file_remove(&srv->listeners[i].file, srv->listeners[i].cfg->address);
         slb_conn_ctx_close_handle(&srv->ctx.io, (uv_handle_t *)&srv->listeners[i].tcp);
+    }
     if (slb_list_empty(&srv->ctx.downstreams)) {
         server_finish(srv);
         return;
@@ -403,6 +503,11 @@ void slb_server_retire(struct slb_server *old, const struct slb_config *next, ui
         slb_registrar_hand_over(old->registrar, next->registers, next->n_registers);
     for (size_t i = 0; i < old->n_clusters; i++)
         slb_cluster_persist_stop(&old->clusters[i]); /* the new server writes the tables now */
+    /* socket files the new server took over are its own now */
+    for (size_t i = 0; next != NULL && i < old->n_listeners; i++)
+        for (size_t j = 0; j < next->n_listeners; j++)
+            if (strcmp(old->listeners[i].cfg->address, next->listeners[j].address) == 0)
+                old->listeners[i].file.owned = 0;
     slb_server_stop(old, grace_ms, on_stopped);
 }
 

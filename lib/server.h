@@ -21,6 +21,7 @@
 #include "h2_downstream.h"
 #include "loop_ctx.h"
 #include "route.h"
+#include "unix_socket.h"
 
 struct slb_config;
 struct slb_config_listener;
@@ -31,7 +32,12 @@ struct slb_admin;
 
 /* Owner: the server (array). */
 struct slb_listener {
-    uv_tcp_t tcp;
+    union {
+        uv_tcp_t tcp;   /* IP:port listeners */
+        uv_pipe_t pipe; /* unix:/path listeners (cfg->unix_path) */
+    };
+    struct slb_unix_file file; /* unix:/path: the socket file, removed on stop if still owned and ours */
+    uint8_t inherited;         /* took over the socket of the server it replaces */
     struct slb_server *srv;
     const struct slb_config_listener *cfg;
     struct slb_routes routes;

@@ -459,7 +459,7 @@ START_TEST(err_unknown_listener_key)
                  "  ],\n" CLUSTER_OK "}\n",
                  "t.json:3:6: listeners[0].adress: unknown key (expected one of: name, address, routes, "
                  "default_cluster, max_concurrent_streams, max_premature_resets, max_header_list_size, "
-                 "max_connections, handshake_timeout_ms, idle_timeout_ms, stream_idle_timeout_ms, tls)");
+                 "max_connections, handshake_timeout_ms, idle_timeout_ms, stream_idle_timeout_ms, tls, mode, group)");
 }
 END_TEST
 
@@ -799,9 +799,9 @@ START_TEST(err_static_bad_backend)
 {
     expect_error("{\n" LISTENER_OK "  \"clusters\": [{\"name\": \"a\",\n"
                  "    \"discovery\": {\"static\": [\"127.0.0.1:1\",\n"
-                 "                             \"backend-1:50051\"]}}]\n"
+                 "                             \"-backend-1:50051\"]}}]\n"
                  "}\n",
-                 "t.json:5:30: clusters[0].discovery.static[1]: invalid address \"backend-1:50051\"");
+                 "t.json:5:30: clusters[0].discovery.static[1]: invalid address \"-backend-1:50051\"");
 }
 END_TEST
 
@@ -1045,6 +1045,69 @@ START_TEST(err_duplicate_listener_address)
 }
 END_TEST
 
+/* ---- unix:/path listeners and host-name backends ---- */
+
+#define UNIX_LISTENER(extra)                                                                                           \
+    "  \"listeners\": [{\"address\": \"unix:/run/sidelb/grpc.sock\", \"default_cluster\": \"a\"" extra "}],\n"
+
+START_TEST(unix_listener_mode_group)
+{
+    struct slb_config *cfg = expect_ok("{\n" UNIX_LISTENER("") CLUSTER_OK "}\n");
+    ck_assert_str_eq(cfg->listeners[0].unix_path, "/run/sidelb/grpc.sock");
+    ck_assert_uint_eq(cfg->listeners[0].unix_mode, 0660);
+    ck_assert_int_eq(cfg->listeners[0].unix_gid, -1);
+    slb_config_free(cfg);
+    cfg = expect_ok("{\n" UNIX_LISTENER(", \"mode\": \"0600\", \"group\": \"root\"") CLUSTER_OK "}\n");
+    ck_assert_uint_eq(cfg->listeners[0].unix_mode, 0600);
+    ck_assert_int_eq(cfg->listeners[0].unix_gid, 0);
+    slb_config_free(cfg);
+    cfg = expect_ok("{\n" UNIX_LISTENER(", \"mode\": 438, \"group\": 12345") CLUSTER_OK "}\n");
+    ck_assert_uint_eq(cfg->listeners[0].unix_mode, 0666);
+    ck_assert_int_eq(cfg->listeners[0].unix_gid, 12345);
+    ck_assert_ptr_null(cfg->listeners[1 - 1].routes);
+    slb_config_free(cfg);
+    cfg = expect_ok("{\n" LISTENER_OK CLUSTER_OK "}\n");
+    ck_assert_ptr_null(cfg->listeners[0].unix_path);
+    slb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(err_unix_listener)
+{
+    expect_error("{\n" UNIX_LISTENER(", \"mode\": \"0999\"") CLUSTER_OK "}\n",
+                 "t.json:2:91: listeners[0].mode: \"0999\" is not an octal file mode");
+    expect_error("{\n" UNIX_LISTENER(", \"mode\": 660") CLUSTER_OK "}\n",
+                 "t.json:2:91: listeners[0].mode: 660 is not a file mode in 0..511 (0777)");
+    expect_error("{\n" UNIX_LISTENER(", \"group\": \"no-such-group-sidelb\"") CLUSTER_OK "}\n",
+                 "t.json:2:92: listeners[0].group: unknown group \"no-such-group-sidelb\"");
+    expect_error("{\n  \"listeners\": [{\"address\": \"unix:run/x.sock\"}],\n" CLUSTER_OK "}\n",
+                 "t.json:2:29: listeners[0].address: invalid address \"unix:run/x.sock\": the path after unix: must be "
+                 "absolute");
+    expect_error("{\n  \"listeners\": [{\"address\": \"127.0.0.1:1\", \"mode\": \"0600\"}],\n" CLUSTER_OK "}\n",
+                 "t.json:2:17: listeners[0]: \"mode\" and \"group\" apply only to a unix:/path address");
+}
+END_TEST
+
+START_TEST(static_host_names)
+{
+    struct slb_config *cfg =
+        expect_ok("{\n" LISTENER_OK "  \"clusters\": [{\"name\": \"a\", \"dns_refresh_ms\": 500, \"discovery\": "
+                  "{\"static\": [\"backend-1.example:50051\", {\"address\": \"localhost:1\", \"weight\": 3}]}}]\n}\n");
+    ck_assert_str_eq(cfg->clusters[0].static_backends[0].address, "backend-1.example:50051");
+    ck_assert_uint_eq(cfg->clusters[0].dns_refresh_ms, 500);
+    slb_config_free(cfg);
+    cfg = expect_ok("{\n" LISTENER_OK CLUSTER_OK "}\n");
+    ck_assert_uint_eq(cfg->clusters[0].dns_refresh_ms, 30000);
+    slb_config_free(cfg);
+    expect_error("{\n" LISTENER_OK "  \"clusters\": [{\"name\": \"a\", \"dns_refresh_ms\": 50, \"discovery\": "
+                 "{\"static\": [\"127.0.0.1:1\"]}}]\n}\n",
+                 "t.json:3:48: clusters[0].dns_refresh_ms: 50 is out of range (100..86400000)");
+    expect_error("{\n" LISTENER_OK "  \"clusters\": [{\"name\": \"a\", \"discovery\": {\"static\": [{\"address\": "
+                 "\"10.0.0.300:1\"}]}}]\n}\n",
+                 "t.json:3:");
+}
+END_TEST
+
 Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -1112,6 +1175,9 @@ Suite *config_suite(void)
     tcase_add_test(tc, err_backoff_max_below_initial);
     tcase_add_test(tc, err_backoff_probe_interval_too_short);
     tcase_add_test(tc, err_duplicate_listener_address);
+    tcase_add_test(tc, unix_listener_mode_group);
+    tcase_add_test(tc, err_unix_listener);
+    tcase_add_test(tc, static_host_names);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -63,6 +63,7 @@ extern const char *const tb_method_names[TB_M_COUNT];
 
 struct tb_opts {
     int port;
+    const char *host; /* IPv4 or IPv6 literal to listen on, default 127.0.0.1 */
     const char *id;
     uint32_t max_concurrent_streams;
     uint32_t window;      /* initial stream window (SETTINGS_INITIAL_WINDOW_SIZE) */

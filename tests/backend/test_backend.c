@@ -2,12 +2,14 @@
  * test_backend: sidelb's C gRPC test server (h2c prior knowledge, libuv +
  * nghttp2 + protobuf-c). Serves sidelb.test.Echo and grpc.health.v1.Health.
  *
- *   test_backend --port N [--id NAME] [--health SERVING|NOT_SERVING]
+ *   test_backend --port N [--host IP] [--id NAME] [--health SERVING|NOT_SERVING]
  *                [--health-unimplemented-watch] [--no-health] [--max-concurrent-streams N]
  *                [--window N] [--conn-window N] [--goaway-after N]
  *                [--stats-file PATH] [--drain-ms N] [--verbose]
  *                [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]   (h2 over TLS, ALPN h2)
  *
+ * --host takes an IPv4 or IPv6 literal (default 127.0.0.1), e.g. ::1 for a
+ * second backend behind a name that resolves to both.
  * --port 0 picks a free port. Prints "ready <port>" on stdout once listening.
  *
  * Echo semantics (proto/echo.proto): reply payload = request payload, or
@@ -66,7 +68,7 @@ static void usage(FILE *f)
 {
     fprintf(
         f,
-        "usage: test_backend --port N [--id NAME] [--health SERVING|NOT_SERVING] "
+        "usage: test_backend --port N [--host IP] [--id NAME] [--health SERVING|NOT_SERVING] "
         "[--health-unimplemented-watch] [--no-health]\n"
         "       [--max-concurrent-streams N] [--window N] [--conn-window N] [--goaway-after N] [--extra-delay-ms N]\n"
         "       [--fail-status CODE] [--fail-every N] [--pushback-ms VALUE]\n"
@@ -204,6 +206,8 @@ static int parse_args(int argc, char **argv, struct tb_opts *o)
             if (parse_uint(a, val, 65535, &v) < 0)
                 return -1;
             o->port = (int)v;
+        } else if (strcmp(a, "--host") == 0) {
+            o->host = val;
         } else if (strcmp(a, "--id") == 0) {
             o->id = val;
         } else if (strcmp(a, "--health") == 0) {
@@ -269,7 +273,7 @@ static int parse_args(int argc, char **argv, struct tb_opts *o)
 int main(int argc, char **argv)
 {
     struct tb_opts *o = &tb_srv.opt;
-    struct sockaddr_in addr;
+    struct sockaddr_storage addr;
     int rv;
 
     o->port = -1;
@@ -306,17 +310,24 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    uv_ip4_addr("127.0.0.1", o->port, &addr);
+    if (o->host == NULL)
+        o->host = "127.0.0.1";
+    if (uv_ip4_addr(o->host, o->port, (struct sockaddr_in *)&addr) != 0 &&
+        uv_ip6_addr(o->host, o->port, (struct sockaddr_in6 *)&addr) != 0) {
+        fprintf(stderr, "test_backend: --host %s is not an IP address\n", o->host);
+        return 2;
+    }
     uv_tcp_init(tb_srv.loop, &tb_srv.listener);
     if ((rv = uv_tcp_bind(&tb_srv.listener, (const struct sockaddr *)&addr, 0)) < 0 ||
         (rv = uv_listen((uv_stream_t *)&tb_srv.listener, 1024, on_connection)) < 0) {
-        fprintf(stderr, "test_backend: listen 127.0.0.1:%d: %s\n", o->port, uv_strerror(rv));
+        fprintf(stderr, "test_backend: listen %s port %d: %s\n", o->host, o->port, uv_strerror(rv));
         return 1;
     }
     struct sockaddr_storage bound;
     int blen = sizeof(bound);
     uv_tcp_getsockname(&tb_srv.listener, (struct sockaddr *)&bound, &blen);
-    int port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+    int port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                 : ((struct sockaddr_in *)&bound)->sin_port);
 
     uv_signal_t *sigs[] = {&tb_srv.sig_term, &tb_srv.sig_int, &tb_srv.sig_hup, &tb_srv.sig_usr1, &tb_srv.sig_usr2};
     int signums[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2};

@@ -31,7 +31,8 @@ def start_sidelb(config, extra_args=(), timeout=10.0, log_level="info", binary=N
     p = peers.Proc(argv, name="sidelb", ready=r"sidelb \S+ ready", timeout=timeout)
     p.config_path = path
     p.state_dir = config["state_dir"]
-    p.port = int(config["listeners"][0]["address"].rsplit(":", 1)[1])
+    first = config["listeners"][0]["address"]
+    p.port = None if first.startswith("unix:") else int(first.rsplit(":", 1)[1])  # unix:/path has no port
     return p
 
 
