@@ -22,6 +22,7 @@
 
 #include "common.h"
 #include "config.h"
+#include "config_effective.h"
 #include "hostport.h"
 #include "log.h"
 #include "tls.h"
@@ -1827,14 +1828,17 @@ static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
 
 /* ---- entry points ------------------------------------------------------ */
 
-/* The accepted document for admin GET /config: etcd.password replaced (password_file stays: a path). */
-static char *redacted_dump(json_t *root)
+/* The effective document for admin GET /config (defaults filled in, config_effective.h): etcd.password replaced
+ * (password_file stays: a path). */
+static char *redacted_dump(json_t *root, const struct slb_config *cfg)
 {
     json_t *copy = json_deep_copy(root), *etcd;
     char *out;
 
-    if (copy == NULL)
+    if (copy == NULL || slb_config_fill_effective(copy, cfg) != 0) {
+        json_decref(copy);
         return NULL;
+    }
     etcd = json_object_get(copy, "etcd");
     if (json_is_object(etcd) && json_object_get(etcd, "password") != NULL)
         json_object_set_new(etcd, "password", json_string("<redacted>"));
@@ -1872,7 +1876,7 @@ static struct slb_config *load_text(const char *text, size_t len, const char *na
     }
     if (load_root(&c, root, cfg) != 0)
         goto fail;
-    if ((cfg->redacted_json = redacted_dump(root)) == NULL) {
+    if ((cfg->redacted_json = redacted_dump(root, cfg)) == NULL) {
         fail(&c, "", 0, "out of memory");
         goto fail;
     }

@@ -177,7 +177,7 @@ struct slb_config {
     struct slb_config_budgets budgets;
     struct slb_config_access_log access_log;
     uint32_t metrics_max_methods; /* "metrics": per-method counters for at most this many methods; 0 = off */
-    char *redacted_json;          /* the accepted document, secrets replaced by "<redacted>" (admin GET /config) */
+    char *redacted_json;          /* the effective document (defaults filled in), secrets "<redacted>" (GET /config) */
     char *state_dir;              /* where etcd-fed clusters persist their tables (lib/state_file.h); NULL = off */
 };
 

@@ -4,6 +4,7 @@
  * "NAME:LINE:COL: PATH: message" line (multi-line JSON, so positions matter).
  */
 #include <check.h>
+#include <jansson.h>
 #include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1108,6 +1109,152 @@ START_TEST(static_host_names)
 }
 END_TEST
 
+/* ---- the effective document (admin GET /config): defaults filled in ---- */
+
+/* Every value given in orig is in eff, unchanged (eff may have more keys). */
+static int given_kept(json_t *orig, json_t *eff)
+{
+    const char *key;
+    json_t *v;
+    if (json_is_object(orig)) {
+        if (!json_is_object(eff))
+            return 0;
+        json_object_foreach(orig, key, v)
+        {
+            if (!given_kept(v, json_object_get(eff, key)))
+                return 0;
+        }
+        return 1;
+    }
+    if (json_is_array(orig)) {
+        if (!json_is_array(eff) || json_array_size(orig) != json_array_size(eff))
+            return 0;
+        for (size_t i = 0; i < json_array_size(orig); i++)
+            if (!given_kept(json_array_get(orig, i), json_array_get(eff, i)))
+                return 0;
+        return 1;
+    }
+    return eff != NULL && json_equal(orig, eff);
+}
+
+static json_t *effective_doc(const struct slb_config *cfg)
+{
+    json_error_t je;
+    json_t *doc = json_loads(cfg->redacted_json, 0, &je);
+    ck_assert_msg(doc != NULL, "redacted_json: %s", je.text);
+    return doc;
+}
+
+static json_int_t int_of(json_t *obj, const char *key)
+{
+    json_t *v = json_object_get(obj, key);
+    ck_assert_msg(json_is_integer(v), "%s is not an integer", key);
+    return json_integer_value(v);
+}
+
+START_TEST(effective_minimal_shows_defaults)
+{
+    struct slb_config *cfg = expect_ok("{\n"
+                                       "  \"etcd\": {\"endpoints\": [\"http://127.0.0.1:2379\"], \"username\": \"u\",\n"
+                                       "    \"password\": \"s3cret\", \"allow_insecure_password\": true},\n"
+                                       "  \"listeners\": [{\"address\": \"127.0.0.1:15001\", \"default_cluster\": "
+                                       "\"a\", \"idle_timeout_ms\": 0}],\n"
+                                       "  \"clusters\": [{\"name\": \"a\", \"connect_timeout_ms\": 700, "
+                                       "\"discovery\": {\"static\": [\"127.0.0.1:1\"]}}]\n"
+                                       "}\n");
+    json_t *doc = effective_doc(cfg);
+    json_t *l = json_array_get(json_object_get(doc, "listeners"), 0);
+    json_t *cl = json_array_get(json_object_get(doc, "clusters"), 0);
+    json_t *etcd = json_object_get(doc, "etcd"), *bo = json_object_get(cl, "backoff");
+
+    ck_assert_ptr_null(strstr(cfg->redacted_json, "s3cret"));
+    ck_assert_str_eq(json_string_value(json_object_get(etcd, "password")), "<redacted>");
+    ck_assert_int_eq(int_of(etcd, "dial_timeout_ms"), 2000);
+    ck_assert_int_eq(int_of(etcd, "request_timeout_ms"), 5000);
+    ck_assert_ptr_null(json_object_get(doc, "log_level")); /* sidelb -l overrides it: not filled in */
+    ck_assert_str_eq(json_string_value(json_object_get(doc, "state_dir")), SLB_CONFIG_STATE_DIR_DEFAULT);
+    ck_assert_int_eq(int_of(l, "max_concurrent_streams"), 100);
+    ck_assert_int_eq(int_of(l, "max_header_list_size"), 16384);
+    ck_assert_int_eq(int_of(l, "handshake_timeout_ms"), 10000);
+    ck_assert_int_eq(int_of(l, "idle_timeout_ms"), 0); /* given: stays */
+    ck_assert_str_eq(json_string_value(json_object_get(l, "name")), "127.0.0.1:15001");
+    ck_assert_int_eq(int_of(cl, "connect_timeout_ms"), 700); /* given: stays */
+    ck_assert_int_eq(int_of(cl, "max_connections_per_backend"), 8);
+    ck_assert_int_eq(int_of(cl, "wait_for_ready_ms"), 3000);
+    ck_assert_int_eq(int_of(cl, "max_waiting_calls"), 1000);
+    ck_assert_int_eq(int_of(cl, "dns_refresh_ms"), 30000);
+    ck_assert_int_eq(int_of(bo, "initial_ms"), 1000);
+    ck_assert_double_eq_tol(json_number_value(json_object_get(bo, "multiplier")), 1.6, 1e-9);
+    ck_assert_int_eq(int_of(bo, "probe_interval_ms"), 50);
+    ck_assert(json_is_object(json_object_get(json_object_get(cl, "policy"), "round_robin")));
+    ck_assert_int_eq(int_of(json_object_get(doc, "budgets"), "total_bytes"), 268435456);
+    ck_assert_int_eq(int_of(json_object_get(doc, "budgets"), "connection_bytes"), 16777216);
+    /* absent means off (or computed at run time): stays absent */
+    ck_assert_ptr_null(json_object_get(cl, "tls"));
+    ck_assert_ptr_null(json_object_get(cl, "health_check"));
+    ck_assert_ptr_null(json_object_get(cl, "outlier_detection"));
+    ck_assert_ptr_null(json_object_get(cl, "service_config"));
+    ck_assert_ptr_null(json_object_get(l, "tls"));
+    ck_assert_ptr_null(json_object_get(doc, "access_log"));
+    ck_assert_ptr_null(json_object_get(doc, "metrics"));
+    ck_assert_ptr_null(json_object_get(doc, "max_app_connections"));
+    ck_assert_ptr_null(json_object_get(doc, "register"));
+    /* loading is unchanged: the struct has the same defaults */
+    ck_assert_uint_eq(cfg->listeners[0].max_concurrent_streams, 100);
+    ck_assert_uint_eq(cfg->clusters[0].connect_timeout_ms, 700);
+    ck_assert_uint_eq(cfg->budgets.total_bytes, 256u << 20);
+    json_decref(doc);
+    slb_config_free(cfg);
+}
+END_TEST
+
+/*
+ * For a rich document: every given value is kept, the effective document is
+ * itself accepted, and filling it again changes nothing (so each filled key is
+ * valid where it is put and holds the value the loader used).
+ */
+static void check_effective_fixpoint(const char *json)
+{
+    json_error_t je;
+    struct slb_config *cfg = expect_ok(json), *again;
+    json_t *orig = json_loads(json, 0, &je), *eff = effective_doc(cfg), *eff2, *etcd;
+    char *text;
+
+    ck_assert_ptr_nonnull(orig);
+    if (json_is_object(etcd = json_object_get(orig, "etcd")) && json_object_get(etcd, "password") != NULL)
+        json_object_set_new(etcd, "password", json_string("<redacted>"));
+    ck_assert_msg(given_kept(orig, eff), "a given value changed in %s", cfg->redacted_json);
+    again = expect_ok(cfg->redacted_json);
+    eff2 = effective_doc(again);
+    text = json_dumps(eff2, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    ck_assert_msg(json_equal(eff, eff2), "not a fixpoint:\n%s\n---\n%s", cfg->redacted_json, text);
+    free(text);
+    json_decref(orig);
+    json_decref(eff);
+    json_decref(eff2);
+    slb_config_free(again);
+    slb_config_free(cfg);
+}
+
+START_TEST(effective_fixpoint)
+{
+    check_effective_fixpoint(full_config);
+    check_effective_fixpoint("{\n" LISTENER_OK CLUSTER_OK "}\n");
+    check_effective_fixpoint(
+        "{\n  \"etcd\": {\"endpoints\": [\"http://127.0.0.1:2379\"]},\n"
+        "  \"listeners\": [{\"address\": \"unix:/tmp/sidelb-effective.sock\", \"default_cluster\": \"a\"}],\n"
+        "  \"clusters\": [{\"name\": \"a\", \"discovery\": {\"static\": [{\"address\": \"127.0.0.1:1\"}]},\n"
+        "    \"policy\": {\"source_ip_hash\": {}}, \"health_check\": {}, \"outlier_detection\": {}},\n"
+        "    {\"name\": \"b\", \"discovery\": {\"etcd_prefix\": \"/b/\"}, \"policy\": {\"least_request\": {}}},\n"
+        "    {\"name\": \"c\", \"discovery\": {\"etcd_prefix\": \"/c/\"},\n"
+        "     \"policy\": {\"round_robin\": {\"slow_start\": {\"window_ms\": 1000}}}}],\n"
+        "  \"register\": [{\"prefix\": \"/p/\", \"address\": \"10.0.0.1:1\", \"health_check\": {}},\n"
+        "    {\"prefix\": \"/q/\", \"address\": \"10.0.0.1:2\", \"format\": \"json\"}],\n"
+        "  \"access_log\": {\"path\": \"-\"}, \"state_dir\": \"\", \"log_level\": \"warning\"\n"
+        "}\n");
+}
+END_TEST
+
 Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -1117,6 +1264,11 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_example_file);
     tcase_add_test(tc, test_file_errors);
     tcase_add_test(tc, test_helpers);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("effective");
+    tcase_add_test(tc, effective_minimal_shows_defaults);
+    tcase_add_test(tc, effective_fixpoint);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("errors");

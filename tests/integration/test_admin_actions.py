@@ -1,5 +1,6 @@
 """Admin actions (lib/admin_actions.c) end to end: drain / undrain a
-backend, clear an outlier ejection, GET /config with secrets redacted,
+backend, clear an outlier ejection, GET /config (the effective configuration,
+defaults filled in) with secrets redacted,
 /ready vs /healthz, and the loopback-only rule, against real sidelb and
 test backends."""
 
@@ -187,7 +188,40 @@ def test_config_is_redacted(tmp_path):
     slb = start_sidelb(cfg)
     status, _, body = http(admin_port, "GET", "/config")
     assert status == 200 and b"Inl1neSecr3t" not in body
-    assert json.loads(body)["etcd"]["password"] == "<redacted>"
+    doc = json.loads(body)
+    assert doc["etcd"]["password"] == "<redacted>"
+    # the effective configuration: defaults filled in, given values as given
+    assert doc["etcd"]["dial_timeout_ms"] == 2000 and doc["etcd"]["request_timeout_ms"] == 5000
+    assert doc["listeners"][0]["max_concurrent_streams"] == 100
+    assert doc["listeners"][0]["name"] == "test"
+    assert doc["clusters"][0]["connect_timeout_ms"] == 5000
+    assert doc["clusters"][0]["backoff"]["max_ms"] == 120000
+    assert doc["clusters"][0]["discovery"]["static"] == [b0.addr]
+    assert doc["budgets"]["total_bytes"] == 268435456
+    assert "tls" not in doc["clusters"][0] and "access_log" not in doc  # absent means off: stays absent
+
+
+def test_config_shows_the_values_in_effect_after_a_reload():
+    b0 = peers.start_c_backend("b0")
+    cfg = simple_config([b0.addr], max_waiting_calls=7)
+    slb = start_with_admin_listener(cfg)
+    doc = json.loads(http(slb.admin_port, "GET", "/config")[2])
+    assert doc["clusters"][0]["max_waiting_calls"] == 7
+    assert doc["listeners"][0]["max_concurrent_streams"] == 100
+    assert doc["state_dir"] == slb.state_dir and "log_level" not in doc  # -l overrides it: not filled in
+    # reload: a new given value shows, and a removed one shows its default again
+    cfg = json.load(open(slb.config_path))
+    del cfg["clusters"][0]["max_waiting_calls"]
+    cfg["listeners"][0]["max_concurrent_streams"] = 50
+    with open(slb.config_path, "w") as f:
+        json.dump(cfg, f)
+    slb.signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded" in slb.log() or "reload:" in slb.log(), 10, what="the reload")
+    assert "reload:" not in slb.log(), slb.log()
+    doc = json.loads(http(slb.admin_port, "GET", "/config")[2])
+    assert doc["listeners"][0]["max_concurrent_streams"] == 50
+    assert doc["clusters"][0]["max_waiting_calls"] == 1000
+    assert doc["budgets"]["connection_bytes"] == 16777216
 
 
 def test_ready_waits_for_etcd_while_healthz_answers_at_once():
