@@ -1205,6 +1205,18 @@ START_TEST(effective_minimal_shows_defaults)
     ck_assert_uint_eq(cfg->budgets.total_bytes, 256u << 20);
     json_decref(doc);
     slb_config_free(cfg);
+    /* a section given (even empty) gets its defaults */
+    cfg = expect_ok("{\n" LISTENER_OK "  \"clusters\": [{\"name\": \"a\", \"tls\": {}, \"health_check\": {},\n"
+                    "    \"discovery\": {\"static\": [{\"address\": \"127.0.0.1:1\"}]}}]\n}\n");
+    doc = effective_doc(cfg);
+    cl = json_array_get(json_object_get(doc, "clusters"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(cl, "tls"), "min_version")), "1.2");
+    ck_assert_int_eq(int_of(json_object_get(cl, "health_check"), "interval_ms"), 1000);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(cl, "health_check"), "service")), "");
+    ck_assert_int_eq(int_of(json_array_get(json_object_get(json_object_get(cl, "discovery"), "static"), 0), "weight"),
+                     1);
+    json_decref(doc);
+    slb_config_free(cfg);
 }
 END_TEST
 
@@ -1244,11 +1256,12 @@ START_TEST(effective_fixpoint)
         "{\n  \"etcd\": {\"endpoints\": [\"http://127.0.0.1:2379\"]},\n"
         "  \"listeners\": [{\"address\": \"unix:/tmp/sidelb-effective.sock\", \"default_cluster\": \"a\"}],\n"
         "  \"clusters\": [{\"name\": \"a\", \"discovery\": {\"static\": [{\"address\": \"127.0.0.1:1\"}]},\n"
-        "    \"policy\": {\"source_ip_hash\": {}}, \"health_check\": {}, \"outlier_detection\": {}},\n"
+        "    \"policy\": {\"source_ip_hash\": {}}, \"health_check\": {}, \"outlier_detection\": {}, \"tls\": {}},\n"
         "    {\"name\": \"b\", \"discovery\": {\"etcd_prefix\": \"/b/\"}, \"policy\": {\"least_request\": {}}},\n"
         "    {\"name\": \"c\", \"discovery\": {\"etcd_prefix\": \"/c/\"},\n"
         "     \"policy\": {\"round_robin\": {\"slow_start\": {\"window_ms\": 1000}}}}],\n"
-        "  \"register\": [{\"prefix\": \"/p/\", \"address\": \"10.0.0.1:1\", \"health_check\": {}},\n"
+        "  \"register\": [{\"prefix\": \"/p/\", \"address\": \"10.0.0.1:1\", \"health_check\": {},\n"
+        "    \"tls\": {\"min_version\": \"1.3\"}},\n"
         "    {\"prefix\": \"/q/\", \"address\": \"10.0.0.1:2\", \"format\": \"json\"}],\n"
         "  \"access_log\": {\"path\": \"-\"}, \"state_dir\": \"\", \"log_level\": \"warning\"\n"
         "}\n");
