@@ -24,6 +24,7 @@ import peers
 from pki import make_ca, make_cert
 from peers import req
 from sidelb_harness import simple_config, start_sidelb
+from test_admin import metric as admin_metric
 
 
 def make_pki(d):
@@ -66,9 +67,7 @@ def start(backends, tls, admin=True, **kw):
 
 
 def metric(slb, name):
-    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % slb.admin_port, timeout=5).read().decode()
-    m = re.search(r'^%s\{cluster="echo"\} (\d+)$' % re.escape(name), body, re.M)
-    return int(m.group(1)) if m else None
+    return admin_metric(slb, name, cluster="echo")
 
 
 def clusters(slb):
