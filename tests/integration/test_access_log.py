@@ -107,10 +107,7 @@ def test_sigusr1_reopens_after_rename(tmp_path):
     assert unary(addr) == grpc.StatusCode.OK  # before the signal: still into the renamed file
     assert len(wait_lines(path + ".1", 4)) == 4
     os.kill(slb.pid, signal.SIGUSR1)
-    end = time.monotonic() + 10
-    while not os.path.exists(path):
-        assert time.monotonic() < end, "SIGUSR1 did not reopen %s" % path
-        time.sleep(0.02)
+    peers.wait_for(lambda: os.path.exists(path), 10, 0.02, what="SIGUSR1 reopening %s" % path)
     for _ in range(2):
         assert unary(addr) == grpc.StatusCode.OK
     assert len(wait_lines(path, 2)) == 2
@@ -173,10 +170,7 @@ def test_reload_keeps_logging_to_the_same_file(tmp_path):
     for _ in range(3):
         assert unary(addr) == grpc.StatusCode.OK
     slb.signal(signal.SIGHUP)
-    end = time.monotonic() + 10
-    while "reloaded" not in slb.log():
-        assert time.monotonic() < end, "no reload"
-        time.sleep(0.02)
+    peers.wait_for(lambda: "reloaded" in slb.log(), 10, 0.02, what="the reload")
     for _ in range(3):
         assert unary(addr) == grpc.StatusCode.OK
     lines = wait_lines(path, 6)
