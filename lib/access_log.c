@@ -201,6 +201,7 @@ int slb_access_log_admit(struct slb_access_log *log, uint64_t now_ms, uint64_t r
 
 /* ---- formatting: by hand, no printf per line (the log may see every call) ---- */
 
+/* Owner: slb_access_log_write (on its stack); p points into the log's filling buffer. */
 struct line {
     char *p;
     size_t len, cap;

@@ -35,7 +35,8 @@ struct slb_access_log_stats {
     uint64_t reopens;      /* successful reopens (SIGUSR1) */
 };
 
-/* One finished call, as the call module sees it. Strings may be NULL (not known: null in the line). */
+/* One finished call, as the call module sees it. Strings may be NULL (not known: null in the line).
+ * Owner: the caller (on its stack, for one slb_access_log_write); the strings are borrowed. */
 struct slb_access_record {
     const char *listener, *method, *cluster, *backend;
     size_t method_len;

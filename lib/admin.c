@@ -70,24 +70,6 @@ struct slb_admin {
     uint8_t stopping, listener_closed;
 };
 
-/* ---- output helpers: errors are sticky, checked once at the end ---- */
-
-struct out {
-    struct slb_outbuf *b;
-    int err;
-};
-
-static void put(struct out *o, const char *s, size_t n)
-{
-    if (o->err == 0 && n > 0)
-        o->err = slb_outbuf_append(o->b, s, n, BODY_LIMIT);
-}
-
-static void puts_(struct out *o, const char *s)
-{
-    put(o, s, strlen(s));
-}
-
 static uint32_t backend_connections(const struct slb_backend *be)
 {
     const struct slb_upstream_pool *pool = be->pool;
@@ -292,9 +274,9 @@ static void respond(struct admin_conn *c, int status, const char *ctype, const c
 
 static void respond_text(struct admin_conn *c, int status, const char *text, const char *extra, int head_only)
 {
-    struct out o = {&c->body, 0};
+    struct slb_textout o = {&c->body, BODY_LIMIT, 0};
     c->body.len = 0;
-    puts_(&o, text);
+    slb_text_puts(&o, text);
     respond(c, status, "text/plain; charset=utf-8", extra, head_only || o.err != 0);
 }
 
@@ -326,7 +308,7 @@ static int handle_ops_request(struct admin_conn *c, const struct request *r, int
         return 1;
     }
     if (r->path_len == 7 && memcmp(r->path, "/config", 7) == 0) {
-        struct out o = {&c->body, 0};
+        struct slb_textout o = {&c->body, BODY_LIMIT, 0};
         if (!is_get) {
             respond_text(c, 405, "method not allowed\n", "Allow: GET, HEAD\r\n", 0);
         } else if (!peer_trusted(c)) {
@@ -334,8 +316,8 @@ static int handle_ops_request(struct admin_conn *c, const struct request *r, int
             respond_text(c, 403, "forbidden: /config is served over loopback only\n", NULL, head_only);
         } else {
             c->body.len = 0;
-            puts_(&o, srv->cfg->redacted_json ? srv->cfg->redacted_json : "{}");
-            puts_(&o, "\n");
+            slb_text_puts(&o, srv->cfg->redacted_json ? srv->cfg->redacted_json : "{}");
+            slb_text_puts(&o, "\n");
             if (o.err != 0)
                 respond_text(c, 500, "out of memory\n", NULL, head_only);
             else
@@ -392,13 +374,13 @@ static void handle_request(struct admin_conn *c, size_t n)
             respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, head_only);
         }
     } else {
-        struct out o = {&c->body, 0};
+        struct slb_textout o = {&c->body, BODY_LIMIT, 0};
         json_t *j = render_clusters(srv, now);
         char *s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
         json_decref(j);
         if (s) {
-            puts_(&o, s);
-            puts_(&o, "\n");
+            slb_text_puts(&o, s);
+            slb_text_puts(&o, "\n");
             free(s);
         }
         if (s == NULL || o.err != 0) {

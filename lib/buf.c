@@ -1,5 +1,7 @@
 #include "buf.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -236,4 +238,42 @@ void slb_outbuf_dispose(struct slb_outbuf *b)
     free(b->base);
     b->base = NULL;
     b->len = b->cap = 0;
+}
+
+void slb_text_put(struct slb_textout *o, const char *s, size_t n)
+{
+    if (o->err == 0 && n > 0)
+        o->err = slb_outbuf_append(o->b, s, n, o->limit);
+}
+
+void slb_text_puts(struct slb_textout *o, const char *s)
+{
+    slb_text_put(o, s, strlen(s));
+}
+
+void slb_text_printf(struct slb_textout *o, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        o->err = SLB_ENOMEM;
+    } else if ((size_t)n < sizeof(tmp)) {
+        slb_text_put(o, tmp, (size_t)n);
+    } else {
+        char *big = malloc((size_t)n + 1);
+        if (big == NULL) {
+            o->err = SLB_ENOMEM;
+            return;
+        }
+        va_start(ap, fmt);
+        vsnprintf(big, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+        slb_text_put(o, big, (size_t)n);
+        free(big);
+    }
 }

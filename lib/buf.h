@@ -72,4 +72,17 @@ struct slb_outbuf {
 int slb_outbuf_append(struct slb_outbuf *b, const void *p, size_t n, size_t limit);
 void slb_outbuf_dispose(struct slb_outbuf *b);
 
+/* Text appended to an outbuf (admin and metrics bodies): the first error
+ * sticks, so a renderer checks err once at the end.
+ * Owner: the renderer's stack frame; b belongs to the caller. */
+struct slb_textout {
+    struct slb_outbuf *b;
+    size_t limit; /* as for slb_outbuf_append */
+    int err;      /* 0, or the first SLB_ENOMEM/SLB_ELIMIT */
+};
+
+void slb_text_put(struct slb_textout *o, const char *s, size_t n);
+void slb_text_puts(struct slb_textout *o, const char *s);
+void slb_text_printf(struct slb_textout *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 #endif

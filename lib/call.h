@@ -65,7 +65,8 @@ struct slb_loop_ctx;
 enum slb_call_state {
     SLB_CALL_HEADERS,      /* request headers arriving from the app */
     SLB_CALL_WAIT_BACKEND, /* no backend can take it now: on its cluster's waiter list until woken or timed out */
-    SLB_CALL_BACKOFF,      /* a retry waits for its backoff to end (the call's timer) */
+    SLB_CALL_BACKOFF,      /* a retry waits for its backoff, or a hedged call with nothing in flight for its
+                              next hedge (the call's timer) */
     SLB_CALL_QUEUED,       /* a backend is picked: waiting in its pool for a stream */
     SLB_CALL_SENT,         /* the attempt's stream is open; nothing reached the app yet (retry, replay possible) */
     SLB_CALL_STREAMING,    /* the response headers reached the app: committed to this attempt */

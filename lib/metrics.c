@@ -5,7 +5,6 @@
 #include "metrics.h"
 
 #include <dirent.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,82 +29,36 @@
 
 #define BODY_LIMIT ((size_t)64 << 20)
 
-/* ---- output helpers: errors are sticky, checked once at the end ---- */
-
-struct out {
-    struct slb_outbuf *b;
-    int err;
-};
-
-static void put(struct out *o, const char *s, size_t n)
-{
-    if (o->err == 0 && n > 0)
-        o->err = slb_outbuf_append(o->b, s, n, BODY_LIMIT);
-}
-
-static void puts_(struct out *o, const char *s)
-{
-    put(o, s, strlen(s));
-}
-
-static void putf(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void putf(struct out *o, const char *fmt, ...)
-{
-    char tmp[512];
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        o->err = SLB_ENOMEM;
-    } else if ((size_t)n < sizeof(tmp)) {
-        put(o, tmp, (size_t)n);
-    } else {
-        char *big = malloc((size_t)n + 1);
-        if (big == NULL) {
-            o->err = SLB_ENOMEM;
-            return;
-        }
-        va_start(ap, fmt);
-        vsnprintf(big, (size_t)n + 1, fmt, ap);
-        va_end(ap);
-        put(o, big, (size_t)n);
-        free(big);
-    }
-}
-
 /* A label value, escaped per the text format: \\, \" and \n. */
-static void put_label_value(struct out *o, const char *s)
+static void put_label_value(struct slb_textout *o, const char *s)
 {
     const char *run = s;
     for (; *s; s++) {
         const char *esc = *s == '\\' ? "\\\\" : *s == '"' ? "\\\"" : *s == '\n' ? "\\n" : NULL;
         if (esc) {
-            put(o, run, (size_t)(s - run));
-            puts_(o, esc);
+            slb_text_put(o, run, (size_t)(s - run));
+            slb_text_puts(o, esc);
             run = s + 1;
         }
     }
-    put(o, run, (size_t)(s - run));
+    slb_text_put(o, run, (size_t)(s - run));
 }
 
-static void put_family(struct out *o, const char *name, const char *type, const char *help)
+static void put_family(struct slb_textout *o, const char *name, const char *type, const char *help)
 {
-    putf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    slb_text_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 /* `name{cluster="c",backend="b"` (no closing brace). */
-static void put_backend_labels(struct out *o, const char *name, const struct slb_cluster *cl,
+static void put_backend_labels(struct slb_textout *o, const char *name, const struct slb_cluster *cl,
                                const struct slb_backend *be)
 {
-    puts_(o, name);
-    puts_(o, "{cluster=\"");
+    slb_text_puts(o, name);
+    slb_text_puts(o, "{cluster=\"");
     put_label_value(o, cl->cfg->name);
-    puts_(o, "\",backend=\"");
+    slb_text_puts(o, "\",backend=\"");
     put_label_value(o, be->name);
-    puts_(o, "\"");
+    slb_text_puts(o, "\"");
 }
 
 /* ---- /metrics ---- */
@@ -173,7 +126,7 @@ static uint64_t v_health_changes(const struct slb_backend *be, uint64_t now)
     return be->stats.health_changes;
 }
 
-static void backend_family(struct out *o, const struct slb_server *srv, uint64_t now, const char *name,
+static void backend_family(struct slb_textout *o, const struct slb_server *srv, uint64_t now, const char *name,
                            const char *type, const char *help, backend_value_fn fn)
 {
     put_family(o, name, type, help);
@@ -181,25 +134,26 @@ static void backend_family(struct out *o, const struct slb_server *srv, uint64_t
         const struct slb_cluster *cl = &srv->clusters[i];
         for (uint32_t j = 0; j < cl->set.n; j++) {
             put_backend_labels(o, name, cl, cl->set.items[j]);
-            putf(o, "} %llu\n", (unsigned long long)fn(cl->set.items[j], now));
+            slb_text_printf(o, "} %llu\n", (unsigned long long)fn(cl->set.items[j], now));
         }
     }
 }
 
-static void cluster_family(struct out *o, const struct slb_server *srv, const char *name, const char *help, int waiting)
+static void cluster_family(struct slb_textout *o, const struct slb_server *srv, const char *name, const char *help,
+                           int waiting)
 {
     put_family(o, name, "gauge", help);
     for (size_t i = 0; i < srv->n_clusters; i++) {
         const struct slb_cluster *cl = &srv->clusters[i];
-        puts_(o, name);
-        puts_(o, "{cluster=\"");
+        slb_text_puts(o, name);
+        slb_text_puts(o, "{cluster=\"");
         put_label_value(o, cl->cfg->name);
-        putf(o, "\"} %u\n", waiting ? cl->n_waiting : cl->set.n);
+        slb_text_printf(o, "\"} %u\n", waiting ? cl->n_waiting : cl->set.n);
     }
 }
 
 /* TLS handshake counters of the clusters that have "tls" (calls and health checks). */
-static void cluster_tls_family(struct out *o, const struct slb_server *srv, const char *name, const char *help,
+static void cluster_tls_family(struct slb_textout *o, const struct slb_server *srv, const char *name, const char *help,
                                size_t off)
 {
     put_family(o, name, "counter", help);
@@ -209,31 +163,31 @@ static void cluster_tls_family(struct out *o, const struct slb_server *srv, cons
         if (!cl->cfg->tls.enabled)
             continue;
         memcpy(&v, (const char *)&cl->tls_stats + off, sizeof(v));
-        puts_(o, name);
-        puts_(o, "{cluster=\"");
+        slb_text_puts(o, name);
+        slb_text_puts(o, "{cluster=\"");
         put_label_value(o, cl->cfg->name);
-        putf(o, "\"} %llu\n", (unsigned long long)v);
+        slb_text_printf(o, "\"} %llu\n", (unsigned long long)v);
     }
 }
 
 /* Persisted tables: 1 while a cluster serves a table etcd has not confirmed to this server. */
-static void put_table_stale(struct out *o, const struct slb_server *srv)
+static void put_table_stale(struct slb_textout *o, const struct slb_server *srv)
 {
     put_family(o, "sidelb_cluster_table_stale", "gauge",
                "1 while the cluster's backends come from its state file or the server a reload replaced, not yet "
                "from etcd (etcd unreachable).");
     for (size_t i = 0; i < srv->n_clusters; i++) {
-        puts_(o, "sidelb_cluster_table_stale{cluster=\"");
+        slb_text_puts(o, "sidelb_cluster_table_stale{cluster=\"");
         put_label_value(o, srv->clusters[i].cfg->name);
-        putf(o, "\"} %d\n", srv->clusters[i].table_stale ? 1 : 0);
+        slb_text_printf(o, "\"} %d\n", srv->clusters[i].table_stale ? 1 : 0);
     }
 }
 
-static void put_listener_conns(struct out *o, const struct slb_listener *l)
+static void put_listener_conns(struct slb_textout *o, const struct slb_listener *l)
 {
-    puts_(o, "sidelb_listener_connections{listener=\"");
+    slb_text_puts(o, "sidelb_listener_connections{listener=\"");
     put_label_value(o, l->cfg->name);
-    putf(o, "\"} %u\n", l->set.n_conns);
+    slb_text_printf(o, "\"} %u\n", l->set.n_conns);
 }
 
 /* ---- per-call counters (lib/stats.h), added up here ---- */
@@ -249,17 +203,17 @@ static const char *const bucket_le[SLB_STATS_BUCKETS] = {
 };
 
 /* `name_bucket{labels,le="..."} n` lines, _sum and _count; labels is `cluster="c"` etc. (already escaped). */
-static void put_hist(struct out *o, const char *name, const char *labels, const struct slb_stats_hist *h)
+static void put_hist(struct slb_textout *o, const char *name, const char *labels, const struct slb_stats_hist *h)
 {
     uint64_t cum = 0;
 
     for (int i = 0; i <= SLB_STATS_BUCKETS; i++) {
         cum += h->counts[i];
-        putf(o, "%s_bucket{%s,le=\"%s\"} %llu\n", name, labels, i < SLB_STATS_BUCKETS ? bucket_le[i] : "+Inf",
-             (unsigned long long)cum);
+        slb_text_printf(o, "%s_bucket{%s,le=\"%s\"} %llu\n", name, labels,
+                        i < SLB_STATS_BUCKETS ? bucket_le[i] : "+Inf", (unsigned long long)cum);
     }
-    putf(o, "%s_sum{%s} %.9f\n", name, labels, (double)h->sum_ns / 1e9);
-    putf(o, "%s_count{%s} %llu\n", name, labels, (unsigned long long)cum);
+    slb_text_printf(o, "%s_sum{%s} %.9f\n", name, labels, (double)h->sum_ns / 1e9);
+    slb_text_printf(o, "%s_count{%s} %llu\n", name, labels, (unsigned long long)cum);
 }
 
 /* An escaped label value into a fixed buffer (label sets of histograms are printed many times). */
@@ -277,7 +231,7 @@ static void escape_into(char *dst, size_t cap, const char *s)
     dst[n] = '\0';
 }
 
-static void render_call_stats(struct out *o, const struct slb_server *srv)
+static void render_call_stats(struct slb_textout *o, const struct slb_server *srv)
 {
     const struct slb_loop_stats *st = &srv->ctx.stats;
     char cname[256], bname[2 * SLB_BACKEND_NAME_MAX + 8], labels[600];
@@ -291,12 +245,13 @@ static void render_call_stats(struct out *o, const struct slb_server *srv)
             for (int code = 0; code < SLB_STATS_GRPC_CODES; code++) {
                 if (row[code] == 0)
                     continue;
-                puts_(o, "sidelb_calls_total{listener=\"");
+                slb_text_puts(o, "sidelb_calls_total{listener=\"");
                 put_label_value(o, srv->listeners[li].cfg->name);
-                puts_(o, "\",cluster=\"");
+                slb_text_puts(o, "\",cluster=\"");
                 if (ci < srv->n_clusters)
                     put_label_value(o, srv->clusters[ci].cfg->name);
-                putf(o, "\",grpc_code=\"%s\"} %llu\n", slb_grpc_status_name(code), (unsigned long long)row[code]);
+                slb_text_printf(o, "\",grpc_code=\"%s\"} %llu\n", slb_grpc_status_name(code),
+                                (unsigned long long)row[code]);
             }
         }
     }
@@ -328,10 +283,10 @@ static void render_call_stats(struct out *o, const struct slb_server *srv)
         for (size_t i = 0; i < srv->n_clusters; i++) {
             uint64_t v;
             memcpy(&v, (const char *)&srv->clusters[i].stats + per_cluster[f].off, sizeof(v));
-            puts_(o, per_cluster[f].name);
-            puts_(o, "{cluster=\"");
+            slb_text_puts(o, per_cluster[f].name);
+            slb_text_puts(o, "{cluster=\"");
             put_label_value(o, srv->clusters[i].cfg->name);
-            putf(o, "\"} %llu\n", (unsigned long long)v);
+            slb_text_printf(o, "\"} %llu\n", (unsigned long long)v);
         }
     }
     put_family(o, "sidelb_cluster_limit_rejections_total", "counter",
@@ -339,10 +294,10 @@ static void render_call_stats(struct out *o, const struct slb_server *srv)
     for (size_t i = 0; i < srv->n_clusters; i++) {
         const struct slb_cluster *cl = &srv->clusters[i];
         escape_into(cname, sizeof(cname), cl->cfg->name);
-        putf(o, "sidelb_cluster_limit_rejections_total{cluster=\"%s\",limit=\"max_calls\"} %llu\n", cname,
-             (unsigned long long)cl->stats.rejected_max_calls);
-        putf(o, "sidelb_cluster_limit_rejections_total{cluster=\"%s\",limit=\"max_waiting_calls\"} %llu\n", cname,
-             (unsigned long long)cl->stats.rejected_max_waiting);
+        slb_text_printf(o, "sidelb_cluster_limit_rejections_total{cluster=\"%s\",limit=\"max_calls\"} %llu\n", cname,
+                        (unsigned long long)cl->stats.rejected_max_calls);
+        slb_text_printf(o, "sidelb_cluster_limit_rejections_total{cluster=\"%s\",limit=\"max_waiting_calls\"} %llu\n",
+                        cname, (unsigned long long)cl->stats.rejected_max_waiting);
     }
 
     put_family(o, "sidelb_upstream_attempts_total", "counter",
@@ -355,8 +310,8 @@ static void render_call_stats(struct out *o, const struct slb_server *srv)
                 if (be->stats.attempts[code] == 0)
                     continue;
                 put_backend_labels(o, "sidelb_upstream_attempts_total", cl, be);
-                putf(o, ",grpc_code=\"%s\"} %llu\n", slb_grpc_status_name(code),
-                     (unsigned long long)be->stats.attempts[code]);
+                slb_text_printf(o, ",grpc_code=\"%s\"} %llu\n", slb_grpc_status_name(code),
+                                (unsigned long long)be->stats.attempts[code]);
             }
         }
     }
@@ -382,7 +337,7 @@ static uint64_t hist_count(const struct slb_stats_hist *h)
 }
 
 /* "metrics".max_methods: calls and latency per cluster and method (method="other" past the cap). */
-static void render_method_stats(struct out *o, const struct slb_server *srv)
+static void render_method_stats(struct slb_textout *o, const struct slb_server *srv)
 {
     char cname[256], mname[1100], labels[1400];
 
@@ -399,8 +354,9 @@ static void render_method_stats(struct out *o, const struct slb_server *srv)
             escape_into(mname, sizeof(mname), ms->items[j].name ? ms->items[j].name : "other");
             for (int code = 0; code < SLB_STATS_GRPC_CODES; code++)
                 if (ms->items[j].calls[code] != 0)
-                    putf(o, "sidelb_method_calls_total{cluster=\"%s\",method=\"%s\",grpc_code=\"%s\"} %llu\n", cname,
-                         mname, slb_grpc_status_name(code), (unsigned long long)ms->items[j].calls[code]);
+                    slb_text_printf(
+                        o, "sidelb_method_calls_total{cluster=\"%s\",method=\"%s\",grpc_code=\"%s\"} %llu\n", cname,
+                        mname, slb_grpc_status_name(code), (unsigned long long)ms->items[j].calls[code]);
         }
     }
     put_family(o, "sidelb_method_call_duration_seconds", "histogram",
@@ -428,25 +384,25 @@ static uint32_t upstream_connections(const struct slb_server *srv)
     return n;
 }
 
-static void render_access_log(struct out *o, const struct slb_server *srv)
+static void render_access_log(struct slb_textout *o, const struct slb_server *srv)
 {
     static const struct slb_access_log_stats none;
     const struct slb_access_log_stats *s = srv->ctx.access_log ? slb_access_log_stats(srv->ctx.access_log) : &none;
 
     put_family(o, "sidelb_access_log_lines_total", "counter", "Access log lines written.");
-    putf(o, "sidelb_access_log_lines_total %llu\n", (unsigned long long)s->lines);
+    slb_text_printf(o, "sidelb_access_log_lines_total %llu\n", (unsigned long long)s->lines);
     put_family(o, "sidelb_access_log_rate_limited_total", "counter",
                "Access log lines not written: past access_log.max_lines_per_second.");
-    putf(o, "sidelb_access_log_rate_limited_total %llu\n", (unsigned long long)s->rate_limited);
+    slb_text_printf(o, "sidelb_access_log_rate_limited_total %llu\n", (unsigned long long)s->rate_limited);
     put_family(o, "sidelb_access_log_dropped_total", "counter",
                "Access log lines not written: both buffers were waiting for the disk.");
-    putf(o, "sidelb_access_log_dropped_total %llu\n", (unsigned long long)s->dropped);
+    slb_text_printf(o, "sidelb_access_log_dropped_total %llu\n", (unsigned long long)s->dropped);
     put_family(o, "sidelb_access_log_errors_total", "counter", "Access log writes or reopens that failed.");
-    putf(o, "sidelb_access_log_errors_total %llu\n", (unsigned long long)s->write_errors);
+    slb_text_printf(o, "sidelb_access_log_errors_total %llu\n", (unsigned long long)s->write_errors);
 }
 
 /* The etcd client (only with "etcd"): endpoint, contact, events, errors; watch revisions; registrations. */
-static void render_etcd(struct out *o, const struct slb_server *srv, uint64_t now)
+static void render_etcd(struct slb_textout *o, const struct slb_server *srv, uint64_t now)
 {
     static const char *const kinds[SLB_ETCD_ERR_KINDS] = {"transport", "etcd", "protocol"};
     const struct slb_etcd_stats *st;
@@ -455,32 +411,32 @@ static void render_etcd(struct out *o, const struct slb_server *srv, uint64_t no
         return;
     st = slb_etcd_stats(srv->etcd);
     put_family(o, "sidelb_etcd_endpoint", "gauge", "1 for the etcd endpoint requests go to now.");
-    puts_(o, "sidelb_etcd_endpoint{endpoint=\"");
+    slb_text_puts(o, "sidelb_etcd_endpoint{endpoint=\"");
     put_label_value(o, slb_etcd_endpoint(srv->etcd));
-    puts_(o, "\"} 1\n");
+    slb_text_puts(o, "\"} 1\n");
     put_family(o, "sidelb_etcd_last_contact_age_seconds", "gauge",
                "Seconds since etcd last answered (any request or watch message); absent before the first answer.");
     if (st->last_ok_ms != 0)
-        putf(o, "sidelb_etcd_last_contact_age_seconds %.3f\n",
-             now > st->last_ok_ms ? (double)(now - st->last_ok_ms) / 1000.0 : 0.0);
+        slb_text_printf(o, "sidelb_etcd_last_contact_age_seconds %.3f\n",
+                        now > st->last_ok_ms ? (double)(now - st->last_ok_ms) / 1000.0 : 0.0);
     put_family(o, "sidelb_etcd_events_total", "counter", "Watch events received and applied by discovery.");
-    putf(o, "sidelb_etcd_events_total %llu\n", (unsigned long long)st->events);
+    slb_text_printf(o, "sidelb_etcd_events_total %llu\n", (unsigned long long)st->events);
     put_family(o, "sidelb_etcd_errors_total", "counter",
                "etcd failures by kind: transport (no answer, a broken watch stream), etcd (an error answer, a "
                "canceled watch), protocol (not a gateway answer, too large).");
     for (int k = 0; k < SLB_ETCD_ERR_KINDS; k++)
-        putf(o, "sidelb_etcd_errors_total{kind=\"%s\"} %llu\n", kinds[k], (unsigned long long)st->errors[k]);
+        slb_text_printf(o, "sidelb_etcd_errors_total{kind=\"%s\"} %llu\n", kinds[k], (unsigned long long)st->errors[k]);
     put_family(o, "sidelb_etcd_watch_revision", "gauge",
                "etcd revision up to which the cluster's watch has delivered everything.");
     for (size_t i = 0; i < srv->n_clusters; i++) {
         const struct slb_cluster *cl = &srv->clusters[i];
         if (cl->discovery == NULL)
             continue;
-        puts_(o, "sidelb_etcd_watch_revision{cluster=\"");
+        slb_text_puts(o, "sidelb_etcd_watch_revision{cluster=\"");
         put_label_value(o, cl->cfg->name);
-        puts_(o, "\",prefix=\"");
+        slb_text_puts(o, "\",prefix=\"");
         put_label_value(o, cl->cfg->etcd_prefix ? cl->cfg->etcd_prefix : "");
-        putf(o, "\"} %lld\n", (long long)slb_discovery_revision(cl->discovery));
+        slb_text_printf(o, "\"} %lld\n", (long long)slb_discovery_revision(cl->discovery));
     }
     if (srv->registrar == NULL)
         return;
@@ -490,17 +446,17 @@ static void render_etcd(struct out *o, const struct slb_server *srv, uint64_t no
         const struct slb_config_register *reg = &srv->cfg->registers[i];
         int cur = slb_registrar_state(srv->registrar, i);
         for (int s = SLB_REGISTRAR_IDLE; s <= SLB_REGISTRAR_STOPPED; s++) {
-            puts_(o, "sidelb_registration_state{prefix=\"");
+            slb_text_puts(o, "sidelb_registration_state{prefix=\"");
             put_label_value(o, reg->prefix);
-            puts_(o, "\",address=\"");
+            slb_text_puts(o, "\",address=\"");
             put_label_value(o, reg->address);
-            putf(o, "\",state=\"%s\"} %d\n", slb_registrar_state_name(s), s == cur ? 1 : 0);
+            slb_text_printf(o, "\",state=\"%s\"} %d\n", slb_registrar_state_name(s), s == cur ? 1 : 0);
         }
     }
 }
 
 /* Open file descriptors, resident bytes, seconds since the process started (Linux /proc). */
-static void render_process(struct out *o)
+static void render_process(struct slb_textout *o)
 {
     long page = sysconf(_SC_PAGESIZE), ticks = sysconf(_SC_CLK_TCK);
     unsigned long long size = 0, rss = 0, start = 0;
@@ -544,16 +500,17 @@ static void render_process(struct out *o)
     if (ticks > 0 && sys_up > 0)
         up = sys_up - (double)start / (double)ticks;
     put_family(o, "sidelb_process_open_fds", "gauge", "Open file descriptors.");
-    putf(o, "sidelb_process_open_fds %u\n", n_fds);
+    slb_text_printf(o, "sidelb_process_open_fds %u\n", n_fds);
     put_family(o, "sidelb_process_resident_memory_bytes", "gauge", "Resident set size.");
-    putf(o, "sidelb_process_resident_memory_bytes %llu\n", rss * (unsigned long long)(page > 0 ? page : 4096));
+    slb_text_printf(o, "sidelb_process_resident_memory_bytes %llu\n",
+                    rss * (unsigned long long)(page > 0 ? page : 4096));
     put_family(o, "sidelb_process_uptime_seconds", "gauge", "Seconds since the process started.");
-    putf(o, "sidelb_process_uptime_seconds %.2f\n", up > 0 ? up : 0);
+    slb_text_printf(o, "sidelb_process_uptime_seconds %.2f\n", up > 0 ? up : 0);
     put_family(o, "sidelb_build_info", "gauge", "Always 1; the labels say which sidelb this is.");
-    putf(o, "sidelb_build_info{version=\"%s\"} 1\n", SLB_VERSION);
+    slb_text_printf(o, "sidelb_build_info{version=\"%s\"} 1\n", SLB_VERSION);
 }
 
-static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t now)
+static void render_metrics(struct slb_textout *o, const struct slb_server *srv, uint64_t now)
 {
     static const struct {
         const char *name, *help;
@@ -641,15 +598,15 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
         uint64_t v;
         memcpy(&v, (const char *)&srv->ctx.stats + counters[i].off, sizeof(v));
         put_family(o, counters[i].name, "counter", counters[i].help);
-        putf(o, "%s %llu\n", counters[i].name, (unsigned long long)v);
+        slb_text_printf(o, "%s %llu\n", counters[i].name, (unsigned long long)v);
     }
     put_family(o, "sidelb_calls_in_flight", "gauge", "Calls in progress.");
-    putf(o, "sidelb_calls_in_flight %u\n", srv->ctx.n_calls);
+    slb_text_printf(o, "sidelb_calls_in_flight %u\n", srv->ctx.n_calls);
     put_family(o, "sidelb_downstream_connections", "gauge", "Open application connections.");
-    putf(o, "sidelb_downstream_connections %u\n", srv->ctx.n_app_conns);
+    slb_text_printf(o, "sidelb_downstream_connections %u\n", srv->ctx.n_app_conns);
     put_family(o, "sidelb_downstream_connections_max", "gauge",
                "Cap on open application connections over all listeners (max_app_connections).");
-    putf(o, "sidelb_downstream_connections_max %u\n", srv->ctx.max_app_conns);
+    slb_text_printf(o, "sidelb_downstream_connections_max %u\n", srv->ctx.max_app_conns);
     put_family(o, "sidelb_listener_connections", "gauge", "Open application connections per listener.");
     for (size_t i = 0; i < srv->n_listeners; i++)
         put_listener_conns(o, &srv->listeners[i]);
@@ -660,21 +617,21 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
         const struct slb_listener *l = &srv->listeners[i];
         if (l->set.tls == NULL)
             continue;
-        puts_(o, "sidelb_downstream_tls_handshake_failures_total{listener=\"");
+        slb_text_puts(o, "sidelb_downstream_tls_handshake_failures_total{listener=\"");
         put_label_value(o, l->cfg->name);
-        putf(o, "\"} %llu\n", (unsigned long long)l->set.tls_stats.handshake_failures);
+        slb_text_printf(o, "\"} %llu\n", (unsigned long long)l->set.tls_stats.handshake_failures);
     }
     put_family(o, "sidelb_buffered_bytes", "gauge",
                "Bytes calls hold: request bytes not yet sent, replay copies, response bytes the apps have not taken.");
-    putf(o, "sidelb_buffered_bytes %llu\n", (unsigned long long)srv->ctx.buffers.buffered);
+    slb_text_printf(o, "sidelb_buffered_bytes %llu\n", (unsigned long long)srv->ctx.buffers.buffered);
     put_family(o, "sidelb_buffer_held_back_connections", "gauge",
                "Application connections over their buffer budget now (their windows are held back).");
-    putf(o, "sidelb_buffer_held_back_connections %u\n", srv->ctx.buffers.n_held_back);
+    slb_text_printf(o, "sidelb_buffer_held_back_connections %u\n", srv->ctx.buffers.n_held_back);
     put_family(o, "sidelb_read_pauses_total", "counter",
                "Times a connection read budgets.read_bytes_per_turn in one loop turn and waited for the next.");
-    putf(o, "sidelb_read_pauses_total %llu\n", (unsigned long long)srv->ctx.io.read_pauses);
+    slb_text_printf(o, "sidelb_read_pauses_total %llu\n", (unsigned long long)srv->ctx.io.read_pauses);
     put_family(o, "sidelb_draining", "gauge", "1 once the server is stopping (draining calls).");
-    putf(o, "sidelb_draining %d\n", srv->stopping ? 1 : 0);
+    slb_text_printf(o, "sidelb_draining %d\n", srv->stopping ? 1 : 0);
 
     cluster_family(o, srv, "sidelb_cluster_backends", "Backends listed in the cluster.", 0);
     cluster_family(o, srv, "sidelb_cluster_waiting_calls", "Calls waiting for a usable backend.", 1);
@@ -698,7 +655,7 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
             const struct slb_backend *be = cl->set.items[j];
             for (int s = SLB_BACKEND_IDLE; s <= SLB_BACKEND_SHUTDOWN; s++) {
                 put_backend_labels(o, "sidelb_backend_state", cl, be);
-                putf(o, ",state=\"%s\"} %d\n", slb_backend_state_name(s), be->state == s ? 1 : 0);
+                slb_text_printf(o, ",state=\"%s\"} %d\n", slb_backend_state_name(s), be->state == s ? 1 : 0);
             }
         }
     }
@@ -735,7 +692,7 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
     backend_family(o, srv, now, "sidelb_backend_health_changes_total", "counter",
                    "Changes of the backend's health check status (gRFC A17).", v_health_changes);
     put_family(o, "sidelb_upstream_connections", "gauge", "Open HTTP/2 connections to backends.");
-    putf(o, "sidelb_upstream_connections %u\n", upstream_connections(srv));
+    slb_text_printf(o, "sidelb_upstream_connections %u\n", upstream_connections(srv));
     render_call_stats(o, srv);
     render_method_stats(o, srv);
     render_access_log(o, srv);
@@ -744,7 +701,7 @@ static void render_metrics(struct out *o, const struct slb_server *srv, uint64_t
 }
 int slb_metrics_render(struct slb_outbuf *b, const struct slb_server *srv, uint64_t now)
 {
-    struct out o = {b, 0};
+    struct slb_textout o = {b, BODY_LIMIT, 0};
     render_metrics(&o, srv, now);
     return o.err;
 }

@@ -34,7 +34,8 @@
 struct slb_conn_ctx;
 struct dns_lookup;
 
-/* What a lookup changed, reported to the cluster (addr: "ip:port" / "[v6]:port"). */
+/* What a lookup changed, reported to the cluster (addr: "ip:port" / "[v6]:port").
+ * Owner: the resolver keeps a copy (struct slb_resolver.sink). */
 struct slb_resolver_sink {
     /* addr now comes from host: list it (one more reference from names); drain: the entry's etcd "drain" */
     void (*add)(void *user, const char *addr, const char *host, uint32_t weight, const char *zone, int drain);

@@ -43,7 +43,8 @@ struct slb_tls_stats {
     uint64_t resumed;            /* completed with a resumed session */
 };
 
-/* Settings as the config gives them; NULL = absent. */
+/* Settings as the config gives them; NULL = absent. Owner: the caller (on its stack);
+ * the strings are the config's. */
 struct slb_tls_settings {
     const char *ca_file;        /* client: CAs that verify servers (NULL: the system store) */
     const char *cert_file;      /* client: certificate for mTLS; server: its certificate chain */

@@ -9,7 +9,8 @@
  * path of a pipe it bound when the handle closes, and after a reload that
  * file belongs to the new server. The caller opens the fd into a uv_pipe_t.
  *
- * Owner: struct slb_unix_file is embedded in its listener.
+ * Owner: struct slb_unix_file is embedded in its listener (or the admin
+ * listener).
  */
 #ifndef SLB_UNIX_SOCKET_H
 #define SLB_UNIX_SOCKET_H

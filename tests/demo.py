@@ -527,11 +527,6 @@ def main():
                     say("\n--- %s-side sidelb log (tail) ---\n%s" % (name, p.log()[-2500:]))
         for p in peers.stop_all():
             p.remove_files()
-            if getattr(p, "config_path", None):
-                try:
-                    os.unlink(p.config_path)
-                except OSError:
-                    pass
         shutil.rmtree(tmp, ignore_errors=True)
 
     say("")

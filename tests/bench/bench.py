@@ -597,11 +597,6 @@ def main():
     finally:
         for p in peers.stop_all():
             p.remove_files()
-            if getattr(p, "config_path", None):
-                try:
-                    os.unlink(p.config_path)
-                except OSError:
-                    pass
         shutil.rmtree(tmp, ignore_errors=True)
     if failures:
         log("")

@@ -318,11 +318,6 @@ def measure(name, calls=200, warmup=100, payload=100, client="h2load", conns=1, 
             relay.close()
         for p in (peers.stop_all(since) if stop else ()):
             p.remove_files()
-            if getattr(p, "config_path", None):
-                try:
-                    os.unlink(p.config_path)
-                except OSError:
-                    pass
         if own_tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 

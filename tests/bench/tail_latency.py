@@ -130,8 +130,6 @@ def main():
     finally:
         for p in peers.stop_all():
             p.remove_files()
-            if getattr(p, "config_path", None):
-                os.unlink(p.config_path)
     if os.path.exists(stats):
         analyse(stats)
     else:

@@ -18,7 +18,7 @@ calls it after each test, even a failing one):
         .pid .port .addr ("127.0.0.1:port") .log() .alive() .wait(timeout)
         .signal(sig) .stop(timeout=5) (SIGTERM, then SIGKILL; returns the exit
         code) .kill9() (crash) .restart() (same argv, same port)
-        .remove_files() (log, stats)
+        .remove_files() (log, stats, sidelb_harness's config)
     stop_all(since=0)  stops the registered Procs (newest first), returns them
 
     start_c_backend(id, port=None, extra_args=(), stats=True) -> Backend (a Proc)
@@ -344,8 +344,9 @@ class Proc:
         return self.argv
 
     def remove_files(self):
-        """Deletes the log (and stats) files; conftest does it after a passing test."""
-        for path in (self.log_path, getattr(self, "stats_file", None)):
+        """Deletes the log (and stats, and sidelb_harness's config) files; conftest
+        does it after a passing test."""
+        for path in (self.log_path, getattr(self, "stats_file", None), getattr(self, "config_path", None)):
             for p in (path, path and path + ".tmp"):
                 try:
                     if p:

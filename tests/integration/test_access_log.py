@@ -8,13 +8,13 @@ import os
 import re
 import signal
 import time
-import urllib.request
 
 import grpc
 
 import peers
 from peers import req
-from sidelb_harness import start_sidelb
+from sidelb_harness import start_sidelb, start_with_admin_listener
+from test_admin import metric
 
 SERVICE = "sidelb.test.Echo"
 METHOD = "/sidelb.test.Echo/Unary"
@@ -29,12 +29,6 @@ def config(clusters, access_log):
     admin = peers.free_port()
     return {"listeners": listeners, "clusters": cls, "admin": {"address": "127.0.0.1:%d" % admin},
             "access_log": access_log}
-
-
-def metric(cfg, name):
-    text = urllib.request.urlopen("http://%s/metrics" % cfg["admin"]["address"], timeout=5).read().decode()
-    m = re.search(r"^%s (\S+)$" % name, text, re.M)
-    return float(m.group(1))
 
 
 def wait_lines(path, n, timeout=10.0):
@@ -66,7 +60,7 @@ def test_one_line_per_call_with_the_right_fields(tmp_path):
     ok = peers.start_c_backend("ok")
     denied = peers.start_c_backend("denied", extra_args=["--fail-status", "7"])
     cfg = config([("ok", [ok.addr]), ("denied", [denied.addr])], {"path": path})
-    start_sidelb(cfg)
+    slb = start_with_admin_listener(cfg)
     a_ok, a_denied = cfg["listeners"][0]["address"], cfg["listeners"][1]["address"]
     t0 = time.time()
     assert [unary(a_ok, b"x" * 10) for _ in range(3)] == [grpc.StatusCode.OK] * 3
@@ -97,7 +91,7 @@ def test_one_line_per_call_with_the_right_fields(tmp_path):
         start = time.mktime(time.strptime(r["start_time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
         assert t0 - 2 <= start <= time.time() + 1
         assert 0 < r["upstream_duration_s"] <= r["duration_s"] < 5
-    assert metric(cfg, "sidelb_access_log_lines_total") == 6
+    assert metric(slb, "sidelb_access_log_lines_total") == 6
 
 
 def test_sigusr1_reopens_after_rename(tmp_path):
@@ -113,10 +107,7 @@ def test_sigusr1_reopens_after_rename(tmp_path):
     assert unary(addr) == grpc.StatusCode.OK  # before the signal: still into the renamed file
     assert len(wait_lines(path + ".1", 4)) == 4
     os.kill(slb.pid, signal.SIGUSR1)
-    end = time.monotonic() + 10
-    while not os.path.exists(path):
-        assert time.monotonic() < end, "SIGUSR1 did not reopen %s" % path
-        time.sleep(0.02)
+    peers.wait_for(lambda: os.path.exists(path), 10, 0.02, what="SIGUSR1 reopening %s" % path)
     for _ in range(2):
         assert unary(addr) == grpc.StatusCode.OK
     assert len(wait_lines(path, 2)) == 2
@@ -128,28 +119,28 @@ def test_sample_rate_zero_writes_nothing(tmp_path):
     path = str(tmp_path / "access.log")
     ok = peers.start_c_backend("ok")
     cfg = config([("ok", [ok.addr])], {"path": path, "sample_rate": 0})
-    start_sidelb(cfg)
+    slb = start_with_admin_listener(cfg)
     addr = cfg["listeners"][0]["address"]
     for _ in range(20):
         assert unary(addr) == grpc.StatusCode.OK
     time.sleep(0.5)  # five flush periods: nothing may appear
     assert os.path.getsize(path) == 0
-    assert metric(cfg, "sidelb_access_log_lines_total") == 0
+    assert metric(slb, "sidelb_access_log_lines_total") == 0
 
 
 def test_lines_per_second_cap_holds(tmp_path):
     path = str(tmp_path / "access.log")
     ok = peers.start_c_backend("ok")
     cfg = config([("ok", [ok.addr])], {"path": path, "max_lines_per_second": 5})
-    start_sidelb(cfg)
+    slb = start_with_admin_listener(cfg)
     stub = peers.echo_stub(cfg["listeners"][0]["address"])
     t0 = time.monotonic()
     futures = [stub.Unary.future(req(payload=b"c"), timeout=10) for _ in range(40)]
     for f in futures:
         f.result()
     elapsed = time.monotonic() - t0
-    written = metric(cfg, "sidelb_access_log_lines_total")
-    limited = metric(cfg, "sidelb_access_log_rate_limited_total")
+    written = metric(slb, "sidelb_access_log_lines_total")
+    limited = metric(slb, "sidelb_access_log_rate_limited_total")
     assert written + limited == 40
     # at most 5 per second of the loop's clock over the seconds the calls spanned
     assert 5 <= written <= 5 * (int(elapsed) + 2), (written, elapsed)
@@ -179,10 +170,7 @@ def test_reload_keeps_logging_to_the_same_file(tmp_path):
     for _ in range(3):
         assert unary(addr) == grpc.StatusCode.OK
     slb.signal(signal.SIGHUP)
-    end = time.monotonic() + 10
-    while "reloaded" not in slb.log():
-        assert time.monotonic() < end, "no reload"
-        time.sleep(0.02)
+    peers.wait_for(lambda: "reloaded" in slb.log(), 10, 0.02, what="the reload")
     for _ in range(3):
         assert unary(addr) == grpc.StatusCode.OK
     lines = wait_lines(path, 6)

@@ -15,7 +15,7 @@ import pytest
 import peers
 from peers import req, wait_for
 from sidelb_harness import simple_config, start_sidelb, start_with_admin_listener
-from test_admin import http, metric
+from test_admin import http, metric, read_all
 
 
 def start_with_admin(backends, admin_host="127.0.0.1", **kw):
@@ -140,12 +140,7 @@ def test_actions_and_config_refused_unless_over_loopback():
     raw = ("POST /clusters/echo/backends/%s/drain HTTP/1.1\r\nHost: x\r\n\r\n" % b0.addr).encode()
     with socket.create_connection((host, slb.admin_port), timeout=5) as s:
         s.sendall(raw)
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_all(s)
     assert data.startswith(b"HTTP/1.1 403 "), data
     assert data.endswith(b"forbidden: admin actions are accepted over loopback only\n")
     with socket.create_connection((host, slb.admin_port), timeout=5) as s:

@@ -30,6 +30,7 @@ import pytest
 import peers
 from etcd_harness import EtcdServer
 from peers import req
+from pki import make_ca, make_cert
 from sidelb_harness import start_sidelb
 
 NAME = "multi.sidelb.test"
@@ -286,17 +287,9 @@ def test_tls_verifies_the_host_name_a_backend_was_resolved_from(hosts, tmp_path)
     not against the address it resolved to."""
     d = str(tmp_path)
 
-    def openssl(*args):
-        r = subprocess.run(["openssl"] + list(args), cwd=d, capture_output=True, timeout=30)
-        assert r.returncode == 0, r.stderr
-
-    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    openssl("req", "-x509", *newkey, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=dns test ca")
-    with open(os.path.join(d, "srv.ext"), "w") as f:
-        f.write("subjectAltName=DNS:tls.sidelb.test\nextendedKeyUsage=serverAuth\n")
-    openssl("req", *newkey, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=tls.sidelb.test")
-    openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-            "srv.pem", "-days", "2", "-extfile", "srv.ext")
+    make_ca(d, "ca")
+    make_cert(d, "srv", "ca", "subjectAltName=DNS:tls.sidelb.test\nextendedKeyUsage=serverAuth\n",
+              cn="tls.sidelb.test")
     a = peers.start_c_backend("a", extra_args=["--tls-cert", os.path.join(d, "srv.pem"),
                                                "--tls-key", os.path.join(d, "srv.key")])
     hosts.set({"tls.sidelb.test": ["127.0.0.1"]})

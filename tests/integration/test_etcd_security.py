@@ -18,6 +18,7 @@ import pytest
 import peers
 from etcd_harness import EtcdServer, _b64
 from peers import req
+from pki import RSA_KEY, make_ca, make_cert
 from sidelb_harness import start_sidelb
 import test_discovery
 from test_discovery import spread, wait_spread
@@ -250,30 +251,15 @@ def test_auth_etcd_restart_forgets_tokens(auth_etcd):
 # ---------------------------------------------------------------- TLS
 
 
-def _openssl(*args, cwd):
-    r = subprocess.run(["openssl"] + list(args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       timeout=20)
-    assert r.returncode == 0, "openssl %s: %s" % (" ".join(args), r.stdout.decode("utf-8", "replace"))
-
-
 def make_pki(d):
     """CA, server cert for 127.0.0.1 (server+client auth: etcd's gateway dials
     its own gRPC port with it), client cert, and a second unrelated CA."""
-    ext_server = os.path.join(d, "server.ext")
-    with open(ext_server, "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
-                "keyUsage=digitalSignature,keyEncipherment\n")
-    ext_client = os.path.join(d, "client.ext")
-    with open(ext_client, "w") as f:
-        f.write("extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n")
+    usage = "keyUsage=digitalSignature,keyEncipherment\n"
     for ca in ("ca", "otherca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca + ".key", "-out", ca + ".pem",
-                 "-days", "2", "-subj", "/CN=sidelb test " + ca, cwd=d)
-    for name, ext in (("server", ext_server), ("client", ext_client)):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", name + ".key", "-out", name + ".csr",
-                 "-subj", "/CN=" + ("127.0.0.1" if name == "server" else "sidelb"), cwd=d)
-        _openssl("x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", name + ".pem", "-days", "2", "-extfile", ext, cwd=d)
+        make_ca(d, ca, newkey=RSA_KEY)
+    make_cert(d, "server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n" + usage,
+              cn="127.0.0.1", newkey=RSA_KEY)
+    make_cert(d, "client", "ca", "extendedKeyUsage=clientAuth\n" + usage, cn="sidelb", newkey=RSA_KEY)
     return {k: os.path.join(d, k) for k in ("ca.pem", "otherca.pem", "server.pem", "server.key",
                                             "client.pem", "client.key")}
 

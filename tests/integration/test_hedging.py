@@ -2,16 +2,15 @@
 for every app: real sidelb, C test backends (tests/backend/), a grpcio client."""
 
 import collections
-import re
 import threading
 import time
-import urllib.request
 
 import grpc
 
 import peers
 from peers import req
-from sidelb_harness import simple_config, start_sidelb
+from sidelb_harness import simple_config, start_sidelb, start_with_admin_listener
+from test_admin import metric
 
 
 def hedging_config(attempts=3, delay="0.05s", non_fatal=None):
@@ -27,11 +26,6 @@ def retry_config(attempts=3, codes=("UNAVAILABLE",), initial="0.01s", per_attemp
     if per_attempt is not None:
         policy["perAttemptRecvTimeout"] = per_attempt
     return {"methodConfig": [{"name": [{"service": "sidelb.test.Echo"}], "retryPolicy": policy}]}
-
-
-def metrics(cfg):
-    text = urllib.request.urlopen("http://%s/metrics" % cfg["admin"]["address"], timeout=5).read().decode()
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(sidelb_[a-z_]+) ([0-9.e+]+)$", text, re.M)}
 
 
 def outcome(stub, timeout=5):
@@ -76,8 +70,7 @@ def test_slow_backend_is_hedged_and_its_attempts_cancelled():
     fast = [peers.start_c_backend("fast%d" % i) for i in range(2)]
     cfg = simple_config([slow.addr] + [f.addr for f in fast],
                         service_config=hedging_config(attempts=3, delay="0.05s"))
-    cfg["admin"] = {"address": "127.0.0.1:%d" % peers.free_port()}
-    slb = start_sidelb(cfg)
+    slb = start_with_admin_listener(cfg)
     stub = peers.echo_stub(slb.addr)
     outcome(stub)  # connections up
     t0 = time.monotonic()
@@ -97,9 +90,9 @@ def test_slow_backend_is_hedged_and_its_attempts_cancelled():
     retried = sum(f.stats()["retried"] for f in fast)
     assert retried >= st["cancelled"] - 5
     assert max(f.stats()["max_previous_attempts"] for f in fast) in (1, 2)
-    m = metrics(cfg)
-    assert m["sidelb_hedges_cancelled_total"] >= st["cancelled"]
-    assert m["sidelb_hedged_attempts_total"] >= m["sidelb_hedges_cancelled_total"]
+    cancelled = metric(slb, "sidelb_hedges_cancelled_total")
+    assert cancelled >= st["cancelled"]
+    assert metric(slb, "sidelb_hedged_attempts_total") >= cancelled
 
 
 def test_non_fatal_status_sends_the_next_hedge_at_once():

@@ -6,7 +6,6 @@ prometheus package)."""
 import os
 import re
 import subprocess
-import time
 import urllib.request
 
 import grpc
@@ -149,10 +148,8 @@ def test_limit_rejections_are_counted():
     addr = cfg["listeners"][0]["address"]
     stub = peers.echo_stub(addr)
     first = stub.Unary.future(req(payload=b"a"), timeout=10)
-    end = time.monotonic() + 10
-    while value(parse_metrics(scrape(admin)), "sidelb_calls_in_flight") < 1:
-        assert time.monotonic() < end
-        time.sleep(0.02)
+    peers.wait_for(lambda: value(parse_metrics(scrape(admin)), "sidelb_calls_in_flight") >= 1, 10, 0.02,
+                   what="a call in flight")
     with pytest.raises(grpc.RpcError) as e:
         stub.Unary(req(payload=b"b"), timeout=5)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -266,10 +263,8 @@ def test_health_changes_are_counted():
     b = peers.start_c_backend("h", extra_args=["--health", "NOT_SERVING"])
     cfg, admin = config([("c", [b.addr], {"health_check": {"service": "", "interval_ms": 200, "timeout_ms": 500}})])
     start_sidelb(cfg)
-    end = time.monotonic() + 10
-    while value(parse_metrics(scrape(admin)), "sidelb_backend_health_changes_total", cluster="c", backend=b.addr) < 1:
-        assert time.monotonic() < end, "PENDING -> NOT_SERVING not counted"
-        time.sleep(0.05)
+    peers.wait_for(lambda: value(parse_metrics(scrape(admin)), "sidelb_backend_health_changes_total", cluster="c",
+                                 backend=b.addr) >= 1, 10, what="PENDING -> NOT_SERVING counted")
     m = parse_metrics(scrape(admin))
     assert value(m, "sidelb_backend_health_changes_total", cluster="c", backend=b.addr) == 1
     assert value(m, "sidelb_backend_healthy", cluster="c", backend=b.addr) == 0

@@ -21,35 +21,21 @@ import grpc
 import pytest
 
 import peers
+from pki import make_ca, make_cert
 from peers import req
 from sidelb_harness import simple_config, start_sidelb
-
-
-def _openssl(*args, cwd):
-    r = subprocess.run(["openssl"] + list(args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       timeout=30)
-    assert r.returncode == 0, "openssl %s: %s" % (" ".join(args), r.stdout.decode("utf-8", "replace"))
+from test_admin import metric as admin_metric
 
 
 def make_pki(d):
     """EC P-256 keys (quick to make on a loaded machine)."""
-    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    exts = {
-        "server": "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        "client": "extendedKeyUsage=clientAuth\n",
-    }
-    for name, text in exts.items():
-        with open(os.path.join(d, name + ".ext"), "w") as f:
-            f.write(text)
+    server = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
     for ca in ("ca", "otherca"):
-        _openssl("req", "-x509", *newkey, "-keyout", ca + ".key", "-out", ca + ".pem", "-days", "2", "-subj",
-                 "/CN=sidelb test " + ca, cwd=d)
-    # name, signing CA, extension file, validity in days (-1: expired yesterday)
-    for name, ca, ext, days in (("server", "ca", "server", "2"), ("client", "ca", "client", "2"),
-                                ("expired", "ca", "server", "-1"), ("other", "otherca", "server", "2")):
-        _openssl("req", *newkey, "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + name, cwd=d)
-        _openssl("x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key", "-CAcreateserial",
-                 "-out", name + ".pem", "-days", days, "-extfile", ext + ".ext", cwd=d)
+        make_ca(d, ca)
+    make_cert(d, "server", "ca", server)
+    make_cert(d, "client", "ca", "extendedKeyUsage=clientAuth\n")
+    make_cert(d, "expired", "ca", server, days="-1")
+    make_cert(d, "other", "otherca", server)
     with open(os.path.join(d, "garbage.key"), "w") as f:
         f.write("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
     return {n: os.path.join(d, n) for n in os.listdir(d)}
@@ -81,9 +67,7 @@ def start(backends, tls, admin=True, **kw):
 
 
 def metric(slb, name):
-    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % slb.admin_port, timeout=5).read().decode()
-    m = re.search(r'^%s\{cluster="echo"\} (\d+)$' % re.escape(name), body, re.M)
-    return int(m.group(1)) if m else None
+    return admin_metric(slb, name, cluster="echo")
 
 
 def clusters(slb):

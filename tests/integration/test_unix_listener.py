@@ -24,6 +24,7 @@ import peers
 from etcd_harness import EtcdServer
 from peers import req
 from sidelb_harness import start_sidelb
+from test_admin import read_all
 
 
 @pytest.fixture
@@ -236,12 +237,7 @@ def http_get_unix(path, target):
     s.settimeout(5)
     s.connect(path)
     s.sendall(("GET %s HTTP/1.1\r\nHost: sidelb\r\n\r\n" % target).encode())
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data = read_all(s)
     s.close()
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
