@@ -217,7 +217,7 @@ def start_targets(args, tmp, backends, tls_backends=None, pki=None):
         # another sidelb binary (e.g. the previous commit) in the same run, for before/after figures
         cfg = sidelb_harness.simple_config([b.addr for b in backends], max_connections_per_backend=2)
         cfg["listeners"][0]["max_concurrent_streams"] = 10000
-        p = sidelb_harness.start_sidelb(cfg, log_level="notice", binary=args.before)
+        p = sidelb_harness.start_sidelb(cfg, log_level="notice", binary=args.before, temp_state_dir=False)
         targets.append(Target("before", p.port, p, backends))
     if "haproxy" in names:
         port = peers.free_port()

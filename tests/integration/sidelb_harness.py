@@ -20,8 +20,10 @@ import tempfile
 import peers
 
 
-def start_sidelb(config, extra_args=(), timeout=10.0, log_level="info", binary=None):
-    if "state_dir" not in config:  # never /var/lib/sidelb; .state_dir is kept for reloads
+def start_sidelb(config, extra_args=(), timeout=10.0, log_level="info", binary=None, temp_state_dir=True):
+    # never /var/lib/sidelb; .state_dir is kept for reloads. temp_state_dir=False for
+    # a binary that predates the key (bench's "before").
+    if "state_dir" not in config and temp_state_dir:
         config = dict(config, state_dir=tempfile.mkdtemp(prefix="sidelb-state-"))
         atexit.register(shutil.rmtree, config["state_dir"], True)
     fd, path = tempfile.mkstemp(prefix="sidelb-conf-", suffix=".json")
@@ -30,7 +32,7 @@ def start_sidelb(config, extra_args=(), timeout=10.0, log_level="info", binary=N
     argv = [binary or peers.binary("sidelb"), "-c", path, "-l", log_level] + list(extra_args)
     p = peers.Proc(argv, name="sidelb", ready=r"sidelb \S+ ready", timeout=timeout)
     p.config_path = path
-    p.state_dir = config["state_dir"]
+    p.state_dir = config.get("state_dir")
     first = config["listeners"][0]["address"]
     p.port = None if first.startswith("unix:") else int(first.rsplit(":", 1)[1])  # unix:/path has no port
     return p
