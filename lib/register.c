@@ -279,20 +279,30 @@ static void put(struct reg *g)
         retry(g, rc);
 }
 
+/* A read of our key answered: 1 when its caller goes on with the result; else the
+ * registrar is gone, the key is no longer wanted (next step taken) or the read failed
+ * (retried). */
+static int read_answer_goes_on(struct reg *g, int err)
+{
+    if (!answer(g))
+        return 0;
+    if (!wanted(g)) {
+        step(g);
+        return 0;
+    }
+    if (err != 0) {
+        retry(g, err);
+        return 0;
+    }
+    return 1;
+}
+
 static void on_put_read(void *user, int err, const struct slb_etcd_range_result *res)
 {
     struct reg *g = user;
 
-    if (!answer(g))
+    if (!read_answer_goes_on(g, err))
         return;
-    if (!wanted(g)) {
-        step(g);
-        return;
-    }
-    if (err != 0) {
-        retry(g, err);
-        return;
-    }
     put_over(g, res->n == 1 ? &res->kvs[0] : NULL);
 }
 
@@ -421,16 +431,8 @@ static void on_range(void *user, int err, const struct slb_etcd_range_result *re
     const char *want = NULL;
     size_t want_len = 0;
 
-    if (!answer(g))
+    if (!read_answer_goes_on(g, err))
         return;
-    if (!wanted(g)) {
-        step(g);
-        return;
-    }
-    if (err != 0) {
-        retry(g, err);
-        return;
-    }
     kv = res->n == 1 ? &res->kvs[0] : NULL;
     if (kv != NULL) { /* what the key should hold: our value, with an operator's drain kept */
         want = kv_drained(g, kv) ? g->value_drained : g->value;

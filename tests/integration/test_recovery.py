@@ -23,6 +23,28 @@ from test_admin import metric
 SANITIZER = bool(os.environ.get("SIDELB_SANITIZER"))
 
 
+def restart_while_calls_wait(slb, stub, backend, down_s, call_timeout):
+    """Stops `backend` (id "a"), sends calls at 100/s until 5 wait in sidelb, keeps it
+    down `down_s` more, restarts it on its port. Returns (every call's result, seconds
+    from the backend printing "ready" to the first waiting call it served)."""
+    backend.stop()
+    load = peers.RateLoad(stub, rate=100, timeout=call_timeout)
+    try:
+        wait_for(lambda: metric(slb, "sidelb_cluster_waiting_calls", cluster="echo") >= 5, 3, 0.01, "calls to wait")
+        time.sleep(down_s)
+        t_restart = time.monotonic()
+        backend.restart()
+        t_ready = time.monotonic()
+        wait_for(lambda: any(r[2] == "a" and r[1] >= t_restart for r in load.results), 5, 0.01, "a call served by a")
+        time.sleep(0.2)
+    finally:
+        results = load.stop()
+    lag = min(r[1] for r in results if r[2] == "a" and r[1] >= t_restart) - t_ready
+    print("ready took %.0f ms after the restart began; first waiting call served %.0f ms after ready"
+          % ((t_ready - t_restart) * 1000, lag * 1000))
+    return results, lag
+
+
 @pytest.mark.timeout(60)
 def test_returning_backend_takes_waiting_calls_within_250ms():
     """One backend, down; its backoff is 3 s (no jitter). Calls wait for it
@@ -37,24 +59,9 @@ def test_returning_backend_takes_waiting_calls_within_250ms():
                                          backoff={"initial_ms": 3000, "max_ms": 3000, "jitter": 0}))
     stub = peers.echo_stub(slb.addr)
     assert stub.Unary(req(payload=b"warm"), timeout=5).backend_id == "a"
-    a.stop()
-    load = peers.RateLoad(stub, rate=100, timeout=5)
-    try:
-        # calls wait: the backend failed its connect and is in its 3 s backoff
-        wait_for(lambda: metric(slb, "sidelb_cluster_waiting_calls", cluster="echo") >= 5, 3, 0.01, "calls to wait")
-        time.sleep(0.3)
-        t_restart = time.monotonic()
-        a.restart()
-        t_ready = time.monotonic()
-        wait_for(lambda: any(r[2] == "a" and r[1] >= t_restart for r in load.results), 4, 0.01, "a call served by a")
-        time.sleep(0.2)
-    finally:
-        results = load.stop()
-    first = min(r[1] for r in results if r[2] == "a" and r[1] >= t_restart)
-    lag = first - t_ready
+    # calls wait: the backend failed its connect and is in its 3 s backoff
+    results, lag = restart_while_calls_wait(slb, stub, a, down_s=0.3, call_timeout=5)
     bound = 0.5 if SANITIZER else 0.25
-    print("ready took %.0f ms after the restart began; first call served %.0f ms after ready"
-          % ((t_ready - t_restart) * 1000, lag * 1000))
     assert lag <= bound, "first waiting call served %.0f ms after the backend was ready" % (lag * 1000)
     failed = [r for r in results if r[2] != "a"]
     assert not failed, failed[:5]
@@ -155,22 +162,9 @@ def test_returning_backend_with_health_checks_takes_waiting_calls_soon(health_se
                                                   backoff={"initial_ms": 3000, "max_ms": 3000, "jitter": 0}))
     stub = peers.echo_stub(slb.addr)
     wait_for(lambda: stub.Unary(req(payload=b"warm"), timeout=5).backend_id == "a", 10, what="a first call")
-    a.stop()
-    load = peers.RateLoad(stub, rate=100, timeout=8)
-    try:
-        wait_for(lambda: metric(slb, "sidelb_cluster_waiting_calls", cluster="echo") >= 5, 3, 0.01, "calls to wait")
-        time.sleep(1.5)  # the check's backoff: 200, 400, 800, 1000 ms
-        t_restart = time.monotonic()
-        a.restart()
-        t_ready = time.monotonic()
-        wait_for(lambda: any(r[2] == "a" and r[1] >= t_restart for r in load.results), 5, 0.01, "a call served by a")
-        time.sleep(0.2)
-    finally:
-        results = load.stop()
-    first = min(r[1] for r in results if r[2] == "a" and r[1] >= t_restart)
-    lag = first - t_ready
+    # down 1.5 s more: the check's backoff grows 200, 400, 800, 1000 ms
+    results, lag = restart_while_calls_wait(slb, stub, a, down_s=1.5, call_timeout=8)
     bound = 0.5 if SANITIZER else 0.3
-    print("first waiting call served %.0f ms after the backend was ready" % (lag * 1000))
     assert lag <= bound, "first waiting call served %.0f ms after the backend was ready" % (lag * 1000)
     failed = [r for r in results if r[2] != "a"]
     assert not failed, failed[:5]
