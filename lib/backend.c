@@ -37,8 +37,31 @@ void slb_backend_unref(struct slb_backend *be)
         return;
     if (be->on_free != NULL)
         be->on_free(be);
+    if (be->shared != NULL)
+        slb_backend_shared_unref(be->shared);
     free(be->host_name);
     free(be);
+}
+
+struct slb_backend_shared *slb_backend_shared_new(void)
+{
+    struct slb_backend_shared *sh = calloc(1, sizeof(*sh));
+
+    if (sh != NULL)
+        sh->refs = 1;
+    return sh;
+}
+
+void slb_backend_shared_ref(struct slb_backend_shared *sh)
+{
+    __atomic_add_fetch(&sh->refs, 1, __ATOMIC_RELAXED);
+}
+
+void slb_backend_shared_unref(struct slb_backend_shared *sh)
+{
+    /* acq_rel: the thread that frees it sees every other thread's last use */
+    if (__atomic_sub_fetch(&sh->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        free(sh);
 }
 
 const char *slb_backend_state_name(int state)

@@ -45,6 +45,25 @@ enum slb_backend_health {
 
 #define SLB_BACKEND_NAME_MAX 96
 
+/*
+ * What the workers' replicas of one backend share with the control loop's
+ * backend ("workers" > 1, lib/worker.h): all workers' calls in flight
+ * (least_request picks by it) and attempt results for outlier detection,
+ * which the control loop takes and judges. Relaxed atomics: each is one
+ * counter, nothing is ordered by it.
+ * Ownership: reference counted (atomic): the control loop's backend holds
+ * one reference, each replica of it one more; the last unref frees it.
+ */
+struct slb_backend_shared {
+    uint32_t refs;
+    uint32_t outstanding;          /* calls in flight over all workers (least_request clusters only) */
+    uint32_t consecutive_failures; /* attempts failed in a row, over all workers (outlier detection only) */
+    uint64_t successes, failures;  /* attempt results since the control loop last took them (outlier only) */
+};
+struct slb_backend_shared *slb_backend_shared_new(void);
+void slb_backend_shared_ref(struct slb_backend_shared *sh);
+void slb_backend_shared_unref(struct slb_backend_shared *sh);
+
 struct slb_backend;
 /* Called once when the last reference goes, before the memory is freed. */
 typedef void (*slb_backend_free_cb)(struct slb_backend *be);
@@ -86,6 +105,8 @@ struct slb_backend {
     char last_error[160];            /* why its last connect attempt failed ("" before any): TLS reasons too */
     struct slb_tls_stats *tls_stats; /* its cluster's TLS counters (not owned); NULL: none */
     uint32_t refs;
+    struct slb_backend_shared *shared; /* workers > 1: shared with the other loops' copies (one reference); NULL */
+    uint8_t share_load;                /* a worker's copy in a least_request cluster: calls in flight go to shared */
     void *health_check; /* struct slb_health_check * while active health checking runs */
     void *pool;         /* struct slb_upstream_pool *, owned by this backend */
     void *cluster;      /* struct slb_cluster * it belongs to (not owned) */
@@ -117,6 +138,27 @@ enum slb_drain_source {
     SLB_DRAIN_ADMIN = 1, /* POST /clusters/<c>/backends/<addr>/drain on the admin listener */
     SLB_DRAIN_ETCD = 2,  /* "drain": true in the backend's etcd value */
 };
+
+/* Calls in flight on be, over all workers when its copies share them (least_request). */
+static inline uint32_t slb_backend_load(const struct slb_backend *be)
+{
+    return be->share_load ? __atomic_load_n(&be->shared->outstanding, __ATOMIC_RELAXED) : be->outstanding;
+}
+
+/* A call's attempt starts / ends on be: its calls in flight (and all workers', when shared). */
+static inline void slb_backend_call_started(struct slb_backend *be)
+{
+    be->outstanding++;
+    if (be->share_load)
+        __atomic_add_fetch(&be->shared->outstanding, 1, __ATOMIC_RELAXED);
+}
+
+static inline void slb_backend_call_ended(struct slb_backend *be)
+{
+    be->outstanding--;
+    if (be->share_load)
+        __atomic_sub_fetch(&be->shared->outstanding, 1, __ATOMIC_RELAXED);
+}
 
 /* Whether a new call may be sent to this backend at now_ms. */
 static inline int slb_backend_usable(const struct slb_backend *be, uint64_t now_ms)

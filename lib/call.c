@@ -323,7 +323,7 @@ static void attempt_unbind(struct slb_call_attempt *a)
     if (a->be == NULL)
         return;
     if (a->counted) {
-        a->be->outstanding--;
+        slb_backend_call_ended(a->be);
         a->counted = 0;
     }
     slb_backend_unref(a->be);
@@ -748,7 +748,7 @@ static void call_queue(struct slb_call *call, struct slb_call_attempt *a)
     call->attempts++;
     a->stats_open = 1;
     a->start_ns = uv_hrtime();
-    a->be->outstanding++;
+    slb_backend_call_started(a->be);
     a->counted = 1;
     a->state = SLB_ATTEMPT_QUEUED;
     call->queue_refused = 0;
@@ -1594,7 +1594,7 @@ static void up_on_close(struct slb_h2_stream *s, uint32_t error_code)
     struct slb_call *call = a->call;
 
     if (a->counted) {
-        a->be->outstanding--;
+        slb_backend_call_ended(a->be);
         a->counted = 0;
     }
     attempt_count_end(a, a == call->cur && call->upstream_status >= 0 && error_code == NGHTTP2_NO_ERROR

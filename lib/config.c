@@ -10,6 +10,7 @@
  * index lacks (a key with escapes, say) falls back to its nearest ancestor.
  */
 #include <errno.h>
+#include <sched.h>
 #include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -1795,10 +1797,41 @@ static int load_state_dir(struct vctx *c, json_t *root, struct slb_config *cfg)
     return 0;
 }
 
+/* The CPUs this process may run on (its affinity mask), at least 1. */
+static uint32_t usable_cpus(void)
+{
+    cpu_set_t set;
+    long n;
+
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+        return (uint32_t)CPU_COUNT(&set);
+    n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (uint32_t)n : 1;
+}
+
+/* "workers": 1..SLB_MAX_WORKERS forwarding loops, or "auto" (one per usable CPU, at most the maximum). */
+static int load_workers(struct vctx *c, json_t *root, struct slb_config *cfg)
+{
+    json_t *v = json_object_get(root, "workers");
+
+    cfg->workers = 1;
+    if (v == NULL)
+        return 0;
+    if (json_is_string(v) && strcmp(json_string_value(v), "auto") == 0) {
+        uint32_t n = usable_cpus();
+        cfg->workers = n < SLB_MAX_WORKERS ? n : SLB_MAX_WORKERS;
+        cfg->workers_auto = 1;
+        return 0;
+    }
+    if (!json_is_integer(v))
+        return fail(c, "workers", 0, "expected an integer 1..%d or \"auto\", got %s", SLB_MAX_WORKERS, jtype(v));
+    return get_u32(c, root, "", "workers", &cfg->workers, 1, 1, SLB_MAX_WORKERS);
+}
+
 static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
 {
     static const char *const keys[] = {"log_level",           "etcd",    "listeners",  "clusters", "register",  "admin",
-                                       "max_app_connections", "budgets", "access_log", "metrics",  "state_dir", NULL};
+                                       "max_app_connections", "budgets", "access_log", "metrics",  "state_dir", "workers", NULL};
     static const char *const admin_keys[] = {"address", NULL};
     char *level = NULL;
     json_t *admin;
@@ -1818,7 +1851,7 @@ static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
     if (load_etcd(c, root, cfg) != 0 || load_listeners(c, root, cfg) != 0 || load_clusters(c, root, cfg) != 0 ||
         resolve_routes(c, cfg) != 0 || load_registers(c, root, cfg) != 0 || load_budgets(c, root, &cfg->budgets) != 0 ||
         load_access_log(c, root, &cfg->access_log) != 0 || load_metrics(c, root, cfg) != 0 ||
-        get_obj(c, root, "", "admin", &admin) || load_state_dir(c, root, cfg) != 0)
+        get_obj(c, root, "", "admin", &admin) || load_state_dir(c, root, cfg) != 0 || load_workers(c, root, cfg) != 0)
         return -1;
     if (admin != NULL &&
         (check_keys(c, admin, "admin", admin_keys) != 0 || get_admin_addr(c, admin, &cfg->admin_address) != 0))

@@ -179,7 +179,12 @@ struct slb_config {
     uint32_t metrics_max_methods; /* "metrics": per-method counters for at most this many methods; 0 = off */
     char *redacted_json;          /* the effective document (defaults filled in), secrets "<redacted>" (GET /config) */
     char *state_dir;              /* where etcd-fed clusters persist their tables (lib/state_file.h); NULL = off */
+    uint32_t workers;             /* forwarding loops (threads); 1 = the control loop forwards too (lib/worker.h) */
+    uint8_t workers_auto;         /* "workers": "auto" (one per CPU the process may use) */
 };
+
+/* Upper bound of "workers". */
+#define SLB_MAX_WORKERS 64
 
 #define SLB_CONFIG_STATE_DIR_DEFAULT "/var/lib/sidelb"
 

@@ -23,8 +23,8 @@ static int lr_init(struct slb_lb *lb)
 static inline int better(const struct slb_lb *lb, const struct slb_backend *a, const struct slb_backend *b,
                          uint64_t now_ms)
 {
-    unsigned __int128 la = (unsigned __int128)(a->outstanding + 1ULL) * slb__lb_weight_fp(lb, b, now_ms);
-    unsigned __int128 lb_ = (unsigned __int128)(b->outstanding + 1ULL) * slb__lb_weight_fp(lb, a, now_ms);
+    unsigned __int128 la = (unsigned __int128)(slb_backend_load(a) + 1ULL) * slb__lb_weight_fp(lb, b, now_ms);
+    unsigned __int128 lb_ = (unsigned __int128)(slb_backend_load(b) + 1ULL) * slb__lb_weight_fp(lb, a, now_ms);
     return la < lb_;
 }
 
