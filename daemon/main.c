@@ -152,7 +152,7 @@ static void reload(void)
         sd_notify_msg("READY=1");
         return;
     }
-    slb_log_level = cli_log_level >= 0 ? cli_log_level : cfg->log_level;
+    __atomic_store_n(&slb_log_level, cli_log_level >= 0 ? cli_log_level : cfg->log_level, __ATOMIC_RELAXED);
     server = srv;
     config = cfg;
     slb_server_retire(old, cfg, grace_ms, on_retired);

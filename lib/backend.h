@@ -107,6 +107,7 @@ struct slb_backend {
     uint32_t refs;
     struct slb_backend_shared *shared; /* workers > 1: shared with the other loops' copies (one reference); NULL */
     uint8_t share_load;                /* a worker's copy in a least_request cluster: calls in flight go to shared */
+    uint64_t snap_gen;                 /* a worker's copy: the snapshot that listed it last */
     void *health_check; /* struct slb_health_check * while active health checking runs */
     void *pool;         /* struct slb_upstream_pool *, owned by this backend */
     void *cluster;      /* struct slb_cluster * it belongs to (not owned) */

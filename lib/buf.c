@@ -7,11 +7,11 @@
 
 #include "common.h"
 
-/* The loop is single-threaded, so the pool needs no lock. Keeping up to
- * POOL_MAX idle chunks (16 MiB) bounds what an idle daemon holds. */
+/* One pool per thread (each worker loop has its own), so it needs no lock.
+ * Keeping up to POOL_MAX idle chunks (16 MiB) bounds what an idle loop holds. */
 #define POOL_MAX 1024
-static struct slb_chunk *pool_head;
-static unsigned pool_len;
+static _Thread_local struct slb_chunk *pool_head;
+static _Thread_local unsigned pool_len;
 
 struct slb_chunk *slb_chunk_get(void)
 {

@@ -602,7 +602,7 @@ static void call_no_backend(struct slb_call *call)
     char msg[384];
 
     /* first answers still to come: health checks (PENDING) and host-name lookups */
-    uint32_t first_pending = cl->n_health_pending + cl->resolver.n_first_pending;
+    uint32_t first_pending = slb_cluster_first_pending(cl);
 
     if (call->wait_health && first_pending == 0) {
         /* every first health answer is in: from here the wait-for-ready rule applies */

@@ -80,6 +80,16 @@ static void cluster_wake(struct slb_cluster *cl)
         uv_timer_start(&cl->wake_timer, on_wake_timer, 0, 0);
 }
 
+void slb__cluster_wake(struct slb_cluster *cl)
+{
+    cluster_wake(cl);
+}
+
+uint32_t slb_cluster_first_pending(const struct slb_cluster *cl)
+{
+    return cl->n_health_pending + (cl->replica ? cl->snap_first_pending : cl->resolver.n_first_pending);
+}
+
 static int health_usable(int health)
 {
     return health == SLB_HEALTH_SERVING || health == SLB_HEALTH_UNIMPLEMENTED;
@@ -180,6 +190,8 @@ static void on_outlier_timer(uv_timer_t *t)
     uint32_t unejected = slb_outlier_uneject(&cl->set, now);
 
     if (now >= cl->outlier_next_interval_ms) {
+        if (cl->shares)
+            slb_cluster_collect_shared(cl); /* the workers' results of the interval */
         /* gRFC A50's interval timer: judge the interval that ended, start the next */
         if (slb_outlier_interval(opts, &cl->set, now, &cl->ctx->rng) > 0)
             cl->set.usable_version++;
@@ -192,12 +204,64 @@ static void on_outlier_timer(uv_timer_t *t)
     outlier_arm(cl, now);
 }
 
+/* A worker's replica: the result goes to the backend's shared block; the control loop judges. */
+static void report_shared(struct slb_cluster *cl, struct slb_backend *be, int success)
+{
+    struct slb_backend_shared *sh = be->shared;
+    uint32_t threshold = cl->cfg->outlier.opts.consecutive_failures;
+
+    if (success) {
+        __atomic_add_fetch(&sh->successes, 1, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&sh->consecutive_failures, __ATOMIC_RELAXED) != 0) /* no write in the common case */
+            __atomic_store_n(&sh->consecutive_failures, 0, __ATOMIC_RELAXED);
+        return;
+    }
+    __atomic_add_fetch(&sh->failures, 1, __ATOMIC_RELAXED);
+    if (__atomic_add_fetch(&sh->consecutive_failures, 1, __ATOMIC_RELAXED) == threshold && threshold != 0 &&
+        cl->on_outlier_check != NULL)
+        cl->on_outlier_check(cl); /* the control loop ejects it now, not at the interval's end */
+}
+
+void slb_cluster_collect_shared(struct slb_cluster *cl)
+{
+    const struct slb_outlier_options *opts = &cl->cfg->outlier.opts;
+    uint64_t now = uv_now(cl->ctx->loop);
+    int changed = 0;
+
+    if (!cl->cfg->outlier.enabled)
+        return;
+    for (uint32_t i = 0; i < cl->set.n; i++) {
+        struct slb_backend *be = cl->set.items[i];
+        struct slb_backend_shared *sh = be->shared;
+        if (sh == NULL)
+            continue;
+        be->interval_success += (uint32_t)__atomic_exchange_n(&sh->successes, 0, __ATOMIC_RELAXED);
+        be->interval_failure += (uint32_t)__atomic_exchange_n(&sh->failures, 0, __ATOMIC_RELAXED);
+        if (opts->consecutive_failures != 0 &&
+            __atomic_load_n(&sh->consecutive_failures, __ATOMIC_RELAXED) >= opts->consecutive_failures) {
+            __atomic_store_n(&sh->consecutive_failures, 0, __ATOMIC_RELAXED);
+            if (slb_outlier_eject(opts, &cl->set, be, now))
+                changed = 1;
+        }
+    }
+    if (changed) {
+        cl->set.usable_version++;
+        outlier_arm(cl, now);
+    }
+}
+
 void slb_cluster_report(struct slb_cluster *cl, struct slb_backend *be, int success)
 {
-    uint64_t now = uv_now(cl->ctx->loop);
+    uint64_t now;
 
     if (!cl->cfg->outlier.enabled || be->draining)
         return;
+    if (cl->replica) {
+        if (be->shared != NULL)
+            report_shared(cl, be, success);
+        return;
+    }
+    now = uv_now(cl->ctx->loop);
     if (slb_outlier_on_result(&cl->cfg->outlier.opts, &cl->set, be, success, now)) {
         cl->set.usable_version++;
         outlier_arm(cl, now); /* its ejection may end before the next interval */
@@ -284,7 +348,7 @@ static void health_start(struct slb_cluster *cl, struct slb_backend *be)
 {
     const struct slb_config_health_check *hc = &cl->cfg->health_check;
 
-    if (!hc->enabled)
+    if (!hc->enabled || cl->replica) /* a replica's health comes from the control loop's checks */
         return;
     be->health_check = slb_health_start(cl->ctx->loop, &cl->ctx->io, be->name, hc->service ? hc->service : "",
                                         hc->interval_ms, hc->timeout_ms, on_health, be);
@@ -475,17 +539,35 @@ void slb_cluster_seed_names(struct slb_cluster *cl, const struct slb_cluster *pr
 
 const char *slb_cluster_unresolved_host(const struct slb_cluster *cl)
 {
+    if (cl->replica)
+        return cl->snap_unresolved[0] != '\0' ? cl->snap_unresolved : NULL;
     return slb_resolver_unresolved(&cl->resolver);
 }
 
 /* ---- cluster ---- */
 
+static int cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const struct slb_config_cluster *cfg,
+                        void (*wake)(struct slb_cluster_waiter *w), int replica);
+
 int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const struct slb_config_cluster *cfg,
                      void (*wake)(struct slb_cluster_waiter *w))
+{
+    return cluster_init(cl, ctx, cfg, wake, 0);
+}
+
+int slb_cluster_init_replica(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const struct slb_config_cluster *cfg,
+                             void (*wake)(struct slb_cluster_waiter *w))
+{
+    return cluster_init(cl, ctx, cfg, wake, 1);
+}
+
+static int cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const struct slb_config_cluster *cfg,
+                        void (*wake)(struct slb_cluster_waiter *w), int replica)
 {
     int rv;
 
     memset(cl, 0, sizeof(*cl));
+    cl->replica = (uint8_t)replica;
     cl->ctx = ctx;
     cl->cfg = cfg;
     cl->wake = wake;
@@ -503,6 +585,8 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const str
         return rv;
     if ((rv = slb_method_table_init(&cl->methods, cfg->service_config_json)) != 0)
         return rv;
+    if (replica)
+        return 0; /* backends, health and ejections come from the control loop's snapshots */
     if (cfg->outlier.enabled) {
         uv_timer_init(ctx->loop, &cl->outlier_timer);
         slb_conn_ctx_handle_opened(&ctx->io);
@@ -570,6 +654,12 @@ int slb_cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight
     return cluster_upsert(cl, addr, weight, zone, NULL);
 }
 
+int slb__cluster_upsert_named(struct slb_cluster *cl, const char *addr, uint32_t weight, const char *zone,
+                              const char *host_name)
+{
+    return cluster_upsert(cl, addr, weight, zone, host_name);
+}
+
 /* slb_cluster_upsert; a backend it adds from a host name keeps the name (TLS verifies it), set before its
  * health check starts. */
 static int cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t weight, const char *zone,
@@ -587,12 +677,18 @@ static int cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t wei
             be->weight = weight;
             cl->set.version++; /* weighted policies rebuild */
         }
-        if (zone != NULL)
+        if (zone != NULL && strcmp(be->zone, zone) != 0) {
             snprintf(be->zone, sizeof(be->zone), "%s", zone);
+            cl->set.usable_version++; /* nothing rebuilds; workers' copies learn the zone */
+        }
         return 0;
     }
     if ((be = slb_backend_new(addr, weight)) == NULL)
         return SLB_EADDR;
+    if (cl->shares && (be->shared = slb_backend_shared_new()) == NULL) {
+        slb_backend_unref(be);
+        return SLB_ENOMEM;
+    }
     if (host_name != NULL && (be->host_name = strdup(host_name)) == NULL) {
         slb_backend_unref(be);
         return SLB_ENOMEM;

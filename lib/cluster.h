@@ -96,6 +96,16 @@ struct slb_cluster {
     /* "backend B: why" of the last backend that entered TRANSIENT_FAILURE, while any is in it ("" otherwise):
      * said to calls that find no reachable backend */
     char last_connect_error[272];
+    /* workers > 1 (lib/worker.h, lib/cluster_snapshot.h) */
+    uint8_t replica;              /* a worker's copy: backends, health, ejection and drain come from snapshots */
+    uint8_t shares;               /* the control loop's cluster: its backends get a shared block for the workers */
+    uint32_t snap_first_pending;  /* replica: the control's host names whose first lookup has not ended */
+    char snap_unresolved[256];    /* replica: a host name of the control's that does not resolve ("": none) */
+    uint64_t snap_gen;            /* replica: the snapshot applied last (marks the backends it lists) */
+    uint64_t pub_version, pub_usable_version; /* control: the set versions its last snapshot had */
+    uint32_t pub_first_pending;               /* control: the first lookups pending at its last snapshot */
+    uint8_t pub_done;                         /* control: a snapshot was published */
+    void (*on_outlier_check)(struct slb_cluster *cl); /* replica: a backend failed consecutive_failures in a row */
 };
 
 enum slb_table_source { SLB_TABLE_ETCD = 0, SLB_TABLE_STATE_FILE, SLB_TABLE_RELOAD };
@@ -104,6 +114,23 @@ enum slb_table_source { SLB_TABLE_ETCD = 0, SLB_TABLE_STATE_FILE, SLB_TABLE_RELO
 
 int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const struct slb_config_cluster *cfg,
                      void (*wake)(struct slb_cluster_waiter *w));
+/*
+ * A worker's replica of cfg (lib/worker.h): no discovery, host names, health
+ * checks or outlier evaluation of its own; slb_cluster_apply_snapshot feeds
+ * it what the control loop's cluster knows. Its calls, pools, waiters and
+ * counters are the worker's.
+ */
+int slb_cluster_init_replica(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const struct slb_config_cluster *cfg,
+                             void (*wake)(struct slb_cluster_waiter *w));
+/* First answers calls still wait for: health checks (PENDING) and host names' first lookups. */
+uint32_t slb_cluster_first_pending(const struct slb_cluster *cl);
+/* For lib/cluster_snapshot.c: upsert with the host name it came from; waiters try again (next turn). */
+int slb__cluster_upsert_named(struct slb_cluster *cl, const char *addr, uint32_t weight, const char *zone,
+                              const char *host_name);
+void slb__cluster_wake(struct slb_cluster *cl);
+/* Control loop with workers: takes the attempt results the workers left in the shared blocks (outlier
+ * detection), and ejects at once a backend that failed consecutive_failures times in a row. */
+void slb_cluster_collect_shared(struct slb_cluster *cl);
 /* Closes the cluster's timers (counted in ctx) and releases its backends. */
 void slb_cluster_dispose(struct slb_cluster *cl);
 /* Adds a backend or updates its weight/zone. 0 or SLB_EADDR/SLB_ENOMEM. */

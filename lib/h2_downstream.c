@@ -766,7 +766,7 @@ static void log_timeout(struct slb_loop_ctx *ctx, const char *listener, const ch
     uint64_t suppressed;
 
     /* one line per connection at debug level; at info level at most one line a second */
-    if (slb_log_level <= SLB_LOG_DEBUG)
+    if (slb_log_level_now() <= SLB_LOG_DEBUG)
         slb_debug("listener %s: %s after %u ms: closing the app connection", listener, what, ms);
     else if (slb_log_limit_pass(&ctx->log_limits.conn_timeouts, uv_now(ctx->loop), 1000, &suppressed))
         slb_info("listener %s: %s after %u ms: closing the app connection (%llu more such closes not logged)", listener,

@@ -21,10 +21,10 @@ struct block {
     uint32_t pad;
 };
 
-static struct block *free_lists[NCLASSES + 1];
-static uint32_t free_counts[NCLASSES + 1];
+static _Thread_local struct block *free_lists[NCLASSES + 1];
+static _Thread_local uint32_t free_counts[NCLASSES + 1];
 
-static unsigned fail_next; /* tests: allocations to fail */
+static _Thread_local unsigned fail_next; /* tests: allocations to fail */
 
 /* ---- page slots: blocks of 1..5 pages, each class in its part of one reserved region ---- */
 
@@ -45,11 +45,11 @@ struct slot_class {
     uint64_t *serial; /* per slot: the allocation holding it, 0 when free */
 };
 
-static struct slot_class slot_cls[N_SLOTCLS];
-static uint8_t *region, *region_end;
-static int region_state; /* 0: not tried, 1: reserved, -1: could not reserve (malloc only) */
-static uint64_t next_serial = 1;
-static struct slb_h2_mem_capture *capturing;
+static _Thread_local struct slot_class slot_cls[N_SLOTCLS];
+static _Thread_local uint8_t *region, *region_end;
+static _Thread_local int region_state; /* 0: not tried, 1: reserved, -1: could not reserve (malloc only) */
+static _Thread_local uint64_t next_serial = 1;
+static _Thread_local struct slb_h2_mem_capture *capturing;
 
 static void region_init(void)
 {
@@ -281,6 +281,26 @@ static nghttp2_mem h2_mem = {NULL, mem_malloc, mem_free, mem_calloc, mem_realloc
 nghttp2_mem *slb_h2_mem(void)
 {
     return &h2_mem;
+}
+
+void slb_h2_mem_thread_end(void)
+{
+    size_t total = (size_t)(region_end - region);
+
+    slb_h2_mem_drain();
+    if (region_state != 1)
+        return;
+    for (size_t i = 0; i < N_SLOTCLS; i++)
+        if (slot_cls[i].in_use > 0)
+            return; /* still in use: kept (never the case when a worker's loop has ended) */
+    munmap(region, total);
+    for (size_t i = 0; i < N_SLOTCLS; i++) {
+        free(slot_cls[i].free);
+        free(slot_cls[i].serial);
+    }
+    memset(slot_cls, 0, sizeof(slot_cls));
+    region = region_end = NULL;
+    region_state = 0;
 }
 
 void slb_h2_mem_drain(void)

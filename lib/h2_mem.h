@@ -2,7 +2,8 @@
  * The allocator nghttp2 sessions use (nghttp2_mem): per-size-class free lists
  * for small blocks, so the per-stream and per-header allocations of a busy
  * proxy recycle memory instead of taking malloc's slower paths each time.
- * One loop, one thread: no locks.
+ * Every pool and the region are per thread (each worker loop has its own):
+ * no locks. A block is freed on the thread that allocated it.
  *
  * Blocks of 4 KiB up to SLB_H2_MEM_PAGES_MAX (a session's 16 KiB frame
  * buffer, its 4 KiB stream map) come from page slots of one reserved
@@ -36,6 +37,8 @@ struct slb_h2_mem_capture {
 nghttp2_mem *slb_h2_mem(void);
 /* Returns the pooled blocks to malloc (at shutdown, for leak checkers). */
 void slb_h2_mem_drain(void);
+/* A worker thread whose loop has ended: drains, and gives its region back when no slot is in use. */
+void slb_h2_mem_thread_end(void);
 /* Records the page-slot blocks allocated until slb_h2_mem_capture_end (up to 2). */
 void slb_h2_mem_capture_begin(struct slb_h2_mem_capture *cap);
 void slb_h2_mem_capture_end(void);

@@ -12,6 +12,11 @@
 enum slb_log_level { SLB_LOG_DEBUG = 0, SLB_LOG_INFO, SLB_LOG_NOTICE, SLB_LOG_WARN, SLB_LOG_ERROR };
 
 extern int slb_log_level;
+/* The level, read as a relaxed atomic: a reload sets it while worker threads log. */
+static inline int slb_log_level_now(void)
+{
+    return __atomic_load_n(&slb_log_level, __ATOMIC_RELAXED);
+}
 
 void slb_log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Copies in to out with control characters as \xNN and '\\' doubled, cut to fit
@@ -43,7 +48,7 @@ static inline int slb_log_limit_pass(struct slb_log_limit *l, uint64_t now_ms, u
 
 #define slb_log(level, ...)                                                                                            \
     do {                                                                                                               \
-        if ((level) >= slb_log_level)                                                                                  \
+        if ((level) >= slb_log_level_now())                                                                               \
             slb_log_write((level), __VA_ARGS__);                                                                       \
     } while (0)
 #define slb_debug(...)  slb_log(SLB_LOG_DEBUG, __VA_ARGS__)
