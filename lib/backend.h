@@ -108,9 +108,9 @@ struct slb_backend {
     struct slb_backend_shared *shared; /* workers > 1: shared with the other loops' copies (one reference); NULL */
     uint8_t share_load;                /* a worker's copy in a least_request cluster: calls in flight go to shared */
     uint64_t snap_gen;                 /* a worker's copy: the snapshot that listed it last */
-    void *health_check; /* struct slb_health_check * while active health checking runs */
-    void *pool;         /* struct slb_upstream_pool *, owned by this backend */
-    void *cluster;      /* struct slb_cluster * it belongs to (not owned) */
+    void *health_check;                /* struct slb_health_check * while active health checking runs */
+    void *pool;                        /* struct slb_upstream_pool *, owned by this backend */
+    void *cluster;                     /* struct slb_cluster * it belongs to (not owned) */
     slb_backend_free_cb on_free;
     /* Called by slb_backend_set_state() after a change (the cluster's aggregate state). */
     void (*on_state_change)(struct slb_backend *be, int old_state);

@@ -282,8 +282,10 @@ static void update_aggregate(struct slb_cluster *cl)
         state = SLB_BACKEND_IDLE;
     if (cl->state == state)
         return;
-    slb_log(state == SLB_BACKEND_TRANSIENT_FAILURE || cl->state == SLB_BACKEND_TRANSIENT_FAILURE ? SLB_LOG_NOTICE
-                                                                                                 : SLB_LOG_INFO,
+    /* a worker's replica says it at debug level: its connections are one worker's */
+    slb_log(cl->replica                                                                            ? SLB_LOG_DEBUG
+            : state == SLB_BACKEND_TRANSIENT_FAILURE || cl->state == SLB_BACKEND_TRANSIENT_FAILURE ? SLB_LOG_NOTICE
+                                                                                                   : SLB_LOG_INFO,
             "cluster %s: %s -> %s", cl->cfg->name, slb_backend_state_name(cl->state), slb_backend_state_name(state));
     cl->state = (uint8_t)state;
 }
@@ -613,6 +615,15 @@ static int cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const 
     return 0;
 }
 
+int slb_cluster_share(struct slb_cluster *cl)
+{
+    cl->shares = 1;
+    for (uint32_t i = 0; i < cl->set.n; i++)
+        if (cl->set.items[i]->shared == NULL && (cl->set.items[i]->shared = slb_backend_shared_new()) == NULL)
+            return SLB_ENOMEM;
+    return 0;
+}
+
 int slb_cluster_start_discovery(struct slb_cluster *cl, struct slb_etcd *etcd)
 {
     if (cl->cfg->etcd_prefix == NULL)
@@ -673,7 +684,8 @@ static int cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t wei
         weight = 1;
     if (be != NULL) {
         if (be->weight != weight) {
-            slb_info("cluster %s: backend %s weight %u -> %u", cl->cfg->name, addr, be->weight, weight);
+            slb_log(cl->replica ? SLB_LOG_DEBUG : SLB_LOG_INFO, "cluster %s: backend %s weight %u -> %u", cl->cfg->name,
+                    addr, be->weight, weight);
             be->weight = weight;
             cl->set.version++; /* weighted policies rebuild */
         }
@@ -710,7 +722,8 @@ static int cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t wei
     slot = index_slot(cl, addr);
     be->_hash_next = *slot;
     *slot = be;
-    slb_notice("cluster %s: backend %s added (weight %u)", cl->cfg->name, addr, weight);
+    slb_log(cl->replica ? SLB_LOG_DEBUG : SLB_LOG_NOTICE, "cluster %s: backend %s added (weight %u)", cl->cfg->name,
+            addr, weight); /* the control loop's cluster says it once */
     if (cl->n_admin_drains_pending > 0)
         apply_pending_admin_drain(cl, be);
     health_start(cl, be);
@@ -727,8 +740,8 @@ void slb_cluster_remove(struct slb_cluster *cl, const char *addr)
         return;
     *slot = be->_hash_next;
     be->_hash_next = NULL;
-    slb_notice("cluster %s: backend %s removed (%u calls in flight finish there)", cl->cfg->name, addr,
-               be->outstanding);
+    slb_log(cl->replica ? SLB_LOG_DEBUG : SLB_LOG_NOTICE,
+            "cluster %s: backend %s removed (%u calls in flight finish there)", cl->cfg->name, addr, be->outstanding);
     slb_backend_ref(be);
     be->draining = 1;
     health_stop(cl, be);

@@ -97,14 +97,14 @@ struct slb_cluster {
      * said to calls that find no reachable backend */
     char last_connect_error[272];
     /* workers > 1 (lib/worker.h, lib/cluster_snapshot.h) */
-    uint8_t replica;              /* a worker's copy: backends, health, ejection and drain come from snapshots */
-    uint8_t shares;               /* the control loop's cluster: its backends get a shared block for the workers */
-    uint32_t snap_first_pending;  /* replica: the control's host names whose first lookup has not ended */
-    char snap_unresolved[256];    /* replica: a host name of the control's that does not resolve ("": none) */
-    uint64_t snap_gen;            /* replica: the snapshot applied last (marks the backends it lists) */
-    uint64_t pub_version, pub_usable_version; /* control: the set versions its last snapshot had */
-    uint32_t pub_first_pending;               /* control: the first lookups pending at its last snapshot */
-    uint8_t pub_done;                         /* control: a snapshot was published */
+    uint8_t replica;             /* a worker's copy: backends, health, ejection and drain come from snapshots */
+    uint8_t shares;              /* the control loop's cluster: its backends get a shared block for the workers */
+    uint32_t snap_first_pending; /* replica: the control's host names whose first lookup has not ended */
+    char snap_unresolved[256];   /* replica: a host name of the control's that does not resolve ("": none) */
+    uint64_t snap_gen;           /* replica: the snapshot applied last (marks the backends it lists) */
+    uint64_t pub_version, pub_usable_version;         /* control: the set versions its last snapshot had */
+    uint32_t pub_first_pending;                       /* control: the first lookups pending at its last snapshot */
+    uint8_t pub_done;                                 /* control: a snapshot was published */
     void (*on_outlier_check)(struct slb_cluster *cl); /* replica: a backend failed consecutive_failures in a row */
 };
 
@@ -122,6 +122,8 @@ int slb_cluster_init(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const str
  */
 int slb_cluster_init_replica(struct slb_cluster *cl, struct slb_loop_ctx *ctx, const struct slb_config_cluster *cfg,
                              void (*wake)(struct slb_cluster_waiter *w));
+/* The control loop's cluster, with workers: every backend gets a shared block (now and when added). */
+int slb_cluster_share(struct slb_cluster *cl);
 /* First answers calls still wait for: health checks (PENDING) and host names' first lookups. */
 uint32_t slb_cluster_first_pending(const struct slb_cluster *cl);
 /* For lib/cluster_snapshot.c: upsert with the host name it came from; waiters try again (next turn). */

@@ -118,7 +118,8 @@ void slb_cluster_apply_snapshot(struct slb_cluster *cl, const struct slb_cluster
         const struct slb_snapshot_backend *e = &snap->be[i];
         struct slb_backend *be = slb_cluster_find(cl, e->name);
         if (be == NULL) {
-            if (slb__cluster_upsert_named(cl, e->name, e->weight, e->zone, e->host_name[0] ? e->host_name : NULL) != 0 ||
+            if (slb__cluster_upsert_named(cl, e->name, e->weight, e->zone, e->host_name[0] ? e->host_name : NULL) !=
+                    0 ||
                 (be = slb_cluster_find(cl, e->name)) == NULL) {
                 slb_warn("cluster %s: backend %s: cannot be added on a worker (out of memory)", cl->cfg->name, e->name);
                 continue;

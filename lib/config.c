@@ -1830,8 +1830,9 @@ static int load_workers(struct vctx *c, json_t *root, struct slb_config *cfg)
 
 static int load_root(struct vctx *c, json_t *root, struct slb_config *cfg)
 {
-    static const char *const keys[] = {"log_level",           "etcd",    "listeners",  "clusters", "register",  "admin",
-                                       "max_app_connections", "budgets", "access_log", "metrics",  "state_dir", "workers", NULL};
+    static const char *const keys[] = {
+        "log_level", "etcd",       "listeners", "clusters",  "register", "admin", "max_app_connections",
+        "budgets",   "access_log", "metrics",   "state_dir", "workers",  NULL};
     static const char *const admin_keys[] = {"address", NULL};
     char *level = NULL;
     json_t *admin;

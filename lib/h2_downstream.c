@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "lb.h"
@@ -305,8 +306,24 @@ static void downstream_unix_peer_keys(struct slb_downstream *dc)
     slb_lb_peer_keys_init_unix(&dc->peer_keys, cred.pid, dc->ctx->stats.downstream_conns_total);
 }
 
+static int downstream_open(struct slb_downstream_set *set, uv_stream_t *server, int fd, int is_unix,
+                           void (*on_gone)(struct slb_downstream *dc));
+
 int slb_downstream_accept(struct slb_downstream_set *set, uv_stream_t *server,
                           void (*on_gone)(struct slb_downstream *dc))
+{
+    return downstream_open(set, server, -1, server->type == UV_NAMED_PIPE, on_gone);
+}
+
+int slb_downstream_adopt(struct slb_downstream_set *set, int fd, int is_unix,
+                         void (*on_gone)(struct slb_downstream *dc))
+{
+    return downstream_open(set, NULL, fd, is_unix, on_gone);
+}
+
+/* An accepted connection: from the listening stream (server), or its socket (fd) when server is NULL. */
+static int downstream_open(struct slb_downstream_set *set, uv_stream_t *server, int fd, int is_unix,
+                           void (*on_gone)(struct slb_downstream *dc))
 {
     struct slb_loop_ctx *ctx = set->ctx;
     struct slb_downstream *dc;
@@ -322,12 +339,21 @@ int slb_downstream_accept(struct slb_downstream_set *set, uv_stream_t *server,
     };
     int rv;
 
-    if (make_room(set) != 0)
-        return refuse(ctx, server);
-    if ((dc = calloc(1, sizeof(*dc))) == NULL)
+    if (make_room(set) != 0) {
+        if (server != NULL)
+            return refuse(ctx, server);
+        close(fd);
+        return 0;
+    }
+    if ((dc = calloc(1, sizeof(*dc))) == NULL) {
+        if (fd >= 0)
+            close(fd);
         return SLB_ENOMEM;
+    }
     if ((rv = slb_conn_init(&dc->conn, &ctx->io, &downstream_conn_ops)) != 0) {
         free(dc);
+        if (fd >= 0)
+            close(fd);
         return rv;
     }
     dc->ctx = ctx;
@@ -345,7 +371,9 @@ int slb_downstream_accept(struct slb_downstream_set *set, uv_stream_t *server,
     set->n_conns++;
     ctx->n_app_conns++;
     ctx->stats.downstream_conns_total++;
-    if ((rv = uv_accept(server, (uv_stream_t *)&dc->conn.tcp)) != 0) {
+    if ((rv = server != NULL ? uv_accept(server, (uv_stream_t *)&dc->conn.tcp) : uv_tcp_open(&dc->conn.tcp, fd)) != 0) {
+        if (server == NULL)
+            close(fd); /* the handle did not take it */
         slb_conn_close(&dc->conn, rv);
         return rv;
     }
@@ -357,7 +385,7 @@ int slb_downstream_accept(struct slb_downstream_set *set, uv_stream_t *server,
         return rv;
     }
     /* the hash policies' keys, once per connection (hash_on source_ip / source_ip_port) */
-    if (server->type == UV_NAMED_PIPE)
+    if (is_unix)
         downstream_unix_peer_keys(dc);
     else
         slb_lb_peer_keys_init(&dc->peer_keys, uv_tcp_getpeername(&dc->conn.tcp, (struct sockaddr *)&peer, &peerlen) == 0

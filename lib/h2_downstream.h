@@ -145,6 +145,9 @@ void slb_downstream_set_init(struct slb_downstream_set *set, struct slb_loop_ctx
  * 0, SLB_ENOMEM or a UV_E* code. */
 int slb_downstream_accept(struct slb_downstream_set *set, uv_stream_t *server,
                           void (*on_gone)(struct slb_downstream *dc));
+/* The same for a socket accepted elsewhere (a worker loop, lib/worker.h): the connection owns fd, or it is closed. */
+int slb_downstream_adopt(struct slb_downstream_set *set, int fd, int is_unix,
+                         void (*on_gone)(struct slb_downstream *dc));
 /* The timeouts of every set in ctx (handshake, idle connection, idle stream); the loop
  * context calls it once a second. */
 void slb_downstream_sweep(struct slb_loop_ctx *ctx);

@@ -48,7 +48,7 @@ static inline int slb_log_limit_pass(struct slb_log_limit *l, uint64_t now_ms, u
 
 #define slb_log(level, ...)                                                                                            \
     do {                                                                                                               \
-        if ((level) >= slb_log_level_now())                                                                               \
+        if ((level) >= slb_log_level_now())                                                                            \
             slb_log_write((level), __VA_ARGS__);                                                                       \
     } while (0)
 #define slb_debug(...)  slb_log(SLB_LOG_DEBUG, __VA_ARGS__)

@@ -19,6 +19,7 @@
 #include "log.h"
 #include "register.h"
 #include "unix_socket.h"
+#include "worker.h"
 
 static void server_finish(struct slb_server *srv);
 
@@ -133,6 +134,128 @@ static int unix_listener_open(struct slb_server *srv, struct slb_listener *l, co
     return rv;
 }
 
+/* ---- workers > 1: the control loop accepts, the workers serve (lib/worker.h) ---- */
+
+#define ACCEPTS_PER_TURN 64
+#define ACCEPT_PAUSE_MS  100
+
+static void on_acceptable(uv_poll_t *p, int status, int events);
+
+static void on_accept_pause(uv_timer_t *t)
+{
+    struct slb_listener *l = slb_container_of(t, struct slb_listener, accept_pause);
+
+    if (!l->srv->stopping)
+        uv_poll_start(&l->poll, UV_READABLE, on_acceptable);
+}
+
+/* Accepts what is waiting (a bounded batch per turn) and hands each socket to the least busy worker. */
+static void on_acceptable(uv_poll_t *p, int status, int events)
+{
+    struct slb_listener *l = slb_container_of(p, struct slb_listener, poll);
+    uint64_t skipped;
+
+    for (int i = 0; i < ACCEPTS_PER_TURN && status == 0; i++) {
+        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            slb_workers_hand_off(l->srv->workers, fd, (uint32_t)(l - l->srv->listeners), l->cfg->unix_path != NULL);
+            continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED)
+            return;
+        if (slb_log_limit_pass(&l->accept_log, uv_now(p->loop), SLB_LOG_LIMIT_MS, &skipped))
+            slb_warn("listener %s: accept error: %s; accepting again in %d ms", l->cfg->address, strerror(errno),
+                     ACCEPT_PAUSE_MS);
+        /* out of descriptors or memory: the socket stays readable, so wait instead of spinning */
+        uv_poll_stop(&l->poll);
+        uv_timer_start(&l->accept_pause, on_accept_pause, ACCEPT_PAUSE_MS, 0);
+        return;
+    }
+}
+
+/* A new listening TCP socket at ss (as uv_tcp_bind does: SO_REUSEADDR; v6 sockets v6 only). */
+static int tcp_listen_socket(const struct sockaddr_storage *ss, unsigned sslen)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), on = 1, rv;
+
+    if (fd < 0)
+        return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
+        (ss->ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) != 0) ||
+        bind(fd, (const struct sockaddr *)ss, sslen) != 0 || listen(fd, 1024) != 0) {
+        rv = -errno;
+        close(fd);
+        return rv;
+    }
+    return fd;
+}
+
+static int acceptor_start(struct slb_server *srv, struct slb_listener *l, const struct slb_server *old, char *err,
+                          size_t errlen)
+{
+    const struct slb_config_listener *cfg = l->cfg;
+    const struct slb_listener *from = NULL;
+    char what[192]; /* "listener unix:" and a path of up to 107 bytes */
+    int fd = inherited_fd(old, cfg->address, &from), nfd, rv;
+    struct sockaddr_storage ss;
+    unsigned sslen;
+
+    snprintf(what, sizeof(what), "listener %s", cfg->address);
+    if (fd >= 0 && cfg->unix_path != NULL && !slb_unix_file_is_ours(&from->file)) {
+        slb_warn("%s: %s is no longer the running socket's file; binding a new socket", what, cfg->unix_path);
+        fd = -1;
+    }
+    if (fd >= 0) { /* a reload keeps the listening socket: nothing in its backlog is lost */
+        if ((nfd = dup(fd)) < 0) {
+            snprintf(err, errlen, "%s: cannot take over the socket: %s", what, strerror(errno));
+            return UV_EMFILE;
+        }
+        if (cfg->unix_path != NULL) {
+            l->file = from->file;
+            l->file.path = cfg->unix_path;
+            l->inherited = 1;
+            l->file.owned = 1; /* the old server gives it up in slb_server_retire() */
+        }
+    } else if (cfg->unix_path != NULL) {
+        if ((nfd = slb_unix_socket_bind(&l->file, cfg->unix_path, cfg->unix_mode, cfg->unix_gid, what, err, errlen)) <
+            0)
+            return nfd;
+        if (listen(nfd, 1024) != 0) {
+            rv = -errno;
+            snprintf(err, errlen, "%s: cannot listen: %s", what, strerror(errno));
+            close(nfd);
+            return rv;
+        }
+    } else {
+        if (slb_parse_addr(cfg->address, &ss, &sslen) != 0) {
+            snprintf(err, errlen, "%s: invalid address", what);
+            return SLB_EADDR;
+        }
+        if ((nfd = tcp_listen_socket(&ss, sslen)) < 0) {
+            snprintf(err, errlen, "%s: cannot listen: %s", what, strerror(-nfd));
+            return nfd;
+        }
+    }
+    l->fd = nfd;
+    if ((rv = uv_poll_init(srv->loop, &l->poll, nfd)) != 0) {
+        snprintf(err, errlen, "%s: %s", what, slb_strerror(rv));
+        close(nfd);
+        l->fd = -1;
+        return rv;
+    }
+    slb_conn_ctx_handle_opened(&srv->ctx.io);
+    uv_timer_init(srv->loop, &l->accept_pause);
+    slb_conn_ctx_handle_opened(&srv->ctx.io);
+    srv->n_listeners++; /* from here on, stopping the server closes the handles and the socket */
+    if (cfg->unix_path != NULL && l->inherited &&
+        (rv = slb_unix_socket_chmod(cfg->unix_path, cfg->unix_mode, cfg->unix_gid, what, err, errlen)) != 0)
+        return rv;
+    uv_poll_start(&l->poll, UV_READABLE, on_acceptable);
+    slb_notice("listening on %s (%s)%s, %u workers", cfg->address, cfg->name ? cfg->name : "unnamed",
+               fd >= 0 ? " (kept)" : "", srv->cfg->workers);
+    return 0;
+}
+
 static int listener_start(struct slb_server *srv, struct slb_listener *l, const struct slb_config_listener *cfg,
                           const struct slb_server *old, char *err, size_t errlen)
 {
@@ -162,6 +285,9 @@ static int listener_start(struct slb_server *srv, struct slb_listener *l, const 
     l->set.tls = cfg->tls.ctx; /* NULL: h2c */
     l->set.idle_timeout_ms = cfg->idle_timeout_ms;
     l->set.stream_idle_timeout_ms = cfg->stream_idle_timeout_ms;
+    l->fd = -1;
+    if (srv->workers != NULL)
+        return acceptor_start(srv, l, old, err, errlen);
     if (cfg->unix_path != NULL) {
         int kept = 0;
         if ((rv = unix_listener_open(srv, l, old, &kept, err, errlen)) != 0)
@@ -353,6 +479,8 @@ static int server_start(struct slb_server *srv, uv_loop_t *loop, const struct sl
                 slb_cluster_seed_names(&srv->clusters[i], from);
         }
     }
+    if (cfg->workers > 1 && (rv = slb_workers_start(&srv->workers, srv, cfg->workers, err, errlen)) != 0)
+        return rv;
     if ((srv->listeners = calloc(cfg->n_listeners, sizeof(*srv->listeners))) == NULL) {
         snprintf(err, errlen, "out of memory");
         return SLB_ENOMEM;
@@ -362,7 +490,7 @@ static int server_start(struct slb_server *srv, uv_loop_t *loop, const struct sl
             return rv;
     if (cfg->admin_address != NULL && (rv = slb_admin_start(&srv->admin, srv, cfg->admin_address, err, errlen)) != 0)
         return rv;
-    if (cfg->access_log.path != NULL &&
+    if (cfg->access_log.path != NULL && srv->workers == NULL && /* else each worker writes its own lines */
         (rv = slb_access_log_open(&srv->ctx.access_log, loop, &cfg->access_log, err, errlen)) != 0)
         return rv;
     /* Last: advertise the host's services once everything else is up. */
@@ -408,6 +536,8 @@ static void server_finish(struct slb_server *srv)
     }
     slb_conn_ctx_close_handle(&srv->ctx.io, (uv_handle_t *)&srv->stop_timer);
     slb_conn_ctx_close_handle(&srv->ctx.io, (uv_handle_t *)&srv->goaway_timer);
+    if (srv->workers != NULL)
+        slb_workers_close(srv->workers); /* their threads are joined: slb_workers_stop's callback */
     /* first the connections (their calls end), then the clusters' backends */
     slb_loop_ctx_close_connections(&srv->ctx);
     for (size_t i = 0; i < srv->n_clusters; i++)
@@ -450,6 +580,11 @@ static void on_goaway_timer(uv_timer_t *t)
 
 #define GOAWAY_NOTICE_MS 250
 
+static void on_workers_stopped(struct slb_workers *ws)
+{
+    server_finish(ws->srv);
+}
+
 void slb_server_stop(struct slb_server *srv, uint64_t grace_ms, void (*on_stopped)(struct slb_server *))
 {
     struct slb_list *it, *tmp;
@@ -463,9 +598,21 @@ void slb_server_stop(struct slb_server *srv, uint64_t grace_ms, void (*on_stoppe
         slb_registrar_shutdown(srv->registrar, on_registrar_down, srv);
     }
     for (size_t i = 0; i < srv->n_listeners; i++) {
-        if (srv->listeners[i].cfg != NULL && srv->listeners[i].cfg->unix_path != NULL)
-            slb_unix_file_remove(&srv->listeners[i].file, srv->listeners[i].cfg->address);
-        slb_conn_ctx_close_handle(&srv->ctx.io, (uv_handle_t *)&srv->listeners[i].tcp);
+        struct slb_listener *l = &srv->listeners[i];
+        if (l->cfg != NULL && l->cfg->unix_path != NULL)
+            slb_unix_file_remove(&l->file, l->cfg->address);
+        slb_conn_ctx_close_handle(&srv->ctx.io, (uv_handle_t *)&l->tcp);
+        if (srv->workers != NULL) { /* the acceptor: a poll handle, its timer, and the socket it does not own */
+            slb_conn_ctx_close_handle(&srv->ctx.io, (uv_handle_t *)&l->accept_pause);
+            if (l->fd >= 0)
+                close(l->fd);
+            l->fd = -1;
+        }
+    }
+    if (srv->workers != NULL) {
+        /* the workers drain their app connections; this server finishes when the last one stopped */
+        slb_workers_stop(srv->workers, grace_ms, on_workers_stopped);
+        return;
     }
     if (slb_list_empty(&srv->ctx.downstreams)) {
         server_finish(srv);
@@ -513,11 +660,15 @@ void slb_server_retire(struct slb_server *old, const struct slb_config *next, ui
 
 void slb_server_reopen_logs(struct slb_server *srv)
 {
+    if (srv->workers != NULL)
+        slb_workers_reopen_logs(srv->workers);
     slb_access_log_reopen(srv->ctx.access_log);
 }
 
 void slb_server_dispose(struct slb_server *srv)
 {
+    slb_workers_free(srv->workers);
+    srv->workers = NULL;
     slb_call_free_list_drain(&srv->ctx);
     free(srv->ctx.stats.calls_by_code);
     srv->ctx.stats.calls_by_code = NULL;

@@ -29,13 +29,18 @@ struct slb_cluster;
 struct slb_etcd;
 struct slb_registrar;
 struct slb_admin;
+struct slb_workers;
 
 /* Owner: the server (array). */
 struct slb_listener {
     union {
         uv_tcp_t tcp;   /* IP:port listeners */
         uv_pipe_t pipe; /* unix:/path listeners (cfg->unix_path) */
+        uv_poll_t poll; /* workers > 1: the control loop accepts and hands sockets to the workers */
     };
+    int fd;                  /* workers > 1: the listening socket (the poll handle does not own it) */
+    uv_timer_t accept_pause; /* workers > 1: accepting resumes after running out of file descriptors */
+    struct slb_log_limit accept_log;
     struct slb_unix_file file; /* unix:/path: the socket file, removed on stop if still owned and ours */
     uint8_t inherited;         /* took over the socket of the server it replaces */
     struct slb_server *srv;
@@ -62,6 +67,7 @@ struct slb_server {
     uv_timer_t goaway_timer; /* graceful stop: shutdown notice first, the final GOAWAY later */
     uint8_t timers_started;
     void (*on_stopped)(struct slb_server *srv);
+    struct slb_workers *workers; /* "workers" > 1 (lib/worker.h): they forward the calls; NULL: this loop does */
 };
 
 /* The default of max_app_connections for a file descriptor limit: nofile minus a reserve

@@ -40,6 +40,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "config.h"
 #include "h2_downstream.h"
 #include "loop_ctx.h"
 #include "route.h"
@@ -75,17 +76,19 @@ struct slb_worker {
     struct slb_workers *group;
     uint32_t index;
     uv_thread_t thread;
-    uint8_t thread_started;
+    uint8_t thread_started, joined; /* control thread only */
 
     /* under group->mu */
     struct slb_worker_conn *inbox; /* accepted sockets to adopt */
     uint32_t n_inbox, cap_inbox;
+    struct slb_worker_conn *spare; /* the other array: the worker reads one while the control loop fills this */
+    uint32_t cap_spare;
+    uint8_t wakeup_open; /* `wakeup` may be sent to (cleared before the worker closes it) */
     uint8_t stop_wanted, reopen_wanted;
     uint64_t stop_grace_ms;
-    uint8_t phase;      /* enum slb_worker_phase */
-    uint32_t n_conns;   /* app connections it holds (accepting picks the worker with the fewest) */
-    uint8_t paused;     /* in slb_workers_pause: waiting in its async callback */
-    uint64_t pause_seen; /* the last pause generation it answered */
+    uint8_t phase;    /* enum slb_worker_phase */
+    uint32_t n_conns; /* app connections it holds (accepting picks the worker with the fewest) */
+    uint8_t paused;   /* in slb_workers_pause: waiting in its async callback */
 
     /* one per cluster: the newest snapshot not yet applied (atomic exchange), NULL: none */
     struct slb_cluster_snapshot **mailbox;
@@ -101,6 +104,8 @@ struct slb_worker {
     size_t n_listeners;
     uv_timer_t stop_timer, goaway_timer; /* graceful stop, as the server's (counted handles) */
     uint8_t stopping, finished;
+    uint8_t loop_inited, ctx_inited;
+    struct slb_config_access_log access_log_cfg; /* the server's, with max_lines_per_second split */
 };
 
 /* Owner: the server (srv->workers). */
@@ -109,15 +114,14 @@ struct slb_workers {
     uint32_t n;
     struct slb_worker *w;
     uv_mutex_t mu;
-    uv_cond_t cond;       /* a worker paused, or stopped */
-    uint64_t pause_gen;   /* bumped by each slb_workers_pause */
-    uint8_t pause_wanted; /* workers wait in their async callback while set */
-    uint32_t n_done;      /* workers whose loop ended */
-    uv_async_t control;   /* on the control loop: a worker stopped, or asked for an outlier check */
-    uint8_t outlier_check_wanted; /* under mu: a backend reached consecutive_failures on some worker */
+    uv_cond_t cond;               /* a worker paused, or stopped */
+    uint8_t pause_wanted;         /* workers wait in their async callback while set */
+    uint32_t n_done;              /* workers whose loop ended */
+    uv_async_t control;           /* on the control loop: a worker stopped, or asked for an outlier check */
+    uint8_t outlier_check_wanted; /* atomic: a backend reached consecutive_failures on some worker */
     uv_check_t publish;           /* on the control loop: after each turn, publish clusters that changed */
-    uint64_t *published;          /* per cluster: the version it published last */
     void (*on_all_stopped)(struct slb_workers *ws);
+    uint8_t stopping, handles_open; /* control thread only */
 };
 
 /*

@@ -393,7 +393,7 @@ START_TEST(err_unknown_top_key)
 {
     expect_error("{\n" LISTENER_OK CLUSTER_OK ",  \"clsuters\": []\n}\n",
                  "t.json:4:4: clsuters: unknown key (expected one of: log_level, etcd, listeners, clusters, register, "
-                 "admin, max_app_connections, budgets, access_log, metrics, state_dir)");
+                 "admin, max_app_connections, budgets, access_log, metrics, state_dir, workers)");
 }
 END_TEST
 
