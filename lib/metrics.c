@@ -518,7 +518,8 @@ static void render_scrape(struct slb_textout *o, const struct slb_scrape *sc)
                "How long this scrape paused the workers to add up their counters.");
     slb_text_printf(o, "sidelb_scrape_pause_seconds %.6f\n", (double)sc->pause_ns / 1e9);
     put_family(o, "sidelb_scrape_workers_skipped", "gauge",
-               "Workers that did not answer this scrape's pause in time: their counts are missing from it.");
+               "Workers this scrape could not read (no answer to its pause in time, or stopped): their counts are "
+               "missing from it.");
     slb_text_printf(o, "sidelb_scrape_workers_skipped %u\n", sc->n_workers_skipped);
 }
 

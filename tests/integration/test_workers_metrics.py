@@ -8,6 +8,7 @@ open at once are spread over both workers; every total below is the calls
 the test made, which a scrape reading one loop alone could not show."""
 
 import json
+import socket
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,6 +20,7 @@ from peers import req
 from sidelb_harness import start_with_admin_listener
 from test_admin import http, parse_metrics
 from test_metrics import codes, promtool_and_docs, value
+from test_tls import c_tls_backend, make_pki
 
 SERVICE = "sidelb.test.Echo"
 CONNS = 4
@@ -153,3 +155,54 @@ def test_metrics_and_clusters_add_up_over_two_workers(tmp_path):
         assert b["state"] == "READY" and b["healthy"] and b["outstanding"] == 0 and b["connections"] >= 1, b
     assert c["slow"]["backends"][0]["outstanding"] == 0
     pool.shutdown()
+
+
+def raw_conns(port, n):
+    """n plain TCP connections to port, left open (no bytes sent yet)."""
+    return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
+
+
+@pytest.mark.timeout(90)
+def test_tls_counters_add_up_over_two_workers(tmp_path):
+    """TLS handshakes with backends: the control loop's health checks plus both workers' calls; failed
+    app handshakes on a TLS listener: one on each worker."""
+    pki = make_pki(str(tmp_path))
+    bes = [c_tls_backend(pki, "t%d" % i) for i in range(2)]
+    cfg = {"workers": 2,
+           "listeners": [{"name": "l-tls", "address": "127.0.0.1:%d" % peers.free_port(),
+                          "routes": [{"service": SERVICE, "cluster": "echo"}],
+                          "tls": {"cert_file": pki["server.pem"], "key_file": pki["server.key"]}}],
+           "clusters": [{"name": "echo", "discovery": {"static": [b.addr for b in bes]},
+                         "policy": {"round_robin": {}}, "tls": {"ca_file": pki["ca.pem"]},
+                         "health_check": {"interval_ms": 200}}]}
+    slb = start_with_admin_listener(cfg)
+    port = int(cfg["listeners"][0]["address"].rsplit(":", 1)[1])
+    creds = grpc.ssl_channel_credentials(root_certificates=open(pki["ca.pem"], "rb").read())
+    stubs = [peers.echo_grpc.EchoStub(grpc.secure_channel("127.0.0.1:%d" % port, creds,
+                                                          options=[("grpc.use_local_subchannel_pool", 1)]))
+             for _ in range(2)]
+    for i in range(6):
+        for s in stubs:  # one connection on each worker, each calling both backends
+            assert s.Unary(req(payload=b"t%d" % i), timeout=10).payload == b"t%d" % i
+    m = parse_metrics(scrape(slb))
+    conns = value(m, "sidelb_upstream_connections_total")
+    assert conns >= 4, conns  # each worker connected to each backend
+    c = clusters(slb)["echo"]
+    assert all(b["health"] == "SERVING" and b["state"] == "READY" for b in c["backends"]), c
+    # the control loop's health checks (one connection per backend at least) and the workers' pools
+    assert value(m, "sidelb_upstream_tls_handshakes_total", cluster="echo") >= conns + len(bes)
+    assert value(m, "sidelb_upstream_tls_handshake_failures_total", cluster="echo") == 0
+
+    # two clients that are not TLS, connected at once (one per worker), then send a cleartext preface
+    socks = raw_conns(port, 2)
+    peers.wait_for(lambda: value(parse_metrics(scrape(slb)), "sidelb_downstream_connections") == 4, timeout=10,
+                   what="4 app connections")
+    for s in socks:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    peers.wait_for(lambda: value(parse_metrics(scrape(slb)), "sidelb_downstream_tls_handshake_failures_total",
+                                 listener="l-tls") == 2, timeout=10, what="2 failed handshakes")
+    for s in socks:
+        s.close()
+    m = parse_metrics(scrape(slb))
+    assert value(m, "sidelb_downstream_tls_handshake_failures_total", listener="l-tls") == 2
+    assert slb.alive()
