@@ -27,7 +27,7 @@ CONNS = 4
 CALLS_PER_CONN = 15
 
 
-def config(echo, denied, slow):
+def config(echo, denied, slow, access_log):
     def listener(name, cluster):
         return {"name": name, "address": "127.0.0.1:%d" % peers.free_port(),
                 "routes": [{"service": SERVICE, "cluster": cluster}]}
@@ -38,7 +38,7 @@ def config(echo, denied, slow):
     return {"workers": 2,
             "listeners": [listener("l-echo", "echo"), listener("l-denied", "denied"), listener("l-slow", "slow")],
             "clusters": [cluster("echo", echo), cluster("denied", denied), cluster("slow", slow)],
-            "metrics": {"max_methods": 2}}
+            "metrics": {"max_methods": 2}, "access_log": {"path": access_log}}
 
 
 def own_stubs(addr, n):
@@ -71,7 +71,8 @@ def test_metrics_and_clusters_add_up_over_two_workers(tmp_path):
     echo = [peers.start_c_backend("e%d" % i) for i in range(3)]
     denied = peers.start_c_backend("denied", extra_args=["--fail-status", "7"])
     slow = peers.start_c_backend("slow", extra_args=["--extra-delay-ms", "3000"])
-    cfg = config([b.addr for b in echo], [denied.addr], [slow.addr])
+    log_path = str(tmp_path / "access.log")  # each worker writes its own lines to it
+    cfg = config([b.addr for b in echo], [denied.addr], [slow.addr], log_path)
     slb = start_with_admin_listener(cfg)
     port = {l["name"]: l["address"] for l in cfg["listeners"]}
 
@@ -116,12 +117,20 @@ def test_metrics_and_clusters_add_up_over_two_workers(tmp_path):
         return value(m, "sidelb_calls_in_flight") == 0 and \
             value(m, "sidelb_backend_outstanding_calls", cluster="slow", backend=slow.addr) == 0
     peers.wait_for(settled, timeout=10, what="calls in flight back to 0")
+    n_calls = n_echo + n_denied + 4
+    peers.wait_for(lambda: value(parse_metrics(scrape(slb)), "sidelb_access_log_lines_total") == n_calls, timeout=10,
+                   what="an access log line per call, over both workers")
+    def lines():
+        with open(log_path) as f:
+            return f.read().splitlines()
+    peers.wait_for(lambda: len(lines()) >= n_calls, timeout=5, what="%d lines in the file" % n_calls)
+    assert len(lines()) == n_calls
     text = scrape(slb)
     m = parse_metrics(text)
     assert codes(m, "sidelb_calls_total", listener="l-echo", cluster="echo") == {"OK": n_echo}
     assert codes(m, "sidelb_calls_total", listener="l-denied", cluster="denied") == {"PERMISSION_DENIED": n_denied}
     assert codes(m, "sidelb_calls_total", listener="l-slow", cluster="slow") == {"OK": 4}
-    assert value(m, "sidelb_calls_started_total") == n_echo + n_denied + 4
+    assert value(m, "sidelb_calls_started_total") == n_calls
     per_backend = [codes(m, "sidelb_upstream_attempts_total", cluster="echo", backend=b.addr) for b in echo]
     assert all(set(c) == {"OK"} and c["OK"] > 0 for c in per_backend), per_backend
     assert sum(c["OK"] for c in per_backend) == n_echo
