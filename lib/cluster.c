@@ -755,8 +755,18 @@ static int cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t wei
     return 0;
 }
 
+/* "N calls" for a log line; with workers the control loop's backend has none of its own ("the workers' calls"). */
+static const char *in_flight_words(const struct slb_cluster *cl, const struct slb_backend *be, char *buf, size_t len)
+{
+    if (cl->shares)
+        return "the workers' calls";
+    snprintf(buf, len, "%u calls", be->outstanding);
+    return buf;
+}
+
 void slb_cluster_remove(struct slb_cluster *cl, const char *addr)
 {
+    char words[32];
     struct slb_backend **slot = index_slot(cl, addr);
     struct slb_backend *be = *slot;
 
@@ -764,8 +774,8 @@ void slb_cluster_remove(struct slb_cluster *cl, const char *addr)
         return;
     *slot = be->_hash_next;
     be->_hash_next = NULL;
-    slb_log(cl->replica ? SLB_LOG_DEBUG : SLB_LOG_NOTICE,
-            "cluster %s: backend %s removed (%u calls in flight finish there)", cl->cfg->name, addr, be->outstanding);
+    slb_log(cl->replica ? SLB_LOG_DEBUG : SLB_LOG_NOTICE, "cluster %s: backend %s removed (%s in flight finish there)",
+            cl->cfg->name, addr, in_flight_words(cl, be, words, sizeof(words)));
     slb_backend_ref(be);
     be->draining = 1;
     health_stop(cl, be);
@@ -783,6 +793,7 @@ void slb_cluster_remove(struct slb_cluster *cl, const char *addr)
 void slb_cluster_set_drain(struct slb_cluster *cl, struct slb_backend *be, int source, int on)
 {
     uint8_t was = be->drained;
+    char words[32];
 
     be->drained = on ? (uint8_t)(be->drained | source) : (uint8_t)(be->drained & ~source);
     if ((was != 0) == (be->drained != 0)) {
@@ -793,8 +804,8 @@ void slb_cluster_set_drain(struct slb_cluster *cl, struct slb_backend *be, int s
     }
     cl->set.usable_version++; /* policies skip it; the ring and tables are not rebuilt */
     if (on) {
-        slb_notice("cluster %s: backend %s drained by %s (%u calls in flight finish there)", cl->cfg->name, be->name,
-                   source == SLB_DRAIN_ADMIN ? "admin" : "etcd", be->outstanding);
+        slb_notice("cluster %s: backend %s drained by %s (%s in flight finish there)", cl->cfg->name, be->name,
+                   source == SLB_DRAIN_ADMIN ? "admin" : "etcd", in_flight_words(cl, be, words, sizeof(words)));
     } else {
         slb_notice("cluster %s: backend %s undrained by %s", cl->cfg->name, be->name,
                    source == SLB_DRAIN_ADMIN ? "admin" : "etcd");
