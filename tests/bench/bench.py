@@ -3,7 +3,7 @@
 
     SIDELB_BUILD=build /usr/bin/python3 tests/bench/bench.py [--quick] [--rounds R] [--n N]
         [--conns C] [--streams M] [--payload BYTES] [--no-pin]
-        [--targets direct,sidelb,haproxy,nginx,sidelb-tls,haproxy-tls,sidelb-w1,sidelb-w2]
+        [--targets direct,sidelb,haproxy,nginx,sidelb-tls,haproxy-tls,sidelb-w1,sidelb-w2,sidelb-w2-lr]
         [--before PATH/TO/OTHER/sidelb]   (also $SIDELB_BEFORE: before/after figures in one run) [--no-frames]
 
 One run, same 3 C test backends (tests/backend, no stats file) behind every
@@ -233,12 +233,16 @@ def start_targets(args, tmp, backends, tls_backends=None, pki=None):
         p = peers.Proc(["nginx", "-p", prefix, "-c", path, "-e", os.path.join(prefix, "error.log")],
                        name="nginx", ready=None, port=port)
         targets.append(Target("nginx", port, p, backends))
-    for name, workers in (("sidelb-w1", 1), ("sidelb-w2", 2)):
-        # workers 1 vs 2 with the same CPUs (both): the rows above pin the proxy to CPU 0
+    for name, workers in (("sidelb-w1", 1), ("sidelb-w2", 2), ("sidelb-w2-lr", 2)):
+        # workers 1 vs 2 with the same CPUs (both): the rows above pin the proxy to CPU 0;
+        # -lr: least_request + outlier detection, whose counters the workers share (atomics)
         if name in names:
             cfg = sidelb_harness.simple_config([b.addr for b in backends], max_connections_per_backend=2)
             cfg["listeners"][0]["max_concurrent_streams"] = 10000
             cfg["workers"] = workers
+            if name.endswith("-lr"):
+                cfg["clusters"][0]["policy"] = {"least_request": {}}
+                cfg["clusters"][0]["outlier_detection"] = {"consecutive_failures": 5}
             p = sidelb_harness.start_sidelb(cfg, log_level="notice")
             targets.append(Target(name, p.port, p, backends))
     if "sidelb-tls" in names:
@@ -254,7 +258,7 @@ def start_targets(args, tmp, backends, tls_backends=None, pki=None):
         targets.append(Target("haproxy-tls", port, p, tls_backends))
     for t in targets:
         if t.proc:
-            pin(t.pid, "0-1" if t.name in ("sidelb-w1", "sidelb-w2") else 0, args.pin)
+            pin(t.pid, "0-1" if t.name.startswith("sidelb-w") else 0, args.pin)
     return targets
 
 
@@ -442,7 +446,7 @@ def main():
     ap.add_argument("--conns", type=int, default=8, help="h2load -c")
     ap.add_argument("--streams", type=int, default=32, help="h2load -m (concurrent streams per connection)")
     ap.add_argument("--payload", type=int, default=16, help="request payload bytes")
-    ap.add_argument("--targets", default="direct,sidelb,haproxy,nginx,sidelb-tls,haproxy-tls,sidelb-w1,sidelb-w2")
+    ap.add_argument("--targets", default="direct,sidelb,haproxy,nginx,sidelb-tls,haproxy-tls,sidelb-w1,sidelb-w2,sidelb-w2-lr")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="no taskset pinning")
     ap.add_argument("--run-timeout", type=int, default=60, help="seconds per h2load run")
     ap.add_argument("--no-frames", dest="frames", action="store_false",
@@ -600,6 +604,10 @@ def main():
                 "CPU/call x%.2f, p99 %s vs %s" % (b["rps"] / a["rps"], b["proxy_us_per_call"] /
                                                   max(a["proxy_us_per_call"], 1e-9), fmt_us(b["p99_us"]),
                                                   fmt_us(a["p99_us"])))
+        if "sidelb-w2" in summary and "sidelb-w2-lr" in summary:
+            a, b = summary["sidelb-w2"], summary["sidelb-w2-lr"]
+            log("workers 2, least_request + outlier detection (shared atomics) vs round_robin: calls/s x%.2f, "
+                "CPU/call x%.2f" % (b["rps"] / a["rps"], b["proxy_us_per_call"] / max(a["proxy_us_per_call"], 1e-9)))
         if "sidelb" in summary and "before" in summary:
             s, b = summary["sidelb"], summary["before"]
             log("sidelb vs before: calls/s x%.3f, CPU/call x%.3f" % (
