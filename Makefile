@@ -48,7 +48,7 @@ BACKEND_OBJ := $(patsubst tests/%.c,$(BUILD)/tests/%.o,$(BACKEND_SRC)) \
 BENCH_SRC := $(sort $(wildcard tests/bench/*.c))
 BENCH_BIN := $(patsubst tests/bench/%.c,$(BUILD)/%,$(BENCH_SRC))
 
-.PHONY: all deps check test unit integration demo bench asan install install-lib clean format format-check
+.PHONY: all deps check test unit integration demo bench asan tsan tsan-build install install-lib clean format format-check
 all: $(BUILD)/sidelb $(BUILD)/libsidelb.a
 
 $(BUILD)/libsidelb.a: $(LIB_OBJ)
@@ -167,6 +167,25 @@ asan:
 	$(ASAN_ENV) $(MAKE) $(ASAN_VARS) unit
 	$(ASAN_ENV) $(MAKE) $(ASAN_VARS) integration
 
+# The ThreadSanitizer pass ("workers": N, lib/worker.h): a clang TSan build in
+# build-tsan/, then test_workers.py and the core files below with two workers
+# (SIDELB_TEST_WORKERS; test_workers.py sets its own). conftest.py fails a test
+# whose processes printed a race. halt_on_error=0: a test shows every race it
+# hit, not only the first. tests/tsan.supp holds suppressions for third-party
+# code only, each with its reason. TSAN_TESTS picks the files (the CI budget
+# of this step is ~3 min on 2 cores).
+TSAN_VARS = BUILD=build-tsan CC=clang LDFLAGS="-fsanitize=thread" \
+            CFLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer"
+TSAN_OPTIONS ?= halt_on_error=0:second_deadlock_stack=1:history_size=4:suppressions=$(abspath tests/tsan.supp)
+TSAN_TESTS ?= test_workers.py test_proxy.py test_reload.py test_outlier.py test_policies.py
+TSAN_ENV = TSAN_OPTIONS=$(TSAN_OPTIONS) SIDELB_SANITIZER=1 SIDELB_TEST_WORKERS=2 SIDELB_BUILD=$(abspath build-tsan)
+
+tsan-build:
+	$(MAKE) $(TSAN_VARS) build-tsan/sidelb build-tsan/check_sidelb build-tsan/test_backend
+
+tsan: tsan-build
+	$(TSAN_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider --durations=10 $(addprefix tests/integration/,$(TSAN_TESTS))
+
 # install: the binary, the systemd unit, the man pages, the example config,
 # and SYSCONFDIR/sidelb/sidelb.json only when there is none (an existing one
 # is never overwritten). The static library and its headers only when asked:
@@ -207,7 +226,7 @@ format-check:
 	echo "format-check: $(words $(C_SOURCES)) files clang-formatted"
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-tsan
 
 include tests/fuzz/fuzz.mk
 
