@@ -28,6 +28,7 @@ import pytest
 import peers
 from etcd_harness import EtcdServer
 from peers import req, wait_for
+from pki import make_ca, make_cert
 from sidelb_harness import simple_config, start_sidelb, start_with_admin_listener
 from test_admin import http
 
@@ -40,10 +41,22 @@ def workers_config(backends, workers=WORKERS, **kw):
     return cfg
 
 
-def app_stubs(target, n):
+def app_stubs(target, n, credentials=None):
     """n Echo stubs, each over its own channel and TCP connection (grpcio would otherwise share one
-    subchannel between channels to the same target)."""
-    return [peers.echo_stub(peers.channel(target, **{"grpc.use_local_subchannel_pool": 1})) for _ in range(n)]
+    subchannel between channels to the same target). Connected one after the other, each with a call
+    sidelb answers itself (no route: UNIMPLEMENTED, no backend involved), so each connection is held by
+    its worker before the next one is handed out: the first goes to worker 0, the second to worker 1,
+    and so on round the workers."""
+    stubs = []
+    for _ in range(n):
+        opts = [("grpc.use_local_subchannel_pool", 1)]
+        ch = grpc.secure_channel(target, credentials, options=opts) if credentials else peers.channel(
+            target, **dict(opts))
+        with pytest.raises(grpc.RpcError) as e:
+            ch.unary_unary("/sidelb.test.Unrouted/Warm")(b"", timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED, e.value
+        stubs.append(peers.echo_stub(ch))
+    return stubs
 
 
 def unary_calls(backend):
@@ -289,3 +302,84 @@ def test_workers_auto_is_accepted_and_shown_in_config():
     assert all(c == {"auto": 5} for c in in_parallel(stubs, 5))
     with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % slb.admin_port, timeout=5) as r:
         assert r.read() == b"ok\n"
+
+
+@pytest.mark.timeout(90)
+def test_scrapes_drains_log_reopen_and_reload_under_load_on_every_worker():
+    """What crosses threads, all at once under calls on four app connections: /metrics and /clusters
+    (the control loop reads while workers run), drain/undrain (snapshots), SIGUSR1 (each worker reopens
+    its access log), SIGHUP (new workers, old ones drain). No call fails; the workers' access log lines
+    (one writer per worker, one file) add up to the calls, each line whole."""
+    bes = [peers.start_c_backend("c%d" % i) for i in range(3)]
+    logdir = tempfile.mkdtemp(prefix="sidelb-wlog-")
+    try:
+        log_path = os.path.join(logdir, "access.log")
+        cfg = workers_config([b.addr for b in bes])
+        cfg["access_log"] = {"path": log_path}
+        slb = start_with_admin_listener(cfg)
+        loads = [peers.RateLoad(stub, 30, 10) for stub in app_stubs(slb.addr, 4)]
+        try:
+            end, step = time.monotonic() + 5.0, 0
+            while time.monotonic() < end:
+                for path in ("/metrics", "/clusters"):
+                    assert http(slb.admin_port, "GET", path)[0] == 200
+                action = "drain" if step % 2 == 0 else "undrain"
+                status, _, body = http(slb.admin_port, "POST",
+                                       "/clusters/echo/backends/%s/%s" % (bes[step // 2 % 3].addr, action))
+                assert status == 200, body
+                if step == 6:
+                    os.rename(log_path, log_path + ".1")  # logrotate's way
+                    slb.signal(signal.SIGUSR1)
+                if step == 12:
+                    slb.signal(signal.SIGHUP)  # the same file: new workers, the old ones drain
+                    wait_for(lambda: "reloaded" in slb.log() or "reload:" in slb.log(), 15, what="the reload")
+                    assert "reload:" not in slb.log()
+                step += 1
+                time.sleep(0.05)
+            assert step > 12, "the reload never came: only %d steps in 5 s" % step
+            time.sleep(0.5)  # calls after the last undrain
+        finally:
+            results = [r for load in loads for r in load.stop()]
+        outcomes = collections.Counter(what for _, _, what in results)
+        assert set(outcomes) == {"c0", "c1", "c2"}, outcomes  # every call succeeded, on every backend
+
+        def lines():  # the load's calls (app_stubs' warm-up calls are logged too)
+            got = []
+            for p in (log_path + ".1", log_path):
+                if os.path.exists(p):
+                    with open(p) as f:
+                        text = f.read()
+                    # every complete line is one whole JSON object (a write may be under way at the end)
+                    got += [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
+            return [e for e in got if e["method"] == "/sidelb.test.Echo/Unary"]
+
+        wait_for(lambda: len(lines()) >= len(results), 10, what="%d access log lines" % len(results))
+        assert len(lines()) == len(results)
+        assert all(e["grpc_code"] == "OK" for e in lines())
+        assert os.path.getsize(log_path + ".1") > 0 and os.path.getsize(log_path) > 0
+    finally:
+        shutil.rmtree(logdir, True)
+
+
+@pytest.mark.timeout(90)
+def test_tls_on_both_sides_with_workers():
+    """One TLS context per listener and per cluster serves every worker's connections: app connections
+    over TLS on both workers, and a new TLS connection to a backend for each call on both workers
+    (max_requests_per_connection 1), so both workers take and drop references to both contexts."""
+    d = tempfile.mkdtemp(prefix="sidelb-wtls-")
+    try:
+        make_ca(d, "ca")
+        make_cert(d, "server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        pem, key, ca = (os.path.join(d, n) for n in ("server.pem", "server.key", "ca.pem"))
+        bes = [peers.start_c_backend("tls%d" % i, extra_args=["--tls-cert", pem, "--tls-key", key]) for i in range(2)]
+        cfg = workers_config([b.addr for b in bes], tls={"ca_file": ca}, max_requests_per_connection=1)
+        cfg["listeners"][0]["tls"] = {"cert_file": pem, "key_file": key}
+        slb = start_sidelb(cfg)
+        with open(ca, "rb") as f:
+            stubs = app_stubs(slb.addr, 4, grpc.ssl_channel_credentials(root_certificates=f.read()))
+        outcomes = in_parallel(stubs, 10)
+        assert sum(outcomes, collections.Counter()) == {"tls0": 20, "tls1": 20}, outcomes
+        for b in bes:
+            assert b.wait_stats(lambda s: s["ok"] == 20)["connections"] >= 20  # one TLS connection per call
+    finally:
+        shutil.rmtree(d, True)
