@@ -175,15 +175,19 @@ asan:
 # whose processes printed a race. halt_on_error=0: a test shows every race it
 # hit, not only the first. tests/tsan.supp holds suppressions for third-party
 # code only, each with its reason. TSAN_TESTS picks the files (the CI budget
-# of this step is ~3 min on 2 cores; these take ~95 s with the build;
-# test_recovery.py reads the workers' figures in /metrics).
+# of this step is ~3 min on 2 cores): the soak runs 30 s here (reloads, kills,
+# chaos: the most thread hand-offs per second). test_recovery.py is left out:
+# its recovery-time bounds (e.g. failed calls <= unavoidable + 20) failed 1 run
+# in 5 under TSan with two workers on a loaded machine (44 failed), never with a race.
 # tests/tsan/libuv_close.c (linked in): TSan sees the descriptors libuv closes (see there why).
 TSAN_HOOK = build-tsan/tests/tsan/libuv_close.o
 TSAN_VARS = BUILD=build-tsan CC=clang LDFLAGS="-fsanitize=thread $(TSAN_HOOK)" \
             CFLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer"
 TSAN_OPTIONS ?= halt_on_error=0:second_deadlock_stack=1:history_size=4:suppressions=$(abspath tests/tsan.supp)
-TSAN_TESTS ?= test_workers.py test_proxy.py test_reload.py test_outlier.py test_policies.py test_recovery.py
-TSAN_ENV = TSAN_OPTIONS=$(TSAN_OPTIONS) SIDELB_SANITIZER=1 SIDELB_TEST_WORKERS=2 SIDELB_BUILD=$(abspath build-tsan)
+TSAN_TESTS ?= test_workers.py test_proxy.py test_reload.py test_outlier.py test_policies.py test_lifecycle_soak.py
+TSAN_SOAK_SECONDS ?= 30
+TSAN_ENV = TSAN_OPTIONS=$(TSAN_OPTIONS) SIDELB_SANITIZER=1 SIDELB_TEST_WORKERS=2 SIDELB_BUILD=$(abspath build-tsan) \
+           SIDELB_SOAK_SECONDS=$(TSAN_SOAK_SECONDS)
 
 tsan-build:
 	$(MAKE) $(TSAN_VARS) $(TSAN_HOOK)
