@@ -70,7 +70,7 @@ def test_window_staller_costs_only_itself():
     be, slb = start(max_concurrent_streams=1000)
     bad = WindowStaller(slb.port, n=200)
     run_beside(slb, bad, seconds=6, rss_bound_kib=200 * 1024,
-               settle=lambda: wait_for(lambda: be.stats()["active"] >= 200, 10))
+               settle=lambda: wait_for(lambda: be.stats_now()["active"] >= 200, 10))
 
 
 @pytest.mark.timeout(60)
@@ -79,7 +79,7 @@ def test_socket_staller_costs_only_itself():
     be, slb = start(max_concurrent_streams=1000)
     bad = SocketStaller(slb.port, n=200, size=1 << 20)
     run_beside(slb, bad, seconds=6, rss_bound_kib=200 * 1024,
-               settle=lambda: wait_for(lambda: be.stats()["calls"] >= 200, 10))
+               settle=lambda: wait_for(lambda: be.stats_now()["calls"] >= 200, 10))
 
 
 @pytest.mark.timeout(60)
