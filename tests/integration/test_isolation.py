@@ -21,6 +21,8 @@ import peers
 from peers import req
 from sidelb_harness import rss_kb, simple_config, start_sidelb
 
+pytestmark = pytest.mark.serial  # a stalled reader, a rapid-reset flood, a good app at p99 < 100 ms (conftest.py)
+
 SANITIZER = os.environ.get("SIDELB_SANITIZER") == "1"
 
 

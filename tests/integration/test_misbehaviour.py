@@ -19,6 +19,8 @@ from misbehaviour import GoodApp, RapidReset, SocketStaller, WindowStaller
 from peers import req
 from sidelb_harness import rss_kb, simple_config, start_sidelb
 
+pytestmark = pytest.mark.serial  # floods and stalls beside a good app whose p99 must stay <= 100 ms (conftest.py)
+
 SANITIZER = os.environ.get("SIDELB_SANITIZER") == "1"
 P99_BOUND = 0.5 if SANITIZER else 0.1  # ASan + UBSan slow every call several times
 
