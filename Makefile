@@ -30,7 +30,7 @@ CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 DEB_BUILD := build-essential pkg-config clang clang-format libclang-rt-14-dev libuv1-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler \
              libcurl4-openssl-dev libjansson-dev libxxhash-dev libssl-dev check
 DEB_TEST  := etcd-server etcd-client nghttp2-client nghttp2-server python3 python3-grpcio python3-grpc-tools python3-protobuf \
-             python3-pytest python3-h2 curl procps openssl prometheus systemd man-db
+             python3-pytest python3-pytest-xdist python3-h2 curl procps openssl prometheus systemd man-db
 DEB_BENCH := haproxy nginx valgrind
 DEB_ALL   := $(DEB_BUILD) $(DEB_TEST) $(DEB_BENCH)
 
@@ -136,8 +136,19 @@ unit: $(BUILD)/check_sidelb
 	wait $$reg; regrc=$$?; echo "--- suite register (run beside the others):"; cat $(BUILD)/unit-register.log; \
 	test $$rest = 0 && test $$regrc = 0
 
+# Two passes, both run even when the first fails, and either failing fails:
+# the tests not marked serial spread over INTEGRATION_JOBS pytest-xdist
+# workers (--dist loadfile: a module's tests and its module fixtures stay in
+# one worker; they mostly wait on I/O, so more workers than cores), then the
+# tests marked serial (time bounds, floods, soaks: tests/integration/conftest.py)
+# one at a time. INTEGRATION_JOBS=0: the first pass without workers.
+INTEGRATION_JOBS ?= 4
+INTEGRATION_PYTEST = SIDELB_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider
 integration: $(TEST_BINS)
-	SIDELB_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider --durations=15 tests/integration
+	$(INTEGRATION_PYTEST) -n $(INTEGRATION_JOBS) --dist loadfile -m "not serial" --durations=15 tests/integration; \
+	par=$$?; echo "--- integration: the tests marked serial, one at a time"; \
+	$(INTEGRATION_PYTEST) -m serial --durations=15 tests/integration; ser=$$?; \
+	test $$par = 0 && test $$ser = 0
 
 demo: deps
 	$(MAKE) $(BUILD)/sidelb $(BUILD)/test_backend

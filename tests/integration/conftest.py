@@ -9,6 +9,16 @@
   (default <repo>/build); fixture `build_dir` returns it.
 - Fixtures c_backend / py_backend are factories: c_backend("b1",
   extra_args=[...]) -> peers.Backend.
+- `make integration` runs the suite in two passes: the tests not marked
+  serial in pytest-xdist workers side by side (-n, --dist loadfile: a
+  module's tests, and its module fixtures, stay in one worker), then the
+  tests marked @pytest.mark.serial (or pytestmark = pytest.mark.serial)
+  alone. Mark serial a test that asserts a duration or latency with little
+  slack (p99, recovery lag, "took < 1 s", a fixed sleep a timer must beat),
+  or that loads the machine (floods, soaks, stress): beside other tests it
+  would flake, or make them flake. Every process a test starts picks ports
+  with peers.free_port() (per-worker shares) or port 0, and files with
+  tempfile, so workers never share one.
 """
 
 import os
@@ -28,6 +38,8 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "timeout(seconds): wall-clock limit of one test (signal.alarm)")
+    config.addinivalue_line("markers", "serial: timing-sensitive or machine-loading; make integration runs it "
+                            "alone, after the others ran in parallel")
 
 
 class TestTimeout(Exception):

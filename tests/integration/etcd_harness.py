@@ -22,7 +22,6 @@ import atexit
 import base64
 import json
 import shutil
-import socket
 import tempfile
 import time
 import urllib.error
@@ -54,9 +53,7 @@ def _prefix_end(prefix):
 
 
 def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return peers.free_port()  # its scheme keeps pytest-xdist workers apart
 
 
 class EtcdServer:

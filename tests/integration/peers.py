@@ -32,12 +32,15 @@ calls it after each test, even a failing one):
     Backend.stats()  the backend's stats JSON (dict): calls, ok, failed,
         cancelled, active, connections, by_method, cancelled_by_method.
     Backend.wait_stats(pred, timeout=5)  polls stats() until pred(stats).
+    Backend.stats_now()  stats() after a SIGHUP made the backend write them: counts
+        calls still open ("active"), which the file otherwise shows only once a call ends.
     Backend.set_health(serving: bool)    SIGUSR2 / SIGUSR1.
 
 Helpers:
     BUILD                 $SIDELB_BUILD or <repo>/build
     binary(name)          BUILD/name, checked to exist
-    free_port()           a currently free 127.0.0.1 port (racy; prefer port=None)
+    free_port()           a currently free 127.0.0.1 port (racy; prefer port=None), below the
+                          ephemeral range and from this xdist worker's own share
     wait_port(port, timeout=10) -> bool
     wait_for(pred, timeout=5, interval=0.05, what="condition") -> seconds waited
                           polls pred() until true; AssertionError naming `what` after timeout
@@ -123,10 +126,57 @@ def binary(name):
     return path
 
 
-def free_port():
+# free_port() hands out ports below the kernel's ephemeral range, so no bind(0)
+# or outgoing connection (of this or any other test process) can take one
+# between free_port() and the bind it was picked for; and each pytest-xdist
+# worker (PYTEST_XDIST_WORKER=gwN) walks its own share of them, so workers
+# running side by side never pick the same port. The walk starts at a random
+# place: another test run on the same machine starts elsewhere, and a port
+# still in use (bind fails) is skipped.
+_PORT_LOW = 10000
+_PORT_SHARES = 16  # the plain (no xdist) run and workers gw0..gw14
+_port_walk = None
+
+
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _port_share():
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        return (int(worker[2:]) + 1) % _PORT_SHARES
+    return 0
+
+
+def _bindable(port):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port():
+    global _port_walk
+    count = (_ephemeral_low() - _PORT_LOW) // _PORT_SHARES
+    if count < 64:  # an unusual ip_local_port_range: let the kernel pick
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    if _port_walk is None:
+        _port_walk = int.from_bytes(os.urandom(4), "little")
+    for _ in range(count):
+        port = _PORT_LOW + _port_share() + _PORT_SHARES * (_port_walk % count)
+        _port_walk += 1
+        if _bindable(port):
+            return port
+    raise RuntimeError("no free port in this worker's share below %d" % _ephemeral_low())
 
 
 def wait_for(pred, timeout=5.0, interval=0.05, what="condition"):
@@ -380,6 +430,22 @@ class Backend(Proc):
                 return json.loads(f.read())
         except (OSError, ValueError):
             return {}
+
+    def stats_now(self, timeout=2.0):
+        """stats() as of now, calls still open included: both backends rewrite
+        the file (a new inode: write then rename) when a call ends and on
+        SIGHUP, so this sends SIGHUP and reads the file once it was replaced."""
+        def inode():
+            try:
+                return os.stat(self.stats_file).st_ino
+            except OSError:
+                return None
+        before = inode()
+        self.signal(signal.SIGHUP)
+        end = time.monotonic() + timeout
+        while inode() == before and time.monotonic() < end:
+            time.sleep(0.01)
+        return self.stats()
 
     def wait_stats(self, pred, timeout=5.0):
         end = time.monotonic() + timeout

@@ -17,6 +17,8 @@ from flooders import Uploader, frame_flood
 from peers import req
 from sidelb_harness import rss_kb, start_sidelb
 
+pytestmark = pytest.mark.serial  # upload and frame floods beside a good app whose p99 must stay <= 100 ms (conftest.py)
+
 SANITIZER = os.environ.get("SIDELB_SANITIZER") == "1"
 MiB = 1 << 20
 

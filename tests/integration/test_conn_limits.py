@@ -208,6 +208,7 @@ def test_idle_timeout_sends_goaway_and_closes():
     busy.close()
 
 
+@pytest.mark.serial  # a bidi stream ticking every 300 ms must never look idle for 1 s
 @pytest.mark.timeout(30)
 def test_stream_idle_timeout_ends_the_call_and_spares_active_streams():
     be = peers.start_c_backend("sidle")
@@ -366,6 +367,7 @@ def test_default_cap_leaves_a_file_descriptor_reserve():
 # ---- a flood of idle connections -----------------------------------------------
 
 
+@pytest.mark.serial  # a flood of 5,000 connections; p99 <= 100 ms
 @pytest.mark.timeout(150)
 def test_idle_connection_flood_does_not_lock_out_apps():
     """5,000 idle connections (half never send a preface, half go silent after
@@ -440,6 +442,7 @@ def test_idle_connection_flood_does_not_lock_out_apps():
         flood_s, n, p99 * 1000, rss_settled))
 
 
+@pytest.mark.serial  # RSS per connection after fixed settling sleeps
 @pytest.mark.timeout(90)
 def test_idle_connection_memory():
     """RSS per idle app connection (preface + SETTINGS sent, nothing else)."""

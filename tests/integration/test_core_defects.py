@@ -293,6 +293,7 @@ class RawClient:
         self.sock.close()
 
 
+@pytest.mark.serial  # 500 ms deadlines held within 1.5 s
 @pytest.mark.timeout(60)
 def test_grpc_timeout_in_request_trailers_does_not_hold_up_other_deadlines():
     """The call with the earliest deadline (300 ms) sends trailers carrying
@@ -371,6 +372,7 @@ def healthz(port):
         return "no answer: %s" % e
 
 
+@pytest.mark.serial  # deadlines within 2 s, CPU < 50 %
 @pytest.mark.timeout(60)
 def test_panic_mode_with_all_backends_refusing_honours_deadlines_and_backoff():
     dead = ["127.0.0.1:%d" % peers.free_port() for _ in range(2)]  # nothing listens there

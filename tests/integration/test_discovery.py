@@ -133,6 +133,7 @@ def etcd():
     e.destroy()
 
 
+@pytest.mark.serial  # removal, re-add and catch-up each within 1-1.5 s
 @pytest.mark.timeout(120)
 def test_seeds_scenario(etcd):
     """3 registered -> even; one deleted -> its share moves within 1 s; back ->
@@ -177,6 +178,7 @@ def test_seeds_scenario(etcd):
         relay.close()
 
 
+@pytest.mark.serial  # catch-up within 1.5 s
 @pytest.mark.timeout(60)
 def test_etcd_stopped_and_restarted(etcd):
     bes = [peers.start_c_backend("s%d" % i) for i in range(3)]

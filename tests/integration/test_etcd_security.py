@@ -139,6 +139,7 @@ def auth_etcd():
     e.destroy()
 
 
+@pytest.mark.serial  # a watch update within 1.5 s
 @pytest.mark.timeout(40)
 def test_auth_discovers_balances_and_watches(auth_etcd):
     bes = [peers.start_c_backend("a%d" % i) for i in range(3)]
@@ -309,6 +310,7 @@ def tls_section(etcd, pki, client_cert=True, ca="ca.pem"):
     return {"endpoints": [etcd.url], "tls": tls}
 
 
+@pytest.mark.serial  # a watch update within 1.5 s
 @pytest.mark.timeout(40)
 def test_tls_client_cert_discovers_and_watches(tls_etcd, pki):
     bes = [peers.start_c_backend("s%d" % i) for i in range(3)]

@@ -25,6 +25,8 @@ import peers
 from peers import req
 from sidelb_harness import simple_config, start_sidelb
 
+pytestmark = pytest.mark.serial  # waits bounded to fractions of a second (0.6-2.0 s, < 0.5 s) (conftest.py)
+
 UNIMPL_LINE = re.compile(r"error: cluster echo: backend (\S+) does not implement grpc\.health\.v1 "
                          r"\(health check of service \"([^\"]*)\" answered UNIMPLEMENTED\)")
 

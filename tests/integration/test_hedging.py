@@ -6,11 +6,14 @@ import threading
 import time
 
 import grpc
+import pytest
 
 import peers
 from peers import req
 from sidelb_harness import simple_config, start_sidelb, start_with_admin_listener
 from test_admin import metric
+
+pytestmark = pytest.mark.serial  # hedging p99 < 200 ms, outcomes within 0.9 s (conftest.py)
 
 
 def hedging_config(attempts=3, delay="0.05s", non_fatal=None):

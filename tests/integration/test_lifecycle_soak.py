@@ -57,6 +57,8 @@ from etcd_harness import EtcdServer
 from peers import req
 from sidelb_harness import start_sidelb
 
+pytestmark = pytest.mark.serial  # a 60 s soak under load: it would load the machine under the others (conftest.py)
+
 SOAK_S = float(os.environ.get("SIDELB_SOAK_SECONDS", "60"))  # 0 skips the soak
 GRACE_MS = 2000  # reloads cut the longest streams: removed backends carry calls to the end
 EXIT_MARGIN_S = 5.0

@@ -10,6 +10,8 @@ import peers
 from peers import req
 from sidelb_harness import simple_config, start_sidelb
 
+pytestmark = pytest.mark.serial  # deadlines and fail-fast bounds of 1-1.5 s, a 0.2 s head start (conftest.py)
+
 
 def method_config(**fields):
     mc = {"name": [{"service": "sidelb.test.Echo"}]}

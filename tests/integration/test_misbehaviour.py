@@ -19,6 +19,8 @@ from misbehaviour import GoodApp, RapidReset, SocketStaller, WindowStaller
 from peers import req
 from sidelb_harness import rss_kb, simple_config, start_sidelb
 
+pytestmark = pytest.mark.serial  # floods and stalls beside a good app whose p99 must stay <= 100 ms (conftest.py)
+
 SANITIZER = os.environ.get("SIDELB_SANITIZER") == "1"
 P99_BOUND = 0.5 if SANITIZER else 0.1  # ASan + UBSan slow every call several times
 
@@ -70,7 +72,7 @@ def test_window_staller_costs_only_itself():
     be, slb = start(max_concurrent_streams=1000)
     bad = WindowStaller(slb.port, n=200)
     run_beside(slb, bad, seconds=6, rss_bound_kib=200 * 1024,
-               settle=lambda: wait_for(lambda: be.stats()["active"] >= 200, 10))
+               settle=lambda: wait_for(lambda: be.stats_now()["active"] >= 200, 10))
 
 
 @pytest.mark.timeout(60)
@@ -79,7 +81,7 @@ def test_socket_staller_costs_only_itself():
     be, slb = start(max_concurrent_streams=1000)
     bad = SocketStaller(slb.port, n=200, size=1 << 20)
     run_beside(slb, bad, seconds=6, rss_bound_kib=200 * 1024,
-               settle=lambda: wait_for(lambda: be.stats()["calls"] >= 200, 10))
+               settle=lambda: wait_for(lambda: be.stats_now()["calls"] >= 200, 10))
 
 
 @pytest.mark.timeout(60)

@@ -14,6 +14,8 @@ import peers
 from peers import req
 from sidelb_harness import simple_config, start_sidelb
 
+pytestmark = pytest.mark.serial  # an ejection measured to last 2.5-4.0 s (conftest.py)
+
 
 def clusters(port):
     with urllib.request.urlopen("http://127.0.0.1:%d/clusters" % port, timeout=5) as r:

@@ -16,6 +16,7 @@ def spread(stub, n, **kw):
     return collections.Counter(stub.Unary(req(payload=b"x"), timeout=5, **kw).backend_id for _ in range(n))
 
 
+@pytest.mark.serial  # health changes seen within fixed 1 s sleeps
 def test_not_serving_backend_gets_no_calls_within_1s_and_returns():
     bes = [peers.start_c_backend("h%d" % i) for i in range(3)]
     cfg = simple_config([b.addr for b in bes], health_check={"service": "", "interval_ms": 500, "timeout_ms": 500})
@@ -32,6 +33,7 @@ def test_not_serving_backend_gets_no_calls_within_1s_and_returns():
     assert spread(stub, 30)["h1"] == 10
 
 
+@pytest.mark.serial  # the first health answer within a fixed 0.5 s sleep
 def test_backend_not_serving_at_start_is_skipped():
     good = peers.start_c_backend("good")
     bad = peers.start_c_backend("bad", extra_args=["--health", "NOT_SERVING"])
@@ -41,6 +43,7 @@ def test_backend_not_serving_at_start_is_skipped():
     assert spread(peers.echo_stub(slb.addr), 20) == {"good": 20}
 
 
+@pytest.mark.serial  # a health Check round within a fixed 1.3 s sleep
 def test_check_fallback_when_watch_unimplemented():
     a = peers.start_c_backend("a", extra_args=["--health-unimplemented-watch"])
     b = peers.start_c_backend("b", extra_args=["--health-unimplemented-watch"])
@@ -76,6 +79,7 @@ def _concurrent_spread(stub, n, parallel):
     return counts
 
 
+@pytest.mark.serial  # shares that follow latencies
 @pytest.mark.timeout(90)
 def test_least_request_sends_far_fewer_calls_to_a_slow_backend():
     fast = [peers.start_c_backend("fast%d" % i) for i in range(2)]
@@ -125,6 +129,7 @@ def test_weighted_round_robin_honours_weights():
     assert spread(peers.echo_stub(slb.addr), 80) == {"w3": 60, "w1": 20}
 
 
+@pytest.mark.serial  # a 1.5 s ejection over within a fixed 2 s sleep
 def test_ejected_backend_comes_back_after_its_ejection_time():
     """A backend that answers UNAVAILABLE is ejected after consecutive failures, then returns."""
     good = peers.start_c_backend("good")

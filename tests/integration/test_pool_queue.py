@@ -68,6 +68,7 @@ def saturated_backend():
     return peers.start_c_backend("sat", extra_args=["--max-concurrent-streams", "1"])
 
 
+@pytest.mark.serial  # refusal within 0.5 s, queue timeout 0.5-2.5 s
 @pytest.mark.timeout(40)
 def test_pool_queue_bound_and_timeout():
     sat = saturated_backend()
@@ -106,6 +107,7 @@ def test_pool_queue_bound_and_timeout():
     assert log.count("within queue_timeout_ms (600)") == 1, "one line per kind, rate-limited"
 
 
+@pytest.mark.serial  # calls moved within 2.5 s
 @pytest.mark.timeout(40)
 def test_pool_turns_calls_away_to_another_backend():
     """Overflow and queue timeout are transparent retries: the call never

@@ -182,6 +182,7 @@ def test_no_route_is_unimplemented(proxy3):
     assert "no route" in e.value.details()
 
 
+@pytest.mark.serial  # UNAVAILABLE within 1 s
 def test_no_reachable_backend_is_unavailable():
     dead = [("127.0.0.1:%d" % peers.free_port()) for _ in range(2)]
     slb = start_sidelb(simple_config(dead, connect_timeout_ms=1000, wait_for_ready_ms=0))
@@ -355,6 +356,7 @@ def test_many_parallel_calls_no_loss(proxy3):
     assert [f.result().payload for f in futs] == [b"%d" % i for i in range(500)]
 
 
+@pytest.mark.serial  # 10 calls within 2 s past a 300 ms connect timeout
 def test_blackholed_backend_calls_move_on_after_connect_timeout():
     """A backend whose connect hangs: calls waiting for it go elsewhere after
     connect_timeout_ms, later calls skip it (TRANSIENT_FAILURE)."""

@@ -20,6 +20,8 @@ from peers import req, wait_for
 from sidelb_harness import simple_config, start_with_admin_listener
 from test_admin import metric
 
+pytestmark = pytest.mark.serial  # return lags bounded to a few hundred ms, call rates (conftest.py)
+
 SANITIZER = bool(os.environ.get("SIDELB_SANITIZER"))
 
 

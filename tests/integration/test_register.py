@@ -42,6 +42,7 @@ def key_of(prefix, b):
     return prefix + b.addr
 
 
+@pytest.mark.serial  # the key revoked within 1 s of SIGTERM
 @pytest.mark.timeout(40)
 def test_key_appears_with_lease_and_sigterm_revokes_it():
     etcd = EtcdServer()
@@ -99,6 +100,7 @@ def spread(stub, n):
     return collections.Counter(stub.Unary(req(payload=b"x"), timeout=5).backend_id for _ in range(n))
 
 
+@pytest.mark.serial  # deregistration within 1.5 s, a fixed 0.5 s sleep
 @pytest.mark.timeout(60)
 def test_end_to_end_register_discover_balance_and_health_gate():
     etcd = EtcdServer()

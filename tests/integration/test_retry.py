@@ -84,6 +84,7 @@ def test_backend_dying_before_it_answers_is_retried():
     assert {r.backend_id for r in results} == {"good"}
 
 
+@pytest.mark.serial  # a 300 ms deadline held within 1 s
 def test_retry_respects_the_deadline():
     bads = [peers.start_c_backend("bad%d" % i, extra_args=["--fail-status", "14"]) for i in range(3)]
     slb = start_sidelb(simple_config([b.addr for b in bads],

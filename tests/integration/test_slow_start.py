@@ -21,6 +21,8 @@ from etcd_harness import EtcdServer
 from peers import req
 from sidelb_harness import simple_config, start_sidelb
 
+pytestmark = pytest.mark.serial  # ramp shares read against the clock (conftest.py)
+
 WINDOW_MS = 10000
 
 

@@ -15,6 +15,8 @@ import peers
 from peers import req
 from sidelb_harness import rss_kb, simple_config, start_sidelb
 
+pytestmark = pytest.mark.serial  # a soak with dying backends: loads the machine (conftest.py)
+
 
 def in_flight(admin_port):
     body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin_port, timeout=5).read().decode()

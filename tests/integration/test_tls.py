@@ -138,6 +138,7 @@ def test_server_name_overrides_the_address(pki):
     assert clusters(slb)[0]["backends"][0]["health"] == "SERVING"
 
 
+@pytest.mark.serial  # its status carries the TLS reason only if the 1 s wait ends outside a reconnect attempt
 @pytest.mark.parametrize("case,cert,tls_extra,reason", [
     ("wrong_ca", "other", {}, r"certificate verify failed: unable to get local issuer certificate"),
     ("wrong_name", "server", {"server_name": "wrong.example.com"}, r"certificate verify failed: hostname mismatch"),
@@ -160,6 +161,7 @@ def test_bad_server_certificate(pki, case, cert, tls_extra, reason):
     assert slb.alive()
 
 
+@pytest.mark.serial  # its status carries the TLS reason only if the 1 s wait ends outside a reconnect attempt
 def test_missing_client_certificate(pki):
     be = tls_backend(pki, "nocert", client_ca="ca.pem")
     slb = start([be.addr], {"ca_file": pki["ca.pem"]}, **FAST_FAIL)
@@ -179,6 +181,7 @@ def test_health_check_over_tls_fails_with_reason(pki):
     assert clusters(slb)[0]["backends"][0]["health"] == "NOT_SERVING"
 
 
+@pytest.mark.serial  # its status carries the TLS reason only if the 1 s wait ends outside a reconnect attempt
 @pytest.mark.parametrize("alpn,reason", [
     (["-alpn", "http/1.1"], r"alert no application protocol"),  # it refuses our h2 offer
     ([], r'the peer did not agree to ALPN "h2" \(it chose none\)'),  # it ignores ALPN
@@ -196,6 +199,7 @@ def test_backend_without_alpn_h2(pki, alpn, reason):
     assert slb.alive()
 
 
+@pytest.mark.serial  # its status carries the TLS reason only if the 1 s wait ends outside a reconnect attempt
 def test_plaintext_backend_behind_tls_cluster(pki):
     """A cleartext h2c backend where TLS is expected: a clear TLS reason, no hang, no crash."""
     be = peers.start_py_backend("plain")
