@@ -333,8 +333,8 @@ static void on_backend_state(struct slb_backend *be, int old)
     update_aggregate(cl);
     if (be->state == SLB_BACKEND_TRANSIENT_FAILURE && be->last_error[0] != '\0')
         snprintf(cl->last_connect_error, sizeof(cl->last_connect_error), "backend %s: %s", be->name, be->last_error);
-    else if (cl->n_by_state[SLB_BACKEND_TRANSIENT_FAILURE] == 0)
-        cl->last_connect_error[0] = '\0';
+    else if (be->state == SLB_BACKEND_READY)
+        cl->last_connect_error[0] = '\0'; /* kept through a reconnect attempt: a call that gives up then says why */
     if (old == SLB_BACKEND_TRANSIENT_FAILURE && be->state != SLB_BACKEND_SHUTDOWN)
         cluster_wake(cl); /* out of connection backoff */
     else if (be->state == SLB_BACKEND_TRANSIENT_FAILURE)

@@ -93,8 +93,8 @@ struct slb_cluster {
     uint32_t _index_size;
 
     struct slb_tls_stats tls_stats; /* TLS handshakes to its backends (calls and health checks) */
-    /* "backend B: why" of the last backend that entered TRANSIENT_FAILURE, while any is in it ("" otherwise):
-     * said to calls that find no reachable backend */
+    /* "backend B: why" of the last backend that entered TRANSIENT_FAILURE, until a backend connects ("" then):
+     * said to calls that find no reachable backend, also while the failed one tries again */
     char last_connect_error[272];
     /* workers > 1 (lib/worker.h, lib/cluster_snapshot.h) */
     uint8_t replica;             /* a worker's copy: backends, health, ejection and drain come from snapshots */
