@@ -13,12 +13,12 @@ import pytest
 import peers
 from etcd_harness import EtcdServer
 from peers import req
-from sidelb_harness import simple_config, start_sidelb
+from sidelb_harness import simple_config, start_sidelb, with_test_workers
 
 
 def rewrite(slb, cfg):
     with open(slb.config_path, "w") as f:
-        json.dump(cfg, f)
+        json.dump(with_test_workers(cfg), f)
 
 
 def hup_and_wait(slb, count):
