@@ -32,6 +32,7 @@
 #include "list.h"
 #include "log.h"
 #include "metrics.h"
+#include "scrape.h"
 #include "server.h"
 #include "state_file.h"
 #include "unix_socket.h"
@@ -70,12 +71,6 @@ struct slb_admin {
     uint8_t stopping, listener_closed;
 };
 
-static uint32_t backend_connections(const struct slb_backend *be)
-{
-    const struct slb_upstream_pool *pool = be->pool;
-    return pool ? pool->n_conns : 0;
-}
-
 /* ---- /clusters ---- */
 
 /* A JSON string; bytes that are not valid UTF-8 (a zone cut mid-character) become '?'. */
@@ -113,8 +108,10 @@ static int put_table(json_t *c, const struct slb_cluster *cl)
     return 0;
 }
 
-static json_t *render_clusters(const struct slb_server *srv, uint64_t now)
+/* Calls, connections and connectivity states are the loops' sums (lib/scrape.h); the rest the control's. */
+static json_t *render_clusters(const struct slb_scrape *sc, uint64_t now)
 {
+    const struct slb_server *srv = sc->srv;
     json_t *arr = json_array();
 
     for (size_t i = 0; arr && i < srv->n_clusters; i++) {
@@ -122,17 +119,19 @@ static json_t *render_clusters(const struct slb_server *srv, uint64_t now)
         const char *policy = cl->lb.ops ? cl->lb.ops->name : cl->cfg->policy ? cl->cfg->policy : "";
         json_t *bes = json_array();
         json_t *c = json_pack("{s:o, s:o, s:s, s:I, s:o}", "name", jstr(cl->cfg->name), "policy", jstr(policy), "state",
-                              slb_backend_state_name(cl->state), "waiting", (json_int_t)cl->n_waiting, "backends", bes);
+                              slb_backend_state_name(sc->clusters[i].state), "waiting",
+                              (json_int_t)sc->clusters[i].n_waiting, "backends", bes);
         if (c == NULL || json_array_append_new(arr, c) != 0 || put_table(c, cl) != 0)
             goto fail;
         for (uint32_t j = 0; j < cl->set.n; j++) {
             const struct slb_backend *be = cl->set.items[j];
-            json_t *b = json_pack("{s:o, s:I, s:o, s:s, s:s, s:b, s:b, s:I, s:b, s:I, s:I}", "address", jstr(be->name),
-                                  "weight", (json_int_t)be->weight, "zone", jstr(be->zone), "state",
-                                  slb_backend_state_name(be->state), "health", slb_health_status_name(be->health),
-                                  "healthy", slb_backend_usable(be, now), "ejected", be->ejected_until_ms > now,
-                                  "ejections", (json_int_t)be->ejections, "draining", be->draining != 0, "outstanding",
-                                  (json_int_t)be->outstanding, "connections", (json_int_t)backend_connections(be));
+            const struct slb_scrape_backend *sb = &sc->clusters[i].backends[j];
+            json_t *b = json_pack(
+                "{s:o, s:I, s:o, s:s, s:s, s:b, s:b, s:I, s:b, s:I, s:I}", "address", jstr(be->name), "weight",
+                (json_int_t)be->weight, "zone", jstr(be->zone), "state", slb_backend_state_name(sb->state), "health",
+                slb_health_status_name(be->health), "healthy", slb_scrape_backend_usable(be, sb->state, now), "ejected",
+                be->ejected_until_ms > now, "ejections", (json_int_t)be->ejections, "draining", be->draining != 0,
+                "outstanding", (json_int_t)sb->outstanding, "connections", (json_int_t)sb->connections);
             if (b != NULL) /* an operator's drain (admin_actions.h), by source */
                 json_object_set_new(b, "drained",
                                     json_pack("{s:b, s:b}", "admin", (be->drained & SLB_DRAIN_ADMIN) != 0, "etcd",
@@ -375,9 +374,11 @@ static void handle_request(struct admin_conn *c, size_t n)
         }
     } else {
         struct slb_textout o = {&c->body, BODY_LIMIT, 0};
-        json_t *j = render_clusters(srv, now);
+        struct slb_scrape sc;
+        json_t *j = slb_scrape_begin(&sc, srv, 0) == 0 ? render_clusters(&sc, now) : NULL;
         char *s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
         json_decref(j);
+        slb_scrape_end(&sc);
         if (s) {
             slb_text_puts(&o, s);
             slb_text_puts(&o, "\n");

@@ -11,6 +11,7 @@
 #include "cluster.h"
 #include "config.h"
 #include "log.h"
+#include "scrape.h"
 #include "server.h"
 
 int slb_admin_peer_trusted(const struct sockaddr *sa)
@@ -138,7 +139,7 @@ int slb_admin_action(struct slb_server *srv, int is_post, int trusted, const cha
     slb_cluster_set_drain(cl, be, SLB_DRAIN_ADMIN, action[0] == 'd');
     if (action[0] == 'd')
         return ANSWER(ans, 200, "cluster %s backend %s: drained (%u calls in flight finish there)\n", cname, addr,
-                      be->outstanding);
+                      slb_scrape_backend_outstanding(srv, cl, be));
     return ANSWER(ans, 200, "cluster %s backend %s: undrained%s\n", cname, addr,
                   be->drained & SLB_DRAIN_ETCD ? " by admin, still drained by etcd (\"drain\": true)" : "");
 }

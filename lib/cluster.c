@@ -55,6 +55,22 @@ struct slb_backend *slb_cluster_find(struct slb_cluster *cl, const char *addr)
 
 /* ---- waking waiters ---- */
 
+/* A replica's waiting calls, as the control loop's cluster sees them (its health-check probes). */
+static void replica_waiting(struct slb_cluster *cl, int64_t delta)
+{
+    if (cl->primary == NULL || delta == 0)
+        return;
+    if (__atomic_add_fetch(&cl->primary->remote_waiting, (uint32_t)delta, __ATOMIC_RELAXED) == (uint32_t)delta &&
+        delta > 0 && cl->notify_control != NULL)
+        cl->notify_control(cl, SLB_NOTIFY_WAITING); /* the first: the control loop starts probing */
+}
+
+/* Calls waiting for a usable backend here, and (the control loop's cluster) in the workers. */
+static uint32_t n_waiting_all(const struct slb_cluster *cl)
+{
+    return cl->n_waiting + __atomic_load_n(&cl->remote_waiting, __ATOMIC_RELAXED);
+}
+
 static void on_wake_timer(uv_timer_t *t)
 {
     struct slb_cluster *cl = slb_container_of(t, struct slb_cluster, wake_timer);
@@ -63,6 +79,7 @@ static void on_wake_timer(uv_timer_t *t)
     /* take the list: a waiter that still finds nothing waits again */
     slb_list_init(&woken);
     slb_list_splice(&woken, &cl->waiters);
+    replica_waiting(cl, -(int64_t)cl->n_waiting);
     cl->n_waiting = 0;
     while (!slb_list_empty(&woken)) {
         struct slb_cluster_waiter *w = slb_list_first(&woken, struct slb_cluster_waiter, link);
@@ -114,7 +131,7 @@ static void on_probe_timer(uv_timer_t *t)
     uint64_t now = uv_now(ctx->loop), next = UINT64_MAX;
     uint64_t probes = ctx->stats.upstream_probes, skipped;
 
-    if (cl->n_waiting == 0 || ctx->stopping)
+    if (n_waiting_all(cl) == 0 || ctx->stopping)
         return; /* stopped: probe_start() starts it again */
     for (uint32_t i = 0; i < cl->set.n; i++) {
         struct slb_backend *be = cl->set.items[i];
@@ -129,7 +146,7 @@ static void on_probe_timer(uv_timer_t *t)
     if (ctx->stats.upstream_probes != probes && slb_log_limit_pass(&cl->probe_log, now, SLB_LOG_LIMIT_MS, &skipped))
         slb_notice("cluster %s: no usable backend and %u calls wait: trying backends in connection backoff early "
                    "(each at most every %u ms while calls wait)",
-                   cl->cfg->name, cl->n_waiting, interval);
+                   cl->cfg->name, n_waiting_all(cl), interval);
     if (next == UINT64_MAX)
         return; /* nothing in backoff: a failure later calls probe_start() */
     if (next > now + interval)
@@ -141,7 +158,7 @@ static void on_probe_timer(uv_timer_t *t)
  * begin on the next loop turn (whoever is due). */
 static void probe_start(struct slb_cluster *cl)
 {
-    if (cl->n_waiting > 0 && (cl->n_by_state[SLB_BACKEND_TRANSIENT_FAILURE] > 0 || cl->cfg->health_check.enabled) &&
+    if (n_waiting_all(cl) > 0 && (cl->n_by_state[SLB_BACKEND_TRANSIENT_FAILURE] > 0 || cl->cfg->health_check.enabled) &&
         cl->cfg->backoff.probe_interval_ms != 0 && !uv_is_active((uv_handle_t *)&cl->probe_timer))
         uv_timer_start(&cl->probe_timer, on_probe_timer, 0, 0);
 }
@@ -153,8 +170,14 @@ int slb_cluster_wait(struct slb_cluster *cl, struct slb_cluster_waiter *w)
     slb_list_push_back(&cl->waiters, &w->link);
     w->cluster = cl;
     cl->n_waiting++;
+    replica_waiting(cl, 1);
     probe_start(cl);
     return 0;
+}
+
+void slb_cluster_probe_for_replicas(struct slb_cluster *cl)
+{
+    probe_start(cl);
 }
 
 void slb_cluster_unwait(struct slb_cluster_waiter *w)
@@ -163,6 +186,7 @@ void slb_cluster_unwait(struct slb_cluster_waiter *w)
         return;
     slb_list_remove(&w->link);
     w->cluster->n_waiting--;
+    replica_waiting(w->cluster, -1);
     w->cluster = NULL;
 }
 
@@ -218,8 +242,8 @@ static void report_shared(struct slb_cluster *cl, struct slb_backend *be, int su
     }
     __atomic_add_fetch(&sh->failures, 1, __ATOMIC_RELAXED);
     if (__atomic_add_fetch(&sh->consecutive_failures, 1, __ATOMIC_RELAXED) == threshold && threshold != 0 &&
-        cl->on_outlier_check != NULL)
-        cl->on_outlier_check(cl); /* the control loop ejects it now, not at the interval's end */
+        cl->notify_control != NULL)
+        cl->notify_control(cl, SLB_NOTIFY_OUTLIER); /* the control loop ejects it now, not at the interval's end */
 }
 
 void slb_cluster_collect_shared(struct slb_cluster *cl)
@@ -731,8 +755,18 @@ static int cluster_upsert(struct slb_cluster *cl, const char *addr, uint32_t wei
     return 0;
 }
 
+/* "N calls" for a log line; with workers the control loop's backend has none of its own ("the workers' calls"). */
+static const char *in_flight_words(const struct slb_cluster *cl, const struct slb_backend *be, char *buf, size_t len)
+{
+    if (cl->shares)
+        return "the workers' calls";
+    snprintf(buf, len, "%u calls", be->outstanding);
+    return buf;
+}
+
 void slb_cluster_remove(struct slb_cluster *cl, const char *addr)
 {
+    char words[32];
     struct slb_backend **slot = index_slot(cl, addr);
     struct slb_backend *be = *slot;
 
@@ -740,8 +774,8 @@ void slb_cluster_remove(struct slb_cluster *cl, const char *addr)
         return;
     *slot = be->_hash_next;
     be->_hash_next = NULL;
-    slb_log(cl->replica ? SLB_LOG_DEBUG : SLB_LOG_NOTICE,
-            "cluster %s: backend %s removed (%u calls in flight finish there)", cl->cfg->name, addr, be->outstanding);
+    slb_log(cl->replica ? SLB_LOG_DEBUG : SLB_LOG_NOTICE, "cluster %s: backend %s removed (%s in flight finish there)",
+            cl->cfg->name, addr, in_flight_words(cl, be, words, sizeof(words)));
     slb_backend_ref(be);
     be->draining = 1;
     health_stop(cl, be);
@@ -759,6 +793,7 @@ void slb_cluster_remove(struct slb_cluster *cl, const char *addr)
 void slb_cluster_set_drain(struct slb_cluster *cl, struct slb_backend *be, int source, int on)
 {
     uint8_t was = be->drained;
+    char words[32];
 
     be->drained = on ? (uint8_t)(be->drained | source) : (uint8_t)(be->drained & ~source);
     if ((was != 0) == (be->drained != 0)) {
@@ -769,8 +804,8 @@ void slb_cluster_set_drain(struct slb_cluster *cl, struct slb_backend *be, int s
     }
     cl->set.usable_version++; /* policies skip it; the ring and tables are not rebuilt */
     if (on) {
-        slb_notice("cluster %s: backend %s drained by %s (%u calls in flight finish there)", cl->cfg->name, be->name,
-                   source == SLB_DRAIN_ADMIN ? "admin" : "etcd", be->outstanding);
+        slb_notice("cluster %s: backend %s drained by %s (%s in flight finish there)", cl->cfg->name, be->name,
+                   source == SLB_DRAIN_ADMIN ? "admin" : "etcd", in_flight_words(cl, be, words, sizeof(words)));
     } else {
         slb_notice("cluster %s: backend %s undrained by %s", cl->cfg->name, be->name,
                    source == SLB_DRAIN_ADMIN ? "admin" : "etcd");

@@ -102,11 +102,17 @@ struct slb_cluster {
     uint32_t snap_first_pending; /* replica: the control's host names whose first lookup has not ended */
     char snap_unresolved[256];   /* replica: a host name of the control's that does not resolve ("": none) */
     uint64_t snap_gen;           /* replica: the snapshot applied last (marks the backends it lists) */
-    uint64_t pub_version, pub_usable_version;         /* control: the set versions its last snapshot had */
-    uint32_t pub_first_pending;                       /* control: the first lookups pending at its last snapshot */
-    uint8_t pub_done;                                 /* control: a snapshot was published */
-    void (*on_outlier_check)(struct slb_cluster *cl); /* replica: a backend failed consecutive_failures in a row */
+    uint64_t pub_version, pub_usable_version; /* control: the set versions its last snapshot had */
+    uint32_t pub_first_pending;               /* control: the first lookups pending at its last snapshot */
+    uint8_t pub_done;                         /* control: a snapshot was published */
+    /* replica: tell the control loop (lib/worker.c): a backend failed consecutive_failures times in a row
+     * (SLB_NOTIFY_OUTLIER), or calls began to wait (SLB_NOTIFY_WAITING) */
+    void (*notify_control)(struct slb_cluster *cl, int what);
+    struct slb_cluster *primary; /* replica: the control loop's cluster (only its remote_waiting is touched) */
+    uint32_t remote_waiting;     /* control (atomic): calls waiting in the workers' replicas, for the probes */
 };
+
+enum { SLB_NOTIFY_OUTLIER = 1, SLB_NOTIFY_WAITING = 2 };
 
 enum slb_table_source { SLB_TABLE_ETCD = 0, SLB_TABLE_STATE_FILE, SLB_TABLE_RELOAD };
 
@@ -133,6 +139,8 @@ void slb__cluster_wake(struct slb_cluster *cl);
 /* Control loop with workers: takes the attempt results the workers left in the shared blocks (outlier
  * detection), and ejects at once a backend that failed consecutive_failures times in a row. */
 void slb_cluster_collect_shared(struct slb_cluster *cl);
+/* Control loop with workers: calls wait in the workers; probe backends in backoff as for waiters here. */
+void slb_cluster_probe_for_replicas(struct slb_cluster *cl);
 /* Closes the cluster's timers (counted in ctx) and releases its backends. */
 void slb_cluster_dispose(struct slb_cluster *cl);
 /* Adds a backend or updates its weight/zone. 0 or SLB_EADDR/SLB_ENOMEM. */

@@ -74,12 +74,16 @@ static int apply_backend(struct slb_cluster *cl, struct slb_backend *be, const s
     int wake = 0;
 
     if (be->shared != e->shared) { /* new here, or the control loop listed it anew */
+        if (be->share_load)        /* this worker's calls in flight move to the new block, or both would be wrong */
+            __atomic_sub_fetch(&be->shared->outstanding, be->outstanding, __ATOMIC_RELAXED);
         if (be->shared != NULL)
             slb_backend_shared_unref(be->shared);
         be->shared = e->shared;
         if (be->shared != NULL)
             slb_backend_shared_ref(be->shared);
         be->share_load = be->shared != NULL && cl->lb.ops != NULL && strcmp(cl->lb.ops->name, "least_request") == 0;
+        if (be->share_load)
+            __atomic_add_fetch(&be->shared->outstanding, be->outstanding, __ATOMIC_RELAXED);
     }
     if (be->health != e->health) {
         int old = be->health;

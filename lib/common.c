@@ -9,7 +9,7 @@
 const char *slb_strerror(int err)
 {
     /* uv_strerror() leaks a string for codes it does not know: never hand it one */
-    static char unknown[64];
+    static _Thread_local char unknown[64]; /* per thread: worker loops log too */
 
     if (err == 0)
         return "connection closed";

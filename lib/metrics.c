@@ -24,6 +24,7 @@
 #include "health.h"
 #include "loop_ctx.h"
 #include "register.h"
+#include "scrape.h"
 #include "server.h"
 #include "stats.h"
 
@@ -63,106 +64,106 @@ static void put_backend_labels(struct slb_textout *o, const char *name, const st
 
 /* ---- /metrics ---- */
 
-static uint32_t backend_connections(const struct slb_backend *be)
-{
-    const struct slb_upstream_pool *pool = be->pool;
-    return pool ? pool->n_conns : 0;
-}
+/* A backend's value: from the control cluster's backend (be) or its sums over the loops (sb). */
+typedef uint64_t (*backend_value_fn)(const struct slb_backend *be, const struct slb_scrape_backend *sb, uint64_t now);
 
-typedef uint64_t (*backend_value_fn)(const struct slb_backend *be, uint64_t now);
-
-static uint64_t v_outstanding(const struct slb_backend *be, uint64_t now)
+static uint64_t v_outstanding(const struct slb_backend *be, const struct slb_scrape_backend *sb, uint64_t now)
 {
-    return be->outstanding;
+    return sb->outstanding;
 }
-static uint64_t v_healthy(const struct slb_backend *be, uint64_t now)
+static uint64_t v_healthy(const struct slb_backend *be, const struct slb_scrape_backend *sb, uint64_t now)
 {
-    return slb_backend_usable(be, now) ? 1 : 0;
+    return slb_scrape_backend_usable(be, sb->state, now) ? 1 : 0;
 }
-static uint64_t v_health_check_off(const struct slb_backend *be, uint64_t now)
+static uint64_t v_health_check_off(const struct slb_backend *be, const struct slb_scrape_backend *sb, uint64_t now)
 {
     return be->health == SLB_HEALTH_UNIMPLEMENTED ? 1 : 0;
 }
-static uint64_t v_health_pending(const struct slb_backend *be, uint64_t now)
+static uint64_t v_health_pending(const struct slb_backend *be, const struct slb_scrape_backend *sb, uint64_t now)
 {
     return be->health == SLB_HEALTH_PENDING ? 1 : 0;
 }
-static uint64_t v_ejected(const struct slb_backend *be, uint64_t now)
+static uint64_t v_ejected(const struct slb_backend *be, const struct slb_scrape_backend *sb, uint64_t now)
 {
     return be->ejected_until_ms > now ? 1 : 0;
 }
-static uint64_t v_weight(const struct slb_backend *be, uint64_t now)
+static uint64_t v_weight(const struct slb_backend *be, const struct slb_scrape_backend *sb, uint64_t now)
 {
     return be->weight;
 }
-static uint64_t v_connections(const struct slb_backend *be, uint64_t now)
+static uint64_t v_connections(const struct slb_backend *be, const struct slb_scrape_backend *sb, uint64_t now)
 {
-    return backend_connections(be);
+    return sb->connections;
 }
-static uint64_t v_queued(const struct slb_backend *be, uint64_t now)
+static uint64_t v_queued(const struct slb_backend *be, const struct slb_scrape_backend *sb, uint64_t now)
 {
-    const struct slb_upstream_pool *pool = be->pool;
-    return pool != NULL ? pool->n_waiting : 0;
+    return sb->queued;
 }
-static uint64_t v_ejections(const struct slb_backend *be, uint64_t now)
+static uint64_t v_ejections(const struct slb_backend *be, const struct slb_scrape_backend *sb, uint64_t now)
 {
     return be->ejections;
 }
-static uint64_t v_ejections_capped(const struct slb_backend *be, uint64_t now)
+static uint64_t v_ejections_capped(const struct slb_backend *be, const struct slb_scrape_backend *sb, uint64_t now)
 {
     return be->ejections_capped;
 }
-static uint64_t v_ejection_multiplier(const struct slb_backend *be, uint64_t now)
+static uint64_t v_ejection_multiplier(const struct slb_backend *be, const struct slb_scrape_backend *sb, uint64_t now)
 {
     return be->times_ejected;
 }
 
-static uint64_t v_drained(const struct slb_backend *be, uint64_t now)
+static uint64_t v_drained(const struct slb_backend *be, const struct slb_scrape_backend *sb, uint64_t now)
 {
     return be->drained != 0 ? 1 : 0;
 }
-static uint64_t v_health_changes(const struct slb_backend *be, uint64_t now)
+static uint64_t v_health_changes(const struct slb_backend *be, const struct slb_scrape_backend *sb, uint64_t now)
 {
-    return be->stats.health_changes;
+    return sb->stats.health_changes;
 }
 
-static void backend_family(struct slb_textout *o, const struct slb_server *srv, uint64_t now, const char *name,
+static void backend_family(struct slb_textout *o, const struct slb_scrape *sc, uint64_t now, const char *name,
                            const char *type, const char *help, backend_value_fn fn)
 {
+    const struct slb_server *srv = sc->srv;
+
     put_family(o, name, type, help);
     for (size_t i = 0; i < srv->n_clusters; i++) {
         const struct slb_cluster *cl = &srv->clusters[i];
         for (uint32_t j = 0; j < cl->set.n; j++) {
             put_backend_labels(o, name, cl, cl->set.items[j]);
-            slb_text_printf(o, "} %llu\n", (unsigned long long)fn(cl->set.items[j], now));
+            slb_text_printf(o, "} %llu\n", (unsigned long long)fn(cl->set.items[j], &sc->clusters[i].backends[j], now));
         }
     }
 }
 
-static void cluster_family(struct slb_textout *o, const struct slb_server *srv, const char *name, const char *help,
+static void cluster_family(struct slb_textout *o, const struct slb_scrape *sc, const char *name, const char *help,
                            int waiting)
 {
+    const struct slb_server *srv = sc->srv;
+
     put_family(o, name, "gauge", help);
     for (size_t i = 0; i < srv->n_clusters; i++) {
         const struct slb_cluster *cl = &srv->clusters[i];
         slb_text_puts(o, name);
         slb_text_puts(o, "{cluster=\"");
         put_label_value(o, cl->cfg->name);
-        slb_text_printf(o, "\"} %u\n", waiting ? cl->n_waiting : cl->set.n);
+        slb_text_printf(o, "\"} %u\n", waiting ? sc->clusters[i].n_waiting : cl->set.n);
     }
 }
 
 /* TLS handshake counters of the clusters that have "tls" (calls and health checks). */
-static void cluster_tls_family(struct slb_textout *o, const struct slb_server *srv, const char *name, const char *help,
+static void cluster_tls_family(struct slb_textout *o, const struct slb_scrape *sc, const char *name, const char *help,
                                size_t off)
 {
+    const struct slb_server *srv = sc->srv;
+
     put_family(o, name, "counter", help);
     for (size_t i = 0; i < srv->n_clusters; i++) {
         const struct slb_cluster *cl = &srv->clusters[i];
         uint64_t v;
         if (!cl->cfg->tls.enabled)
             continue;
-        memcpy(&v, (const char *)&cl->tls_stats + off, sizeof(v));
+        memcpy(&v, (const char *)&sc->clusters[i].tls_stats + off, sizeof(v));
         slb_text_puts(o, name);
         slb_text_puts(o, "{cluster=\"");
         put_label_value(o, cl->cfg->name);
@@ -183,11 +184,12 @@ static void put_table_stale(struct slb_textout *o, const struct slb_server *srv)
     }
 }
 
-static void put_listener_conns(struct slb_textout *o, const struct slb_listener *l)
+static void put_listener_conns(struct slb_textout *o, const struct slb_listener *l,
+                               const struct slb_scrape_listener *sl)
 {
     slb_text_puts(o, "sidelb_listener_connections{listener=\"");
     put_label_value(o, l->cfg->name);
-    slb_text_printf(o, "\"} %u\n", l->set.n_conns);
+    slb_text_printf(o, "\"} %u\n", sl->n_conns);
 }
 
 /* ---- per-call counters (lib/stats.h), added up here ---- */
@@ -231,9 +233,10 @@ static void escape_into(char *dst, size_t cap, const char *s)
     dst[n] = '\0';
 }
 
-static void render_call_stats(struct slb_textout *o, const struct slb_server *srv)
+static void render_call_stats(struct slb_textout *o, const struct slb_scrape *sc)
 {
-    const struct slb_loop_stats *st = &srv->ctx.stats;
+    const struct slb_server *srv = sc->srv;
+    const struct slb_loop_stats *st = &sc->stats;
     char cname[256], bname[2 * SLB_BACKEND_NAME_MAX + 8], labels[600];
 
     put_family(o, "sidelb_calls_total", "counter",
@@ -260,7 +263,7 @@ static void render_call_stats(struct slb_textout *o, const struct slb_server *sr
     for (size_t i = 0; i < srv->n_clusters; i++) {
         escape_into(cname, sizeof(cname), srv->clusters[i].cfg->name);
         snprintf(labels, sizeof(labels), "cluster=\"%s\"", cname);
-        put_hist(o, "sidelb_call_duration_seconds", labels, &srv->clusters[i].stats.call_duration);
+        put_hist(o, "sidelb_call_duration_seconds", labels, &sc->clusters[i].stats.call_duration);
     }
 
     static const struct {
@@ -282,7 +285,7 @@ static void render_call_stats(struct slb_textout *o, const struct slb_server *sr
         put_family(o, per_cluster[f].name, per_cluster[f].type, per_cluster[f].help);
         for (size_t i = 0; i < srv->n_clusters; i++) {
             uint64_t v;
-            memcpy(&v, (const char *)&srv->clusters[i].stats + per_cluster[f].off, sizeof(v));
+            memcpy(&v, (const char *)&sc->clusters[i].stats + per_cluster[f].off, sizeof(v));
             slb_text_puts(o, per_cluster[f].name);
             slb_text_puts(o, "{cluster=\"");
             put_label_value(o, srv->clusters[i].cfg->name);
@@ -295,9 +298,9 @@ static void render_call_stats(struct slb_textout *o, const struct slb_server *sr
         const struct slb_cluster *cl = &srv->clusters[i];
         escape_into(cname, sizeof(cname), cl->cfg->name);
         slb_text_printf(o, "sidelb_cluster_limit_rejections_total{cluster=\"%s\",limit=\"max_calls\"} %llu\n", cname,
-                        (unsigned long long)cl->stats.rejected_max_calls);
+                        (unsigned long long)sc->clusters[i].stats.rejected_max_calls);
         slb_text_printf(o, "sidelb_cluster_limit_rejections_total{cluster=\"%s\",limit=\"max_waiting_calls\"} %llu\n",
-                        cname, (unsigned long long)cl->stats.rejected_max_waiting);
+                        cname, (unsigned long long)sc->clusters[i].stats.rejected_max_waiting);
     }
 
     put_family(o, "sidelb_upstream_attempts_total", "counter",
@@ -306,12 +309,13 @@ static void render_call_stats(struct slb_textout *o, const struct slb_server *sr
         const struct slb_cluster *cl = &srv->clusters[i];
         for (uint32_t j = 0; j < cl->set.n; j++) {
             const struct slb_backend *be = cl->set.items[j];
+            const struct slb_backend_stats *bs = &sc->clusters[i].backends[j].stats;
             for (int code = 0; code < SLB_STATS_GRPC_CODES; code++) {
-                if (be->stats.attempts[code] == 0)
+                if (bs->attempts[code] == 0)
                     continue;
                 put_backend_labels(o, "sidelb_upstream_attempts_total", cl, be);
                 slb_text_printf(o, ",grpc_code=\"%s\"} %llu\n", slb_grpc_status_name(code),
-                                (unsigned long long)be->stats.attempts[code]);
+                                (unsigned long long)bs->attempts[code]);
             }
         }
     }
@@ -323,7 +327,8 @@ static void render_call_stats(struct slb_textout *o, const struct slb_server *sr
         for (uint32_t j = 0; j < cl->set.n; j++) {
             escape_into(bname, sizeof(bname), cl->set.items[j]->name);
             snprintf(labels, sizeof(labels), "cluster=\"%s\",backend=\"%s\"", cname, bname);
-            put_hist(o, "sidelb_upstream_attempt_duration_seconds", labels, &cl->set.items[j]->stats.attempt_duration);
+            put_hist(o, "sidelb_upstream_attempt_duration_seconds", labels,
+                     &sc->clusters[i].backends[j].stats.attempt_duration);
         }
     }
 }
@@ -337,8 +342,9 @@ static uint64_t hist_count(const struct slb_stats_hist *h)
 }
 
 /* "metrics".max_methods: calls and latency per cluster and method (method="other" past the cap). */
-static void render_method_stats(struct slb_textout *o, const struct slb_server *srv)
+static void render_method_stats(struct slb_textout *o, const struct slb_scrape *sc)
 {
+    const struct slb_server *srv = sc->srv;
     char cname[256], mname[1100], labels[1400];
 
     if (srv->cfg->metrics_max_methods == 0)
@@ -346,7 +352,7 @@ static void render_method_stats(struct slb_textout *o, const struct slb_server *
     put_family(o, "sidelb_method_calls_total", "counter",
                "Calls that ended, per cluster, gRPC method (\"other\" past metrics.max_methods) and code.");
     for (size_t i = 0; i < srv->n_clusters; i++) {
-        const struct slb_method_stats *ms = &srv->clusters[i].method_stats;
+        const struct slb_method_stats *ms = sc->clusters[i].methods;
         escape_into(cname, sizeof(cname), srv->clusters[i].cfg->name);
         for (uint32_t j = 0; j <= ms->cap; j++) {
             if (j == ms->n && j < ms->cap)
@@ -362,7 +368,7 @@ static void render_method_stats(struct slb_textout *o, const struct slb_server *
     put_family(o, "sidelb_method_call_duration_seconds", "histogram",
                "Calls per cluster and gRPC method (\"other\" past metrics.max_methods), headers to stream end.");
     for (size_t i = 0; i < srv->n_clusters; i++) {
-        const struct slb_method_stats *ms = &srv->clusters[i].method_stats;
+        const struct slb_method_stats *ms = sc->clusters[i].methods;
         escape_into(cname, sizeof(cname), srv->clusters[i].cfg->name);
         for (uint32_t j = 0; j <= ms->cap; j++) {
             if (j == ms->n && j < ms->cap)
@@ -376,18 +382,9 @@ static void render_method_stats(struct slb_textout *o, const struct slb_server *
     }
 }
 
-static uint32_t upstream_connections(const struct slb_server *srv)
+static void render_access_log(struct slb_textout *o, const struct slb_scrape *sc)
 {
-    uint32_t n = 0;
-    for (const struct slb_list *it = srv->ctx.pools.next; it != &srv->ctx.pools; it = it->next)
-        n += slb_list_entry(it, struct slb_upstream_pool, ctx_link)->n_conns;
-    return n;
-}
-
-static void render_access_log(struct slb_textout *o, const struct slb_server *srv)
-{
-    static const struct slb_access_log_stats none;
-    const struct slb_access_log_stats *s = srv->ctx.access_log ? slb_access_log_stats(srv->ctx.access_log) : &none;
+    const struct slb_access_log_stats *s = &sc->access_log;
 
     put_family(o, "sidelb_access_log_lines_total", "counter", "Access log lines written.");
     slb_text_printf(o, "sidelb_access_log_lines_total %llu\n", (unsigned long long)s->lines);
@@ -510,8 +507,25 @@ static void render_process(struct slb_textout *o)
     slb_text_printf(o, "sidelb_build_info{version=\"%s\"} 1\n", SLB_VERSION);
 }
 
-static void render_metrics(struct slb_textout *o, const struct slb_server *srv, uint64_t now)
+/* Workers only: how this scrape read them (lib/scrape.h). */
+static void render_scrape(struct slb_textout *o, const struct slb_scrape *sc)
 {
+    if (sc->n_workers == 0)
+        return;
+    put_family(o, "sidelb_workers", "gauge", "Worker loops forwarding calls (\"workers\").");
+    slb_text_printf(o, "sidelb_workers %u\n", sc->n_workers);
+    put_family(o, "sidelb_scrape_pause_seconds", "gauge",
+               "How long this scrape paused the workers to add up their counters.");
+    slb_text_printf(o, "sidelb_scrape_pause_seconds %.6f\n", (double)sc->pause_ns / 1e9);
+    put_family(o, "sidelb_scrape_workers_skipped", "gauge",
+               "Workers this scrape could not read (no answer to its pause in time, or stopped): their counts are "
+               "missing from it.");
+    slb_text_printf(o, "sidelb_scrape_workers_skipped %u\n", sc->n_workers_skipped);
+}
+
+static void render_metrics(struct slb_textout *o, const struct slb_scrape *sc, uint64_t now)
+{
+    const struct slb_server *srv = sc->srv;
     static const struct {
         const char *name, *help;
         size_t off;
@@ -596,20 +610,20 @@ static void render_metrics(struct slb_textout *o, const struct slb_server *srv, 
 
     for (size_t i = 0; i < SLB_ARRAY_SIZE(counters); i++) {
         uint64_t v;
-        memcpy(&v, (const char *)&srv->ctx.stats + counters[i].off, sizeof(v));
+        memcpy(&v, (const char *)&sc->stats + counters[i].off, sizeof(v));
         put_family(o, counters[i].name, "counter", counters[i].help);
         slb_text_printf(o, "%s %llu\n", counters[i].name, (unsigned long long)v);
     }
     put_family(o, "sidelb_calls_in_flight", "gauge", "Calls in progress.");
-    slb_text_printf(o, "sidelb_calls_in_flight %u\n", srv->ctx.n_calls);
+    slb_text_printf(o, "sidelb_calls_in_flight %u\n", sc->n_calls);
     put_family(o, "sidelb_downstream_connections", "gauge", "Open application connections.");
-    slb_text_printf(o, "sidelb_downstream_connections %u\n", srv->ctx.n_app_conns);
+    slb_text_printf(o, "sidelb_downstream_connections %u\n", sc->n_app_conns);
     put_family(o, "sidelb_downstream_connections_max", "gauge",
                "Cap on open application connections over all listeners (max_app_connections).");
-    slb_text_printf(o, "sidelb_downstream_connections_max %u\n", srv->ctx.max_app_conns);
+    slb_text_printf(o, "sidelb_downstream_connections_max %u\n", sc->max_app_conns);
     put_family(o, "sidelb_listener_connections", "gauge", "Open application connections per listener.");
     for (size_t i = 0; i < srv->n_listeners; i++)
-        put_listener_conns(o, &srv->listeners[i]);
+        put_listener_conns(o, &srv->listeners[i], &sc->listeners[i]);
     put_family(o, "sidelb_downstream_tls_handshake_failures_total", "counter",
                "App connections to a TLS listener that failed before their first byte of data (no ALPN h2, no or a "
                "refused client certificate, not TLS).");
@@ -619,30 +633,31 @@ static void render_metrics(struct slb_textout *o, const struct slb_server *srv, 
             continue;
         slb_text_puts(o, "sidelb_downstream_tls_handshake_failures_total{listener=\"");
         put_label_value(o, l->cfg->name);
-        slb_text_printf(o, "\"} %llu\n", (unsigned long long)l->set.tls_stats.handshake_failures);
+        slb_text_printf(o, "\"} %llu\n", (unsigned long long)sc->listeners[i].tls_stats.handshake_failures);
     }
     put_family(o, "sidelb_buffered_bytes", "gauge",
                "Bytes calls hold: request bytes not yet sent, replay copies, response bytes the apps have not taken.");
-    slb_text_printf(o, "sidelb_buffered_bytes %llu\n", (unsigned long long)srv->ctx.buffers.buffered);
+    slb_text_printf(o, "sidelb_buffered_bytes %llu\n", (unsigned long long)sc->buffered);
     put_family(o, "sidelb_buffer_held_back_connections", "gauge",
                "Application connections over their buffer budget now (their windows are held back).");
-    slb_text_printf(o, "sidelb_buffer_held_back_connections %u\n", srv->ctx.buffers.n_held_back);
+    slb_text_printf(o, "sidelb_buffer_held_back_connections %u\n", sc->n_held_back);
     put_family(o, "sidelb_read_pauses_total", "counter",
                "Times a connection read budgets.read_bytes_per_turn in one loop turn and waited for the next.");
-    slb_text_printf(o, "sidelb_read_pauses_total %llu\n", (unsigned long long)srv->ctx.io.read_pauses);
+    slb_text_printf(o, "sidelb_read_pauses_total %llu\n", (unsigned long long)sc->read_pauses);
     put_family(o, "sidelb_draining", "gauge", "1 once the server is stopping (draining calls).");
     slb_text_printf(o, "sidelb_draining %d\n", srv->stopping ? 1 : 0);
+    render_scrape(o, sc);
 
-    cluster_family(o, srv, "sidelb_cluster_backends", "Backends listed in the cluster.", 0);
-    cluster_family(o, srv, "sidelb_cluster_waiting_calls", "Calls waiting for a usable backend.", 1);
-    cluster_tls_family(o, srv, "sidelb_upstream_tls_handshakes_total",
+    cluster_family(o, sc, "sidelb_cluster_backends", "Backends listed in the cluster.", 0);
+    cluster_family(o, sc, "sidelb_cluster_waiting_calls", "Calls waiting for a usable backend.", 1);
+    cluster_tls_family(o, sc, "sidelb_upstream_tls_handshakes_total",
                        "TLS handshakes completed with the cluster's backends (calls and health checks).",
                        offsetof(struct slb_tls_stats, handshakes));
-    cluster_tls_family(o, srv, "sidelb_upstream_tls_handshake_failures_total",
+    cluster_tls_family(o, sc, "sidelb_upstream_tls_handshake_failures_total",
                        "TLS connections to the cluster's backends that failed before their first byte of data "
                        "(verification, ALPN, alerts); the log and the calls' UNAVAILABLE message say why.",
                        offsetof(struct slb_tls_stats, handshake_failures));
-    cluster_tls_family(o, srv, "sidelb_upstream_tls_resumed_total",
+    cluster_tls_family(o, sc, "sidelb_upstream_tls_resumed_total",
                        "TLS handshakes with the cluster's backends that resumed an earlier session.",
                        offsetof(struct slb_tls_stats, resumed));
     put_table_stale(o, srv);
@@ -655,53 +670,61 @@ static void render_metrics(struct slb_textout *o, const struct slb_server *srv, 
             const struct slb_backend *be = cl->set.items[j];
             for (int s = SLB_BACKEND_IDLE; s <= SLB_BACKEND_SHUTDOWN; s++) {
                 put_backend_labels(o, "sidelb_backend_state", cl, be);
-                slb_text_printf(o, ",state=\"%s\"} %d\n", slb_backend_state_name(s), be->state == s ? 1 : 0);
+                slb_text_printf(o, ",state=\"%s\"} %d\n", slb_backend_state_name(s),
+                                sc->clusters[i].backends[j].state == s ? 1 : 0);
             }
         }
     }
-    backend_family(o, srv, now, "sidelb_backend_healthy", "gauge",
+    backend_family(o, sc, now, "sidelb_backend_healthy", "gauge",
                    "1 if the backend may take new calls now (connectivity, health check, ejection, draining).",
                    v_healthy);
-    backend_family(o, srv, now, "sidelb_backend_health_check_off", "gauge",
+    backend_family(o, sc, now, "sidelb_backend_health_check_off", "gauge",
                    "1 while health checking is off for the backend: it does not implement grpc.health.v1 (gRFC A17).",
                    v_health_check_off);
-    backend_family(o, srv, now, "sidelb_backend_health_pending", "gauge",
+    backend_family(o, sc, now, "sidelb_backend_health_pending", "gauge",
                    "1 while the backend's health check has not answered yet (no new calls until it does).",
                    v_health_pending);
-    backend_family(o, srv, now, "sidelb_backend_outstanding_calls", "gauge", "Calls in flight on the backend.",
+    backend_family(o, sc, now, "sidelb_backend_outstanding_calls", "gauge", "Calls in flight on the backend.",
                    v_outstanding);
-    backend_family(o, srv, now, "sidelb_backend_ejected", "gauge", "1 while outlier detection ejects the backend.",
+    backend_family(o, sc, now, "sidelb_backend_ejected", "gauge", "1 while outlier detection ejects the backend.",
                    v_ejected);
-    backend_family(o, srv, now, "sidelb_backend_ejections_total", "counter",
+    backend_family(o, sc, now, "sidelb_backend_ejections_total", "counter",
                    "Times outlier detection ejected the backend.", v_ejections);
-    backend_family(o, srv, now, "sidelb_backend_ejections_capped_total", "counter",
+    backend_family(o, sc, now, "sidelb_backend_ejections_capped_total", "counter",
                    "Ejections of the backend that max_ejection_percent prevented.", v_ejections_capped);
-    backend_family(o, srv, now, "sidelb_backend_ejection_multiplier", "gauge",
+    backend_family(o, sc, now, "sidelb_backend_ejection_multiplier", "gauge",
                    "Outlier ejection time multiplier (gRFC A50): the next ejection lasts base_ejection_ms times it "
                    "plus one; it decays by one per interval_ms the backend stays in.",
                    v_ejection_multiplier);
-    backend_family(o, srv, now, "sidelb_backend_weight", "gauge", "Load-balancing weight of the backend.", v_weight);
-    backend_family(o, srv, now, "sidelb_backend_drained", "gauge",
+    backend_family(o, sc, now, "sidelb_backend_weight", "gauge", "Load-balancing weight of the backend.", v_weight);
+    backend_family(o, sc, now, "sidelb_backend_drained", "gauge",
                    "1 while an operator drains the backend (admin action or \"drain\": true in its etcd value): no new "
                    "calls, calls in flight finish.",
                    v_drained);
-    backend_family(o, srv, now, "sidelb_backend_connections", "gauge", "Open HTTP/2 connections to the backend.",
+    backend_family(o, sc, now, "sidelb_backend_connections", "gauge", "Open HTTP/2 connections to the backend.",
                    v_connections);
-    backend_family(o, srv, now, "sidelb_backend_queued_calls", "gauge",
+    backend_family(o, sc, now, "sidelb_backend_queued_calls", "gauge",
                    "Calls waiting in the backend's pool for a stream slot (max_pending_per_backend).", v_queued);
-    backend_family(o, srv, now, "sidelb_backend_health_changes_total", "counter",
+    backend_family(o, sc, now, "sidelb_backend_health_changes_total", "counter",
                    "Changes of the backend's health check status (gRFC A17).", v_health_changes);
     put_family(o, "sidelb_upstream_connections", "gauge", "Open HTTP/2 connections to backends.");
-    slb_text_printf(o, "sidelb_upstream_connections %u\n", upstream_connections(srv));
-    render_call_stats(o, srv);
-    render_method_stats(o, srv);
-    render_access_log(o, srv);
+    slb_text_printf(o, "sidelb_upstream_connections %u\n", sc->upstream_conns);
+    render_call_stats(o, sc);
+    render_method_stats(o, sc);
+    render_access_log(o, sc);
     render_etcd(o, srv, now);
     render_process(o);
 }
 int slb_metrics_render(struct slb_outbuf *b, const struct slb_server *srv, uint64_t now)
 {
     struct slb_textout o = {b, BODY_LIMIT, 0};
-    render_metrics(&o, srv, now);
-    return o.err;
+    struct slb_scrape sc;
+    int rv = slb_scrape_begin(&sc, srv, 1);
+
+    if (rv == 0) {
+        render_metrics(&o, &sc, now);
+        rv = o.err;
+    }
+    slb_scrape_end(&sc);
+    return rv;
 }

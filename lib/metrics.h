@@ -1,7 +1,9 @@
 /*
  * /metrics: the server's counters and gauges in the Prometheus text format
- * 0.0.4. Rendering reads the server, its loop context's stats, clusters and
- * backends, and never changes them; it runs on the scrape, never on a call.
+ * 0.0.4. Rendering reads the server, its clusters and backends, and what
+ * every loop counted, added up (lib/scrape.h: with workers, they are paused
+ * for the additions); it changes nothing and runs on the scrape, never on
+ * a call.
  */
 #ifndef SLB_METRICS_H
 #define SLB_METRICS_H

@@ -47,12 +47,13 @@ static void on_downstream_gone(struct slb_downstream *dc)
         worker_finish(w);
 }
 
-/* A replica's backend failed consecutive_failures times in a row: the control loop ejects it now. */
-static void on_outlier_check(struct slb_cluster *cl)
+/* A replica's backend failed consecutive_failures times in a row (the control loop ejects it now), or
+ * calls began to wait in a replica (the control loop probes its health checks in backoff). */
+static void notify_control(struct slb_cluster *cl, int what)
 {
     struct slb_worker *w = slb_container_of(cl->ctx, struct slb_worker, ctx);
 
-    __atomic_store_n(&w->group->outlier_check_wanted, 1, __ATOMIC_RELAXED);
+    __atomic_or_fetch(&w->group->control_wanted, (uint8_t)what, __ATOMIC_RELAXED);
     uv_async_send(&w->group->control);
 }
 
@@ -299,7 +300,8 @@ static int worker_init(struct slb_worker *w, struct slb_server *srv, char *err, 
             return rv;
         }
         w->clusters[i].index = (uint32_t)i;
-        w->clusters[i].on_outlier_check = on_outlier_check;
+        w->clusters[i].notify_control = notify_control;
+        w->clusters[i].primary = &srv->clusters[i];
     }
     if ((rv = worker_listeners_init(w, cfg)) != 0)
         goto nomem;
@@ -406,9 +408,14 @@ static void on_control(uv_async_t *a)
     uint32_t done, started = 0;
     void (*cb)(struct slb_workers *);
 
-    if (__atomic_exchange_n(&ws->outlier_check_wanted, 0, __ATOMIC_RELAXED))
-        for (size_t i = 0; i < srv->n_clusters; i++)
+    uint8_t wanted = __atomic_exchange_n(&ws->control_wanted, 0, __ATOMIC_RELAXED);
+
+    for (size_t i = 0; i < srv->n_clusters && !ws->stopping; i++) {
+        if (wanted & SLB_NOTIFY_OUTLIER)
             slb_cluster_collect_shared(&srv->clusters[i]);
+        if (wanted & SLB_NOTIFY_WAITING)
+            slb_cluster_probe_for_replicas(&srv->clusters[i]);
+    }
     if (!ws->stopping || ws->on_all_stopped == NULL)
         return;
     uv_mutex_lock(&ws->mu);

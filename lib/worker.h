@@ -114,12 +114,12 @@ struct slb_workers {
     uint32_t n;
     struct slb_worker *w;
     uv_mutex_t mu;
-    uv_cond_t cond;               /* a worker paused, or stopped */
-    uint8_t pause_wanted;         /* workers wait in their async callback while set */
-    uint32_t n_done;              /* workers whose loop ended */
-    uv_async_t control;           /* on the control loop: a worker stopped, or asked for an outlier check */
-    uint8_t outlier_check_wanted; /* atomic: a backend reached consecutive_failures on some worker */
-    uv_check_t publish;           /* on the control loop: after each turn, publish clusters that changed */
+    uv_cond_t cond;         /* a worker paused, or stopped */
+    uint8_t pause_wanted;   /* workers wait in their async callback while set */
+    uint32_t n_done;        /* workers whose loop ended */
+    uv_async_t control;     /* on the control loop: a worker stopped, or asked for an outlier check */
+    uint8_t control_wanted; /* atomic: SLB_NOTIFY_* bits the workers' replicas asked for */
+    uv_check_t publish;     /* on the control loop: after each turn, publish clusters that changed */
     void (*on_all_stopped)(struct slb_workers *ws);
     uint8_t stopping, handles_open; /* control thread only */
 };

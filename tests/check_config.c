@@ -439,6 +439,29 @@ START_TEST(test_state_dir)
 }
 END_TEST
 
+START_TEST(test_workers)
+{
+    struct slb_config *cfg = expect_ok("{\n" LISTENER_OK CLUSTER_OK "}\n");
+
+    ck_assert_uint_eq(cfg->workers, 1);
+    slb_config_free(cfg);
+    cfg = expect_ok("{\n" LISTENER_OK CLUSTER_OK ", \"workers\": 4\n}\n");
+    ck_assert_uint_eq(cfg->workers, 4);
+    ck_assert_uint_eq(cfg->workers_auto, 0);
+    slb_config_free(cfg);
+    cfg = expect_ok("{\n" LISTENER_OK CLUSTER_OK ", \"workers\": \"auto\"\n}\n");
+    ck_assert_uint_ge(cfg->workers, 1);
+    ck_assert_uint_le(cfg->workers, SLB_MAX_WORKERS);
+    ck_assert_uint_eq(cfg->workers_auto, 1);
+    slb_config_free(cfg);
+    expect_error("{\n" LISTENER_OK CLUSTER_OK ", \"workers\": 0\n}\n",
+                 "t.json:4:14: workers: 0 is out of range (1..64)");
+    expect_error("{\n" LISTENER_OK CLUSTER_OK ", \"workers\": 65\n}\n", "t.json:4:14: workers: 65 is out of range");
+    expect_error("{\n" LISTENER_OK CLUSTER_OK ", \"workers\": \"many\"\n}\n",
+                 "t.json:4:14: workers: expected an integer 1..64 or \"auto\", got a string");
+}
+END_TEST
+
 START_TEST(err_budgets)
 {
     expect_error("{\n" LISTENER_OK CLUSTER_OK ", \"budgets\": {\"connection_bytes\": 1000}\n}\n",
@@ -1291,6 +1314,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, err_unknown_top_key);
     tcase_add_test(tc, test_budgets);
     tcase_add_test(tc, test_state_dir);
+    tcase_add_test(tc, test_workers);
     tcase_add_test(tc, err_budgets);
     tcase_add_test(tc, err_unknown_listener_key);
     tcase_add_test(tc, err_missing_listeners);

@@ -3,7 +3,7 @@
 
     SIDELB_BUILD=build /usr/bin/python3 tests/bench/bench.py [--quick] [--rounds R] [--n N]
         [--conns C] [--streams M] [--payload BYTES] [--no-pin]
-        [--targets direct,sidelb,haproxy,nginx,sidelb-tls,haproxy-tls]
+        [--targets direct,sidelb,haproxy,nginx,sidelb-tls,haproxy-tls,sidelb-w1,sidelb-w2,sidelb-w2-lr]
         [--before PATH/TO/OTHER/sidelb]   (also $SIDELB_BEFORE: before/after figures in one run) [--no-frames]
 
 One run, same 3 C test backends (tests/backend, no stats file) behind every
@@ -27,7 +27,10 @@ same 3 C test backends serving h2 over TLS (--tls-cert: libsidelb's TLS
 filter), so the rows show what TLS to backends costs each proxy.
 
 Pinning (2-core machine, unless --no-pin): h2load on CPU 1, the proxy on CPU 0,
-the backends float. Every process is stopped by PID, also on failure/Ctrl-C.
+the backends float. Rows sidelb-w1 and sidelb-w2 ("workers": 1 and 2) let sidelb
+use both CPUs (h2load stays on CPU 1), so they compare the worker counts on the
+same CPUs; on 2 cores shared with h2load and the backends they show the cost of
+the workers more than their gain (see the README). Every process is stopped by PID, also on failure/Ctrl-C.
 Exit status: 0 if every run and every verification passed, 1 otherwise.
 """
 
@@ -230,6 +233,18 @@ def start_targets(args, tmp, backends, tls_backends=None, pki=None):
         p = peers.Proc(["nginx", "-p", prefix, "-c", path, "-e", os.path.join(prefix, "error.log")],
                        name="nginx", ready=None, port=port)
         targets.append(Target("nginx", port, p, backends))
+    for name, workers in (("sidelb-w1", 1), ("sidelb-w2", 2), ("sidelb-w2-lr", 2)):
+        # workers 1 vs 2 with the same CPUs (both): the rows above pin the proxy to CPU 0;
+        # -lr: least_request + outlier detection, whose counters the workers share (atomics)
+        if name in names:
+            cfg = sidelb_harness.simple_config([b.addr for b in backends], max_connections_per_backend=2)
+            cfg["listeners"][0]["max_concurrent_streams"] = 10000
+            cfg["workers"] = workers
+            if name.endswith("-lr"):
+                cfg["clusters"][0]["policy"] = {"least_request": {}}
+                cfg["clusters"][0]["outlier_detection"] = {"consecutive_failures": 5}
+            p = sidelb_harness.start_sidelb(cfg, log_level="notice")
+            targets.append(Target(name, p.port, p, backends))
     if "sidelb-tls" in names:
         cfg = sidelb_harness.simple_config([b.addr for b in tls_backends], max_connections_per_backend=2,
                                            tls={"ca_file": pki["ca.pem"]})
@@ -243,7 +258,7 @@ def start_targets(args, tmp, backends, tls_backends=None, pki=None):
         targets.append(Target("haproxy-tls", port, p, tls_backends))
     for t in targets:
         if t.proc:
-            pin(t.pid, 0, args.pin)
+            pin(t.pid, "0-1" if t.name.startswith("sidelb-w") else 0, args.pin)
     return targets
 
 
@@ -431,7 +446,7 @@ def main():
     ap.add_argument("--conns", type=int, default=8, help="h2load -c")
     ap.add_argument("--streams", type=int, default=32, help="h2load -m (concurrent streams per connection)")
     ap.add_argument("--payload", type=int, default=16, help="request payload bytes")
-    ap.add_argument("--targets", default="direct,sidelb,haproxy,nginx,sidelb-tls,haproxy-tls")
+    ap.add_argument("--targets", default="direct,sidelb,haproxy,nginx,sidelb-tls,haproxy-tls,sidelb-w1,sidelb-w2,sidelb-w2-lr")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="no taskset pinning")
     ap.add_argument("--run-timeout", type=int, default=60, help="seconds per h2load run")
     ap.add_argument("--no-frames", dest="frames", action="store_false",
@@ -583,6 +598,16 @@ def main():
             s, t = summary["sidelb"], summary["sidelb-tls"]
             log("sidelb TLS vs h2c to the backends: calls/s x%.2f, CPU/call +%.1f µs" % (
                 t["rps"] / s["rps"], t["proxy_us_per_call"] - s["proxy_us_per_call"]))
+        if "sidelb-w1" in summary and "sidelb-w2" in summary:
+            a, b = summary["sidelb-w1"], summary["sidelb-w2"]
+            log("workers 2 vs 1 (both may use CPUs 0-1, h2load on CPU 1, the backends float): calls/s x%.2f, "
+                "CPU/call x%.2f, p99 %s vs %s" % (b["rps"] / a["rps"], b["proxy_us_per_call"] /
+                                                  max(a["proxy_us_per_call"], 1e-9), fmt_us(b["p99_us"]),
+                                                  fmt_us(a["p99_us"])))
+        if "sidelb-w2" in summary and "sidelb-w2-lr" in summary:
+            a, b = summary["sidelb-w2"], summary["sidelb-w2-lr"]
+            log("workers 2, least_request + outlier detection (shared atomics) vs round_robin: calls/s x%.2f, "
+                "CPU/call x%.2f" % (b["rps"] / a["rps"], b["proxy_us_per_call"] / max(a["proxy_us_per_call"], 1e-9)))
         if "sidelb" in summary and "before" in summary:
             s, b = summary["sidelb"], summary["before"]
             log("sidelb vs before: calls/s x%.3f, CPU/call x%.3f" % (
