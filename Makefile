@@ -2,11 +2,12 @@
 #
 #   make            build build/sidelb and build/libsidelb.a
 #   make deps       install missing Debian packages (root; idempotent)
-#   make check      deps + build + every test: make test, then make asan
+#   make check      deps + build + every test: make test, then make asan, then make tsan
 #   make test       format check, unit, integration, fuzz smoke (plain build)
 #   make demo       deps + build + a live demo balancing real gRPC traffic
 #   make bench      deps + build + side-by-side benchmark (tests/bench)
 #   make asan       unit + integration again under ASan + UBSan (clang, build-asan/)
+#   make tsan       worker tests + core integration files under ThreadSanitizer, 2 workers (build-tsan/)
 #   make fuzz-smoke build the libFuzzer targets (clang) and run each FUZZ_SECONDS
 #   make install    PREFIX=/usr/local DESTDIR= (install-lib / INSTALL_LIB=1: libsidelb.a + headers)
 #
@@ -48,7 +49,7 @@ BACKEND_OBJ := $(patsubst tests/%.c,$(BUILD)/tests/%.o,$(BACKEND_SRC)) \
 BENCH_SRC := $(sort $(wildcard tests/bench/*.c))
 BENCH_BIN := $(patsubst tests/bench/%.c,$(BUILD)/%,$(BENCH_SRC))
 
-.PHONY: all deps check test unit integration demo bench asan install install-lib clean format format-check
+.PHONY: all deps check test unit integration demo bench asan tsan tsan-build install install-lib clean format format-check
 all: $(BUILD)/sidelb $(BUILD)/libsidelb.a
 
 $(BUILD)/libsidelb.a: $(LIB_OBJ)
@@ -117,8 +118,9 @@ deps:
 # Both passes run even when the first fails: CI reports every failure at once.
 check: deps
 	@failed=; $(MAKE) test || failed="$$failed test"; $(MAKE) asan || failed="$$failed asan"; \
+	$(MAKE) tsan || failed="$$failed tsan"; \
 	if [ -n "$$failed" ]; then echo "make check: FAILED in make$$failed (see above)" >&2; exit 1; fi; \
-	echo "make check: all passed (make test, make asan)"
+	echo "make check: all passed (make test, make asan, make tsan)"
 
 test: $(TEST_BINS)
 	$(MAKE) format-check
@@ -167,6 +169,33 @@ asan:
 	$(ASAN_ENV) $(MAKE) $(ASAN_VARS) unit
 	$(ASAN_ENV) $(MAKE) $(ASAN_VARS) integration
 
+# The ThreadSanitizer pass ("workers": N, lib/worker.h): a clang TSan build in
+# build-tsan/, then test_workers.py and the core files below with two workers
+# (SIDELB_TEST_WORKERS; test_workers.py sets its own). conftest.py fails a test
+# whose processes printed a race. halt_on_error=0: a test shows every race it
+# hit, not only the first. tests/tsan.supp holds suppressions for third-party
+# code only, each with its reason. TSAN_TESTS picks the files (the CI budget
+# of this step is ~3 min on 2 cores): the soak runs 30 s here (reloads, kills,
+# chaos: the most thread hand-offs per second). test_recovery.py is left out:
+# its recovery-time bounds (e.g. failed calls <= unavoidable + 20) failed 1 run
+# in 5 under TSan with two workers on a loaded machine (44 failed), never with a race.
+# tests/tsan/libuv_close.c (linked in): TSan sees the descriptors libuv closes (see there why).
+TSAN_HOOK = build-tsan/tests/tsan/libuv_close.o
+TSAN_VARS = BUILD=build-tsan CC=clang LDFLAGS="-fsanitize=thread $(TSAN_HOOK)" \
+            CFLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer"
+TSAN_OPTIONS ?= halt_on_error=0:second_deadlock_stack=1:history_size=4:suppressions=$(abspath tests/tsan.supp)
+TSAN_TESTS ?= test_workers.py test_proxy.py test_reload.py test_outlier.py test_policies.py test_lifecycle_soak.py
+TSAN_SOAK_SECONDS ?= 30
+TSAN_ENV = TSAN_OPTIONS=$(TSAN_OPTIONS) SIDELB_SANITIZER=1 SIDELB_TEST_WORKERS=2 SIDELB_BUILD=$(abspath build-tsan) \
+           SIDELB_SOAK_SECONDS=$(TSAN_SOAK_SECONDS)
+
+tsan-build:
+	$(MAKE) $(TSAN_VARS) $(TSAN_HOOK)
+	$(MAKE) $(TSAN_VARS) build-tsan/sidelb build-tsan/check_sidelb build-tsan/test_backend
+
+tsan: tsan-build
+	$(TSAN_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider --durations=10 $(addprefix tests/integration/,$(TSAN_TESTS))
+
 # install: the binary, the systemd unit, the man pages, the example config,
 # and SYSCONFDIR/sidelb/sidelb.json only when there is none (an existing one
 # is never overwritten). The static library and its headers only when asked:
@@ -207,7 +236,7 @@ format-check:
 	echo "format-check: $(words $(C_SOURCES)) files clang-formatted"
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-tsan
 
 include tests/fuzz/fuzz.mk
 

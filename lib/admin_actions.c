@@ -13,6 +13,7 @@
 #include "log.h"
 #include "scrape.h"
 #include "server.h"
+#include "worker.h"
 
 int slb_admin_peer_trusted(const struct sockaddr *sa)
 {
@@ -133,10 +134,12 @@ int slb_admin_action(struct slb_server *srv, int is_post, int trusted, const cha
         return ANSWER(ans, 404, "cluster %s has no backend %s\n", cname, addr);
     if (strcmp(action, "clear_ejection") == 0) {
         int was = slb_cluster_clear_ejection(cl, be);
+        slb_workers_sync(srv->workers); /* the next call, on any worker, sees it */
         return ANSWER(ans, 200, "cluster %s backend %s: %s\n", cname, addr,
                       was ? "ejection cleared" : "was not ejected");
     }
     slb_cluster_set_drain(cl, be, SLB_DRAIN_ADMIN, action[0] == 'd');
+    slb_workers_sync(srv->workers); /* the next call, on any worker, sees it */
     if (action[0] == 'd')
         return ANSWER(ans, 200, "cluster %s backend %s: drained (%u calls in flight finish there)\n", cname, addr,
                       slb_scrape_backend_outstanding(srv, cl, be));

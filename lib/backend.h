@@ -59,6 +59,7 @@ struct slb_backend_shared {
     uint32_t outstanding;          /* calls in flight over all workers (least_request clusters only) */
     uint32_t consecutive_failures; /* attempts failed in a row, over all workers (outlier detection only) */
     uint64_t successes, failures;  /* attempt results since the control loop last took them (outlier only) */
+    uint8_t dns_refresh;           /* a worker failed to connect: the control loop looks the host name up again */
 };
 struct slb_backend_shared *slb_backend_shared_new(void);
 void slb_backend_shared_ref(struct slb_backend_shared *sh);

@@ -180,6 +180,16 @@ void slb_cluster_probe_for_replicas(struct slb_cluster *cl)
     probe_start(cl);
 }
 
+void slb_cluster_refresh_names_for_replicas(struct slb_cluster *cl)
+{
+    for (uint32_t i = 0; i < cl->set.n; i++) {
+        struct slb_backend *be = cl->set.items[i];
+        if (be->shared != NULL && be->host_name != NULL &&
+            __atomic_exchange_n(&be->shared->dns_refresh, 0, __ATOMIC_RELAXED))
+            slb_resolver_refresh_soon(&cl->resolver, be->host_name, be->name);
+    }
+}
+
 void slb_cluster_unwait(struct slb_cluster_waiter *w)
 {
     if (w->cluster == NULL)
@@ -329,8 +339,15 @@ static void on_backend_state(struct slb_backend *be, int old)
         cluster_wake(cl); /* out of connection backoff */
     else if (be->state == SLB_BACKEND_TRANSIENT_FAILURE)
         probe_start(cl);
-    if (be->state == SLB_BACKEND_TRANSIENT_FAILURE && be->host_name != NULL)
-        slb_resolver_refresh_soon(&cl->resolver, be->host_name, be->name); /* the name may point elsewhere now */
+    if (be->state == SLB_BACKEND_TRANSIENT_FAILURE && be->host_name != NULL) {
+        /* the name may point elsewhere now; a replica's names are the control loop's to look up */
+        if (!cl->replica) {
+            slb_resolver_refresh_soon(&cl->resolver, be->host_name, be->name);
+        } else if (be->shared != NULL && cl->notify_control != NULL) {
+            __atomic_store_n(&be->shared->dns_refresh, 1, __ATOMIC_RELAXED);
+            cl->notify_control(cl, SLB_NOTIFY_DNS);
+        }
+    }
 }
 
 /* ---- active health (grpc.health.v1) ---- */

@@ -112,7 +112,7 @@ struct slb_cluster {
     uint32_t remote_waiting;     /* control (atomic): calls waiting in the workers' replicas, for the probes */
 };
 
-enum { SLB_NOTIFY_OUTLIER = 1, SLB_NOTIFY_WAITING = 2 };
+enum { SLB_NOTIFY_OUTLIER = 1, SLB_NOTIFY_WAITING = 2, SLB_NOTIFY_DNS = 4 };
 
 enum slb_table_source { SLB_TABLE_ETCD = 0, SLB_TABLE_STATE_FILE, SLB_TABLE_RELOAD };
 
@@ -141,6 +141,8 @@ void slb__cluster_wake(struct slb_cluster *cl);
 void slb_cluster_collect_shared(struct slb_cluster *cl);
 /* Control loop with workers: calls wait in the workers; probe backends in backoff as for waiters here. */
 void slb_cluster_probe_for_replicas(struct slb_cluster *cl);
+/* Control loop with workers: host names whose addresses a worker failed to connect to are looked up soon. */
+void slb_cluster_refresh_names_for_replicas(struct slb_cluster *cl);
 /* Closes the cluster's timers (counted in ctx) and releases its backends. */
 void slb_cluster_dispose(struct slb_cluster *cl);
 /* Adds a backend or updates its weight/zone. 0 or SLB_EADDR/SLB_ENOMEM. */

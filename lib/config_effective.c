@@ -182,7 +182,9 @@ static int fill_root(json_t *doc, const struct slb_config *cfg)
     if (json_object_get(doc, "state_dir") == NULL && cfg->state_dir != NULL &&
         put(doc, "state_dir", json_string(cfg->state_dir)) != 0)
         return -1;
-    if (put_u32(doc, "workers", cfg->workers) != 0) /* "auto" as the number it came to */
+    if (cfg->workers_auto)
+        json_object_del(doc, "workers"); /* put() keeps given keys: "auto" shows as the number it came to */
+    if (put_u32(doc, "workers", cfg->workers) != 0)
         return -1;
     if (cfg->has_etcd && json_is_object(o = json_object_get(doc, "etcd")) &&
         (put_u32(o, "dial_timeout_ms", cfg->etcd.dial_timeout_ms) != 0 ||

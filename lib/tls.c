@@ -157,14 +157,16 @@ struct slb_tls_ctx *slb_tls_ctx_new(const struct slb_tls_settings *s, int server
     return ctx;
 }
 
+/* Atomic: with "workers" > 1 every worker's connections share the listener's and the cluster's context,
+ * so references come and go on several threads (a plain count lost updates and freed it in use). */
 void slb_tls_ctx_ref(struct slb_tls_ctx *ctx)
 {
-    ctx->refs++;
+    __atomic_add_fetch(&ctx->refs, 1, __ATOMIC_RELAXED);
 }
 
 void slb_tls_ctx_unref(struct slb_tls_ctx *ctx)
 {
-    if (ctx == NULL || --ctx->refs > 0)
+    if (ctx == NULL || __atomic_sub_fetch(&ctx->refs, 1, __ATOMIC_ACQ_REL) > 0)
         return;
     SSL_CTX_free(ctx->ssl);
     BIO_meth_free(ctx->bio_method);

@@ -53,7 +53,7 @@ struct slb_tls_settings {
     int min_version;            /* 12 or 13 (TLS 1.2 / 1.3); 0 = 12 */
 };
 
-/* Owner: reference counted (the config, connections and health checks using it). */
+/* Owner: reference counted, atomically (the config, connections and health checks using it, on any loop). */
 struct slb_tls_ctx {
     SSL_CTX *ssl;
     BIO_METHOD *bio_method; /* the transport's BIO (reads fed bytes, appends to the output buffer) */

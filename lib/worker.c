@@ -122,11 +122,39 @@ static void worker_stop(struct slb_worker *w, uint64_t grace_ms)
     uv_timer_start(&w->goaway_timer, on_goaway_timer, grace_ms < GOAWAY_NOTICE_MS ? grace_ms : GOAWAY_NOTICE_MS, 0);
 }
 
-/* Called with the group's mutex held: waits while the control loop reads this worker's state. */
+/*
+ * Applies the snapshots in the mailbox. Called with the group's mutex held,
+ * returns with it held; released while each is applied.
+ */
+static void apply_mailbox_locked(struct slb_worker *w)
+{
+    struct slb_workers *ws = w->group;
+
+    for (size_t i = 0; i < w->n_clusters; i++) {
+        struct slb_cluster_snapshot *snap = w->mailbox[i];
+        if (snap == NULL)
+            continue;
+        w->mailbox[i] = NULL;
+        uv_mutex_unlock(&ws->mu);
+        if (!w->finished)
+            slb_cluster_apply_snapshot(&w->clusters[i], snap);
+        slb_cluster_snapshot_unref(snap);
+        uv_mutex_lock(&ws->mu);
+    }
+}
+
+/*
+ * Called with the group's mutex held: waits while the control loop reads
+ * this worker's state. The snapshots published before the pause was asked
+ * for are applied first, so a pause is also a barrier (slb_workers_sync).
+ */
 static void pause_here(struct slb_worker *w)
 {
     struct slb_workers *ws = w->group;
 
+    if (!ws->pause_wanted)
+        return;
+    apply_mailbox_locked(w);
     if (!ws->pause_wanted)
         return;
     w->paused = 1;
@@ -140,15 +168,13 @@ static void on_wakeup(uv_async_t *a)
 {
     struct slb_worker *w = slb_container_of(a, struct slb_worker, wakeup);
     struct slb_workers *ws = w->group;
-    struct slb_cluster_snapshot *snaps[64], **snapv = snaps;
     struct slb_worker_conn *conns;
     uint32_t n_conns, cap;
     int stop, reopen;
     uint64_t grace;
 
-    if (w->n_clusters > SLB_ARRAY_SIZE(snaps) && (snapv = calloc(w->n_clusters, sizeof(*snapv))) == NULL)
-        snapv = NULL; /* out of memory: the snapshots wait for the next wakeup */
     uv_mutex_lock(&ws->mu);
+    apply_mailbox_locked(w);
     pause_here(w);
     /* take the inbox (swapped with the spare array, so the control loop can append meanwhile) */
     conns = w->inbox;
@@ -157,26 +183,15 @@ static void on_wakeup(uv_async_t *a)
     w->inbox = w->spare;
     w->cap_inbox = w->cap_spare;
     w->n_inbox = 0;
+    w->n_conns += n_conns; /* until adopted and counted: the next hand-off must see them */
     w->spare = conns;
     w->cap_spare = cap;
-    for (size_t i = 0; snapv != NULL && i < w->n_clusters; i++) {
-        snapv[i] = w->mailbox[i];
-        w->mailbox[i] = NULL;
-    }
     stop = w->stop_wanted;
     grace = w->stop_grace_ms;
     reopen = w->reopen_wanted;
     w->reopen_wanted = 0;
     uv_mutex_unlock(&ws->mu);
 
-    for (size_t i = 0; snapv != NULL && i < w->n_clusters; i++)
-        if (snapv[i] != NULL) {
-            if (!w->finished)
-                slb_cluster_apply_snapshot(&w->clusters[i], snapv[i]);
-            slb_cluster_snapshot_unref(snapv[i]);
-        }
-    if (snapv != snaps)
-        free(snapv);
     for (uint32_t i = 0; i < n_conns; i++) {
         struct slb_worker_conn *c = &conns[i];
         int rv;
@@ -415,6 +430,8 @@ static void on_control(uv_async_t *a)
             slb_cluster_collect_shared(&srv->clusters[i]);
         if (wanted & SLB_NOTIFY_WAITING)
             slb_cluster_probe_for_replicas(&srv->clusters[i]);
+        if (wanted & SLB_NOTIFY_DNS)
+            slb_cluster_refresh_names_for_replicas(&srv->clusters[i]);
     }
     if (!ws->stopping || ws->on_all_stopped == NULL)
         return;
@@ -570,6 +587,15 @@ void slb_workers_reopen_logs(struct slb_workers *ws)
             uv_async_send(&ws->w[i].wakeup);
     }
     uv_mutex_unlock(&ws->mu);
+}
+
+void slb_workers_sync(struct slb_workers *ws)
+{
+    if (ws == NULL || !ws->handles_open || ws->stopping)
+        return;
+    on_publish(&ws->publish);
+    slb_workers_pause(ws); /* each worker applies its mailbox before it pauses */
+    slb_workers_resume(ws);
 }
 
 void slb_workers_pause(struct slb_workers *ws)

@@ -155,6 +155,9 @@ void slb_workers_reopen_logs(struct slb_workers *ws);
  * slb_workers_paused(). Control loop only; not nested.
  */
 void slb_workers_pause(struct slb_workers *ws);
+/* Publishes the clusters' changes now and returns once every running worker applied them (a pause):
+ * for admin actions, whose answer must hold for the next call. Control loop only. */
+void slb_workers_sync(struct slb_workers *ws);
 void slb_workers_resume(struct slb_workers *ws);
 /* Whether worker i is paused now (its state may be read). */
 int slb_workers_paused(const struct slb_workers *ws, uint32_t i);

@@ -1271,6 +1271,24 @@ static void check_effective_fixpoint(const char *json)
     slb_config_free(cfg);
 }
 
+/* "workers": "auto" shows as the number it came to (the loaded config's), a number as given. */
+START_TEST(effective_workers_auto_is_its_number)
+{
+    struct slb_config *cfg = expect_ok("{\n" LISTENER_OK CLUSTER_OK ", \"workers\": \"auto\"\n}\n");
+    json_t *doc = effective_doc(cfg);
+
+    ck_assert_uint_eq(cfg->workers_auto, 1);
+    ck_assert_int_eq(int_of(doc, "workers"), (json_int_t)cfg->workers);
+    json_decref(doc);
+    slb_config_free(cfg);
+    cfg = expect_ok("{\n" LISTENER_OK CLUSTER_OK ", \"workers\": 3\n}\n");
+    doc = effective_doc(cfg);
+    ck_assert_int_eq(int_of(doc, "workers"), 3);
+    json_decref(doc);
+    slb_config_free(cfg);
+}
+END_TEST
+
 START_TEST(effective_fixpoint)
 {
     check_effective_fixpoint(full_config);
@@ -1305,6 +1323,7 @@ Suite *config_suite(void)
     tc = tcase_create("effective");
     tcase_add_test(tc, effective_minimal_shows_defaults);
     tcase_add_test(tc, effective_fixpoint);
+    tcase_add_test(tc, effective_workers_auto_is_its_number);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("errors");

@@ -23,6 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 
 DEFAULT_TIMEOUT = int(os.environ.get("SIDELB_TEST_TIMEOUT", "60"))
+# what a sanitizer build prints when it finds something (TSan goes on after a race: halt_on_error=0)
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "WARNING: ThreadSanitizer")
 
 
 def pytest_configure(config):
@@ -51,10 +54,9 @@ def _limits_and_cleanup(request):
         signal.signal(signal.SIGALRM, old)
         failed = getattr(request.node, "_sidelb_failed", False)
         stopped = peers.stop_all(first)
-        # Under `make asan` every sidelb and test backend is a sanitizer build:
-        # a memory error, undefined behaviour or leak report fails the test.
-        sanitizer = [p for p in stopped if any(m in p.log() for m in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
-                                                                      "runtime error:"))]
+        # Under `make asan` / `make tsan` every sidelb and test backend is a sanitizer build:
+        # a memory error, undefined behaviour, leak or data race report fails the test.
+        sanitizer = [p for p in stopped if any(m in p.log() for m in SANITIZER_MARKERS)]
         failed = failed or bool(sanitizer)
         for p in reversed(stopped):
             if failed:
