@@ -7,6 +7,8 @@
   $SIDELB_TEST_TIMEOUT (default 60 s).
 - $SIDELB_BUILD names the build dir holding sidelb and test_backend
   (default <repo>/build); fixture `build_dir` returns it.
+- $SIDELB_TEST_WORKERS=N runs every sidelb with "workers": N unless its
+  config sets "workers" (sidelb_harness.with_test_workers; `make asan` uses 2).
 - Fixtures c_backend / py_backend are factories: c_backend("b1",
   extra_args=[...]) -> peers.Backend.
 - `make integration` runs the suite in two passes: the tests not marked

@@ -9,6 +9,12 @@
     start_with_admin_listener(config) -> peers.Proc with .admin_port
         adds an "admin" listener on a free port and waits until it accepts.
     rss_kb(pid)  resident set size from /proc.
+    with_test_workers(config) -> config
+        with $SIDELB_TEST_WORKERS set (e.g. 2) and no "workers" key in config,
+        a copy with "workers": int($SIDELB_TEST_WORKERS); else config itself.
+        start_sidelb applies it; so must any test that writes a config of its
+        own for a start or a SIGHUP reload. A test that inherently assumes one
+        forwarding loop pins "workers": 1 in its config (with a comment why).
 """
 
 import atexit
@@ -20,12 +26,21 @@ import tempfile
 import peers
 
 
+def with_test_workers(config):
+    # the whole suite can run against N worker loops (make asan runs it with 2)
+    n = os.environ.get("SIDELB_TEST_WORKERS")
+    if not n or "workers" in config:
+        return config
+    return dict(config, workers=int(n))
+
+
 def start_sidelb(config, extra_args=(), timeout=10.0, log_level="info", binary=None, temp_state_dir=True):
     # never /var/lib/sidelb; .state_dir is kept for reloads. temp_state_dir=False for
     # a binary that predates the key (bench's "before").
     if "state_dir" not in config and temp_state_dir:
         config = dict(config, state_dir=tempfile.mkdtemp(prefix="sidelb-state-"))
         atexit.register(shutil.rmtree, config["state_dir"], True)
+    config = with_test_workers(config)
     fd, path = tempfile.mkstemp(prefix="sidelb-conf-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(config, f, indent=2)

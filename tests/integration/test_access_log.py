@@ -60,6 +60,9 @@ def test_one_line_per_call_with_the_right_fields(tmp_path):
     ok = peers.start_c_backend("ok")
     denied = peers.start_c_backend("denied", extra_args=["--fail-status", "7"])
     cfg = config([("ok", [ok.addr]), ("denied", [denied.addr])], {"path": path})
+    # workers 1: the lines are read in call order; with 2 workers each writes its own batches (every 100 ms) to the
+    # file, so the order across connections is the flushes' (test_workers_metrics counts both workers' lines)
+    cfg["workers"] = 1
     slb = start_with_admin_listener(cfg)
     a_ok, a_denied = cfg["listeners"][0]["address"], cfg["listeners"][1]["address"]
     t0 = time.time()
@@ -132,6 +135,7 @@ def test_lines_per_second_cap_holds(tmp_path):
     path = str(tmp_path / "access.log")
     ok = peers.start_c_backend("ok")
     cfg = config([("ok", [ok.addr])], {"path": path, "max_lines_per_second": 5})
+    cfg["workers"] = 1  # the cap is split per worker loop (3/s each with 2): this checks the one-loop figure
     slb = start_with_admin_listener(cfg)
     stub = peers.echo_stub(cfg["listeners"][0]["address"])
     t0 = time.monotonic()

@@ -14,7 +14,7 @@ import pytest
 
 import peers
 from peers import req, wait_for
-from sidelb_harness import simple_config, start_sidelb, start_with_admin_listener
+from sidelb_harness import simple_config, start_sidelb, start_with_admin_listener, with_test_workers
 from test_admin import http, metric, read_all
 
 
@@ -209,7 +209,7 @@ def test_config_shows_the_values_in_effect_after_a_reload():
     del cfg["clusters"][0]["max_waiting_calls"]
     cfg["listeners"][0]["max_concurrent_streams"] = 50
     with open(slb.config_path, "w") as f:
-        json.dump(cfg, f)
+        json.dump(with_test_workers(cfg), f)
     slb.signal(signal.SIGHUP)
     wait_for(lambda: "reloaded" in slb.log() or "reload:" in slb.log(), 10, what="the reload")
     assert "reload:" not in slb.log(), slb.log()

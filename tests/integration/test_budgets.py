@@ -214,6 +214,7 @@ def test_held_back_app_does_not_slow_others_on_the_same_backend_connection():
     cfg = two_cluster_config(be.addr, be.addr, budgets={"connection_bytes": 4 * MiB})
     cfg["clusters"][1]["max_connections_per_backend"] = 1
     cfg["listeners"][0]["routes"] = [{"service": "sidelb.test.Echo", "cluster": "echo"}]
+    cfg["workers"] = 1  # both apps on one backend connection: with 2 workers each app's loop has its own
     slb = start_sidelb(cfg)
     stub = peers.echo_stub(slb.addr)
     assert stub.Unary(req(payload=b"warm"), timeout=5).payload == b"warm"  # the one backend connection is up

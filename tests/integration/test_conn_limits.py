@@ -283,6 +283,7 @@ def test_listener_cap_evicts_the_longest_idle_connection():
     be = peers.start_c_backend("cap")
     cfg = simple_config([be.addr])
     cfg["listeners"][0]["max_connections"] = 4
+    cfg["workers"] = 1  # the cap is split per worker loop: which connection is evicted depends on the loop
     admin = admin_cfg(cfg)
     slb = start_sidelb(cfg)
     idle = []
@@ -308,6 +309,7 @@ def test_listener_cap_refuses_when_every_connection_is_busy():
     be = peers.start_c_backend("busy")
     cfg = simple_config([be.addr])
     cfg["listeners"][0]["max_connections"] = 2
+    cfg["workers"] = 1  # the cap is split per worker loop (1 each with 2): this checks the one-loop cap
     admin = admin_cfg(cfg)
     slb = start_sidelb(cfg)
     busy = [H2Stream(slb.port), H2Stream(slb.port)]
@@ -335,6 +337,7 @@ def test_total_cap_evicts_across_listeners():
     second = dict(cfg["listeners"][0], name="second", address="127.0.0.1:%d" % peers.free_port())
     cfg["listeners"].append(second)
     cfg["max_app_connections"] = 3
+    cfg["workers"] = 1  # the cap is split per worker loop (2 each with 2: 4 in all): this checks the exact cap
     admin = admin_cfg(cfg)
     slb = start_sidelb(cfg)
     idle = []

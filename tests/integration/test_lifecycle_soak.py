@@ -55,7 +55,7 @@ import pytest
 import peers
 from etcd_harness import EtcdServer
 from peers import req
-from sidelb_harness import start_sidelb
+from sidelb_harness import start_sidelb, with_test_workers
 
 pytestmark = pytest.mark.serial  # a 60 s soak under load: it would load the machine under the others (conftest.py)
 
@@ -371,8 +371,8 @@ class Chaos:
             time.sleep(self.rnd.uniform(0.05, 0.3))
         self.variant += 1
         with open(self.slb.config_path, "w") as f:
-            json.dump(dict(config(self.etcd_url, self.slb.port, self.admin_port, self.variant),
-                           state_dir=self.slb.state_dir), f)
+            json.dump(with_test_workers(dict(config(self.etcd_url, self.slb.port, self.admin_port, self.variant),
+                                             state_dir=self.slb.state_dir)), f)
         self.slb.signal(signal.SIGHUP)
         self.reloads += 1
         end = time.monotonic() + 10

@@ -96,7 +96,8 @@ def test_message_size_limits():
 
 def test_max_calls_limits_calls_in_flight():
     be = peers.start_c_backend("busy")
-    slb = start_sidelb(simple_config([be.addr], max_calls=2))
+    # max_calls is split per worker loop (1 each with 2) and one app connection is on one loop
+    slb = start_sidelb(dict(simple_config([be.addr], max_calls=2), workers=1))
     stub = peers.echo_stub(slb.addr)
     futs = [stub.Unary.future(req(payload=b"x", delay_ms=500), timeout=5) for _ in range(2)]
     time.sleep(0.2)

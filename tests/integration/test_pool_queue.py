@@ -72,8 +72,9 @@ def saturated_backend():
 @pytest.mark.timeout(40)
 def test_pool_queue_bound_and_timeout():
     sat = saturated_backend()
-    slb = start_with_admin_listener(simple_config([sat.addr], max_connections_per_backend=1, max_pending_per_backend=2,
-                                   queue_timeout_ms=600))
+    # workers 1: max_pending_per_backend is split per worker loop (1 each with 2), the app's calls are on one loop
+    slb = start_with_admin_listener(dict(simple_config([sat.addr], max_connections_per_backend=1,
+                                                       max_pending_per_backend=2, queue_timeout_ms=600), workers=1))
     stub = peers.echo_stub(slb.addr)
     busy = stub.Unary.future(req(payload=b"x", delay_ms=4000), timeout=20)  # holds the only slot
     wait_for(lambda: slot_taken(slb, sat), what="the slow call to take the slot")
@@ -114,8 +115,10 @@ def test_pool_turns_calls_away_to_another_backend():
     reached the saturated backend, so it goes to one it has not tried."""
     sat = saturated_backend()
     ok = peers.start_c_backend("ok")
-    slb = start_with_admin_listener(simple_config([sat.addr, ok.addr], policy="pick_first", max_connections_per_backend=1,
-                                   max_pending_per_backend=2, queue_timeout_ms=600))
+    # workers 1: max_pending_per_backend is split per worker loop (1 each with 2), the app's calls are on one loop
+    slb = start_with_admin_listener(dict(simple_config([sat.addr, ok.addr], policy="pick_first",
+                                                       max_connections_per_backend=1, max_pending_per_backend=2,
+                                                       queue_timeout_ms=600), workers=1))
     stub = peers.echo_stub(slb.addr)
     busy = stub.Unary.future(req(payload=b"x", delay_ms=4000), timeout=20)
     wait_for(lambda: slot_taken(slb, sat), what="the slow call to take the slot")

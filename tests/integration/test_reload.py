@@ -13,12 +13,12 @@ import pytest
 import peers
 from etcd_harness import EtcdServer
 from peers import req
-from sidelb_harness import simple_config, start_sidelb
+from sidelb_harness import simple_config, start_sidelb, with_test_workers
 
 
 def rewrite(slb, cfg):
     with open(slb.config_path, "w") as f:
-        json.dump(cfg, f)
+        json.dump(with_test_workers(cfg), f)
 
 
 def hup_and_wait(slb, count):
@@ -143,3 +143,29 @@ def test_registrations_survive_a_reload_and_removed_ones_go():
         EtcdServer.wait_for(lambda: etcd.range_prefix("/svc/") == {}, 2, what="keys revoked at exit")
     finally:
         etcd.destroy()
+
+
+@pytest.mark.timeout(60)
+def test_reload_changes_the_number_of_workers():
+    """docs/config.md: "workers may change on a reload". 1 -> 2 -> 1 worker
+    loops, each time with a call in flight that finishes on the old server and
+    new calls that settle on the new one; then a clean stop."""
+    a, b = peers.start_c_backend("a"), peers.start_c_backend("b")
+    cfg = dict(simple_config([a.addr]), workers=1)
+    port = int(cfg["listeners"][0]["address"].rsplit(":", 1)[1])
+    slb = start_sidelb(cfg)
+    stub = peers.echo_stub(slb.addr)
+    assert spread(stub) == {"a": 20}
+    for n, (workers, backend) in enumerate([(2, b), (1, a)], start=1):
+        slow = stub.Unary.future(req(payload=b"slow", delay_ms=800), timeout=10)
+        time.sleep(0.2)
+        rewrite(slb, dict(simple_config([backend.addr], port=port), workers=workers))
+        hup_and_wait(slb, n)
+        assert "reload:" not in slb.log(), slb.log()
+        assert slow.result().payload == b"slow"  # finished on the old server
+        settles_to(stub, {backend.id: 20})
+        # several app connections at once: with 2 workers each takes some
+        stubs = [peers.echo_stub(peers.channel(slb.addr, **{"grpc.use_local_subchannel_pool": 1})) for _ in range(4)]
+        assert all(s.Unary(req(payload=b"x"), timeout=5).backend_id == backend.id for s in stubs)
+    assert "2 worker loops started" in slb.log()
+    assert slb.stop() == 0

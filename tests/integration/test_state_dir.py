@@ -19,7 +19,7 @@ import pytest
 import peers
 from etcd_harness import EtcdServer
 from peers import req
-from sidelb_harness import start_sidelb
+from sidelb_harness import start_sidelb, with_test_workers
 from test_discovery import Relay
 
 PREFIX = "/grpclb/sidelb.test.Echo/"
@@ -173,7 +173,7 @@ def test_reload_while_etcd_is_down_keeps_calls_flowing(etcd):
             for n in (1, 2):  # twice: the second hand-over passes on a table that is itself handed over
                 cfg["admin"]["address"] = "127.0.0.1:%d" % peers.free_port()
                 with open(slb.config_path, "w") as f:
-                    json.dump(cfg, f)
+                    json.dump(with_test_workers(cfg), f)
                 before = sum(ok.values())
                 slb.signal(signal.SIGHUP)
                 EtcdServer.wait_for(lambda: slb.log().count("reloaded") >= n, 10, what="reload %d" % n)
@@ -301,7 +301,7 @@ def test_reload_writes_the_old_servers_pending_change(etcd):
         relay.cut()
         cfg["state_dir"] = state_dir
         with open(slb.config_path, "w") as f:
-            json.dump(cfg, f)
+            json.dump(with_test_workers(cfg), f)
         slb.signal(signal.SIGHUP)
         EtcdServer.wait_for(lambda: file_addrs(state_dir) == sorted(b.addr for b in bes), 10,
                             what="the pending change in the file")

@@ -23,7 +23,7 @@ import pytest
 import peers
 from etcd_harness import EtcdServer
 from peers import req
-from sidelb_harness import start_sidelb
+from sidelb_harness import start_sidelb, with_test_workers
 from test_admin import read_all
 
 
@@ -174,7 +174,7 @@ def test_sighup_keeps_serving_on_the_socket(sockdir):
             time.sleep(0.5)
             before = sum(results.values())
             with open(slb.config_path, "w") as f:
-                json.dump(unix_config(path, backends, mode=mode), f)
+                json.dump(with_test_workers(unix_config(path, backends, mode=mode)), f)
             slb.signal(signal.SIGHUP)
             EtcdServer.wait_for(lambda: slb.log().count("reloaded") >= i + 1, 10, what="reload %d" % (i + 1))
             EtcdServer.wait_for(lambda: stat.S_IMODE(os.stat(path).st_mode) == int(mode, 8), 5, what="mode")
@@ -211,7 +211,7 @@ def test_listener_dropped_by_reload_removes_its_file(sockdir):
     p1, p2 = os.path.join(sockdir, "one.sock"), os.path.join(sockdir, "two.sock")
     slb = start_sidelb(unix_config(p1, [a.addr]))
     with open(slb.config_path, "w") as f:
-        json.dump(unix_config(p2, [a.addr]), f)
+        json.dump(with_test_workers(unix_config(p2, [a.addr])), f)
     slb.signal(signal.SIGHUP)
     EtcdServer.wait_for(lambda: "reloaded" in slb.log(), 10, what="the reload")
     EtcdServer.wait_for(lambda: not os.path.exists(p1), 10, what="the old socket file removed")
