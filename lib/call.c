@@ -1252,7 +1252,7 @@ static void down_on_headers_done(struct slb_h2_stream *s, int trailer, int end_s
             v = slb_hdrs_get(&call->req_hdrs, o->hash_header, &vlen);
         call->has_hash = (uint8_t)slb_lb_hash_key(o, &call->dc->peer_keys, v, vlen, &call->hash);
         if (SLB_UNLIKELY(o->hash_on == SLB_LB_HASH_ON_SOURCE_IP && call->dc->peer_keys.loopback &&
-                         !cl->logged_shared_key)) {
+                         !cl->logged_shared_key && slb_cluster_first_note(cl))) {
             cl->logged_shared_key = 1;
             slb_notice("cluster %s: %s keys on the app's address, and apps on this host all connect from "
                        "loopback: they share one key, so all their calls go to one backend (\"hash_on\": "

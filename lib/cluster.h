@@ -110,6 +110,7 @@ struct slb_cluster {
     void (*notify_control)(struct slb_cluster *cl, int what);
     struct slb_cluster *primary; /* replica: the control loop's cluster (only its remote_waiting is touched) */
     uint32_t remote_waiting;     /* control (atomic): calls waiting in the workers' replicas, for the probes */
+    uint8_t note_logged;         /* control (atomic): a replica logged the hash_on source_ip note */
 };
 
 enum { SLB_NOTIFY_OUTLIER = 1, SLB_NOTIFY_WAITING = 2, SLB_NOTIFY_DNS = 4 };
@@ -130,6 +131,12 @@ int slb_cluster_init_replica(struct slb_cluster *cl, struct slb_loop_ctx *ctx, c
                              void (*wake)(struct slb_cluster_waiter *w));
 /* The control loop's cluster, with workers: every backend gets a shared block (now and when added). */
 int slb_cluster_share(struct slb_cluster *cl);
+/* Whether a once-per-cluster note (hash_on source_ip on loopback) is to be logged now: the first time for
+ * this cluster, over all workers' replicas (the flag is the control loop's cluster's, exchanged atomically). */
+static inline int slb_cluster_first_note(struct slb_cluster *cl)
+{
+    return cl->primary == NULL || !__atomic_exchange_n(&cl->primary->note_logged, 1, __ATOMIC_RELAXED);
+}
 /* First answers calls still wait for: health checks (PENDING) and host names' first lookups. */
 uint32_t slb_cluster_first_pending(const struct slb_cluster *cl);
 /* For lib/cluster_snapshot.c: upsert with the host name it came from; waiters try again (next turn). */

@@ -77,6 +77,21 @@ static void best_state(int *best, int state)
         *best = state;
 }
 
+/* One backend over the workers: a worker that never connected (IDLE) knows nothing, so a copy that
+ * tried and failed (TRANSIENT_FAILURE) says more: READY, else CONNECTING, else TRANSIENT_FAILURE, else IDLE. */
+static void best_backend_state(int *best, int state)
+{
+    static const int rank[] = {[SLB_BACKEND_IDLE] = 1,
+                               [SLB_BACKEND_CONNECTING] = 3,
+                               [SLB_BACKEND_READY] = 4,
+                               [SLB_BACKEND_TRANSIENT_FAILURE] = 2,
+                               [SLB_BACKEND_SHUTDOWN] = 0};
+    int r = state >= 0 && state <= SLB_BACKEND_SHUTDOWN ? rank[state] : 0;
+
+    if (*best < 0 || r > rank[*best])
+        *best = state;
+}
+
 int slb_scrape_backend_usable(const struct slb_backend *be, int state, uint64_t now)
 {
     return slb_backend_usable(be, now) && state != SLB_BACKEND_TRANSIENT_FAILURE && state != SLB_BACKEND_SHUTDOWN;
@@ -163,7 +178,7 @@ static void set_states(struct slb_scrape *s, const struct slb_server *srv, const
             for (uint32_t k = 1; workers && k < n; k++) {
                 const struct slb_backend *copy = slb_cluster_find(&loops[k].clusters[i], be->name);
                 if (copy != NULL)
-                    best_state(&best, copy->state);
+                    best_backend_state(&best, copy->state);
             }
             sc->backends[j].state = (uint8_t)(best >= 0 ? best : be->state);
         }

@@ -155,7 +155,15 @@ static void on_acceptable(uv_poll_t *p, int status, int events)
     struct slb_listener *l = slb_container_of(p, struct slb_listener, poll);
     uint64_t skipped;
 
-    for (int i = 0; i < ACCEPTS_PER_TURN && status == 0; i++) {
+    if (status < 0) { /* libuv stopped the handle (an error on the listening socket): try again later */
+        if (slb_log_limit_pass(&l->accept_log, uv_now(p->loop), SLB_LOG_LIMIT_MS, &skipped))
+            slb_warn("listener %s: poll error: %s; accepting again in %d ms", l->cfg->address, slb_strerror(status),
+                     ACCEPT_PAUSE_MS);
+        uv_poll_stop(&l->poll);
+        uv_timer_start(&l->accept_pause, on_accept_pause, ACCEPT_PAUSE_MS, 0);
+        return;
+    }
+    for (int i = 0; i < ACCEPTS_PER_TURN; i++) {
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
             slb_workers_hand_off(l->srv->workers, fd, (uint32_t)(l - l->srv->listeners), l->cfg->unix_path != NULL);
@@ -676,8 +684,8 @@ void slb_server_dispose(struct slb_server *srv)
     for (size_t i = 0; i < srv->n_clusters; i++)
         slb_method_stats_dispose(&srv->clusters[i].method_stats);
     free(srv->clusters);
-    for (size_t i = 0; i < srv->n_listeners; i++)
-        free(srv->listeners[i].routes.v);
+    for (size_t i = 0; srv->listeners != NULL && i < srv->cfg->n_listeners; i++)
+        free(srv->listeners[i].routes.v); /* also of a listener whose start failed (not counted in n_listeners) */
     free(srv->listeners);
     slb_chunk_pool_drain();
     slb_h2_mem_drain();

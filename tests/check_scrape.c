@@ -137,7 +137,7 @@ static void count_some(void)
     backend(1, A)->outstanding = 1;
     backend(2, A)->outstanding = 1;
     backend(2, B)->outstanding = 1;
-    /* connectivity: A READY on one worker; B in TRANSIENT_FAILURE on one, IDLE on the other */
+    /* connectivity: A READY on one worker; B in TRANSIENT_FAILURE on one, IDLE (never tried) on the other */
     backend(1, A)->state = SLB_BACKEND_CONNECTING;
     backend(2, A)->state = SLB_BACKEND_READY;
     backend(1, B)->state = SLB_BACKEND_TRANSIENT_FAILURE;
@@ -185,8 +185,9 @@ START_TEST(sums_over_the_workers)
     ck_assert_uint_eq(sc->backends[0].outstanding, 2);
     ck_assert_uint_eq(sc->backends[1].outstanding, 1);
     ck_assert_int_eq(sc->backends[0].state, SLB_BACKEND_READY);
-    ck_assert_int_eq(sc->backends[1].state, SLB_BACKEND_IDLE);
-    ck_assert_int_eq(slb_scrape_backend_usable(backend(0, B), sc->backends[1].state, 0), 1);
+    /* B: one worker tried and failed, the other never connected (it knows nothing): TRANSIENT_FAILURE */
+    ck_assert_int_eq(sc->backends[1].state, SLB_BACKEND_TRANSIENT_FAILURE);
+    ck_assert_int_eq(slb_scrape_backend_usable(backend(0, B), sc->backends[1].state, 0), 0);
     /* methods merged by name: every name seen anywhere stays its own series; the "other"s add up */
     ms = sc->methods;
     ck_assert_uint_eq(ms->n, 3);
