@@ -108,8 +108,7 @@ static void worker_stop(struct slb_worker *w, uint64_t grace_ms)
 
     if (w->stopping)
         return;
-    w->stopping = 1;
-    w->ctx.stopping = 1;
+    w->stopping = 1; /* (not ctx.stopping: calls that still come during the drain may need new connections) */
     if (slb_list_empty(&w->ctx.downstreams)) {
         worker_finish(w);
         return;
