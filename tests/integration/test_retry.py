@@ -102,7 +102,9 @@ def test_streaming_response_started_is_not_retried():
     be = peers.start_c_backend("stream")
     slb = start_sidelb(simple_config([be.addr], service_config=service_config()))
     stub = peers.echo_stub(slb.addr)
-    it = stub.ServerStream(req(payload=b"z", response_count=100000, delay_ms=10), timeout=10)
+    # ~100 MB: flow control holds the backend back, so it is still sending when killed (10 ms apart,
+    # tiny messages were all sent before the kill on a loaded machine: the stream then ended OK)
+    it = stub.ServerStream(req(payload=b"z", response_count=100000, response_size=1024, delay_ms=10), timeout=10)
     next(it)
     be.kill9()
     with pytest.raises(grpc.RpcError) as e:
