@@ -6,7 +6,7 @@
 #   make test       format check, unit, integration, fuzz smoke (plain build)
 #   make demo       deps + build + a live demo balancing real gRPC traffic
 #   make bench      deps + build + side-by-side benchmark (tests/bench)
-#   make asan       unit + integration again under ASan + UBSan (clang, build-asan/)
+#   make asan       unit + integration again under ASan + UBSan (clang, build-asan/), with 2 worker loops
 #   make tsan       worker tests + core integration files under ThreadSanitizer, 2 workers (build-tsan/)
 #   make fuzz-smoke build the libFuzzer targets (clang) and run each FUZZ_SECONDS
 #   make install    PREFIX=/usr/local DESTDIR= (install-lib / INSTALL_LIB=1: libsidelb.a + headers)
@@ -171,9 +171,13 @@ ASAN_OPTIONS  ?= detect_leaks=1:abort_on_error=0:halt_on_error=1
 UBSAN_OPTIONS ?= print_stacktrace=1:halt_on_error=1
 # The soak runs 40 s here (60 s in make test): still ~8 reloads and every
 # chaos kind, and it keeps make check under 20 minutes on 2 cores.
+# This pass runs every sidelb with "workers": 2 (unless a test sets workers:
+# tests/integration/sidelb_harness.py), so the plain pass covers one loop and
+# this one the worker loops, each test under the sanitizers.
 ASAN_SOAK_SECONDS ?= 40
+ASAN_WORKERS ?= 2
 ASAN_ENV = ASAN_OPTIONS=$(ASAN_OPTIONS) UBSAN_OPTIONS=$(UBSAN_OPTIONS) SIDELB_SANITIZER=1 \
-           SIDELB_SOAK_SECONDS=$(ASAN_SOAK_SECONDS)
+           SIDELB_SOAK_SECONDS=$(ASAN_SOAK_SECONDS) SIDELB_TEST_WORKERS=$(ASAN_WORKERS)
 
 asan:
 	$(MAKE) $(ASAN_VARS) build-asan/sidelb build-asan/check_sidelb build-asan/test_backend
