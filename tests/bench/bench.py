@@ -3,13 +3,13 @@
 
     SIDELB_BUILD=build /usr/bin/python3 tests/bench/bench.py [--quick] [--rounds R] [--n N]
         [--conns C] [--streams M] [--payload BYTES] [--no-pin]
-        [--targets direct,sidelb,haproxy,nginx,sidelb-tls,haproxy-tls,sidelb-w1,sidelb-w2,sidelb-w2-lr]
+        [--targets direct,sidelb,haproxy,nginx,sidelb-tls,haproxy-tls,sidelb-w1,sidelb-w2,sidelb-w2-lr,sidelb-py,haproxy-py]
         [--before PATH/TO/OTHER/sidelb]   (also $SIDELB_BEFORE: before/after figures in one run) [--no-frames]
 
 One run, same 3 C test backends (tests/backend, no stats file) behind every
 proxy; h2load (nghttp2-client) drives sidelb.test.Echo/Unary with a real gRPC
 frame as the request body. Targets are interleaved round by round. Per target:
-calls/s, p50/p99 latency (from h2load --log-file), the proxy's CPU time per
+calls/s, p50/p99/p99.9 latency (from h2load --log-file), the proxy's CPU time per
 call (/proc/PID/stat utime+stime delta / calls) and ratios vs direct; read()/write()
 system calls per call of the backends (/proc/PID/io: the C backends use read/write, HAProxy
 send/recv, which it does not count); then frames and header bytes per call between proxy and
@@ -25,6 +25,10 @@ TLS rows (sidelb-tls, haproxy-tls): the apps' side stays h2c, and each proxy
 originates TLS (verified against a CA made here with openssl, ALPN h2) to the
 same 3 C test backends serving h2 over TLS (--tls-cert: libsidelb's TLS
 filter), so the rows show what TLS to backends costs each proxy.
+
+grpcio rows (sidelb-py, haproxy-py): the same against 3 python3-grpcio echo
+servers (tests/integration/echo_server.py), n/20 calls a run (--py-n), so the
+backends' CPU per call behind each proxy is also shown for a real gRPC server.
 
 Pinning (2-core machine, unless --no-pin): h2load on CPU 1, the proxy on CPU 0,
 the backends float. Rows sidelb-w1 and sidelb-w2 ("workers": 1 and 2) let sidelb
@@ -55,6 +59,7 @@ NCPU = os.cpu_count() or 1
 PATH = "/sidelb.test.Echo/Unary"
 BACKEND_IDS = ["bench-0", "bench-1", "bench-2"]
 TLS_BACKEND_IDS = ["tlsbe-0", "tlsbe-1", "tlsbe-2"]  # same length: the same reply size
+PY_BACKEND_IDS = ["pybe-0", "pybe-1", "pybe-2"]  # grpcio servers (tests/integration/echo_server.py): the -py rows
 
 
 def log(msg=""):
@@ -116,6 +121,8 @@ class Target:
         self.backends = backends  # the backends it balances over (their CPU is measured)
         self.runs = []
         self.verify = None
+        self.n = None  # calls per run when not args.n (the grpcio rows: those servers are slower)
+        self.expect = None  # reply frame size when not the C backends'
 
     @property
     def pid(self):
@@ -206,7 +213,7 @@ http {
     return path, prefix
 
 
-def start_targets(args, tmp, backends, tls_backends=None, pki=None):
+def start_targets(args, tmp, backends, tls_backends=None, pki=None, py_backends=None):
     targets = []
     names = args.targets
     if "direct" in names:
@@ -245,6 +252,16 @@ def start_targets(args, tmp, backends, tls_backends=None, pki=None):
                 cfg["clusters"][0]["outlier_detection"] = {"consecutive_failures": 5}
             p = sidelb_harness.start_sidelb(cfg, log_level="notice")
             targets.append(Target(name, p.port, p, backends))
+    if "sidelb-py" in names:
+        cfg = sidelb_harness.simple_config([b.addr for b in py_backends], max_connections_per_backend=2)
+        cfg["listeners"][0]["max_concurrent_streams"] = 10000
+        p = sidelb_harness.start_sidelb(cfg, log_level="notice")
+        targets.append(Target("sidelb-py", p.port, p, py_backends))
+    if "haproxy-py" in names:
+        port = peers.free_port()
+        path = haproxy_config(tmp, port, py_backends, args.streams)
+        p = peers.Proc(["haproxy", "-f", path, "-db"], name="haproxy-py", ready=None, port=port)
+        targets.append(Target("haproxy-py", port, p, py_backends))
     if "sidelb-tls" in names:
         cfg = sidelb_harness.simple_config([b.addr for b in tls_backends], max_connections_per_backend=2,
                                            tls={"ca_file": pki["ca.pem"]})
@@ -343,7 +360,7 @@ def run_h2load(args, target, body_path, tmp, n, backends, expect_data):
     except OSError:
         pass
     lat.sort()
-    r["p50_us"], r["p99_us"] = percentile(lat, 0.50), percentile(lat, 0.99)
+    r["p50_us"], r["p99_us"], r["p999_us"] = percentile(lat, 0.50), percentile(lat, 0.99), percentile(lat, 0.999)
     r["calls"] = r["succeeded"]
     r["proxy_us_per_call"] = ((pcpu1 - pcpu0) / CLK_TCK * 1e6 / r["calls"]) if (target.pid and r["calls"]) else None
     r["backend_us_per_call"] = (bcpu1 - bcpu0) / CLK_TCK * 1e6 / r["calls"] if r["calls"] else None
@@ -446,7 +463,8 @@ def main():
     ap.add_argument("--conns", type=int, default=8, help="h2load -c")
     ap.add_argument("--streams", type=int, default=32, help="h2load -m (concurrent streams per connection)")
     ap.add_argument("--payload", type=int, default=16, help="request payload bytes")
-    ap.add_argument("--targets", default="direct,sidelb,haproxy,nginx,sidelb-tls,haproxy-tls,sidelb-w1,sidelb-w2,sidelb-w2-lr")
+    ap.add_argument("--targets", default="direct,sidelb,haproxy,nginx,sidelb-tls,haproxy-tls,sidelb-w1,sidelb-w2,sidelb-w2-lr,sidelb-py,haproxy-py")
+    ap.add_argument("--py-n", type=int, default=None, help="calls per run of the -py rows (default n/20, >= 2000)")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="no taskset pinning")
     ap.add_argument("--run-timeout", type=int, default=60, help="seconds per h2load run")
     ap.add_argument("--no-frames", dest="frames", action="store_false",
@@ -501,7 +519,14 @@ def main():
                                                   extra_args=["--max-concurrent-streams", "100000", "--tls-cert",
                                                               pki["server.pem"], "--tls-key", pki["server.key"]])
                             for i in TLS_BACKEND_IDS]
-        targets = start_targets(args, tmp, backends, tls_backends, pki)
+        py_backends = None
+        if any(t.endswith("-py") for t in args.targets):
+            py_backends = [peers.start_py_backend(i) for i in PY_BACKEND_IDS]
+        targets = start_targets(args, tmp, backends, tls_backends, pki, py_backends)
+        for t in targets:
+            if t.name.endswith("-py"):
+                t.n = args.py_n or max(2000, args.n // 20)
+                t.expect = reply_frame_len(py_backends[0].addr, args.payload)
         log("sidelb bench: %d calls/run, %d rounds, h2load -c %d -m %d -t 1, payload %d B, %d CPUs%s"
             % (args.n, args.rounds, args.conns, args.streams, args.payload, NCPU,
                ", h2load pinned to CPU 1, proxy to CPU 0" if args.pin and NCPU >= 2 else ""))
@@ -511,13 +536,16 @@ def main():
             log("TLS backends (h2 over TLS, for the -tls rows): %s" % ", ".join(b.addr for b in tls_backends))
 
         # warm-up: connections, pools, caches
+        if py_backends:
+            log("grpcio backends (python3-grpcio, for the -py rows, %d calls a run): %s"
+                % (max(2000, args.n // 20) if not args.py_n else args.py_n, ", ".join(b.addr for b in py_backends)))
         for t in targets:
-            run_h2load(args, t, body_path, tmp, min(2000, args.n), t.backends, expect_data)
+            run_h2load(args, t, body_path, tmp, min(2000, t.n or args.n), t.backends, t.expect or expect_data)
 
         for rnd in range(args.rounds):
             order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
             for t in order:
-                r = run_h2load(args, t, body_path, tmp, args.n, t.backends, expect_data)
+                r = run_h2load(args, t, body_path, tmp, t.n or args.n, t.backends, t.expect or expect_data)
                 t.runs.append(r)
                 if r["ok"]:
                     log("round %d %-11s %9.0f calls/s  p50 %7s  p99 %7s  proxy CPU %s/call"
@@ -537,11 +565,11 @@ def main():
 
         # table: medians over the rounds
         log("")
-        log("%-11s %10s %8s %8s %8s %12s %12s %9s %9s  %s" % (
-            "target", "calls/s", "p50", "p99", "mean", "proxy CPU", "backend CPU", "calls/s", "p99",
+        log("%-12s %10s %8s %8s %8s %8s %12s %12s %9s %9s  %s" % (
+            "target", "calls/s", "p50", "p99", "p99.9", "mean", "proxy CPU", "backend CPU", "calls/s", "p99",
             "grpc check (200 calls)"))
-        log("%-11s %10s %8s %8s %8s %12s %12s %9s %9s" % ("", "(median)", "", "", "", "per call", "per call",
-                                                          "vs direct", "vs direct"))
+        log("%-12s %10s %8s %8s %8s %8s %12s %12s %9s %9s" % ("", "(median)", "", "", "", "", "per call",
+                                                               "per call", "vs direct", "vs direct"))
         summary = {}
         direct = None
         for t in targets:
@@ -549,7 +577,7 @@ def main():
             if not ok:
                 continue
             s = {k: median([r.get(k) for r in ok]) for k in
-                 ("rps", "p50_us", "p99_us", "mean_us", "proxy_us_per_call", "backend_us_per_call",
+                 ("rps", "p50_us", "p99_us", "p999_us", "mean_us", "proxy_us_per_call", "backend_us_per_call",
                   "backend_reads_per_call", "backend_writes_per_call")}
             summary[t.name] = s
             if t.name == "direct":
@@ -563,8 +591,8 @@ def main():
                     if v.get("ok") else "FAIL %r" % v)
             rr = "%.2f" % (s["rps"] / direct["rps"]) if direct else "-"
             pr = "%.2f" % (s["p99_us"] / direct["p99_us"]) if direct and direct["p99_us"] else "-"
-            log("%-11s %10.0f %8s %8s %8s %12s %12s %9s %9s  %s" % (
-                t.name, s["rps"], fmt_us(s["p50_us"]), fmt_us(s["p99_us"]), fmt_us(s["mean_us"]),
+            log("%-12s %10.0f %8s %8s %8s %8s %12s %12s %9s %9s  %s" % (
+                t.name, s["rps"], fmt_us(s["p50_us"]), fmt_us(s["p99_us"]), fmt_us(s["p999_us"]), fmt_us(s["mean_us"]),
                 fmt_cpu(s["proxy_us_per_call"]), fmt_cpu(s["backend_us_per_call"]),
                 rr, pr, vtxt))
         log_syscalls_table(targets, summary)
@@ -608,6 +636,12 @@ def main():
             a, b = summary["sidelb-w2"], summary["sidelb-w2-lr"]
             log("workers 2, least_request + outlier detection (shared atomics) vs round_robin: calls/s x%.2f, "
                 "CPU/call x%.2f" % (b["rps"] / a["rps"], b["proxy_us_per_call"] / max(a["proxy_us_per_call"], 1e-9)))
+        if "sidelb-py" in summary and "haproxy-py" in summary:
+            s, h = summary["sidelb-py"], summary["haproxy-py"]
+            log("grpcio backends: sidelb %.0f calls/s, %.1f µs proxy CPU/call, backends %.1f µs/call; haproxy %.0f "
+                "calls/s, %.1f µs, backends %.1f µs/call" % (
+                    s["rps"], s["proxy_us_per_call"], s["backend_us_per_call"], h["rps"], h["proxy_us_per_call"],
+                    h["backend_us_per_call"]))
         if "sidelb" in summary and "before" in summary:
             s, b = summary["sidelb"], summary["before"]
             log("sidelb vs before: calls/s x%.3f, CPU/call x%.3f" % (
