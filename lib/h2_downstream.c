@@ -423,6 +423,26 @@ void slb_downstream_notice(struct slb_downstream *dc)
     slb_conn_mark_dirty(&dc->conn);
 }
 
+void slb_downstream_notice_all(struct slb_loop_ctx *ctx)
+{
+    struct slb_list *it, *tmp;
+
+    slb_list_foreach_safe(it, tmp, &ctx->downstreams)
+    {
+        slb_downstream_notice(slb_list_entry(it, struct slb_downstream, ctx_link));
+    }
+}
+
+void slb_downstream_shutdown_all(struct slb_loop_ctx *ctx)
+{
+    struct slb_list *it, *tmp;
+
+    slb_list_foreach_safe(it, tmp, &ctx->downstreams)
+    {
+        slb_downstream_shutdown(slb_list_entry(it, struct slb_downstream, ctx_link));
+    }
+}
+
 void slb_downstream_shutdown(struct slb_downstream *dc)
 {
     if (dc->conn.closing)

@@ -155,6 +155,9 @@ void slb_downstream_sweep(struct slb_loop_ctx *ctx);
 void slb_downstream_notice(struct slb_downstream *dc);
 /* Graceful stop: GOAWAY, finish in-flight streams, then close. */
 void slb_downstream_shutdown(struct slb_downstream *dc);
+/* The same for every app connection of a loop (a graceful stop's two steps: the server's and a worker's). */
+void slb_downstream_notice_all(struct slb_loop_ctx *ctx);
+void slb_downstream_shutdown_all(struct slb_loop_ctx *ctx);
 
 /* Sends the response header block (has_body: s->body provides body and trailers). 0 or < 0. */
 int slb_downstream_respond(struct slb_h2_stream *s, const nghttp2_nv *nv, size_t n, int has_body);

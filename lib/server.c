@@ -149,18 +149,24 @@ static void on_accept_pause(uv_timer_t *t)
         uv_poll_start(&l->poll, UV_READABLE, on_acceptable);
 }
 
+/* The listening socket failed (what, why): accept again in ACCEPT_PAUSE_MS instead of spinning on it. */
+static void accept_pause(struct slb_listener *l, const char *what, const char *why)
+{
+    uint64_t skipped;
+
+    if (slb_log_limit_pass(&l->accept_log, uv_now(l->poll.loop), SLB_LOG_LIMIT_MS, &skipped))
+        slb_warn("listener %s: %s error: %s; accepting again in %d ms", l->cfg->address, what, why, ACCEPT_PAUSE_MS);
+    uv_poll_stop(&l->poll);
+    uv_timer_start(&l->accept_pause, on_accept_pause, ACCEPT_PAUSE_MS, 0);
+}
+
 /* Accepts what is waiting (a bounded batch per turn) and hands each socket to the least busy worker. */
 static void on_acceptable(uv_poll_t *p, int status, int events)
 {
     struct slb_listener *l = slb_container_of(p, struct slb_listener, poll);
-    uint64_t skipped;
 
-    if (status < 0) { /* libuv stopped the handle (an error on the listening socket): try again later */
-        if (slb_log_limit_pass(&l->accept_log, uv_now(p->loop), SLB_LOG_LIMIT_MS, &skipped))
-            slb_warn("listener %s: poll error: %s; accepting again in %d ms", l->cfg->address, slb_strerror(status),
-                     ACCEPT_PAUSE_MS);
-        uv_poll_stop(&l->poll);
-        uv_timer_start(&l->accept_pause, on_accept_pause, ACCEPT_PAUSE_MS, 0);
+    if (status < 0) { /* libuv stopped the handle (an error on the listening socket) */
+        accept_pause(l, "poll", slb_strerror(status));
         return;
     }
     for (int i = 0; i < ACCEPTS_PER_TURN; i++) {
@@ -171,12 +177,7 @@ static void on_acceptable(uv_poll_t *p, int status, int events)
         }
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED)
             return;
-        if (slb_log_limit_pass(&l->accept_log, uv_now(p->loop), SLB_LOG_LIMIT_MS, &skipped))
-            slb_warn("listener %s: accept error: %s; accepting again in %d ms", l->cfg->address, strerror(errno),
-                     ACCEPT_PAUSE_MS);
-        /* out of descriptors or memory: the socket stays readable, so wait instead of spinning */
-        uv_poll_stop(&l->poll);
-        uv_timer_start(&l->accept_pause, on_accept_pause, ACCEPT_PAUSE_MS, 0);
+        accept_pause(l, "accept", strerror(errno)); /* out of descriptors or memory: the socket stays readable */
         return;
     }
 }
@@ -577,13 +578,7 @@ static void on_registrar_down(void *user)
  * shutdown notice were still accepted. */
 static void on_goaway_timer(uv_timer_t *t)
 {
-    struct slb_server *srv = slb_container_of(t, struct slb_server, goaway_timer);
-    struct slb_list *it, *tmp;
-
-    slb_list_foreach_safe(it, tmp, &srv->ctx.downstreams)
-    {
-        slb_downstream_shutdown(slb_list_entry(it, struct slb_downstream, ctx_link));
-    }
+    slb_downstream_shutdown_all(&slb_container_of(t, struct slb_server, goaway_timer)->ctx);
 }
 
 #define GOAWAY_NOTICE_MS 250
@@ -595,8 +590,6 @@ static void on_workers_stopped(struct slb_workers *ws)
 
 void slb_server_stop(struct slb_server *srv, uint64_t grace_ms, void (*on_stopped)(struct slb_server *))
 {
-    struct slb_list *it, *tmp;
-
     if (srv->stopping)
         return;
     srv->stopping = 1;
@@ -629,10 +622,7 @@ void slb_server_stop(struct slb_server *srv, uint64_t grace_ms, void (*on_stoppe
     uv_timer_start(&srv->stop_timer, on_stop_timer, grace_ms, 0);
     /* First a shutdown notice (GOAWAY with the largest stream id): apps stop
      * opening streams here, and streams already on the wire still count. */
-    slb_list_foreach_safe(it, tmp, &srv->ctx.downstreams)
-    {
-        slb_downstream_notice(slb_list_entry(it, struct slb_downstream, ctx_link));
-    }
+    slb_downstream_notice_all(&srv->ctx);
     uv_timer_start(&srv->goaway_timer, on_goaway_timer, grace_ms < GOAWAY_NOTICE_MS ? grace_ms : GOAWAY_NOTICE_MS, 0);
 }
 

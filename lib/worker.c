@@ -93,19 +93,11 @@ static void on_stop_timer(uv_timer_t *t)
 /* Graceful stop, second step: GOAWAY with the last stream taken (as the server's). */
 static void on_goaway_timer(uv_timer_t *t)
 {
-    struct slb_worker *w = slb_container_of(t, struct slb_worker, goaway_timer);
-    struct slb_list *it, *tmp;
-
-    slb_list_foreach_safe(it, tmp, &w->ctx.downstreams)
-    {
-        slb_downstream_shutdown(slb_list_entry(it, struct slb_downstream, ctx_link));
-    }
+    slb_downstream_shutdown_all(&slb_container_of(t, struct slb_worker, goaway_timer)->ctx);
 }
 
 static void worker_stop(struct slb_worker *w, uint64_t grace_ms)
 {
-    struct slb_list *it, *tmp;
-
     if (w->stopping)
         return;
     w->stopping = 1; /* (not ctx.stopping: calls that still come during the drain may need new connections) */
@@ -114,10 +106,7 @@ static void worker_stop(struct slb_worker *w, uint64_t grace_ms)
         return;
     }
     uv_timer_start(&w->stop_timer, on_stop_timer, grace_ms, 0);
-    slb_list_foreach_safe(it, tmp, &w->ctx.downstreams)
-    {
-        slb_downstream_notice(slb_list_entry(it, struct slb_downstream, ctx_link));
-    }
+    slb_downstream_notice_all(&w->ctx);
     uv_timer_start(&w->goaway_timer, on_goaway_timer, grace_ms < GOAWAY_NOTICE_MS ? grace_ms : GOAWAY_NOTICE_MS, 0);
 }
 
